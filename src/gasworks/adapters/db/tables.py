@@ -1,0 +1,211 @@
+"""The system of record, as SQLAlchemy Core tables. Alembic migrations in `migrations/` mirror it."""
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UtcDateTime(TypeDecorator):
+    """Aware UTC datetimes in, aware UTC datetimes out, on SQLite as on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect):  # noqa: ANN001
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; use aware UTC datetimes")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect):  # noqa: ANN001
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+Fen = BigInteger  # integer fen, never a float
+
+customers = Table(
+    "customers",
+    metadata,
+    Column("account_no", String(12), primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("address", String(300), nullable=False),
+    Column("community", String(100), nullable=False),
+    Column("grid", String(50), nullable=False),
+    Column("phone", String(20), nullable=False),
+    Column("customer_class", String(20), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+meters = Table(
+    "meters",
+    metadata,
+    Column("serial", String(14), primary_key=True),
+    Column("account_no", ForeignKey("customers.account_no"), nullable=False, unique=True),
+    Column("kind", String(10), nullable=False),
+    Column("status", String(10), nullable=False),
+)
+
+channels = Table(
+    "channels",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("kind", String(20), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("merchant_id", String(64), nullable=False, server_default=""),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+channel_keys = Table(
+    "channel_keys",
+    metadata,
+    Column("channel_id", ForeignKey("channels.id"), primary_key=True),
+    Column("key_id", String(80), primary_key=True),
+    Column("purpose", String(10), primary_key=True),
+    Column("material", Text, nullable=False),
+    Column("status", String(10), nullable=False),
+    Column("added_at", UtcDateTime, nullable=False),
+    Column("retired_at", UtcDateTime),
+)
+
+ledger_accounts = Table(
+    "ledger_accounts",
+    metadata,
+    Column("code", String(60), primary_key=True),
+    Column("kind", String(20), nullable=False),
+    # Cached sum of this account's entries, updated in the transaction that posts them;
+    # `gasworks check` proves it equals the entries.
+    Column("entries_sum_fen", Fen, nullable=False, server_default="0"),
+)
+
+ledger_transactions = Table(
+    "ledger_transactions",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("kind", String(30), nullable=False),
+    Column("payment_id", String(40), index=True),
+    Column("at", UtcDateTime, nullable=False),
+    Column("memo", String(300), nullable=False, server_default=""),
+)
+
+ledger_entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("transaction_id", ForeignKey("ledger_transactions.id"), nullable=False, index=True),
+    Column("account_code", ForeignKey("ledger_accounts.code"), nullable=False, index=True),
+    Column("amount_fen", Fen, nullable=False),
+)
+
+payment_orders = Table(
+    "payment_orders",
+    metadata,
+    Column("out_trade_no", String(32), primary_key=True),
+    Column("channel_id", ForeignKey("channels.id"), nullable=False),
+    Column("account_no", ForeignKey("customers.account_no"), nullable=False),
+    Column("amount_fen", Fen, nullable=False),
+    Column("state", String(10), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("payment_id", String(40)),
+)
+
+payments = Table(
+    "payments",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("channel_id", ForeignKey("channels.id"), nullable=False),
+    Column("channel_txn_id", String(64), nullable=False),
+    Column("amount_fen", Fen, nullable=False),
+    Column("account_no", String(12)),
+    Column("out_trade_no", String(32)),
+    Column("method", String(20), nullable=False, server_default=""),
+    Column("paid_at", UtcDateTime),
+    Column("state", String(10), nullable=False),
+    Column("hold_reason", String(30)),
+    Column("received_at", UtcDateTime, nullable=False),
+    # Exactly once: a channel's transaction id books at most one payment.
+    UniqueConstraint("channel_id", "channel_txn_id", name="uq_payments_channel_txn"),
+)
+
+payment_events = Table(
+    "payment_events",
+    metadata,
+    Column("payment_id", ForeignKey("payments.id"), primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("state", String(20), nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+    Column("note", String(300), nullable=False, server_default=""),
+)
+
+used_nonces = Table(
+    "used_nonces",
+    metadata,
+    Column("channel_id", String(40), primary_key=True),
+    Column("nonce", String(64), primary_key=True),
+    Column("seen_at", UtcDateTime, nullable=False, index=True),
+)
+
+intake_rejections = Table(
+    "intake_rejections",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("at", UtcDateTime, nullable=False, index=True),
+    Column("channel_id", String(40), nullable=False),
+    Column("code", String(40), nullable=False),
+    Column("message", String(500), nullable=False),
+    Column("remote_addr", String(64), nullable=False, server_default=""),
+    Column("request_summary", JSON, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(20), primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("role", String(20), nullable=False),
+    Column("channel_id", ForeignKey("channels.id")),  # devices act for one kiosk/counter channel
+    Column("secret_sha256", String(64), nullable=False, unique=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("revoked_at", UtcDateTime),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("at", UtcDateTime, nullable=False, index=True),
+    Column("actor", String(120), nullable=False),
+    Column("action", String(60), nullable=False),
+    Column("subject", String(120), nullable=False),
+    Column("detail", JSON, nullable=False),
+)
+
+Index("ix_payments_account_received", payments.c.account_no, payments.c.received_at)
+
+APPEND_ONLY_TABLES = ("ledger_transactions", "ledger_entries", "payment_events", "audit_log")

@@ -1,0 +1,72 @@
+"""Payment channels and what a verified channel message says, whatever its wire format."""
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+
+class ChannelKind(StrEnum):
+    WECHATPAY_V3 = "wechatpay-v3"  # merchant orders, RSA-SHA256 signed, AES-256-GCM resource
+    ALIPAY = "alipay"  # merchant orders, RSA2 over sorted parameters
+    WALLET_HMAC = "wallet-hmac"  # bill payment (代收/销账) by carrier wallets and banks
+    KIOSK = "kiosk"  # self-service machines, authenticated by device key
+    COUNTER = "counter"  # service-hall counters, authenticated by device key
+
+    @property
+    def uses_merchant_orders(self) -> bool:
+        return self in (ChannelKind.WECHATPAY_V3, ChannelKind.ALIPAY)
+
+    @property
+    def uses_devices(self) -> bool:
+        return self in (ChannelKind.KIOSK, ChannelKind.COUNTER)
+
+
+class KeyPurpose(StrEnum):
+    VERIFY_PUBLIC_KEY = "verify"  # the channel's RSA public key (PEM) we verify signatures with
+    HMAC_SECRET = "hmac"  # shared secret for wallet-hmac
+    APIV3_KEY = "apiv3"  # WeChat Pay APIv3 key: decrypts the AES-256-GCM resource
+
+
+class KeyStatus(StrEnum):
+    ACTIVE = "active"
+    RETIRED = "retired"
+
+
+@dataclass(frozen=True)
+class ChannelKey:
+    channel_id: str
+    key_id: str  # WeChat: the platform certificate/public key serial; wallet: its key id
+    purpose: KeyPurpose
+    material: str
+    status: KeyStatus
+    added_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Channel:
+    id: str
+    kind: ChannelKind
+    name: str
+    merchant_id: str = ""  # WeChat mchid / Alipay app_id we expect in notifications
+    keys: tuple[ChannelKey, ...] = ()
+
+    def active_keys(self, purpose: KeyPurpose) -> list[ChannelKey]:
+        return [k for k in self.keys if k.purpose == purpose and k.status == KeyStatus.ACTIVE]
+
+
+@dataclass(frozen=True)
+class PaymentNotice:
+    """A channel's verified statement that money was collected: the input to booking.
+
+    Exactly one of `out_trade_no` (merchant order channels) and `account_no` (bill payment,
+    kiosks, counters) names what the money is for.
+    """
+
+    channel_id: str
+    channel_txn_id: str
+    amount_fen: int
+    paid_at: datetime | None
+    out_trade_no: str | None = None
+    account_no: str | None = None
+    method: str = ""  # cash, card, qr ... for kiosks and counters
+    replay_nonce: str | None = None  # checked once per channel when the wire format carries one
