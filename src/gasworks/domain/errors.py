@@ -42,6 +42,12 @@ class IntakeRefused(GasworksError):
     code = "INTAKE_REFUSED"
     http_status = 400
 
+    def __init__(self, message: str, *, code: str | None = None, acknowledge: bool = False) -> None:
+        super().__init__(message, code=code)
+        # A verified message we deliberately ignore (a refund or a closed-trade event, say) is
+        # acknowledged so the channel stops retrying; it is still recorded.
+        self.acknowledge = acknowledge
+
 
 class Unauthorized(GasworksError):
     code = "UNAUTHORIZED"

@@ -1,0 +1,150 @@
+"""Alipay asynchronous notifications (异步通知), RSA2 style.
+
+Wire format, as Alipay documents it: an ``application/x-www-form-urlencoded`` POST with
+``notify_time`` (yyyy-MM-dd HH:mm:ss, Beijing time, the time this attempt was sent), ``notify_type``,
+``notify_id`` (the same on every retry), ``app_id``, ``charset``, ``sign_type=RSA2``, ``sign``,
+``trade_no`` (Alipay's transaction id), ``out_trade_no``, ``trade_status``, ``total_amount``
+(yuan, 2 decimals), ``gmt_payment``. The signature is SHA256withRSA, base64, over the parameters
+other than ``sign`` and ``sign_type``, sorted by name, joined as ``k=v`` with ``&``, values
+URL-decoded, empty values left out. Reply ``success`` (plain text) to stop the retries (up to 8
+times in 25 h); anything else, by convention ``failure``, makes Alipay retry.
+
+Alipay notifications carry no nonce; the send time is signed, so a stale copy is refused, and a
+fresh retry of a booked trade returns the first answer through the exactly-once key.
+"""
+
+import urllib.parse
+from datetime import datetime, timedelta, timezone
+
+from gasworks.adapters.channels.base import InboundRequest, Reply, check_timestamp, require
+from gasworks.adapters.channels.rsa import sign_sha256_rsa, verify_sha256_rsa
+from gasworks.domain.channels import Channel, KeyPurpose, PaymentNotice
+from gasworks.domain.errors import GasworksError, IntakeRefused, InvalidInput
+from gasworks.domain.money import fen_to_yuan_text, yuan_text_to_fen
+
+BEIJING = timezone(timedelta(hours=8))
+PAID_STATUSES = {"TRADE_SUCCESS", "TRADE_FINISHED"}
+PARAMETERS_MAX = 100
+
+
+def signing_content(params: dict[str, str]) -> bytes:
+    pairs = sorted((k, v) for k, v in params.items() if k not in ("sign", "sign_type") and v != "")
+    return "&".join(f"{k}={v}" for k, v in pairs).encode("utf-8")
+
+
+def parse_form(body: bytes) -> dict[str, str]:
+    try:
+        raw = body.decode("ascii")
+    except UnicodeDecodeError:
+        raise IntakeRefused("form body must be URL-encoded ASCII", code="MALFORMED") from None
+    charset = dict(urllib.parse.parse_qsl(raw, encoding="latin-1")).get("charset", "utf-8").lower()
+    if charset not in ("utf-8", "gbk"):
+        raise IntakeRefused(f"charset {charset[:20]!r} is not utf-8 or gbk", code="MALFORMED")
+    try:
+        pairs = urllib.parse.parse_qsl(
+            raw, keep_blank_values=True, strict_parsing=True, encoding=charset, errors="strict",
+            max_num_fields=PARAMETERS_MAX,
+        )
+    except (ValueError, UnicodeDecodeError) as error:
+        raise IntakeRefused(f"form body does not parse: {str(error)[:100]}", code="MALFORMED") from None
+    params: dict[str, str] = {}
+    for key, value in pairs:
+        if key in params:
+            raise IntakeRefused(f"parameter {key[:40]!r} appears twice", code="MALFORMED")
+        params[key] = value
+    return params
+
+
+def _beijing_time(text: str, name: str) -> datetime:
+    try:
+        return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=BEIJING)
+    except ValueError:
+        raise IntakeRefused(f"{name} {text[:30]!r} is not yyyy-MM-dd HH:mm:ss", code="MALFORMED") from None
+
+
+def decode_notification(channel: Channel, request: InboundRequest, now: datetime, skew_s: int) -> PaymentNotice:
+    params = parse_form(request.body)
+    signature = require(params.get("sign", ""), "sign parameter")
+    if params.get("sign_type") != "RSA2":
+        raise IntakeRefused(f"sign_type {params.get('sign_type', '')[:10]!r} is not RSA2", code="SIGNATURE_INVALID")
+    content = signing_content(params)
+    keys = channel.active_keys(KeyPurpose.VERIFY_PUBLIC_KEY)  # two during a key rollover
+    if not any(verify_sha256_rsa(k.material, content, signature) for k in keys):
+        raise IntakeRefused("signature does not verify with any active Alipay public key", code="SIGNATURE_INVALID")
+    check_timestamp(_beijing_time(require(params.get("notify_time", ""), "notify_time"), "notify_time"), now, skew_s)
+    if channel.merchant_id and params.get("app_id") != channel.merchant_id:
+        raise IntakeRefused(f"app_id {params.get('app_id', '')[:32]!r} is not this channel's app", code="MERCHANT_MISMATCH")
+    if params.get("trade_status") not in PAID_STATUSES:
+        raise IntakeRefused(
+            f"trade_status {params.get('trade_status', '')[:20]!r}; acknowledged, nothing booked",
+            code="EVENT_IGNORED",
+            acknowledge=True,
+        )
+    try:
+        amount_fen = yuan_text_to_fen(params.get("total_amount", ""))
+    except InvalidInput as error:
+        raise IntakeRefused(f"total_amount: {error.message}", code="MALFORMED") from None
+    if amount_fen <= 0:
+        raise IntakeRefused("total_amount must be positive", code="MALFORMED")
+    trade_no = params.get("trade_no", "")
+    out_trade_no = params.get("out_trade_no", "")
+    if not 0 < len(trade_no) <= 64 or not 0 < len(out_trade_no) <= 64:
+        raise IntakeRefused("trade_no and out_trade_no are required (at most 64 characters)", code="MALFORMED")
+    gmt_payment = params.get("gmt_payment")
+    return PaymentNotice(
+        channel_id=channel.id,
+        channel_txn_id=trade_no,
+        amount_fen=amount_fen,
+        paid_at=_beijing_time(gmt_payment, "gmt_payment") if gmt_payment else None,
+        out_trade_no=out_trade_no,
+        method="alipay",
+    )
+
+
+def success_reply() -> Reply:
+    return Reply(200, b"success", "text/plain")
+
+
+def error_reply(error: GasworksError) -> Reply:
+    # Alipay reads only the body; the reason goes in a header for whoever watches the wire.
+    return Reply(200, b"failure", "text/plain", {"X-Gasworks-Error": error.code})
+
+
+class AlipayNotifier:
+    """Alipay's side: builds signed notifications. For tests and the simulator."""
+
+    def __init__(self, *, alipay_private_key_pem: str, app_id: str) -> None:
+        self.alipay_private_key_pem = alipay_private_key_pem
+        self.app_id = app_id
+
+    def notification(
+        self,
+        *,
+        out_trade_no: str,
+        trade_no: str,
+        amount_fen: int,
+        at: datetime,
+        trade_status: str = "TRADE_SUCCESS",
+        extra: dict[str, str] | None = None,
+    ) -> tuple[dict[str, str], bytes]:
+        at_beijing = at.astimezone(BEIJING).strftime("%Y-%m-%d %H:%M:%S")
+        params = {
+            "notify_time": at_beijing,
+            "notify_type": "trade_status_sync",
+            "notify_id": f"ntf{trade_no}",
+            "app_id": self.app_id,
+            "charset": "utf-8",
+            "version": "1.0",
+            "trade_no": trade_no,
+            "out_trade_no": out_trade_no,
+            "trade_status": trade_status,
+            "total_amount": fen_to_yuan_text(amount_fen),
+            "receipt_amount": fen_to_yuan_text(amount_fen),
+            "gmt_payment": at_beijing,
+            "subject": "燃气费充值",
+            **(extra or {}),
+        }
+        params["sign"] = sign_sha256_rsa(self.alipay_private_key_pem, signing_content(params))
+        params["sign_type"] = "RSA2"
+        body = urllib.parse.urlencode(params, encoding="utf-8").encode("ascii")
+        return {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}, body

@@ -1,0 +1,60 @@
+"""What every channel codec shares: the raw request it verifies and the reply it formats."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from gasworks.domain.errors import IntakeRefused
+
+
+@dataclass(frozen=True)
+class InboundRequest:
+    """A channel's HTTP request exactly as received: signatures cover the raw bytes."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]  # lower-case names
+    body: bytes
+    remote_addr: str = ""
+
+    def header(self, name: str) -> str:
+        return self.headers.get(name.lower(), "")
+
+    def summary(self, body_chars_max: int = 2000) -> dict:
+        """What a rejection record keeps: enough to investigate, bounded in size."""
+        return {
+            "method": self.method,
+            "path": self.path,
+            "headers": {k: v[:200] for k, v in self.headers.items() if k.startswith(("wechatpay", "x-gasworks", "content-type"))},
+            "body": self.body[:body_chars_max].decode("utf-8", errors="replace"),
+            "body_bytes": len(self.body),
+        }
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes
+    media_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def check_timestamp(sent_at: datetime, now: datetime, skew_s: int) -> None:
+    drift_s = abs((now - sent_at).total_seconds())
+    if drift_s > skew_s:
+        raise IntakeRefused(
+            f"timestamp {sent_at.isoformat()} is {int(drift_s)} s from our clock (tolerance {skew_s} s)",
+            code="TIMESTAMP_OUT_OF_TOLERANCE",
+        )
+
+
+def unix_seconds(text: str) -> datetime:
+    if not text.isdigit() or len(text) > 12:
+        raise IntakeRefused(f"timestamp must be unix seconds, got {text[:40]!r}", code="TIMESTAMP_INVALID")
+    return datetime.fromtimestamp(int(text), UTC)
+
+
+def require(value: str, what: str) -> str:
+    if not value:
+        raise IntakeRefused(f"{what} is missing", code="SIGNATURE_MISSING")
+    return value

@@ -1,0 +1,565 @@
+"""Repositories: the only code that speaks SQL. They map rows to domain objects and back."""
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from gasworks.adapters.db import tables as t
+from gasworks.domain.accounts import Customer, CustomerClass, Meter, MeterKind, MeterStatus
+from gasworks.domain.channels import Channel, ChannelKey, ChannelKind, KeyPurpose, KeyStatus
+from gasworks.domain.ledger import LedgerAccountKind, LedgerTransaction
+from gasworks.domain.payments import (
+    HoldReason,
+    OrderState,
+    Payment,
+    PaymentEvent,
+    PaymentOrder,
+    PaymentState,
+)
+
+
+class Customers:
+    def __init__(self, c: Connection) -> None:
+        self.c = c
+
+    def add(self, customer: Customer) -> None:
+        self.c.execute(
+            insert(t.customers).values(
+                account_no=customer.account_no,
+                name=customer.name,
+                address=customer.address,
+                community=customer.community,
+                grid=customer.grid,
+                phone=customer.phone,
+                customer_class=customer.customer_class.value,
+                created_at=customer.created_at,
+            )
+        )
+        self.c.execute(
+            insert(t.meters).values(
+                serial=customer.meter.serial,
+                account_no=customer.account_no,
+                kind=customer.meter.kind.value,
+                status=customer.meter.status.value,
+            )
+        )
+
+    def exists(self, account_no: str) -> bool:
+        row = self.c.execute(
+            select(t.customers.c.account_no).where(t.customers.c.account_no == account_no)
+        ).first()
+        return row is not None
+
+    def meter_serial_taken(self, serial: str) -> bool:
+        return self.c.execute(select(t.meters.c.serial).where(t.meters.c.serial == serial)).first() is not None
+
+    def _query(self):  # noqa: ANN202
+        return select(t.customers, t.meters.c.serial, t.meters.c.kind, t.meters.c.status).join(
+            t.meters, t.meters.c.account_no == t.customers.c.account_no
+        )
+
+    def get(self, account_no: str) -> Customer | None:
+        row = self.c.execute(self._query().where(t.customers.c.account_no == account_no)).first()
+        return _customer(row) if row else None
+
+    def list(self, *, limit: int, after_account_no: str = "") -> list[Customer]:
+        rows = self.c.execute(
+            self._query()
+            .where(t.customers.c.account_no > after_account_no)
+            .order_by(t.customers.c.account_no)
+            .limit(limit)
+        )
+        return [_customer(r) for r in rows]
+
+
+def _customer(row: Any) -> Customer:
+    return Customer(
+        account_no=row.account_no,
+        name=row.name,
+        address=row.address,
+        community=row.community,
+        grid=row.grid,
+        phone=row.phone,
+        customer_class=CustomerClass(row.customer_class),
+        meter=Meter(serial=row.serial, kind=MeterKind(row.kind), status=MeterStatus(row.status)),
+        created_at=row.created_at,
+    )
+
+
+class Channels:
+    def __init__(self, c: Connection) -> None:
+        self.c = c
+
+    def add(self, channel: Channel, at: datetime) -> None:
+        self.c.execute(
+            insert(t.channels).values(
+                id=channel.id,
+                kind=channel.kind.value,
+                name=channel.name,
+                merchant_id=channel.merchant_id,
+                created_at=at,
+            )
+        )
+        for key in channel.keys:
+            self.add_key(key)
+
+    def add_key(self, key: ChannelKey) -> None:
+        self.c.execute(
+            insert(t.channel_keys).values(
+                channel_id=key.channel_id,
+                key_id=key.key_id,
+                purpose=key.purpose.value,
+                material=key.material,
+                status=key.status.value,
+                added_at=key.added_at,
+            )
+        )
+
+    def retire_key(self, channel_id: str, key_id: str, at: datetime) -> int:
+        result = self.c.execute(
+            update(t.channel_keys)
+            .where(
+                t.channel_keys.c.channel_id == channel_id,
+                t.channel_keys.c.key_id == key_id,
+                t.channel_keys.c.status == KeyStatus.ACTIVE.value,
+            )
+            .values(status=KeyStatus.RETIRED.value, retired_at=at)
+        )
+        return result.rowcount
+
+    def get(self, channel_id: str) -> Channel | None:
+        row = self.c.execute(select(t.channels).where(t.channels.c.id == channel_id)).first()
+        if row is None:
+            return None
+        keys = self.c.execute(
+            select(t.channel_keys)
+            .where(t.channel_keys.c.channel_id == channel_id)
+            .order_by(t.channel_keys.c.added_at.desc())
+        )
+        return Channel(
+            id=row.id,
+            kind=ChannelKind(row.kind),
+            name=row.name,
+            merchant_id=row.merchant_id,
+            keys=tuple(
+                ChannelKey(
+                    channel_id=k.channel_id,
+                    key_id=k.key_id,
+                    purpose=KeyPurpose(k.purpose),
+                    material=k.material,
+                    status=KeyStatus(k.status),
+                    added_at=k.added_at,
+                )
+                for k in keys
+            ),
+        )
+
+    def list(self) -> list[Channel]:
+        ids = self.c.execute(select(t.channels.c.id).order_by(t.channels.c.id)).scalars().all()
+        return [channel for channel_id in ids if (channel := self.get(channel_id)) is not None]
+
+
+@dataclass(frozen=True)
+class LedgerCheckFinding:
+    code: str
+    subject: str
+    detail: str
+
+
+class Ledger:
+    def __init__(self, c: Connection) -> None:
+        self.c = c
+
+    def open_account(self, code: str, kind: LedgerAccountKind) -> None:
+        self.c.execute(insert(t.ledger_accounts).values(code=code, kind=kind.value, entries_sum_fen=0))
+
+    def post(self, txn: LedgerTransaction) -> int:
+        txn_id = self.c.execute(
+            insert(t.ledger_transactions)
+            .values(kind=txn.kind.value, payment_id=txn.payment_id, at=txn.at, memo=txn.memo)
+            .returning(t.ledger_transactions.c.id)
+        ).scalar_one()
+        self.c.execute(
+            insert(t.ledger_entries),
+            [
+                {"transaction_id": txn_id, "account_code": e.account_code, "amount_fen": e.amount_fen}
+                for e in txn.entries
+            ],
+        )
+        # Sorted, so concurrent postings lock cached balances in one order and cannot deadlock.
+        for entry in sorted(txn.entries, key=lambda e: e.account_code):
+            updated = self.c.execute(
+                update(t.ledger_accounts)
+                .where(t.ledger_accounts.c.code == entry.account_code)
+                .values(entries_sum_fen=t.ledger_accounts.c.entries_sum_fen + entry.amount_fen)
+            ).rowcount
+            if updated != 1:
+                raise LookupError(f"ledger account {entry.account_code!r} is not open")
+        return txn_id
+
+    def entries_sum_fen(self, code: str) -> int | None:
+        """The cached sum; `check` proves it equals the entries."""
+        return self.c.execute(
+            select(t.ledger_accounts.c.entries_sum_fen).where(t.ledger_accounts.c.code == code)
+        ).scalar_one_or_none()
+
+    def entries_for_payment(self, payment_id: str) -> list[tuple[str, str, int]]:
+        rows = self.c.execute(
+            select(t.ledger_transactions.c.kind, t.ledger_entries.c.account_code, t.ledger_entries.c.amount_fen)
+            .join(t.ledger_entries, t.ledger_entries.c.transaction_id == t.ledger_transactions.c.id)
+            .where(t.ledger_transactions.c.payment_id == payment_id)
+            .order_by(t.ledger_entries.c.id)
+        )
+        return [(r.kind, r.account_code, r.amount_fen) for r in rows]
+
+    def totals_by_kind(self) -> dict[str, int]:
+        rows = self.c.execute(
+            select(t.ledger_accounts.c.kind, func.sum(t.ledger_accounts.c.entries_sum_fen)).group_by(
+                t.ledger_accounts.c.kind
+            )
+        )
+        return {kind: int(total or 0) for kind, total in rows}
+
+    def find_violations(self, limit: int) -> list[LedgerCheckFinding]:
+        """Every way the ledger could be wrong, each as a finding; empty means it holds."""
+        findings: list[LedgerCheckFinding] = []
+        entry_sums = (
+            select(t.ledger_entries.c.transaction_id, func.sum(t.ledger_entries.c.amount_fen).label("total"))
+            .group_by(t.ledger_entries.c.transaction_id)
+            .having(func.sum(t.ledger_entries.c.amount_fen) != 0)
+            .limit(limit)
+        )
+        for row in self.c.execute(entry_sums):
+            findings.append(
+                LedgerCheckFinding("UNBALANCED_TRANSACTION", f"transaction {row.transaction_id}", f"sum {row.total} fen")
+            )
+        lonely = (
+            select(t.ledger_transactions.c.id)
+            .outerjoin(t.ledger_entries, t.ledger_entries.c.transaction_id == t.ledger_transactions.c.id)
+            .group_by(t.ledger_transactions.c.id)
+            .having(func.count(t.ledger_entries.c.id) < 2)
+            .limit(limit)
+        )
+        for row in self.c.execute(lonely):
+            findings.append(LedgerCheckFinding("TOO_FEW_ENTRIES", f"transaction {row.id}", "fewer than two entries"))
+        actual = (
+            select(t.ledger_entries.c.account_code, func.sum(t.ledger_entries.c.amount_fen).label("total"))
+            .group_by(t.ledger_entries.c.account_code)
+            .subquery()
+        )
+        cached_vs_entries = (
+            select(t.ledger_accounts.c.code, t.ledger_accounts.c.entries_sum_fen, actual.c.total)
+            .outerjoin(actual, actual.c.account_code == t.ledger_accounts.c.code)
+            .where(t.ledger_accounts.c.entries_sum_fen != func.coalesce(actual.c.total, 0))
+            .limit(limit)
+        )
+        for row in self.c.execute(cached_vs_entries):
+            findings.append(
+                LedgerCheckFinding(
+                    "BALANCE_DIFFERS_FROM_ENTRIES",
+                    row.code,
+                    f"cached {row.entries_sum_fen} fen, entries sum {row.total or 0} fen",
+                )
+            )
+        txn_count = (
+            select(t.ledger_transactions.c.payment_id, func.count().label("n"))
+            .where(t.ledger_transactions.c.payment_id.is_not(None))
+            .group_by(t.ledger_transactions.c.payment_id)
+            .subquery()
+        )
+        booked_without_one = (
+            select(t.payments.c.id, t.payments.c.state, txn_count.c.n)
+            .outerjoin(txn_count, txn_count.c.payment_id == t.payments.c.id)
+            .where(
+                t.payments.c.state.in_([PaymentState.BOOKED.value, PaymentState.HELD.value]),
+                func.coalesce(txn_count.c.n, 0) != 1,
+            )
+            .limit(limit)
+        )
+        for row in self.c.execute(booked_without_one):
+            findings.append(
+                LedgerCheckFinding(
+                    "PAYMENT_NOT_BOOKED_ONCE",
+                    f"payment {row.id}",
+                    f"{row.state} with {row.n or 0} ledger transactions (expected exactly 1)",
+                )
+            )
+        wrong_amount = (
+            select(t.payments.c.id, t.payments.c.amount_fen, t.ledger_entries.c.amount_fen.label("booked_fen"))
+            .join(t.ledger_transactions, t.ledger_transactions.c.payment_id == t.payments.c.id)
+            .join(t.ledger_entries, t.ledger_entries.c.transaction_id == t.ledger_transactions.c.id)
+            .where(
+                t.ledger_entries.c.account_code.like("clearing:%"),
+                t.ledger_entries.c.amount_fen != t.payments.c.amount_fen,
+            )
+            .limit(limit)
+        )
+        for row in self.c.execute(wrong_amount):
+            findings.append(
+                LedgerCheckFinding(
+                    "PAYMENT_AMOUNT_DIFFERS_FROM_LEDGER",
+                    f"payment {row.id}",
+                    f"payment {row.amount_fen} fen, clearing debit {row.booked_fen} fen",
+                )
+            )
+        return findings
+
+
+class Orders:
+    def __init__(self, c: Connection) -> None:
+        self.c = c
+
+    def add(self, order: PaymentOrder) -> None:
+        self.c.execute(
+            insert(t.payment_orders).values(
+                out_trade_no=order.out_trade_no,
+                channel_id=order.channel_id,
+                account_no=order.account_no,
+                amount_fen=order.amount_fen,
+                state=order.state.value,
+                created_at=order.created_at,
+                payment_id=order.payment_id,
+            )
+        )
+
+    def get(self, out_trade_no: str) -> PaymentOrder | None:
+        row = self.c.execute(
+            select(t.payment_orders).where(t.payment_orders.c.out_trade_no == out_trade_no)
+        ).first()
+        if row is None:
+            return None
+        return PaymentOrder(
+            out_trade_no=row.out_trade_no,
+            channel_id=row.channel_id,
+            account_no=row.account_no,
+            amount_fen=row.amount_fen,
+            state=OrderState(row.state),
+            created_at=row.created_at,
+            payment_id=row.payment_id,
+        )
+
+    def mark_paid(self, out_trade_no: str, payment_id: str) -> bool:
+        """True if this payment paid the order; False if another payment already had."""
+        result = self.c.execute(
+            update(t.payment_orders)
+            .where(
+                t.payment_orders.c.out_trade_no == out_trade_no,
+                t.payment_orders.c.state == OrderState.OPEN.value,
+            )
+            .values(state=OrderState.PAID.value, payment_id=payment_id)
+        )
+        return result.rowcount == 1
+
+
+class DuplicateKey(Exception):
+    """A natural key (channel transaction id, nonce) is already taken."""
+
+
+class Payments:
+    def __init__(self, c: Connection) -> None:
+        self.c = c
+
+    def claim(self, payment: Payment) -> None:
+        """Insert the payment under its natural key (channel, channel transaction id).
+
+        Raises DuplicateKey, with the transaction still usable, when the key is taken, also by a
+        concurrent transaction that commits while we wait on the unique index.
+        """
+        savepoint = self.c.begin_nested()
+        try:
+            self.c.execute(
+                insert(t.payments).values(
+                    id=payment.id,
+                    channel_id=payment.channel_id,
+                    channel_txn_id=payment.channel_txn_id,
+                    amount_fen=payment.amount_fen,
+                    account_no=payment.account_no,
+                    out_trade_no=payment.out_trade_no,
+                    method=payment.method,
+                    paid_at=payment.paid_at,
+                    state=payment.state.value,
+                    received_at=payment.events[0].at,
+                )
+            )
+        except IntegrityError as error:
+            savepoint.rollback()
+            raise DuplicateKey(str(error.orig)) from error
+        savepoint.commit()
+
+    def save_progress(self, payment: Payment, events_already_saved: int) -> None:
+        self.c.execute(
+            update(t.payments)
+            .where(t.payments.c.id == payment.id)
+            .values(
+                state=payment.state.value,
+                hold_reason=payment.hold_reason.value if payment.hold_reason else None,
+                account_no=payment.account_no,
+            )
+        )
+        new_events = payment.events[events_already_saved:]
+        if new_events:
+            self.c.execute(
+                insert(t.payment_events),
+                [
+                    {"payment_id": payment.id, "seq": events_already_saved + i, "state": e.state.value, "at": e.at, "note": e.note}
+                    for i, e in enumerate(new_events, start=1)
+                ],
+            )
+
+    def get(self, payment_id: str) -> Payment | None:
+        row = self.c.execute(select(t.payments).where(t.payments.c.id == payment_id)).first()
+        return self._with_events(row) if row else None
+
+    def get_by_channel_txn(self, channel_id: str, channel_txn_id: str) -> Payment | None:
+        row = self.c.execute(
+            select(t.payments).where(
+                t.payments.c.channel_id == channel_id, t.payments.c.channel_txn_id == channel_txn_id
+            )
+        ).first()
+        return self._with_events(row) if row else None
+
+    def list_for_account(self, account_no: str, limit: int) -> list[Payment]:
+        rows = self.c.execute(
+            select(t.payments)
+            .where(t.payments.c.account_no == account_no)
+            .order_by(t.payments.c.received_at.desc(), t.payments.c.id)
+            .limit(limit)
+        )
+        return [self._with_events(r) for r in rows]
+
+    def list_in_state(self, state: PaymentState, limit: int) -> list[Payment]:
+        rows = self.c.execute(
+            select(t.payments)
+            .where(t.payments.c.state == state.value)
+            .order_by(t.payments.c.received_at, t.payments.c.id)
+            .limit(limit)
+        )
+        return [self._with_events(r) for r in rows]
+
+    def totals_by_state(self) -> dict[str, tuple[int, int]]:
+        rows = self.c.execute(
+            select(t.payments.c.state, func.count(), func.sum(t.payments.c.amount_fen)).group_by(t.payments.c.state)
+        )
+        return {state: (int(n), int(total or 0)) for state, n, total in rows}
+
+    def _with_events(self, row: Any) -> Payment:
+        events = self.c.execute(
+            select(t.payment_events).where(t.payment_events.c.payment_id == row.id).order_by(t.payment_events.c.seq)
+        )
+        return Payment(
+            id=row.id,
+            channel_id=row.channel_id,
+            channel_txn_id=row.channel_txn_id,
+            amount_fen=row.amount_fen,
+            account_no=row.account_no,
+            out_trade_no=row.out_trade_no,
+            method=row.method,
+            paid_at=row.paid_at,
+            state=PaymentState(row.state),
+            hold_reason=HoldReason(row.hold_reason) if row.hold_reason else None,
+            events=[PaymentEvent(PaymentState(e.state), e.at, e.note) for e in events],
+        )
+
+
+class Nonces:
+    def __init__(self, c: Connection) -> None:
+        self.c = c
+
+    def claim(self, channel_id: str, nonce: str, at: datetime) -> None:
+        savepoint = self.c.begin_nested()
+        try:
+            self.c.execute(insert(t.used_nonces).values(channel_id=channel_id, nonce=nonce, seen_at=at))
+        except IntegrityError as error:
+            savepoint.rollback()
+            raise DuplicateKey(f"nonce {nonce!r} already used on channel {channel_id}") from error
+        savepoint.commit()
+
+    def forget_older_than(self, cutoff: datetime) -> int:
+        """Nonces older than the timestamp tolerance can go: their timestamps are refused anyway."""
+        return self.c.execute(t.used_nonces.delete().where(t.used_nonces.c.seen_at < cutoff)).rowcount
+
+
+class Rejections:
+    def __init__(self, c: Connection) -> None:
+        self.c = c
+
+    def add(
+        self, *, at: datetime, channel_id: str, code: str, message: str, remote_addr: str, request_summary: dict
+    ) -> None:
+        self.c.execute(
+            insert(t.intake_rejections).values(
+                at=at,
+                channel_id=channel_id,
+                code=code,
+                message=message[:500],
+                remote_addr=remote_addr[:64],
+                request_summary=request_summary,
+            )
+        )
+
+    def list(self, *, limit: int, channel_id: str | None = None) -> list[dict]:
+        query = select(t.intake_rejections).order_by(t.intake_rejections.c.id.desc()).limit(limit)
+        if channel_id:
+            query = query.where(t.intake_rejections.c.channel_id == channel_id)
+        return [dict(r._mapping) for r in self.c.execute(query)]
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    id: str
+    name: str
+    role: str
+    channel_id: str | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ApiKeys:
+    def __init__(self, c: Connection) -> None:
+        self.c = c
+
+    def add(self, record: ApiKeyRecord, secret_sha256: str) -> None:
+        self.c.execute(
+            insert(t.api_keys).values(
+                id=record.id,
+                name=record.name,
+                role=record.role,
+                channel_id=record.channel_id,
+                secret_sha256=secret_sha256,
+                created_at=record.created_at,
+            )
+        )
+
+    def find_by_secret_sha256(self, secret_sha256: str) -> ApiKeyRecord | None:
+        row = self.c.execute(select(t.api_keys).where(t.api_keys.c.secret_sha256 == secret_sha256)).first()
+        return _api_key(row) if row else None
+
+    def list(self) -> list[ApiKeyRecord]:
+        return [_api_key(r) for r in self.c.execute(select(t.api_keys).order_by(t.api_keys.c.created_at))]
+
+    def revoke(self, key_id: str, at: datetime) -> int:
+        return self.c.execute(
+            update(t.api_keys).where(t.api_keys.c.id == key_id, t.api_keys.c.revoked_at.is_(None)).values(revoked_at=at)
+        ).rowcount
+
+
+def _api_key(row: Any) -> ApiKeyRecord:
+    return ApiKeyRecord(row.id, row.name, row.role, row.channel_id, row.created_at, row.revoked_at)
+
+
+class AuditLog:
+    def __init__(self, c: Connection) -> None:
+        self.c = c
+
+    def append(self, *, at: datetime, actor: str, action: str, subject: str, detail: dict) -> None:
+        self.c.execute(insert(t.audit_log).values(at=at, actor=actor, action=action, subject=subject, detail=detail))
+
+    def list(self, *, limit: int, subject: str | None = None) -> list[dict]:
+        query = select(t.audit_log).order_by(t.audit_log.c.id.desc()).limit(limit)
+        if subject:
+            query = query.where(t.audit_log.c.subject == subject)
+        return [dict(r._mapping) for r in self.c.execute(query)]
+

@@ -1,0 +1,58 @@
+"""One unit of work = one database transaction, with the repositories a use case needs."""
+
+from types import TracebackType
+
+from sqlalchemy import Connection, Engine
+
+from gasworks.adapters.db import repositories as repos
+from gasworks.domain.clock import Clock
+
+
+class SqlUnitOfWork:
+    """Use as `with uow: ...; uow.commit()`. Leaving the block without commit rolls back."""
+
+    def __init__(self, engine: Engine, clock: Clock) -> None:
+        self.engine = engine
+        self.clock = clock
+        self._connection: Connection | None = None
+
+    def __enter__(self) -> "SqlUnitOfWork":
+        if self._connection is not None:
+            raise RuntimeError("unit of work is already open")
+        self._connection = self.engine.connect()
+        self._transaction = self._connection.begin()
+        c = self._connection
+        self.customers = repos.Customers(c)
+        self.channels = repos.Channels(c)
+        self.ledger = repos.Ledger(c)
+        self.orders = repos.Orders(c)
+        self.payments = repos.Payments(c)
+        self.nonces = repos.Nonces(c)
+        self.rejections = repos.Rejections(c)
+        self.api_keys = repos.ApiKeys(c)
+        self.audit = repos.AuditLog(c)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._connection is not None
+        try:
+            if self._transaction.is_active:
+                self._transaction.rollback()
+        finally:
+            self._connection.close()
+            self._connection = None
+
+    def commit(self) -> None:
+        self._transaction.commit()
+
+    def rollback(self) -> None:
+        self._transaction.rollback()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
