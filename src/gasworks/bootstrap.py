@@ -1,0 +1,30 @@
+"""Wires settings, engine, clock and units of work together for every entrypoint."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from gasworks.adapters.db.engine import make_engine
+from gasworks.adapters.db.unit_of_work import SqlUnitOfWork
+from gasworks.config import Settings
+from gasworks.domain.clock import Clock, SystemClock
+
+
+@dataclass
+class System:
+    settings: Settings
+    engine: Engine
+    clock: Clock
+
+    def new_uow(self) -> SqlUnitOfWork:
+        return SqlUnitOfWork(self.engine, self.clock)
+
+    @property
+    def uow_factory(self) -> Callable[[], SqlUnitOfWork]:
+        return self.new_uow
+
+
+def bootstrap(settings: Settings | None = None, *, clock: Clock | None = None, engine: Engine | None = None) -> System:
+    settings = settings or Settings()
+    return System(settings=settings, engine=engine or make_engine(settings.database_url), clock=clock or SystemClock())

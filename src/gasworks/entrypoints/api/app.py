@@ -1,0 +1,272 @@
+"""The HTTP API: FastAPI, errors as {"error": {"code", "message"}}, never a 500 for bad input."""
+
+import time
+from collections.abc import Callable
+
+import structlog
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gasworks.adapters.channels import BILL_PAYMENT_DECODERS, NOTIFY_DECODERS, InboundRequest, Reply
+from gasworks.adapters.channels import alipay, wechatpay_v3
+from gasworks.adapters.db.repositories import ApiKeyRecord
+from gasworks.bootstrap import System
+from gasworks.domain.channels import Channel, ChannelKind, PaymentNotice
+from gasworks.domain.errors import GasworksError, InvalidInput, NotFound
+from gasworks.domain.payments import PaymentState
+from gasworks.entrypoints.api import schemas as s
+from gasworks.observability import intake_refusals, intake_seconds, payments_taken
+from gasworks.services import access, accounts, checks, intake, notifications, orders
+from gasworks.services.access import Role
+
+log = structlog.get_logger(__name__)
+
+READERS = {Role.OPERATOR, Role.AUDITOR}
+ERROR_RESPONSES = {400: {"model": s.ErrorBody}, 401: {"model": s.ErrorBody}, 403: {"model": s.ErrorBody}, 404: {"model": s.ErrorBody}, 409: {"model": s.ErrorBody}, 422: {"model": s.ErrorBody}}
+
+# How each channel kind expects to hear "taken" and "refused".
+CHANNEL_REPLIES: dict[ChannelKind, tuple[Callable[[], Reply], Callable[[GasworksError], Reply]]] = {
+    ChannelKind.WECHATPAY_V3: (wechatpay_v3.success_reply, wechatpay_v3.error_reply),
+    ChannelKind.ALIPAY: (alipay.success_reply, alipay.error_reply),
+}
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def to_response(reply: Reply) -> Response:
+    return Response(reply.body, status_code=reply.status, media_type=reply.media_type, headers=reply.headers)
+
+
+async def read_body(request: Request, bytes_max: int) -> bytes:
+    """Reads at most `bytes_max` bytes; a larger body is refused before it is all in memory."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > bytes_max):
+        raise InvalidInput(f"request body over {bytes_max} bytes", code="BODY_TOO_LARGE")
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > bytes_max:
+            raise InvalidInput(f"request body over {bytes_max} bytes", code="BODY_TOO_LARGE")
+    return bytes(body)
+
+
+def create_app(system: System) -> FastAPI:
+    settings = system.settings
+    new_uow = system.new_uow
+    app = FastAPI(
+        title="gasworks",
+        version="0.1.0",
+        description="Every yuan a resident pays becomes gas at their meter, and the system can prove it.",
+    )
+    app.state.system = system
+    bearer = HTTPBearer(auto_error=False, description="Operator, auditor or device API key")
+
+    def caller(*roles: Role) -> Callable[..., ApiKeyRecord]:
+        allowed = set(roles)
+
+        def dependency(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> ApiKeyRecord:
+            return access.authenticate(credentials.credentials if credentials else None, allowed, new_uow())
+
+        return dependency
+
+    @app.exception_handler(GasworksError)
+    async def _gasworks_error(_: Request, error: GasworksError) -> JSONResponse:
+        return error_response(error.http_status, error.code, error.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()[:10])
+        return error_response(422, "VALIDATION_ERROR", problems)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+        return error_response(error.status_code, codes.get(error.status_code, "HTTP_ERROR"), str(error.detail))
+
+    @app.get("/healthz", tags=["system"])
+    def healthz() -> dict[str, str]:
+        with new_uow() as uow:
+            uow.ledger.entries_sum_fen("suspense")
+        return {"status": "ok"}
+
+    @app.get("/metrics", tags=["system"], include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    # --- channels: authenticated by signature only ---------------------------------------------
+
+    async def inbound(request: Request) -> InboundRequest:
+        return InboundRequest(
+            method=request.method,
+            path=request.url.path,
+            headers={k.lower(): v for k, v in request.headers.items()},
+            body=await read_body(request, settings.request_body_bytes_max),
+            remote_addr=request.client.host if request.client else "",
+        )
+
+    def count(channel: Channel, taken: intake.Acceptance | None, error: GasworksError | None) -> None:
+        if error is not None:
+            intake_refusals.labels(channel.kind.value, error.code).inc()
+        elif taken is not None:
+            outcome = "duplicate" if taken.duplicate else taken.state.value
+            payments_taken.labels(channel.kind.value, outcome).inc()
+
+    async def take(channel_id: str, request: Request, decoders: dict) -> tuple[Channel, intake.Acceptance | None, GasworksError | None]:
+        raw = await inbound(request)
+        channel = await run_in_threadpool(notifications.load_channel, channel_id, raw, new_uow)
+        started = time.perf_counter()
+        try:
+            taken = await run_in_threadpool(
+                notifications.take_channel_payment, channel, raw, decoders, new_uow, skew_s=settings.notification_clock_skew_s
+            )
+            count(channel, taken, None)
+            return channel, taken, None
+        except GasworksError as error:
+            count(channel, None, error)
+            return channel, None, error
+        finally:
+            intake_seconds.labels(channel.kind.value).observe(time.perf_counter() - started)
+
+    @app.post("/v1/channels/{channel_id}/notify", tags=["channels"], responses=ERROR_RESPONSES)
+    async def channel_notify(channel_id: str, request: Request) -> Response:
+        """Merchant-order payment notifications (WeChat Pay v3, Alipay), in each channel's own reply format."""
+        channel, taken, error = await take(channel_id, request, NOTIFY_DECODERS)
+        success, failure = CHANNEL_REPLIES.get(channel.kind, (None, None))
+        if success is None or failure is None:
+            assert error is not None
+            return error_response(error.http_status, error.code, error.message)
+        if error is None or getattr(error, "acknowledge", False):
+            return to_response(success())
+        return to_response(failure(error))
+
+    @app.post("/v1/channels/{channel_id}/payments", tags=["channels"], response_model=s.AcceptanceOut, responses=ERROR_RESPONSES)
+    async def channel_payment(channel_id: str, request: Request) -> s.AcceptanceOut:
+        """Bill payment (代收/销账) by a wallet-hmac channel: the same transaction id always gets the first answer."""
+        _, taken, error = await take(channel_id, request, BILL_PAYMENT_DECODERS)
+        if error is not None:
+            raise error
+        assert taken is not None
+        return s.AcceptanceOut.of(taken)
+
+    @app.get("/v1/channels/{channel_id}/accounts/{account_no}", tags=["channels"], response_model=s.ChannelAccountOut, responses=ERROR_RESPONSES)
+    async def channel_account(channel_id: str, account_no: str, request: Request) -> s.ChannelAccountOut:
+        """Bill-payment account query: masked name, balance and meter kind, for the resident to confirm."""
+        raw = await inbound(request)
+        channel = await run_in_threadpool(notifications.load_channel, channel_id, raw, new_uow)
+        view = await run_in_threadpool(
+            notifications.look_up_account_for_channel, channel, account_no, raw, new_uow, skew_s=settings.notification_clock_skew_s
+        )
+        return s.ChannelAccountOut.of(view)
+
+    # --- orders: created for a resident before the wallet collects ----------------------------
+
+    @app.post("/v1/orders", tags=["orders"], response_model=s.OrderOut, status_code=201, responses=ERROR_RESPONSES)
+    def create_order(body: s.CreateOrderIn) -> s.OrderOut:
+        order = orders.create_order(
+            channel_id=body.channel_id, account_no=body.account_no, amount_fen=body.amount_fen, payment_fen_max=settings.payment_fen_max, uow=new_uow()
+        )
+        return s.OrderOut(**order.__dict__ | {"state": order.state.value})
+
+    @app.get("/v1/orders/{out_trade_no}", tags=["orders"], response_model=s.OrderOut, responses=ERROR_RESPONSES)
+    def get_order(out_trade_no: str) -> s.OrderOut:
+        order = orders.get_order(out_trade_no, new_uow())
+        return s.OrderOut(**order.__dict__ | {"state": order.state.value})
+
+    # --- devices: kiosks and counters ---------------------------------------------------------
+
+    @app.get("/v1/devices/accounts/{account_no}", tags=["devices"], response_model=s.ChannelAccountOut, responses=ERROR_RESPONSES)
+    def device_account(account_no: str, device: ApiKeyRecord = Depends(caller(Role.DEVICE))) -> s.ChannelAccountOut:
+        return s.ChannelAccountOut.of(accounts.get_account(account_no, new_uow()))
+
+    @app.post("/v1/devices/payments", tags=["devices"], response_model=s.AcceptanceOut, responses=ERROR_RESPONSES)
+    def device_payment(body: s.DevicePaymentIn, device: ApiKeyRecord = Depends(caller(Role.DEVICE))) -> s.AcceptanceOut:
+        """A kiosk or counter takes cash, card or QR for an account; its own txn id makes retries safe."""
+        if body.amount_fen > settings.payment_fen_max:
+            raise InvalidInput(f"amount must be 1 to {settings.payment_fen_max} fen", code="AMOUNT_OUT_OF_RANGE")
+        accounts.get_account(body.account_no, new_uow())  # cash in hand: refuse now, do not hold
+        assert device.channel_id is not None
+        notice = PaymentNotice(
+            channel_id=device.channel_id,
+            channel_txn_id=body.txn_id,
+            amount_fen=body.amount_fen,
+            paid_at=None,
+            account_no=body.account_no,
+            method=body.method,
+        )
+        taken = intake.accept_payment(notice, new_uow())
+        if not taken.duplicate:
+            with new_uow() as uow:
+                uow.audit.append(
+                    at=uow.clock.now(), actor=access.actor_of(device), action="payment.take", subject=f"payment:{taken.payment_id}",
+                    detail={"txn_id": body.txn_id, "account_no": body.account_no, "amount_fen": body.amount_fen, "method": body.method},
+                )
+                uow.commit()
+        payments_taken.labels("device", "duplicate" if taken.duplicate else taken.state.value).inc()
+        return s.AcceptanceOut.of(taken)
+
+    # --- operators and auditors ---------------------------------------------------------------
+
+    @app.post("/v1/accounts", tags=["accounts"], response_model=s.AccountOut, status_code=201, responses=ERROR_RESPONSES)
+    def open_account(body: s.OpenAccountIn, who: ApiKeyRecord = Depends(caller(Role.OPERATOR))) -> s.AccountOut:
+        customer = accounts.open_account(accounts.OpenAccount(**body.model_dump()), new_uow(), actor=access.actor_of(who))
+        return s.AccountOut.of(accounts.AccountView(customer, 0))
+
+    @app.get("/v1/accounts/{account_no}", tags=["accounts"], response_model=s.AccountOut, responses=ERROR_RESPONSES)
+    def get_account(account_no: str, who: ApiKeyRecord = Depends(caller(*READERS))) -> s.AccountOut:
+        return s.AccountOut.of(accounts.get_account(account_no, new_uow()))
+
+    @app.get("/v1/accounts/{account_no}/payments", tags=["payments"], response_model=list[s.PaymentOut], responses=ERROR_RESPONSES)
+    def account_payments(
+        account_no: str, limit: int = Query(50, ge=1, le=settings.page_size_max), who: ApiKeyRecord = Depends(caller(*READERS))
+    ) -> list[s.PaymentOut]:
+        accounts.get_account(account_no, new_uow())
+        with new_uow() as uow:
+            return [s.PaymentOut.of(p) for p in uow.payments.list_for_account(account_no, limit)]
+
+    @app.get("/v1/payments/{payment_id}", tags=["payments"], response_model=s.PaymentOut, responses=ERROR_RESPONSES)
+    def get_payment(payment_id: str, who: ApiKeyRecord = Depends(caller(*READERS))) -> s.PaymentOut:
+        with new_uow() as uow:
+            payment = uow.payments.get(payment_id)
+        if payment is None:
+            raise NotFound(f"no payment {payment_id[:40]!r}", code="PAYMENT_NOT_FOUND")
+        return s.PaymentOut.of(payment)
+
+    @app.get("/v1/holds", tags=["payments"], response_model=list[s.PaymentOut], responses=ERROR_RESPONSES)
+    def held_payments(limit: int = Query(100, ge=1, le=settings.page_size_max), who: ApiKeyRecord = Depends(caller(*READERS))) -> list[s.PaymentOut]:
+        """Money in suspense: every payment held, with its reason, oldest first."""
+        with new_uow() as uow:
+            return [s.PaymentOut.of(p) for p in uow.payments.list_in_state(PaymentState.HELD, limit)]
+
+    @app.get("/v1/rejections", tags=["audit"], responses=ERROR_RESPONSES)
+    def rejections(
+        channel_id: str | None = None, limit: int = Query(100, ge=1, le=settings.page_size_max), who: ApiKeyRecord = Depends(caller(*READERS))
+    ) -> list[dict]:
+        """Every channel message refused: when, which channel, the code and the reason, newest first."""
+        with new_uow() as uow:
+            return uow.rejections.list(limit=limit, channel_id=channel_id)
+
+    @app.get("/v1/audit", tags=["audit"], responses=ERROR_RESPONSES)
+    def audit_log(
+        subject: str | None = None, limit: int = Query(100, ge=1, le=settings.page_size_max), who: ApiKeyRecord = Depends(caller(*READERS))
+    ) -> list[dict]:
+        with new_uow() as uow:
+            return uow.audit.list(limit=limit, subject=subject)
+
+    @app.get("/v1/checks/ledger", tags=["audit"], response_model=s.LedgerCheckOut, responses=ERROR_RESPONSES)
+    def ledger_check(who: ApiKeyRecord = Depends(caller(*READERS))) -> s.LedgerCheckOut:
+        report = checks.check_ledger(new_uow())
+        return s.LedgerCheckOut(
+            ok=report.ok,
+            findings=[s.Finding(**f.__dict__) for f in report.findings],
+            totals_by_kind_fen=report.totals_by_kind_fen,
+            payments_by_state={k: {"count": n, "amount_fen": fen} for k, (n, fen) in report.payments_by_state.items()},
+        )
+
+    return app

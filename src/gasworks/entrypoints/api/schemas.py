@@ -1,0 +1,176 @@
+"""Request and response bodies of the HTTP API. Money in integer fen, times in UTC RFC 3339."""
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gasworks.domain.accounts import CustomerClass, MeterKind
+from gasworks.domain.payments import Payment
+from gasworks.services.accounts import AccountView
+from gasworks.services.intake import Acceptance
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class OpenAccountIn(Strict):
+    account_no: str = Field(pattern=r"^[0-9]{10,12}$", examples=["4301001234"])
+    name: str = Field(min_length=1, max_length=100)
+    address: str = Field(max_length=300)
+    community: str = Field(max_length=100)
+    grid: str = Field(max_length=50)
+    phone: str = Field(min_length=3, max_length=20)
+    meter_serial: str = Field(pattern=r"^[0-9]{14}$")
+    meter_kind: MeterKind
+    customer_class: CustomerClass = CustomerClass.RESIDENTIAL
+
+
+class AccountOut(BaseModel):
+    account_no: str
+    name_masked: str
+    phone_masked: str
+    address: str
+    community: str
+    grid: str
+    customer_class: str
+    meter_serial: str
+    meter_kind: str
+    meter_status: str
+    balance_fen: int
+
+    @classmethod
+    def of(cls, view: AccountView) -> "AccountOut":
+        c = view.customer
+        return cls(
+            account_no=c.account_no,
+            name_masked=c.masked_name,
+            phone_masked=c.masked_phone,
+            address=c.address,
+            community=c.community,
+            grid=c.grid,
+            customer_class=c.customer_class.value,
+            meter_serial=c.meter.serial,
+            meter_kind=c.meter.kind.value,
+            meter_status=c.meter.status.value,
+            balance_fen=view.balance_fen,
+        )
+
+
+class ChannelAccountOut(BaseModel):
+    """What a bill-payment channel may show the resident before collecting."""
+
+    account_no: str
+    name_masked: str
+    balance_fen: int
+    meter_kind: str
+
+    @classmethod
+    def of(cls, view: AccountView) -> "ChannelAccountOut":
+        return cls(
+            account_no=view.customer.account_no,
+            name_masked=view.customer.masked_name,
+            balance_fen=view.balance_fen,
+            meter_kind=view.customer.meter.kind.value,
+        )
+
+
+class CreateOrderIn(Strict):
+    channel_id: str = Field(max_length=40)
+    account_no: str = Field(pattern=r"^[0-9]{10,12}$")
+    amount_fen: int = Field(gt=0)
+
+
+class OrderOut(BaseModel):
+    out_trade_no: str
+    channel_id: str
+    account_no: str
+    amount_fen: int
+    state: str
+    created_at: datetime
+    payment_id: str | None
+
+
+class AcceptanceOut(BaseModel):
+    payment_id: str
+    status: str
+    hold_reason: str | None
+    amount_fen: int
+    account_no: str | None
+    duplicate: bool
+
+    @classmethod
+    def of(cls, acceptance: Acceptance) -> "AcceptanceOut":
+        return cls(
+            payment_id=acceptance.payment_id,
+            status=acceptance.state.value,
+            hold_reason=acceptance.hold_reason.value if acceptance.hold_reason else None,
+            amount_fen=acceptance.amount_fen,
+            account_no=acceptance.account_no,
+            duplicate=acceptance.duplicate,
+        )
+
+
+class DevicePaymentIn(Strict):
+    txn_id: str = Field(min_length=1, max_length=64)
+    account_no: str = Field(pattern=r"^[0-9]{10,12}$")
+    amount_fen: int = Field(gt=0)
+    method: str = Field(pattern=r"^(cash|card|qr)$")
+
+
+class TimelineStep(BaseModel):
+    state: str
+    at: datetime
+    note: str
+
+
+class PaymentOut(BaseModel):
+    id: str
+    channel_id: str
+    channel_txn_id: str
+    amount_fen: int
+    account_no: str | None
+    out_trade_no: str | None
+    method: str
+    paid_at: datetime | None
+    status: str
+    hold_reason: str | None
+    timeline: list[TimelineStep]
+
+    @classmethod
+    def of(cls, p: Payment) -> "PaymentOut":
+        return cls(
+            id=p.id,
+            channel_id=p.channel_id,
+            channel_txn_id=p.channel_txn_id,
+            amount_fen=p.amount_fen,
+            account_no=p.account_no,
+            out_trade_no=p.out_trade_no,
+            method=p.method,
+            paid_at=p.paid_at,
+            status=p.state.value,
+            hold_reason=p.hold_reason.value if p.hold_reason else None,
+            timeline=[TimelineStep(state=e.state.value, at=e.at, note=e.note) for e in p.events],
+        )
+
+
+class Finding(BaseModel):
+    code: str
+    subject: str
+    detail: str
+
+
+class LedgerCheckOut(BaseModel):
+    ok: bool
+    findings: list[Finding]
+    totals_by_kind_fen: dict[str, int]
+    payments_by_state: dict[str, dict[str, int]]

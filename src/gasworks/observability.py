@@ -1,0 +1,39 @@
+"""Structured logs (structlog) and Prometheus metrics, set up once per process."""
+
+import logging
+import sys
+
+import structlog
+from prometheus_client import Counter, Histogram
+
+payments_taken = Counter(
+    "gasworks_payments_taken_total",
+    "Payments taken from channels, by channel kind and outcome (booked, held, duplicate).",
+    ["channel_kind", "outcome"],
+)
+intake_refusals = Counter(
+    "gasworks_intake_refusals_total",
+    "Channel messages refused (recorded in intake_rejections), by channel kind and code.",
+    ["channel_kind", "code"],
+)
+intake_seconds = Histogram(
+    "gasworks_intake_seconds",
+    "Time to verify and take one channel payment message.",
+    ["channel_kind"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+
+def configure_logging(*, json: bool = False, level: int = logging.INFO) -> None:
+    renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )

@@ -1,0 +1,77 @@
+"""Customer accounts and their meters."""
+
+from dataclasses import dataclass
+
+from gasworks.domain.accounts import (
+    Customer,
+    CustomerClass,
+    Meter,
+    MeterKind,
+    check_account_no,
+    check_meter_serial,
+)
+from gasworks.domain.errors import Conflict, InvalidInput, NotFound
+from gasworks.domain.ledger import LedgerAccountKind, prepaid_account, presented_balance_fen
+from gasworks.services.unit_of_work import UnitOfWork
+
+
+@dataclass(frozen=True)
+class OpenAccount:
+    account_no: str
+    name: str
+    address: str
+    community: str
+    grid: str
+    phone: str
+    meter_serial: str
+    meter_kind: MeterKind
+    customer_class: CustomerClass = CustomerClass.RESIDENTIAL
+
+
+def open_account(cmd: OpenAccount, uow: UnitOfWork, *, actor: str) -> Customer:
+    check_account_no(cmd.account_no)
+    check_meter_serial(cmd.meter_serial)
+    if not cmd.name.strip() or not cmd.phone.strip():
+        raise InvalidInput("name and phone are required", code="MISSING_FIELD")
+    with uow:
+        if uow.customers.exists(cmd.account_no):
+            raise Conflict(f"account {cmd.account_no} already exists", code="ACCOUNT_EXISTS")
+        if uow.customers.meter_serial_taken(cmd.meter_serial):
+            raise Conflict(f"meter {cmd.meter_serial} already belongs to an account", code="METER_TAKEN")
+        customer = Customer(
+            account_no=cmd.account_no,
+            name=cmd.name.strip(),
+            address=cmd.address.strip(),
+            community=cmd.community.strip(),
+            grid=cmd.grid.strip(),
+            phone=cmd.phone.strip(),
+            customer_class=cmd.customer_class,
+            meter=Meter(serial=cmd.meter_serial, kind=cmd.meter_kind),
+            created_at=uow.clock.now(),
+        )
+        uow.customers.add(customer)
+        uow.ledger.open_account(prepaid_account(cmd.account_no), LedgerAccountKind.PREPAID)
+        uow.audit.append(
+            at=uow.clock.now(),
+            actor=actor,
+            action="account.open",
+            subject=f"account:{cmd.account_no}",
+            detail={"meter_serial": cmd.meter_serial, "meter_kind": cmd.meter_kind.value, "community": customer.community},
+        )
+        uow.commit()
+        return customer
+
+
+@dataclass(frozen=True)
+class AccountView:
+    customer: Customer
+    balance_fen: int
+
+
+def get_account(account_no: str, uow: UnitOfWork) -> AccountView:
+    with uow:
+        customer = uow.customers.get(account_no)
+        if customer is None:
+            raise NotFound(f"no account {account_no!r}", code="ACCOUNT_NOT_FOUND")
+        code = prepaid_account(account_no)
+        return AccountView(customer, presented_balance_fen(code, uow.ledger.entries_sum_fen(code) or 0))
