@@ -23,6 +23,11 @@ class InvalidInput(GasworksError):
     http_status = 422
 
 
+class PayloadTooLarge(GasworksError):
+    code = "BODY_TOO_LARGE"
+    http_status = 413
+
+
 class NotFound(GasworksError):
     code = "NOT_FOUND"
     http_status = 404

@@ -17,7 +17,7 @@ from gasworks.adapters.channels import alipay, wechatpay_v3
 from gasworks.adapters.db.repositories import ApiKeyRecord
 from gasworks.bootstrap import System
 from gasworks.domain.channels import Channel, ChannelKind, PaymentNotice
-from gasworks.domain.errors import GasworksError, InvalidInput, NotFound
+from gasworks.domain.errors import GasworksError, InvalidInput, NotFound, PayloadTooLarge
 from gasworks.domain.payments import PaymentState
 from gasworks.entrypoints.api import schemas as s
 from gasworks.observability import intake_refusals, intake_seconds, payments_taken
@@ -48,12 +48,12 @@ async def read_body(request: Request, bytes_max: int) -> bytes:
     """Reads at most `bytes_max` bytes; a larger body is refused before it is all in memory."""
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > bytes_max):
-        raise InvalidInput(f"request body over {bytes_max} bytes", code="BODY_TOO_LARGE")
+        raise PayloadTooLarge(f"request body over {bytes_max} bytes")
     body = bytearray()
     async for chunk in request.stream():
         body.extend(chunk)
         if len(body) > bytes_max:
-            raise InvalidInput(f"request body over {bytes_max} bytes", code="BODY_TOO_LARGE")
+            raise PayloadTooLarge(f"request body over {bytes_max} bytes")
     return bytes(body)
 
 

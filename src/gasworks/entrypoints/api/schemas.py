@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from gasworks.domain.accounts import CustomerClass, MeterKind
 from gasworks.domain.payments import Payment
@@ -11,7 +11,9 @@ from gasworks.services.intake import Acceptance
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    """Unknown fields are refused; money fields take integers only."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class ErrorDetail(BaseModel):
@@ -87,7 +89,7 @@ class ChannelAccountOut(BaseModel):
 class CreateOrderIn(Strict):
     channel_id: str = Field(max_length=40)
     account_no: str = Field(pattern=r"^[0-9]{10,12}$")
-    amount_fen: int = Field(gt=0)
+    amount_fen: StrictInt = Field(gt=0)  # "50" or 50.0 is refused, not coerced
 
 
 class OrderOut(BaseModel):
@@ -123,7 +125,7 @@ class AcceptanceOut(BaseModel):
 class DevicePaymentIn(Strict):
     txn_id: str = Field(min_length=1, max_length=64)
     account_no: str = Field(pattern=r"^[0-9]{10,12}$")
-    amount_fen: int = Field(gt=0)
+    amount_fen: StrictInt = Field(gt=0)  # "50" or 50.0 is refused, not coerced
     method: str = Field(pattern=r"^(cash|card|qr)$")
 
 

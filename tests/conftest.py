@@ -1,0 +1,109 @@
+"""Fixtures: every service test runs on the embedded SQLite default and on real PostgreSQL.
+
+PostgreSQL tests use GASWORKS_TEST_POSTGRES_URL (default: the local server, database `test`) to
+create a fresh database for the session. Without a server they skip with the reason, unless
+GASWORKS_REQUIRE_SERVICES=1 (CI), where a missing service fails the run.
+"""
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from gasworks.adapters.db.engine import make_engine
+from gasworks.adapters.db.migrate import upgrade
+from gasworks.adapters.db.tables import metadata
+from gasworks.bootstrap import System, bootstrap
+from gasworks.config import Settings
+from gasworks.domain.clock import FixedClock
+
+POSTGRES_ADMIN_URL = os.environ.get("GASWORKS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REQUIRE_SERVICES = os.environ.get("GASWORKS_REQUIRE_SERVICES") == "1"
+START = datetime(2026, 11, 23, 9, 0, 0, tzinfo=UTC)
+
+
+def service_missing(reason: str) -> None:
+    if REQUIRE_SERVICES:
+        pytest.fail(f"GASWORKS_REQUIRE_SERVICES=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, migrated to head, dropped at the end."""
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect():
+            pass
+    except Exception as error:  # noqa: BLE001 - any connection failure means "no server here"
+        admin.dispose()
+        service_missing(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {type(error).__name__}")
+    name = f"gasworks_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    yield url
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "gasworks.db"
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    engine.dispose()
+    return path
+
+
+def _empty_postgres(url: str):  # noqa: ANN202
+    engine = make_engine(url)
+    names = ", ".join(t.name for t in metadata.sorted_tables)
+    with engine.begin() as c:
+        # TRUNCATE skips the append-only row triggers: fine between tests, never in the product.
+        c.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        c.execute(text("INSERT INTO ledger_accounts (code, kind, entries_sum_fen) VALUES ('suspense','suspense',0), ('revenue','revenue',0), ('refunds','refunds',0)"))
+    return engine
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        path = tmp_path / "gasworks.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite:///{path}"
+    url = request.getfixturevalue("postgres_url")
+    _empty_postgres(url).dispose()
+    return url
+
+
+@pytest.fixture
+def postgres_only_url(postgres_url: str) -> str:
+    _empty_postgres(postgres_url).dispose()
+    return postgres_url
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(START)
+
+
+def make_system(url: str, clock: FixedClock) -> System:
+    return bootstrap(Settings(database_url=url), clock=clock)
+
+
+@pytest.fixture
+def system(database_url: str, clock: FixedClock) -> Iterator[System]:
+    sys_ = make_system(database_url, clock)
+    yield sys_
+    sys_.engine.dispose()
