@@ -1,0 +1,84 @@
+"""Exactly once under concurrency, on real PostgreSQL, through a real HTTP server."""
+
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import uvicorn
+
+from gasworks.entrypoints.api.app import create_app
+from gasworks.services.checks import check_ledger
+from tests.conftest import make_system
+from tests.support import ACCOUNT_NO, balance_fen, set_up
+
+PARALLEL = 16
+
+
+@pytest.fixture
+def served(postgres_only_url, clock):
+    system = make_system(postgres_only_url, clock)
+    notifiers = set_up(system)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(system), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    yield system, notifiers, f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+    system.engine.dispose()
+
+
+def in_parallel(requests: list) -> list[httpx.Response]:
+    barrier = threading.Barrier(len(requests))
+
+    def send(request):
+        barrier.wait()  # release them together so they really race
+        with httpx.Client(timeout=30) as client:
+            return client.send(request)
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        return list(pool.map(send, requests))
+
+
+def test_concurrent_duplicate_wallet_payments_book_exactly_once(served):
+    system, n, base = served
+    path = "/v1/channels/wo-wallet/payments"
+    requests = []
+    for _ in range(PARALLEL):
+        headers, body = n.wallet.payment(path=path, txn_id="WO-RACE-1", account_no=ACCOUNT_NO, amount_fen=3000, at=system.clock.now())
+        requests.append(httpx.Request("POST", base + path, headers=headers, content=body))
+    replies = in_parallel(requests)
+    assert [r.status_code for r in replies] == [200] * PARALLEL
+    assert len({r.json()["payment_id"] for r in replies}) == 1
+    assert sorted(r.json()["duplicate"] for r in replies) == [False] + [True] * (PARALLEL - 1)
+    assert balance_fen(system, ACCOUNT_NO) == 3000
+    assert check_ledger(system.new_uow()).ok
+
+
+def test_concurrent_wechat_notifications_for_one_order_book_it_once(served):
+    system, n, base = served
+    with httpx.Client(base_url=base) as client:
+        trade = client.post("/v1/orders", json={"channel_id": "wechat", "account_no": ACCOUNT_NO, "amount_fen": 8800}).json()["out_trade_no"]
+    requests = []
+    for i in range(PARALLEL):
+        # Half are retries of one transaction, half are other transactions claiming the same order.
+        txn = "4200009999" if i % 2 == 0 else f"42000100{i:02d}"
+        headers, body = n.wechat.notification(out_trade_no=trade, transaction_id=txn, amount_fen=8800, at=system.clock.now())
+        requests.append(httpx.Request("POST", base + "/v1/channels/wechat/notify", headers=headers, content=body))
+    replies = in_parallel(requests)
+    assert [r.status_code for r in replies] == [200] * PARALLEL
+    assert balance_fen(system, ACCOUNT_NO) == 8800  # the order is paid once
+    report = check_ledger(system.new_uow())
+    assert report.ok
+    booked, held = report.payments_by_state.get("booked", (0, 0)), report.payments_by_state.get("held", (0, 0))
+    assert booked == (1, 8800)
+    assert held == (PARALLEL // 2, 8800 * PARALLEL // 2)  # every other transaction is in suspense, none lost
