@@ -1,0 +1,37 @@
+"""The schema itself: migrations apply on both databases, history is append-only, keys rotate safely."""
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from gasworks.adapters.db.migrate import current_revision, upgrade
+from gasworks.domain.channels import KeyPurpose
+from gasworks.domain.errors import Conflict
+from gasworks.domain.channels import PaymentNotice
+from gasworks.services import channels
+from gasworks.services.intake import accept_payment
+from tests.support import ACCOUNT_NO, WALLET_SECRET, set_up
+
+
+def test_migrations_reach_head_and_are_idempotent(system):
+    upgrade(system.engine)
+    assert current_revision(system.engine) == "0001"
+
+
+@pytest.mark.parametrize("statement", ["UPDATE ledger_entries SET amount_fen = amount_fen + 1", "DELETE FROM ledger_entries", "DELETE FROM audit_log", "UPDATE payment_events SET note = 'x'"])
+def test_history_cannot_be_rewritten_even_with_plain_sql(system, statement):
+    set_up(system)
+    accept_payment(PaymentNotice("wo-wallet", "T1", 100, None, account_no=ACCOUNT_NO), system.new_uow())
+    with pytest.raises(DBAPIError, match="append-only"):
+        with system.engine.begin() as c:
+            c.execute(text(statement))
+
+
+def test_the_last_key_of_a_channel_cannot_be_retired_and_a_third_cannot_be_added(system):
+    set_up(system)
+    with pytest.raises(Conflict, match="LAST_KEY|last active"):
+        channels.retire_key(channel_id="wo-wallet", key_id="wo-1", uow=system.new_uow(), actor="test")
+    channels.add_key(channel_id="wo-wallet", purpose=KeyPurpose.HMAC_SECRET, key_id="wo-2", material=WALLET_SECRET + "2", uow=system.new_uow(), actor="test")
+    with pytest.raises(Conflict) as third:
+        channels.add_key(channel_id="wo-wallet", purpose=KeyPurpose.HMAC_SECRET, key_id="wo-3", material=WALLET_SECRET + "3", uow=system.new_uow(), actor="test")
+    assert third.value.code == "TOO_MANY_KEYS"
