@@ -31,6 +31,9 @@ class LedgerAccountKind(StrEnum):
     REFUNDS = "refunds"
 
 
+# Balances kept as a running sum beside the entries, for reading a customer's balance in O(1).
+CACHED_BALANCE_KINDS = frozenset({LedgerAccountKind.PREPAID})
+
 # Credit-normal accounts show their balance as the negated sum of their entries.
 CREDIT_NORMAL = {LedgerAccountKind.PREPAID, LedgerAccountKind.SUSPENSE, LedgerAccountKind.REVENUE}
 

@@ -74,4 +74,4 @@ def get_account(account_no: str, uow: UnitOfWork) -> AccountView:
         if customer is None:
             raise NotFound(f"no account {account_no!r}", code="ACCOUNT_NOT_FOUND")
         code = prepaid_account(account_no)
-        return AccountView(customer, presented_balance_fen(code, uow.ledger.entries_sum_fen(code) or 0))
+        return AccountView(customer, presented_balance_fen(code, uow.ledger.entries_sum_fen(code)))

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from gasworks.adapters.db import tables as t
 from gasworks.domain.accounts import Customer, CustomerClass, Meter, MeterKind, MeterStatus
 from gasworks.domain.channels import Channel, ChannelKey, ChannelKind, KeyPurpose, KeyStatus
-from gasworks.domain.ledger import LedgerAccountKind, LedgerTransaction
+from gasworks.domain.ledger import CACHED_BALANCE_KINDS, LedgerAccountKind, LedgerTransaction, kind_of
 from gasworks.domain.payments import (
     HoldReason,
     OrderState,
@@ -189,8 +189,12 @@ class Ledger:
                 for e in txn.entries
             ],
         )
+        # Only per-customer balances are cached: a channel's clearing account or suspense is touched
+        # by every payment, and a cached sum there would be one hot row serialising all intake.
         # Sorted, so concurrent postings lock cached balances in one order and cannot deadlock.
         for entry in sorted(txn.entries, key=lambda e: e.account_code):
+            if kind_of(entry.account_code) not in CACHED_BALANCE_KINDS:
+                continue
             updated = self.c.execute(
                 update(t.ledger_accounts)
                 .where(t.ledger_accounts.c.code == entry.account_code)
@@ -200,11 +204,19 @@ class Ledger:
                 raise LookupError(f"ledger account {entry.account_code!r} is not open")
         return txn_id
 
-    def entries_sum_fen(self, code: str) -> int | None:
-        """The cached sum; `check` proves it equals the entries."""
-        return self.c.execute(
-            select(t.ledger_accounts.c.entries_sum_fen).where(t.ledger_accounts.c.code == code)
-        ).scalar_one_or_none()
+    def entries_sum_fen(self, code: str) -> int:
+        """Cached for customer balances (`check` proves it equals the entries), summed otherwise."""
+        if kind_of(code) in CACHED_BALANCE_KINDS:
+            cached = self.c.execute(
+                select(t.ledger_accounts.c.entries_sum_fen).where(t.ledger_accounts.c.code == code)
+            ).scalar_one_or_none()
+            if cached is None:
+                raise LookupError(f"ledger account {code!r} is not open")
+            return int(cached)
+        total = self.c.execute(
+            select(func.coalesce(func.sum(t.ledger_entries.c.amount_fen), 0)).where(t.ledger_entries.c.account_code == code)
+        ).scalar_one()
+        return int(total)
 
     def entries_for_payment(self, payment_id: str) -> list[tuple[str, str, int]]:
         rows = self.c.execute(
@@ -217,9 +229,9 @@ class Ledger:
 
     def totals_by_kind(self) -> dict[str, int]:
         rows = self.c.execute(
-            select(t.ledger_accounts.c.kind, func.sum(t.ledger_accounts.c.entries_sum_fen)).group_by(
-                t.ledger_accounts.c.kind
-            )
+            select(t.ledger_accounts.c.kind, func.sum(t.ledger_entries.c.amount_fen))
+            .join(t.ledger_entries, t.ledger_entries.c.account_code == t.ledger_accounts.c.code)
+            .group_by(t.ledger_accounts.c.kind)
         )
         return {kind: int(total or 0) for kind, total in rows}
 
@@ -253,7 +265,10 @@ class Ledger:
         cached_vs_entries = (
             select(t.ledger_accounts.c.code, t.ledger_accounts.c.entries_sum_fen, actual.c.total)
             .outerjoin(actual, actual.c.account_code == t.ledger_accounts.c.code)
-            .where(t.ledger_accounts.c.entries_sum_fen != func.coalesce(actual.c.total, 0))
+            .where(
+                t.ledger_accounts.c.kind.in_([k.value for k in CACHED_BALANCE_KINDS]),
+                t.ledger_accounts.c.entries_sum_fen != func.coalesce(actual.c.total, 0),
+            )
             .limit(limit)
         )
         for row in self.c.execute(cached_vs_entries):

@@ -99,8 +99,9 @@ ledger_accounts = Table(
     metadata,
     Column("code", String(60), primary_key=True),
     Column("kind", String(20), nullable=False),
-    # Cached sum of this account's entries, updated in the transaction that posts them;
-    # `gasworks check` proves it equals the entries.
+    # Cached sum of this account's entries for customer (prepaid) accounts, updated in the
+    # transaction that posts them; `gasworks check` proves it equals the entries. Always 0 for
+    # the other kinds, whose sums are read from the entries.
     Column("entries_sum_fen", Fen, nullable=False, server_default="0"),
 )
 
