@@ -4,8 +4,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Insert, Table, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from gasworks.adapters.db import tables as t
 from gasworks.domain.accounts import Customer, CustomerClass, Meter, MeterKind, MeterStatus
@@ -373,6 +374,14 @@ class DuplicateKey(Exception):
     """A natural key (channel transaction id, nonce) is already taken."""
 
 
+def insert_unless_taken(c: Connection, table: Table) -> Insert:
+    """INSERT ... ON CONFLICT DO NOTHING: no row returned means the key was taken, also by a concurrent
+    transaction that committed while this one waited on the unique index. The transaction stays
+    usable, so the caller can read the first answer in it."""
+    dialect_insert = postgresql_insert if c.dialect.name == "postgresql" else sqlite_insert
+    return dialect_insert(table).on_conflict_do_nothing()
+
+
 class Payments:
     def __init__(self, c: Connection) -> None:
         self.c = c
@@ -383,26 +392,24 @@ class Payments:
         Raises DuplicateKey, with the transaction still usable, when the key is taken, also by a
         concurrent transaction that commits while we wait on the unique index.
         """
-        savepoint = self.c.begin_nested()
-        try:
-            self.c.execute(
-                insert(t.payments).values(
-                    id=payment.id,
-                    channel_id=payment.channel_id,
-                    channel_txn_id=payment.channel_txn_id,
-                    amount_fen=payment.amount_fen,
-                    account_no=payment.account_no,
-                    out_trade_no=payment.out_trade_no,
-                    method=payment.method,
-                    paid_at=payment.paid_at,
-                    state=payment.state.value,
-                    received_at=payment.events[0].at,
-                )
+        inserted = self.c.execute(
+            insert_unless_taken(self.c, t.payments)
+            .returning(t.payments.c.id)
+            .values(
+                id=payment.id,
+                channel_id=payment.channel_id,
+                channel_txn_id=payment.channel_txn_id,
+                amount_fen=payment.amount_fen,
+                account_no=payment.account_no,
+                out_trade_no=payment.out_trade_no,
+                method=payment.method,
+                paid_at=payment.paid_at,
+                state=payment.state.value,
+                received_at=payment.events[0].at,
             )
-        except IntegrityError as error:
-            savepoint.rollback()
-            raise DuplicateKey(str(error.orig)) from error
-        savepoint.commit()
+        ).first()
+        if inserted is None:
+            raise DuplicateKey(f"payment {payment.channel_id}/{payment.channel_txn_id} already taken")
 
     def save_progress(self, payment: Payment, events_already_saved: int) -> None:
         self.c.execute(
@@ -484,13 +491,13 @@ class Nonces:
         self.c = c
 
     def claim(self, channel_id: str, nonce: str, at: datetime) -> None:
-        savepoint = self.c.begin_nested()
-        try:
-            self.c.execute(insert(t.used_nonces).values(channel_id=channel_id, nonce=nonce, seen_at=at))
-        except IntegrityError as error:
-            savepoint.rollback()
-            raise DuplicateKey(f"nonce {nonce!r} already used on channel {channel_id}") from error
-        savepoint.commit()
+        inserted = self.c.execute(
+            insert_unless_taken(self.c, t.used_nonces)
+            .returning(t.used_nonces.c.nonce)
+            .values(channel_id=channel_id, nonce=nonce, seen_at=at)
+        ).first()
+        if inserted is None:
+            raise DuplicateKey(f"nonce {nonce!r} already used on channel {channel_id}")
 
     def forget_older_than(self, cutoff: datetime) -> int:
         """Nonces older than the timestamp tolerance can go: their timestamps are refused anyway."""
