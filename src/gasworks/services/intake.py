@@ -35,16 +35,19 @@ def new_payment_id() -> str:
     return "pay_" + secrets.token_hex(12)
 
 
+def claim_nonce(uow: UnitOfWork, channel_id: str, nonce: str) -> None:
+    """A nonce is good once per channel; a second use is a replay."""
+    try:
+        uow.nonces.claim(channel_id, nonce, uow.clock.now())
+    except DuplicateKey:
+        raise IntakeRefused(f"nonce {nonce[:64]!r} was already used on this channel", code="NONCE_REUSED") from None
+
+
 def accept_payment(notice: PaymentNotice, uow: UnitOfWork) -> Acceptance:
     with uow:
         now = uow.clock.now()
         if notice.replay_nonce is not None:
-            try:
-                uow.nonces.claim(notice.channel_id, notice.replay_nonce, now)
-            except DuplicateKey:
-                raise IntakeRefused(
-                    f"nonce {notice.replay_nonce[:64]!r} was already used on this channel", code="NONCE_REUSED"
-                ) from None
+            claim_nonce(uow, notice.channel_id, notice.replay_nonce)
         payment = Payment.received(
             id=new_payment_id(),
             channel_id=notice.channel_id,
