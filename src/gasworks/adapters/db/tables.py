@@ -48,7 +48,7 @@ class UtcDateTime(TypeDecorator):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-Fen = BigInteger  # integer fen, never a float
+Fen = BigInteger  # money columns hold integer fen
 
 customers = Table(
     "customers",
