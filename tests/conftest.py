@@ -13,15 +13,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, insert, text
 from sqlalchemy.engine import make_url
 
 from gasworks.adapters.db.engine import make_engine
 from gasworks.adapters.db.migrate import upgrade
-from gasworks.adapters.db.tables import metadata
+from gasworks.adapters.db.tables import ledger_accounts, metadata
 from gasworks.bootstrap import System, bootstrap
 from gasworks.config import Settings
 from gasworks.domain.clock import FixedClock
+from gasworks.domain.ledger import FIXED_ACCOUNTS
 
 POSTGRES_ADMIN_URL = os.environ.get("GASWORKS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REQUIRE_SERVICES = os.environ.get("GASWORKS_REQUIRE_SERVICES") == "1"
@@ -72,7 +73,7 @@ def _empty_postgres(url: str):  # noqa: ANN202
     with engine.begin() as c:
         # TRUNCATE skips the append-only row triggers: fine between tests, never in the product.
         c.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-        c.execute(text("INSERT INTO ledger_accounts (code, kind, entries_sum_fen) VALUES ('suspense','suspense',0), ('revenue','revenue',0), ('refunds','refunds',0)"))
+        c.execute(insert(ledger_accounts), [{"code": code, "kind": code, "entries_sum_fen": 0} for code in FIXED_ACCOUNTS])
     return engine
 
 

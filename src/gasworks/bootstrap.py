@@ -1,6 +1,5 @@
 """Wires settings, engine, clock and units of work together for every entrypoint."""
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -19,10 +18,6 @@ class System:
 
     def new_uow(self) -> SqlUnitOfWork:
         return SqlUnitOfWork(self.engine, self.clock)
-
-    @property
-    def uow_factory(self) -> Callable[[], SqlUnitOfWork]:
-        return self.new_uow
 
 
 def bootstrap(settings: Settings | None = None, *, clock: Clock | None = None, engine: Engine | None = None) -> System:

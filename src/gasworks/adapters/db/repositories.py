@@ -66,15 +66,6 @@ class Customers:
         row = self.c.execute(self._query().where(t.customers.c.account_no == account_no)).first()
         return _customer(row) if row else None
 
-    def list(self, *, limit: int, after_account_no: str = "") -> list[Customer]:
-        rows = self.c.execute(
-            self._query()
-            .where(t.customers.c.account_no > after_account_no)
-            .order_by(t.customers.c.account_no)
-            .limit(limit)
-        )
-        return [_customer(r) for r in rows]
-
 
 def _customer(row: Any) -> Customer:
     return Customer(
@@ -218,15 +209,6 @@ class Ledger:
             select(func.coalesce(func.sum(t.ledger_entries.c.amount_fen), 0)).where(t.ledger_entries.c.account_code == code)
         ).scalar_one()
         return int(total)
-
-    def entries_for_payment(self, payment_id: str) -> list[tuple[str, str, int]]:
-        rows = self.c.execute(
-            select(t.ledger_transactions.c.kind, t.ledger_entries.c.account_code, t.ledger_entries.c.amount_fen)
-            .join(t.ledger_entries, t.ledger_entries.c.transaction_id == t.ledger_transactions.c.id)
-            .where(t.ledger_transactions.c.payment_id == payment_id)
-            .order_by(t.ledger_entries.c.id)
-        )
-        return [(r.kind, r.account_code, r.amount_fen) for r in rows]
 
     def totals_by_kind(self) -> dict[str, int]:
         rows = self.c.execute(

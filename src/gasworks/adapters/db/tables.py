@@ -208,5 +208,3 @@ audit_log = Table(
 )
 
 Index("ix_payments_account_received", payments.c.account_no, payments.c.received_at)
-
-APPEND_ONLY_TABLES = ("ledger_transactions", "ledger_entries", "payment_events", "audit_log")

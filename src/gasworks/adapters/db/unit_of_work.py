@@ -52,7 +52,3 @@ class SqlUnitOfWork:
 
     def rollback(self) -> None:
         self._transaction.rollback()
-
-    @property
-    def dialect(self) -> str:
-        return self.engine.dialect.name
