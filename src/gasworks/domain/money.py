@@ -15,6 +15,12 @@ def yuan_text_to_fen(text: str) -> int:
     return int(Decimal(text) * 100)
 
 
+def check_payment_amount(amount_fen: int, payment_fen_max: int) -> None:
+    """Orders and device payments are bounded: 1 fen up to the configured maximum."""
+    if not 0 < amount_fen <= payment_fen_max:
+        raise InvalidInput(f"amount must be 1 to {payment_fen_max} fen", code="AMOUNT_OUT_OF_RANGE")
+
+
 def fen_to_yuan_text(amount_fen: int) -> str:
     """1230 -> '12.30'; -5 -> '-0.05'."""
     sign = "-" if amount_fen < 0 else ""

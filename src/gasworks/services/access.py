@@ -6,6 +6,7 @@ from enum import StrEnum
 
 from gasworks.adapters.db.repositories import ApiKeyRecord
 from gasworks.domain.errors import Forbidden, InvalidInput, NotFound, Unauthorized
+from gasworks.services.channels import require_channel
 from gasworks.services.unit_of_work import UnitOfWork
 
 
@@ -27,10 +28,7 @@ def create_api_key(*, name: str, role: Role, channel_id: str | None, uow: UnitOf
         raise InvalidInput("only device keys belong to a channel", code="UNEXPECTED_CHANNEL")
     with uow:
         if channel_id:
-            channel = uow.channels.get(channel_id)
-            if channel is None:
-                raise NotFound(f"no channel {channel_id!r}", code="CHANNEL_NOT_FOUND")
-            if not channel.kind.uses_devices:
+            if not require_channel(uow, channel_id).kind.uses_devices:
                 raise InvalidInput(f"{channel_id} is not a kiosk or counter channel", code="WRONG_CHANNEL_KIND")
         key_id = "key_" + secrets.token_hex(6)
         secret = f"gw_{key_id}_{secrets.token_urlsafe(32)}"

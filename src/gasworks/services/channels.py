@@ -78,7 +78,7 @@ def add_key(*, channel_id: str, purpose: KeyPurpose, key_id: str, material: str,
     """Start a rollover: the new key is valid alongside the old until the old is retired."""
     check_key_material(purpose, material)
     with uow:
-        channel = _get(uow, channel_id)
+        channel = require_channel(uow, channel_id)
         if purpose not in REQUIRED_KEYS[channel.kind]:
             raise InvalidInput(f"a {channel.kind.value} channel has no {purpose.value} keys", code="INVALID_KEY")
         if any(k.key_id == key_id and k.purpose == purpose for k in channel.keys):
@@ -95,7 +95,7 @@ def add_key(*, channel_id: str, purpose: KeyPurpose, key_id: str, material: str,
 
 def retire_key(*, channel_id: str, key_id: str, uow: UnitOfWork, actor: str) -> None:
     with uow:
-        channel = _get(uow, channel_id)
+        channel = require_channel(uow, channel_id)
         retiring = [k for k in channel.keys if k.key_id == key_id and k.status == KeyStatus.ACTIVE]
         if not retiring:
             raise NotFound(f"no active key {key_id} on {channel_id}", code="KEY_NOT_FOUND")
@@ -113,12 +113,12 @@ def retire_key(*, channel_id: str, key_id: str, uow: UnitOfWork, actor: str) -> 
 
 def get_channel(channel_id: str, uow: UnitOfWork) -> Channel:
     with uow:
-        return _get(uow, channel_id)
+        return require_channel(uow, channel_id)
 
 
-def _get(uow: UnitOfWork, channel_id: str) -> Channel:
+def require_channel(uow: UnitOfWork, channel_id: str) -> Channel:
     channel = uow.channels.get(channel_id)
     if channel is None:
-        raise NotFound(f"no channel {channel_id!r}", code="CHANNEL_NOT_FOUND")
+        raise NotFound(f"no channel {channel_id[:40]!r}", code="CHANNEL_NOT_FOUND")
     return channel
 

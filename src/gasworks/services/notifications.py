@@ -6,8 +6,9 @@ from contextlib import contextmanager
 from gasworks.adapters.channels import Decoder, InboundRequest
 from gasworks.adapters.channels.wallet_hmac import verify_request
 from gasworks.domain.channels import Channel, ChannelKind
-from gasworks.domain.errors import GasworksError, IntakeRefused, NotFound
+from gasworks.domain.errors import GasworksError, IntakeRefused
 from gasworks.services.accounts import AccountView, get_account
+from gasworks.services.channels import require_channel
 from gasworks.services.intake import Acceptance, accept_payment, claim_nonce, record_rejection
 from gasworks.services.unit_of_work import UnitOfWork
 
@@ -25,10 +26,7 @@ def refusals_recorded(channel_id: str, request: InboundRequest, new_uow: Callabl
 def load_channel(channel_id: str, request: InboundRequest, new_uow: Callable[[], UnitOfWork]) -> Channel:
     with refusals_recorded(channel_id, request, new_uow):
         with (uow := new_uow()):
-            channel = uow.channels.get(channel_id)
-        if channel is None:
-            raise NotFound(f"no channel {channel_id[:40]!r}", code="CHANNEL_NOT_FOUND")
-        return channel
+            return require_channel(uow, channel_id)
 
 
 def take_channel_payment(

@@ -3,7 +3,9 @@
 import secrets
 
 from gasworks.domain.errors import InvalidInput, NotFound
+from gasworks.domain.money import check_payment_amount
 from gasworks.domain.payments import OrderState, PaymentOrder
+from gasworks.services.channels import require_channel
 from gasworks.services.unit_of_work import UnitOfWork
 
 
@@ -13,12 +15,9 @@ def new_out_trade_no(uow: UnitOfWork) -> str:
 
 
 def create_order(*, channel_id: str, account_no: str, amount_fen: int, payment_fen_max: int, uow: UnitOfWork) -> PaymentOrder:
-    if not 0 < amount_fen <= payment_fen_max:
-        raise InvalidInput(f"amount must be 1 to {payment_fen_max} fen", code="AMOUNT_OUT_OF_RANGE")
+    check_payment_amount(amount_fen, payment_fen_max)
     with uow:
-        channel = uow.channels.get(channel_id)
-        if channel is None:
-            raise NotFound(f"no channel {channel_id!r}", code="CHANNEL_NOT_FOUND")
+        channel = require_channel(uow, channel_id)
         if not channel.kind.uses_merchant_orders:
             raise InvalidInput(f"channel {channel_id} ({channel.kind.value}) does not take merchant orders", code="WRONG_CHANNEL_KIND")
         if not uow.customers.exists(account_no):

@@ -17,7 +17,8 @@ from gasworks.adapters.channels import alipay, wechatpay_v3
 from gasworks.adapters.db.repositories import ApiKeyRecord
 from gasworks.bootstrap import System
 from gasworks.domain.channels import Channel, ChannelKind, PaymentNotice
-from gasworks.domain.errors import GasworksError, InvalidInput, NotFound, PayloadTooLarge
+from gasworks.domain.errors import GasworksError, NotFound, PayloadTooLarge
+from gasworks.domain.money import check_payment_amount
 from gasworks.domain.payments import PaymentState
 from gasworks.entrypoints.api import schemas as s
 from gasworks.observability import intake_refusals, intake_seconds, payments_taken
@@ -172,12 +173,11 @@ def create_app(system: System) -> FastAPI:
         order = orders.create_order(
             channel_id=body.channel_id, account_no=body.account_no, amount_fen=body.amount_fen, payment_fen_max=settings.payment_fen_max, uow=new_uow()
         )
-        return s.OrderOut(**order.__dict__ | {"state": order.state.value})
+        return s.OrderOut.of(order)
 
     @app.get("/v1/orders/{out_trade_no}", tags=["orders"], response_model=s.OrderOut, responses=ERROR_RESPONSES)
     def get_order(out_trade_no: str) -> s.OrderOut:
-        order = orders.get_order(out_trade_no, new_uow())
-        return s.OrderOut(**order.__dict__ | {"state": order.state.value})
+        return s.OrderOut.of(orders.get_order(out_trade_no, new_uow()))
 
     # --- devices: kiosks and counters ---------------------------------------------------------
 
@@ -188,8 +188,7 @@ def create_app(system: System) -> FastAPI:
     @app.post("/v1/devices/payments", tags=["devices"], response_model=s.AcceptanceOut, responses=ERROR_RESPONSES)
     def device_payment(body: s.DevicePaymentIn, device: ApiKeyRecord = Depends(caller(Role.DEVICE))) -> s.AcceptanceOut:
         """A kiosk or counter takes cash, card or QR for an account; its own txn id makes retries safe."""
-        if body.amount_fen > settings.payment_fen_max:
-            raise InvalidInput(f"amount must be 1 to {settings.payment_fen_max} fen", code="AMOUNT_OUT_OF_RANGE")
+        check_payment_amount(body.amount_fen, settings.payment_fen_max)
         accounts.get_account(body.account_no, new_uow())  # cash in hand: refuse now, do not hold
         assert device.channel_id is not None
         notice = PaymentNotice(

@@ -5,7 +5,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from gasworks.domain.accounts import CustomerClass, MeterKind
-from gasworks.domain.payments import Payment
+from gasworks.domain.payments import Payment, PaymentOrder
 from gasworks.services.accounts import AccountView
 from gasworks.services.intake import Acceptance
 
@@ -100,6 +100,10 @@ class OrderOut(BaseModel):
     state: str
     created_at: datetime
     payment_id: str | None
+
+    @classmethod
+    def of(cls, order: PaymentOrder) -> "OrderOut":
+        return cls(**order.__dict__ | {"state": order.state.value})
 
 
 class AcceptanceOut(BaseModel):
