@@ -66,3 +66,10 @@ class Forbidden(GasworksError):
 
 class InvariantViolated(Exception):
     """A rule that must never break did. Stops the unit of work; never caught to carry on."""
+
+
+class MalformedFrame(GasworksError):
+    """A meter frame we cannot read: wrong start, checksum, length, type or content."""
+
+    code = "MALFORMED_FRAME"
+    http_status = 400

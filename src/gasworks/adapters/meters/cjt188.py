@@ -1,0 +1,292 @@
+"""The meter wire format: a binary frame modelled on CJ/T 188-2018, carried as an MQTT payload.
+
+    [FE FE]  68  T  A0 A1 A2 A3 A4 A5 A6  C  L  DI0 DI1 SER  payload...  CS  16
+
+- `FE` wake-up bytes: 0 to 4, ignored.
+- `68` start; `T` meter type, 0x30 for gas; `A0..A6` the 14-digit serial in BCD, low byte first.
+- `C` control code: 0x01 read, 0x04 write; a reply sets bit 7 (0x81, 0x84); an error reply also
+  sets bit 6 (0xC1, 0xC4). `L` is the length of the data field (DI0 .. end of payload), at most 64.
+- `DI` data identifier, low byte first (0x901F is sent `1F 90`); `SER` the frame serial.
+- `CS` sum of every byte from `68` up to the byte before CS, mod 256; `16` end.
+
+Numbers in payloads are BCD, low byte first, as CJ/T 188 writes them. A signed volume is one sign
+byte (0x00 plus, 0x80 minus) and four BCD bytes. Payloads by DI and control code:
+
+| DI     | C    | direction        | payload                                                                |
+|--------|------|------------------|------------------------------------------------------------------------|
+| 0x901F | 0x01 | gasworks → meter | (none): read current data                                              |
+| 0x901F | 0x81 | meter → gasworks | cumulative L (5), credit L (signed, 5), last applied purchase serial   |
+|        |      |                  | (4), valve (1: 0x55 open, 0x99 closed), battery mV (2), status bits    |
+|        |      |                  | (2, binary), clock (7: ss mm hh DD MM YYYY). Also sent unsolicited     |
+|        |      |                  | when the meter wakes: that is its daily report.                        |
+| 0xA013 | 0x04 | gasworks → meter | purchase serial (4), volume L (4): write purchase                      |
+| 0xA013 | 0x84 | meter → gasworks | applied serial (4), credit L (signed, 5)                               |
+| 0xA017 | 0x04 | gasworks → meter | valve (1: 0x55 open, 0x99 close)                                       |
+| 0xA017 | 0x84 | meter → gasworks | valve state (1)                                                        |
+| 0x8105 | 0x01 | gasworks → meter | (none): read purchase record                                           |
+| 0x8105 | 0x81 | meter → gasworks | last applied serial (4), its volume L (4), total purchased L (5)       |
+| any    | 0xC1/0xC4 | meter → gasworks | error code (1), see `MeterErrorCode`                              |
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from gasworks.domain.errors import MalformedFrame
+from gasworks.domain.meter_messages import (
+    Alarm,
+    CommandRefused,
+    CurrentData,
+    MeterErrorCode,
+    MeterMessage,
+    PurchaseAck,
+    PurchaseRecord,
+    ReadCurrentData,
+    ReadPurchaseRecord,
+    SetValve,
+    ValveAck,
+    WritePurchase,
+)
+
+START = 0x68
+END = 0x16
+WAKE = 0xFE
+WAKE_BYTES_MAX = 4
+GAS_METER = 0x30
+READ = 0x01
+WRITE = 0x04
+REPLY = 0x80
+ERROR = 0x40
+DATA_BYTES_MAX = 64
+FRAME_BYTES_MAX = WAKE_BYTES_MAX + 1 + 1 + 7 + 1 + 1 + DATA_BYTES_MAX + 2
+
+DI_CURRENT_DATA = 0x901F
+DI_PURCHASE_RECORD = 0x8105
+DI_WRITE_PURCHASE = 0xA013
+DI_VALVE = 0xA017
+
+VALVE_OPEN = 0x55
+VALVE_CLOSED = 0x99
+
+
+@dataclass(frozen=True)
+class Frame:
+    serial: str
+    control: int
+    data: bytes  # DI0 DI1 SER payload
+
+
+# ---- BCD helpers -------------------------------------------------------------------------------
+
+
+def bcd(value: int, width: int) -> bytes:
+    """Non-negative integer -> `width` BCD bytes, low byte first."""
+    if not isinstance(value, int) or value < 0 or value >= 10 ** (2 * width):
+        raise MalformedFrame(f"{value!r} does not fit in {width} BCD bytes")
+    digits = f"{value:0{2 * width}d}"
+    pairs = [digits[i : i + 2] for i in range(0, len(digits), 2)]
+    return bytes(int(p[0]) << 4 | int(p[1]) for p in reversed(pairs))
+
+
+def from_bcd(raw: bytes) -> int:
+    value = 0
+    for byte in reversed(raw):
+        high, low = byte >> 4, byte & 0x0F
+        if high > 9 or low > 9:
+            raise MalformedFrame(f"byte {byte:#04x} is not BCD")
+        value = value * 100 + high * 10 + low
+    return value
+
+
+def signed_bcd(value: int, width: int = 4) -> bytes:
+    return bytes([0x80 if value < 0 else 0x00]) + bcd(abs(value), width)
+
+
+def from_signed_bcd(raw: bytes) -> int:
+    if raw[0] not in (0x00, 0x80):
+        raise MalformedFrame(f"sign byte {raw[0]:#04x} is neither 0x00 nor 0x80")
+    magnitude = from_bcd(raw[1:])
+    return -magnitude if raw[0] == 0x80 else magnitude
+
+
+def serial_to_address(serial: str) -> bytes:
+    if len(serial) != 14 or not serial.isdigit():
+        raise MalformedFrame(f"meter serial must be 14 digits, got {serial!r}")
+    return bcd(int(serial), 7)
+
+
+def address_to_serial(address: bytes) -> str:
+    return f"{from_bcd(address):014d}"
+
+
+# ---- frames ------------------------------------------------------------------------------------
+
+
+def checksum(body: bytes) -> int:
+    return sum(body) % 256
+
+
+def encode_frame(frame: Frame, *, wake_bytes: int = 2) -> bytes:
+    if len(frame.data) > DATA_BYTES_MAX:
+        raise MalformedFrame(f"data field of {len(frame.data)} bytes exceeds {DATA_BYTES_MAX}")
+    body = bytes([START, GAS_METER]) + serial_to_address(frame.serial) + bytes([frame.control, len(frame.data)]) + frame.data
+    return bytes([WAKE] * wake_bytes) + body + bytes([checksum(body), END])
+
+
+def decode_frame(raw: bytes) -> Frame:
+    if not isinstance(raw, (bytes, bytearray)):
+        raise MalformedFrame("a frame is bytes")
+    if len(raw) > FRAME_BYTES_MAX:
+        raise MalformedFrame(f"frame of {len(raw)} bytes exceeds {FRAME_BYTES_MAX}")
+    start = 0
+    while start < len(raw) and raw[start] == WAKE:
+        start += 1
+    if start > WAKE_BYTES_MAX:
+        raise MalformedFrame(f"{start} wake-up bytes, at most {WAKE_BYTES_MAX}")
+    frame = bytes(raw[start:])
+    if len(frame) < 13:
+        raise MalformedFrame(f"frame too short: {len(frame)} bytes after wake-up bytes")
+    if frame[0] != START:
+        raise MalformedFrame(f"frame starts with {frame[0]:#04x}, not 0x68")
+    if frame[1] != GAS_METER:
+        raise MalformedFrame(f"meter type {frame[1]:#04x} is not a gas meter (0x30)")
+    length = frame[10]
+    if length > DATA_BYTES_MAX:
+        raise MalformedFrame(f"declared data length {length} exceeds {DATA_BYTES_MAX}")
+    if len(frame) != 11 + length + 2:
+        raise MalformedFrame(f"declared data length {length} does not match a frame of {len(frame)} bytes")
+    body, cs, end = frame[: 11 + length], frame[11 + length], frame[12 + length]
+    if end != END:
+        raise MalformedFrame(f"frame ends with {end:#04x}, not 0x16")
+    if checksum(body) != cs:
+        raise MalformedFrame(f"checksum {cs:#04x}, expected {checksum(body):#04x}")
+    return Frame(serial=address_to_serial(frame[2:9]), control=frame[9], data=frame[11 : 11 + length])
+
+
+# ---- messages ----------------------------------------------------------------------------------
+
+
+def _data(di: int, frame_seq: int, payload: bytes = b"") -> bytes:
+    if not 0 <= frame_seq <= 0xFF:
+        raise MalformedFrame(f"frame serial {frame_seq} outside 0-255")
+    return bytes([di & 0xFF, di >> 8, frame_seq]) + payload
+
+
+def _valve_byte(open_: bool) -> int:
+    return VALVE_OPEN if open_ else VALVE_CLOSED
+
+
+def _valve_state(byte: int) -> bool:
+    if byte not in (VALVE_OPEN, VALVE_CLOSED):
+        raise MalformedFrame(f"valve byte {byte:#04x} is neither 0x55 nor 0x99")
+    return byte == VALVE_OPEN
+
+
+def _clock(at: datetime) -> bytes:
+    return bcd(at.second, 1) + bcd(at.minute, 1) + bcd(at.hour, 1) + bcd(at.day, 1) + bcd(at.month, 1) + bcd(at.year, 2)
+
+
+def _from_clock(raw: bytes) -> datetime:
+    try:
+        return datetime(from_bcd(raw[5:7]), from_bcd(raw[4:5]), from_bcd(raw[3:4]), from_bcd(raw[2:3]), from_bcd(raw[1:2]), from_bcd(raw[0:1]))
+    except ValueError as error:
+        raise MalformedFrame(f"meter clock is not a time: {error}") from None
+
+
+def encode(message: MeterMessage) -> bytes:
+    """A message as the bytes of one frame."""
+    s, q = message.serial, message.frame_seq
+    match message:
+        case ReadCurrentData():
+            frame = Frame(s, READ, _data(DI_CURRENT_DATA, q))
+        case CurrentData():
+            payload = (
+                bcd(message.cumulative_litres, 5)
+                + signed_bcd(message.credit_litres)
+                + bcd(message.last_applied_seq, 4)
+                + bytes([_valve_byte(message.valve_open)])
+                + bcd(message.battery_mv, 2)
+                + int(message.alarms).to_bytes(2, "little")
+                + _clock(message.meter_clock)
+            )
+            frame = Frame(s, READ | REPLY, _data(DI_CURRENT_DATA, q, payload))
+        case WritePurchase():
+            frame = Frame(s, WRITE, _data(DI_WRITE_PURCHASE, q, bcd(message.purchase_seq, 4) + bcd(message.volume_litres, 4)))
+        case PurchaseAck():
+            frame = Frame(s, WRITE | REPLY, _data(DI_WRITE_PURCHASE, q, bcd(message.applied_seq, 4) + signed_bcd(message.credit_litres)))
+        case SetValve():
+            frame = Frame(s, WRITE, _data(DI_VALVE, q, bytes([_valve_byte(message.open)])))
+        case ValveAck():
+            frame = Frame(s, WRITE | REPLY, _data(DI_VALVE, q, bytes([_valve_byte(message.valve_open)])))
+        case ReadPurchaseRecord():
+            frame = Frame(s, READ, _data(DI_PURCHASE_RECORD, q))
+        case PurchaseRecord():
+            payload = bcd(message.last_applied_seq, 4) + bcd(message.last_volume_litres, 4) + bcd(message.total_purchased_litres, 5)
+            frame = Frame(s, READ | REPLY, _data(DI_PURCHASE_RECORD, q, payload))
+        case CommandRefused():
+            control = (READ if message.refused_di in (DI_CURRENT_DATA, DI_PURCHASE_RECORD) else WRITE) | REPLY | ERROR
+            frame = Frame(s, control, _data(message.refused_di, q, bytes([message.error])))
+        case _:
+            raise MalformedFrame(f"no frame for {type(message).__name__}")
+    return encode_frame(frame)
+
+
+_PAYLOAD_BYTES = {
+    (READ, DI_CURRENT_DATA): 0,
+    (READ | REPLY, DI_CURRENT_DATA): 26,
+    (WRITE, DI_WRITE_PURCHASE): 8,
+    (WRITE | REPLY, DI_WRITE_PURCHASE): 9,
+    (WRITE, DI_VALVE): 1,
+    (WRITE | REPLY, DI_VALVE): 1,
+    (READ, DI_PURCHASE_RECORD): 0,
+    (READ | REPLY, DI_PURCHASE_RECORD): 13,
+}
+
+
+def decode(raw: bytes) -> MeterMessage:
+    """The message in one frame, or MalformedFrame saying exactly what is wrong with it."""
+    frame = decode_frame(raw)
+    if len(frame.data) < 3:
+        raise MalformedFrame(f"data field of {len(frame.data)} bytes has no DI and SER")
+    di = frame.data[0] | frame.data[1] << 8
+    q = frame.data[2]
+    p = frame.data[3:]
+    s = frame.serial
+    if frame.control & ERROR:
+        if frame.control not in (READ | REPLY | ERROR, WRITE | REPLY | ERROR) or len(p) != 1:
+            raise MalformedFrame(f"error reply with control {frame.control:#04x} and {len(p)} payload bytes")
+        try:
+            return CommandRefused(s, q, di, MeterErrorCode(p[0]))
+        except ValueError:
+            raise MalformedFrame(f"unknown meter error code {p[0]:#04x}") from None
+    expected = _PAYLOAD_BYTES.get((frame.control, di))
+    if expected is None:
+        raise MalformedFrame(f"no message has control {frame.control:#04x} and DI {di:#06x}")
+    if len(p) != expected:
+        raise MalformedFrame(f"DI {di:#06x} control {frame.control:#04x} carries {expected} payload bytes, got {len(p)}")
+    match (frame.control, di):
+        case (0x01, 0x901F):
+            return ReadCurrentData(s, q)
+        case (0x81, 0x901F):
+            return CurrentData(
+                serial=s,
+                frame_seq=q,
+                cumulative_litres=from_bcd(p[0:5]),
+                credit_litres=from_signed_bcd(p[5:10]),
+                last_applied_seq=from_bcd(p[10:14]),
+                valve_open=_valve_state(p[14]),
+                battery_mv=from_bcd(p[15:17]),
+                alarms=Alarm(int.from_bytes(p[17:19], "little") & sum(Alarm)),
+                meter_clock=_from_clock(p[19:26]),
+            )
+        case (0x04, 0xA013):
+            return WritePurchase(s, q, from_bcd(p[0:4]), from_bcd(p[4:8]))
+        case (0x84, 0xA013):
+            return PurchaseAck(s, q, from_bcd(p[0:4]), from_signed_bcd(p[4:9]))
+        case (0x04, 0xA017):
+            return SetValve(s, q, _valve_state(p[0]))
+        case (0x84, 0xA017):
+            return ValveAck(s, q, _valve_state(p[0]))
+        case (0x01, 0x8105):
+            return ReadPurchaseRecord(s, q)
+        case _:  # (0x81, 0x8105), the only one left in _PAYLOAD_BYTES
+            return PurchaseRecord(s, q, from_bcd(p[0:4]), from_bcd(p[4:8]), from_bcd(p[8:13]))

@@ -1,0 +1,126 @@
+"""What meters and gasworks say to each other, independent of how it is encoded on the wire.
+
+The wire format (a CJ/T 188-style binary frame) lives in `adapters/meters/cjt188.py`. Every message
+carries the meter's serial (its 14-digit address) and a frame serial `frame_seq` (0-255, CJ/T 188's
+SER) which a reply repeats, so a reply can be matched to the request it answers.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import IntEnum, IntFlag
+
+
+class Alarm(IntFlag):
+    """Status bits a meter reports (two bytes, CJ/T 188's ST word)."""
+
+    VALVE_FAULT = 0x0001
+    LOW_BATTERY = 0x0002
+    LEAK = 0x0004
+    TAMPER = 0x0008
+    MAGNETIC_ATTACK = 0x0010
+    CREDIT_LOW = 0x0020
+    CREDIT_EXHAUSTED = 0x0040
+
+
+class MeterErrorCode(IntEnum):
+    """Why a meter refused a command (the byte after SER in an error reply)."""
+
+    SEQUENCE_GAP = 0x01  # a purchase serial beyond the next one expected
+    BAD_DATA = 0x02
+    VALVE_FAULT = 0x03
+    BUSY = 0x04
+
+
+@dataclass(frozen=True)
+class CurrentData:
+    """Meter -> gasworks, on every wake-up (unsolicited) or when asked (DI 0x901F)."""
+
+    serial: str
+    frame_seq: int
+    cumulative_litres: int
+    credit_litres: int  # negative while running on overdraft
+    last_applied_seq: int  # the last purchase serial the meter applied
+    valve_open: bool
+    battery_mv: int
+    alarms: Alarm
+    meter_clock: datetime  # the meter's own clock, naive local time as it keeps it
+
+
+@dataclass(frozen=True)
+class ReadCurrentData:
+    serial: str
+    frame_seq: int
+
+
+@dataclass(frozen=True)
+class WritePurchase:
+    """gasworks -> meter: add `volume_litres` of credit as purchase number `purchase_seq` (DI 0xA013)."""
+
+    serial: str
+    frame_seq: int
+    purchase_seq: int
+    volume_litres: int
+
+
+@dataclass(frozen=True)
+class PurchaseAck:
+    """The meter's answer to a purchase: what it has applied so far (a duplicate is acked, not reapplied)."""
+
+    serial: str
+    frame_seq: int
+    applied_seq: int
+    credit_litres: int
+
+
+@dataclass(frozen=True)
+class SetValve:
+    serial: str
+    frame_seq: int
+    open: bool
+
+
+@dataclass(frozen=True)
+class ValveAck:
+    serial: str
+    frame_seq: int
+    valve_open: bool
+
+
+@dataclass(frozen=True)
+class ReadPurchaseRecord:
+    serial: str
+    frame_seq: int
+
+
+@dataclass(frozen=True)
+class PurchaseRecord:
+    """DI 0x8105: the meter's own record of purchases applied."""
+
+    serial: str
+    frame_seq: int
+    last_applied_seq: int
+    last_volume_litres: int
+    total_purchased_litres: int
+
+
+@dataclass(frozen=True)
+class CommandRefused:
+    """An error reply: the meter understood the request and refused it."""
+
+    serial: str
+    frame_seq: int
+    refused_di: int
+    error: MeterErrorCode
+
+
+MeterMessage = (
+    CurrentData
+    | ReadCurrentData
+    | WritePurchase
+    | PurchaseAck
+    | SetValve
+    | ValveAck
+    | ReadPurchaseRecord
+    | PurchaseRecord
+    | CommandRefused
+)
