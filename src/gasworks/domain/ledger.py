@@ -6,7 +6,10 @@ balanced transaction sums to zero. Ledger accounts:
 - ``clearing:<channel>``  asset: what a channel has collected for us and owes us (debit-normal);
 - ``prepaid:<account_no>`` liability: a customer's prepaid balance (credit-normal);
 - ``suspense``             liability: money we hold but cannot place yet (credit-normal);
-- ``revenue``, ``refunds`` for the steps that come with delivery and repair.
+- ``delivery``             liability: gas bought and not yet applied at the meter (credit-normal);
+                           its balance equals the cost of every credit order still on its way;
+- ``revenue``              gas the meter has applied: sold;
+- ``refunds``              for repair.
 
 Entries are never updated or deleted; a correction is a new transaction.
 """
@@ -18,15 +21,17 @@ from enum import StrEnum
 from gasworks.domain.errors import InvariantViolated
 
 SUSPENSE = "suspense"
+DELIVERY = "delivery"
 REVENUE = "revenue"
 REFUNDS = "refunds"
-FIXED_ACCOUNTS = (SUSPENSE, REVENUE, REFUNDS)
+FIXED_ACCOUNTS = (SUSPENSE, DELIVERY, REVENUE, REFUNDS)
 
 
 class LedgerAccountKind(StrEnum):
     CLEARING = "clearing"
     PREPAID = "prepaid"
     SUSPENSE = "suspense"
+    DELIVERY = "delivery"
     REVENUE = "revenue"
     REFUNDS = "refunds"
 
@@ -35,7 +40,7 @@ class LedgerAccountKind(StrEnum):
 CACHED_BALANCE_KINDS = frozenset({LedgerAccountKind.PREPAID})
 
 # Credit-normal accounts show their balance as the negated sum of their entries.
-CREDIT_NORMAL = {LedgerAccountKind.PREPAID, LedgerAccountKind.SUSPENSE, LedgerAccountKind.REVENUE}
+CREDIT_NORMAL = {LedgerAccountKind.PREPAID, LedgerAccountKind.SUSPENSE, LedgerAccountKind.DELIVERY, LedgerAccountKind.REVENUE}
 
 
 def clearing_account(channel_id: str) -> str:
@@ -58,6 +63,9 @@ def presented_balance_fen(account_code: str, entries_sum_fen: int) -> int:
 class TransactionKind(StrEnum):
     PAYMENT_BOOKED = "payment_booked"
     PAYMENT_HELD = "payment_held"
+    PURCHASE = "purchase"  # prepaid balance -> delivery: money turned into gas for the meter
+    GAS_APPLIED = "gas_applied"  # delivery -> revenue: the meter applied it
+    PURCHASE_CANCELLED = "purchase_cancelled"  # delivery -> prepaid balance, by an operator
 
 
 @dataclass(frozen=True)

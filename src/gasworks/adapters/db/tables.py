@@ -5,7 +5,10 @@ from datetime import UTC, datetime
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
+    Date,
+    Double,
     DateTime,
     ForeignKey,
     Index,
@@ -15,6 +18,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -70,6 +74,24 @@ meters = Table(
     Column("account_no", ForeignKey("customers.account_no"), nullable=False, unique=True),
     Column("kind", String(10), nullable=False),
     Column("status", String(10), nullable=False),
+    # Purchases: the last purchase serial issued, and the volume bought in the current tier year.
+    Column("purchase_seq_issued", Integer, nullable=False, server_default="0"),
+    Column("tier_year", Integer),
+    Column("litres_bought_tier_year", BigInteger, nullable=False, server_default="0"),
+    # What the meter last told us (IoT report, or a card read for card meters).
+    Column("applied_seq", Integer, nullable=False, server_default="0"),
+    Column("last_report_at", UtcDateTime),
+    Column("awake_until", UtcDateTime),
+    Column("link_state", String(10), nullable=False, server_default="unknown"),
+    Column("credit_litres", BigInteger),
+    Column("cumulative_litres", BigInteger),
+    Column("valve_open", Boolean),
+    Column("battery_mv", Integer),
+    Column("alarms", Integer, nullable=False, server_default="0"),
+    Column("reopen_needs_button", Boolean, nullable=False, server_default=false()),
+    # Card meters: the card in use and the last purchase serial written to it.
+    Column("card_no", String(20), unique=True),
+    Column("card_purchase_seq", Integer, nullable=False, server_default="0"),
 )
 
 channels = Table(
@@ -208,3 +230,90 @@ audit_log = Table(
 )
 
 Index("ix_payments_account_received", payments.c.account_no, payments.c.received_at)
+
+tariffs = Table(
+    "tariffs",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("customer_class", String(20), nullable=False),
+    Column("effective_from", Date, nullable=False),
+    Column("tiers", JSON, nullable=False),  # [[upto_litres or null, price_milli_fen_per_m3], ...]
+    Column("year_start_month", Integer, nullable=False),
+    Column("year_start_day", Integer, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("created_by", String(120), nullable=False),
+    UniqueConstraint("customer_class", "effective_from", name="uq_tariffs_class_effective_from"),
+)
+
+meter_commands = Table(
+    "meter_commands",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("meter_serial", ForeignKey("meters.serial"), nullable=False),
+    Column("account_no", String(12), nullable=False),
+    Column("kind", String(12), nullable=False),
+    Column("route", String(10), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime),
+    Column("payment_id", String(40), index=True),
+    Column("purchase_seq", Integer),
+    Column("volume_litres", BigInteger),
+    Column("cost_fen", Fen),
+    Column("tier_pieces", JSON),  # how the volume was priced, tier by tier
+    Column("sends", Integer, nullable=False, server_default="0"),
+    Column("window_sends", Integer, nullable=False, server_default="0"),
+    Column("next_send_at", UtcDateTime),
+    Column("frame_seq", Integer),
+    Column("note", String(300), nullable=False, server_default=""),
+    Column("events_count", Integer, nullable=False, server_default="0"),
+    # A purchase serial is issued once per meter: a second credit order for it cannot exist.
+    UniqueConstraint("meter_serial", "purchase_seq", name="uq_meter_commands_meter_purchase_seq"),
+)
+Index("ix_meter_commands_state_meter", meter_commands.c.state, meter_commands.c.meter_serial)
+
+meter_command_events = Table(
+    "meter_command_events",
+    metadata,
+    Column("command_id", ForeignKey("meter_commands.id"), primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+    Column("note", String(300), nullable=False, server_default=""),
+)
+
+kiosks = Table(
+    "kiosks",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("channel_id", ForeignKey("channels.id"), nullable=False),
+    Column("community", String(100), nullable=False),
+    Column("address", String(300), nullable=False, server_default=""),
+    Column("latitude", Double, nullable=False),  # coordinates, not money: floats are right here
+    Column("longitude", Double, nullable=False),
+    Column("status", String(12), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("kind", String(40), nullable=False),
+    Column("subject", String(80), nullable=False),
+    Column("reason", String(500), nullable=False),
+    Column("raised_at", UtcDateTime, nullable=False),
+    Column("cleared_at", UtcDateTime),
+    # kind:subject while the alert is open, NULL once cleared: one open alert per thing at a time.
+    Column("open_key", String(130), unique=True),
+)
+
+site_secrets = Table(
+    "site_secrets",
+    metadata,
+    Column("name", String(40), primary_key=True),
+    Column("value", String(200), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)

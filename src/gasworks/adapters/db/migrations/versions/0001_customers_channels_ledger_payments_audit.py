@@ -7,6 +7,8 @@ Create Date: 2026-11-23 18:41:04.665816
 from alembic import op
 import sqlalchemy as sa
 
+from gasworks.adapters.db.migrations.append_only import forbid_update_and_delete
+
 
 revision = '0001'
 down_revision = None
@@ -175,35 +177,11 @@ def upgrade() -> None:
     ledger_accounts = sa.table("ledger_accounts", sa.column("code"), sa.column("kind"))
     op.bulk_insert(ledger_accounts, [{"code": code, "kind": code} for code in FIXED_ACCOUNTS])
     for table in APPEND_ONLY_TABLES:
-        _forbid_update_and_delete(table)
+        forbid_update_and_delete(table)
 
 
 FIXED_ACCOUNTS = ("suspense", "revenue", "refunds")
 APPEND_ONLY_TABLES = ("ledger_transactions", "ledger_entries", "payment_events", "audit_log")
-
-
-def _forbid_update_and_delete(table: str) -> None:
-    """Ledger entries, timelines and the audit log are append-only, enforced by the database
-    itself so that no code path (or hand-typed SQL) can rewrite history."""
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute(
-            """
-            CREATE OR REPLACE FUNCTION gasworks_append_only() RETURNS trigger AS $$
-            BEGIN
-                RAISE EXCEPTION 'gasworks: % is append-only (% refused)', TG_TABLE_NAME, TG_OP;
-            END $$ LANGUAGE plpgsql
-            """
-        )
-        op.execute(
-            f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table} "
-            "FOR EACH ROW EXECUTE FUNCTION gasworks_append_only()"
-        )
-    else:
-        for operation in ("UPDATE", "DELETE"):
-            op.execute(
-                f"CREATE TRIGGER {table}_no_{operation.lower()} BEFORE {operation} ON {table} "
-                f"BEGIN SELECT RAISE(ABORT, 'gasworks: {table} is append-only'); END"
-            )
 
 
 def downgrade() -> None:

@@ -1,0 +1,386 @@
+"""Repositories for meter delivery: meters' delivery side, tariffs, meter commands, kiosks, alerts."""
+
+import secrets
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, insert, or_, select, update
+
+from gasworks.adapters.db import tables as t
+from gasworks.adapters.db.repositories import insert_unless_taken
+from gasworks.domain.accounts import CustomerClass, MeterKind
+from gasworks.domain.delivery import (
+    OPEN_STATES,
+    CommandEvent,
+    CommandKind,
+    CommandState,
+    LinkState,
+    MeterCommand,
+    MeterLink,
+)
+from gasworks.domain.tariffs import Tariff, Tier
+
+_LINK_COLUMNS = (
+    "purchase_seq_issued", "tier_year", "litres_bought_tier_year", "applied_seq", "last_report_at", "awake_until",
+    "credit_litres", "cumulative_litres", "valve_open", "battery_mv", "alarms", "reopen_needs_button", "card_no",
+    "card_purchase_seq",
+)  # fmt: skip
+
+
+class Meters:
+    def __init__(self, c: Connection) -> None:
+        self.c = c
+
+    def _select(self, *, lock: bool, skip_locked: bool = False):  # noqa: ANN202
+        query = select(t.meters)
+        if lock and self.c.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=skip_locked)
+        return query
+
+    def get(self, serial: str, *, lock: bool = False) -> MeterLink | None:
+        row = self.c.execute(self._select(lock=lock).where(t.meters.c.serial == serial)).first()
+        return _link(row) if row else None
+
+    def get_for_account(self, account_no: str, *, lock: bool = False) -> MeterLink | None:
+        row = self.c.execute(self._select(lock=lock).where(t.meters.c.account_no == account_no)).first()
+        return _link(row) if row else None
+
+    def get_by_card(self, card_no: str, *, lock: bool = False) -> MeterLink | None:
+        row = self.c.execute(self._select(lock=lock).where(t.meters.c.card_no == card_no)).first()
+        return _link(row) if row else None
+
+    def lock_if_free(self, serial: str) -> MeterLink | None:
+        """The meter, locked for this transaction; None if another worker holds it (PostgreSQL)."""
+        row = self.c.execute(self._select(lock=True, skip_locked=True).where(t.meters.c.serial == serial)).first()
+        return _link(row) if row else None
+
+    def save(self, link: MeterLink) -> None:
+        values = {name: getattr(link, name) for name in _LINK_COLUMNS}
+        values["link_state"] = link.link_state.value
+        self.c.execute(update(t.meters).where(t.meters.c.serial == link.serial).values(**values))
+
+    def awake_with_work(self, now: datetime, limit: int) -> list[str]:
+        """Serials of awake IoT meters with a command to send or resend."""
+        mc = t.meter_commands
+        rows = self.c.execute(
+            select(t.meters.c.serial)
+            .where(
+                t.meters.c.awake_until > now,
+                select(mc.c.id)
+                .where(
+                    mc.c.meter_serial == t.meters.c.serial,
+                    mc.c.route == MeterKind.IOT.value,
+                    or_(
+                        mc.c.state == CommandState.PENDING.value,
+                        and_(mc.c.state.in_([CommandState.SENT.value, CommandState.DELIVERED.value]), mc.c.next_send_at <= now),
+                    ),
+                )
+                .exists(),
+            )
+            .order_by(t.meters.c.awake_until)
+            .limit(limit)
+        )
+        return [r.serial for r in rows]
+
+    def silent_since(self, cutoff: datetime, limit: int) -> list[str]:
+        rows = self.c.execute(
+            select(t.meters.c.serial)
+            .where(t.meters.c.kind == MeterKind.IOT.value, t.meters.c.link_state == LinkState.ONLINE.value, t.meters.c.last_report_at < cutoff)
+            .limit(limit)
+        )
+        return [r.serial for r in rows]
+
+    def count_by_link_state(self) -> dict[str, int]:
+        rows = self.c.execute(
+            select(t.meters.c.link_state, func.count()).where(t.meters.c.kind == MeterKind.IOT.value).group_by(t.meters.c.link_state)
+        )
+        return {state: int(n) for state, n in rows}
+
+
+def _link(row: Any) -> MeterLink:
+    return MeterLink(
+        serial=row.serial,
+        account_no=row.account_no,
+        kind=MeterKind(row.kind),
+        link_state=LinkState(row.link_state),
+        **{name: getattr(row, name) for name in _LINK_COLUMNS},
+    )
+
+
+class Tariffs:
+    def __init__(self, c: Connection) -> None:
+        self.c = c
+
+    def add(self, tariff: Tariff, *, at: datetime, actor: str) -> int | None:
+        """None if a version for this class and day exists already: versions are never edited."""
+        return self.c.execute(
+            insert_unless_taken(self.c, t.tariffs)
+            .values(
+                customer_class=tariff.customer_class.value,
+                effective_from=tariff.effective_from,
+                tiers=[[tier.upto_litres, tier.price_milli_fen_per_m3] for tier in tariff.tiers],
+                year_start_month=tariff.year_start_month,
+                year_start_day=tariff.year_start_day,
+                created_at=at,
+                created_by=actor,
+            )
+            .returning(t.tariffs.c.id)
+        ).scalar_one_or_none()
+
+    def in_force(self, customer_class: CustomerClass, day: date) -> Tariff | None:
+        row = self.c.execute(
+            select(t.tariffs)
+            .where(t.tariffs.c.customer_class == customer_class.value, t.tariffs.c.effective_from <= day)
+            .order_by(t.tariffs.c.effective_from.desc())
+            .limit(1)
+        ).first()
+        return _tariff(row) if row else None
+
+    def list(self) -> list[Tariff]:
+        rows = self.c.execute(select(t.tariffs).order_by(t.tariffs.c.customer_class, t.tariffs.c.effective_from))
+        return [_tariff(r) for r in rows]
+
+
+def _tariff(row: Any) -> Tariff:
+    return Tariff(
+        customer_class=CustomerClass(row.customer_class),
+        effective_from=row.effective_from,
+        tiers=tuple(Tier(upto, price) for upto, price in row.tiers),
+        year_start_month=row.year_start_month,
+        year_start_day=row.year_start_day,
+        id=row.id,
+    )
+
+
+class MeterCommands:
+    def __init__(self, c: Connection) -> None:
+        self.c = c
+
+    def add(self, command: MeterCommand) -> int:
+        command.id = self.c.execute(
+            insert(t.meter_commands).values(**self._values(command), created_at=command.created_at).returning(t.meter_commands.c.id)
+        ).scalar_one()
+        self._save_events(command)
+        return command.id
+
+    def save(self, command: MeterCommand, at: datetime) -> None:
+        self.c.execute(update(t.meter_commands).where(t.meter_commands.c.id == command.id).values(**self._values(command), updated_at=at))
+        self._save_events(command)
+
+    def _values(self, command: MeterCommand) -> dict:
+        return {
+            "meter_serial": command.meter_serial,
+            "account_no": command.account_no,
+            "kind": command.kind.value,
+            "route": command.route.value,
+            "state": command.state.value,
+            "updated_at": command.events[-1].at if command.events else command.created_at,
+            "expires_at": command.expires_at,
+            "payment_id": command.payment_id,
+            "purchase_seq": command.purchase_seq,
+            "volume_litres": command.volume_litres,
+            "cost_fen": command.cost_fen,
+            "tier_pieces": [list(p) for p in command.tier_pieces],
+            "sends": command.sends,
+            "window_sends": command.window_sends,
+            "next_send_at": command.next_send_at,
+            "frame_seq": command.frame_seq,
+            "note": command.note[:300],
+            "events_count": command.events_saved + len(command.events),
+        }
+
+    def _save_events(self, command: MeterCommand) -> None:
+        if command.events:
+            self.c.execute(
+                insert(t.meter_command_events),
+                [
+                    {"command_id": command.id, "seq": command.events_saved + i, "state": e.state.value, "at": e.at, "note": e.note[:300]}
+                    for i, e in enumerate(command.events, start=1)
+                ],
+            )
+            command.events_saved += len(command.events)
+            command.events = []
+
+    def for_meter(self, serial: str, *, states: frozenset[CommandState] = OPEN_STATES, route: MeterKind | None = None) -> list[MeterCommand]:
+        """Commands to change, in the order they must reach the meter: purchases by serial, then the rest."""
+        mc = t.meter_commands
+        query = select(mc).where(mc.c.meter_serial == serial, mc.c.state.in_([s.value for s in states])).order_by(mc.c.id)
+        if route is not None:
+            query = query.where(mc.c.route == route.value)
+        return [_command(r) for r in self.c.execute(query)]
+
+    def get(self, command_id: int, *, with_events: bool = True) -> MeterCommand | None:
+        row = self.c.execute(select(t.meter_commands).where(t.meter_commands.c.id == command_id)).first()
+        if row is None:
+            return None
+        return self._with_events(row) if with_events else _command(row)
+
+    def for_payment(self, payment_id: str) -> list[MeterCommand]:
+        rows = self.c.execute(select(t.meter_commands).where(t.meter_commands.c.payment_id == payment_id).order_by(t.meter_commands.c.id))
+        return [self._with_events(r) for r in rows]
+
+    def recent(self, *, limit: int, states: list[CommandState] | None = None, serial: str | None = None) -> list[MeterCommand]:
+        mc = t.meter_commands
+        query = select(mc).order_by(mc.c.id.desc()).limit(limit)
+        if states:
+            query = query.where(mc.c.state.in_([s.value for s in states]))
+        if serial:
+            query = query.where(mc.c.meter_serial == serial)
+        return [_command(r) for r in self.c.execute(query)]
+
+    def meters_with_due_expiry(self, now: datetime, limit: int) -> list[str]:
+        mc = t.meter_commands
+        rows = self.c.execute(
+            select(mc.c.meter_serial)
+            .where(mc.c.state.in_([CommandState.PENDING.value, CommandState.SENT.value]), mc.c.expires_at <= now)
+            .group_by(mc.c.meter_serial)
+            .limit(limit)
+        )
+        return [r.meter_serial for r in rows]
+
+    def open_iot_credits_older_than(self, cutoff: datetime, limit: int) -> list[MeterCommand]:
+        mc = t.meter_commands
+        rows = self.c.execute(
+            select(mc)
+            .where(mc.c.state.in_([s.value for s in OPEN_STATES]), mc.c.route == MeterKind.IOT.value, mc.c.created_at < cutoff)
+            .order_by(mc.c.id)
+            .limit(limit)
+        )
+        return [_command(r) for r in rows]
+
+    def count_open(self, serial: str) -> int:
+        mc = t.meter_commands
+        return int(self.c.execute(select(func.count()).where(mc.c.meter_serial == serial, mc.c.state.in_([s.value for s in OPEN_STATES]))).scalar_one())
+
+    def undelivered_cost_fen(self) -> int:
+        """What every credit order not yet applied (and not cancelled) cost: the delivery account's balance."""
+        mc = t.meter_commands
+        total = self.c.execute(
+            select(func.coalesce(func.sum(mc.c.cost_fen), 0)).where(
+                mc.c.kind == CommandKind.CREDIT.value, mc.c.state.not_in([CommandState.APPLIED.value, CommandState.CANCELLED.value])
+            )
+        ).scalar_one()
+        return int(total)
+
+    def counts_by_state(self) -> dict[tuple[str, str], int]:
+        mc = t.meter_commands
+        rows = self.c.execute(select(mc.c.route, mc.c.state, func.count()).group_by(mc.c.route, mc.c.state))
+        return {(route, state): int(n) for route, state, n in rows}
+
+    def _with_events(self, row: Any) -> MeterCommand:
+        command = _command(row)
+        events = self.c.execute(
+            select(t.meter_command_events).where(t.meter_command_events.c.command_id == row.id).order_by(t.meter_command_events.c.seq)
+        )
+        command.events = [CommandEvent(CommandState(e.state), e.at, e.note) for e in events]
+        command.events_saved = 0
+        return command
+
+
+def _command(row: Any) -> MeterCommand:
+    return MeterCommand(
+        id=row.id,
+        meter_serial=row.meter_serial,
+        account_no=row.account_no,
+        kind=CommandKind(row.kind),
+        route=MeterKind(row.route),
+        state=CommandState(row.state),
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        payment_id=row.payment_id,
+        purchase_seq=row.purchase_seq,
+        volume_litres=row.volume_litres,
+        cost_fen=row.cost_fen,
+        tier_pieces=tuple(tuple(p) for p in (row.tier_pieces or ())),
+        sends=row.sends,
+        window_sends=row.window_sends,
+        next_send_at=row.next_send_at,
+        frame_seq=row.frame_seq,
+        note=row.note,
+        events=[],
+        events_saved=row.events_count,
+    )
+
+
+@dataclass(frozen=True)
+class Kiosk:
+    id: str
+    name: str
+    channel_id: str
+    community: str
+    address: str
+    latitude: float
+    longitude: float
+    status: str
+
+
+class Kiosks:
+    def __init__(self, c: Connection) -> None:
+        self.c = c
+
+    def add(self, kiosk: Kiosk, at: datetime) -> bool:
+        inserted = self.c.execute(
+            insert_unless_taken(self.c, t.kiosks).values(**kiosk.__dict__, created_at=at).returning(t.kiosks.c.id)
+        ).first()
+        return inserted is not None
+
+    def set_status(self, kiosk_id: str, status: str) -> int:
+        return self.c.execute(update(t.kiosks).where(t.kiosks.c.id == kiosk_id).values(status=status)).rowcount
+
+    def list(self, *, status: str | None = None) -> list[Kiosk]:
+        query = select(t.kiosks).order_by(t.kiosks.c.id)
+        if status:
+            query = query.where(t.kiosks.c.status == status)
+        return [Kiosk(**{k: v for k, v in r._mapping.items() if k != "created_at"}) for r in self.c.execute(query)]
+
+
+@dataclass(frozen=True)
+class Alert:
+    id: int
+    kind: str
+    subject: str
+    reason: str
+    raised_at: datetime
+    cleared_at: datetime | None
+
+
+class Alerts:
+    def __init__(self, c: Connection) -> None:
+        self.c = c
+
+    def raise_once(self, *, kind: str, subject: str, reason: str, at: datetime) -> bool:
+        """Open an alert unless one is open for the same kind and subject; True if it is new."""
+        inserted = self.c.execute(
+            insert_unless_taken(self.c, t.alerts)
+            .values(kind=kind, subject=subject, reason=reason[:500], raised_at=at, open_key=f"{kind}:{subject}")
+            .returning(t.alerts.c.id)
+        ).first()
+        return inserted is not None
+
+    def clear(self, *, kind: str, subject: str, at: datetime) -> int:
+        return self.c.execute(
+            update(t.alerts).where(t.alerts.c.open_key == f"{kind}:{subject}").values(cleared_at=at, open_key=None)
+        ).rowcount
+
+    def list(self, *, limit: int, open_only: bool = True, subject: str | None = None) -> list[Alert]:
+        query = select(t.alerts).order_by(t.alerts.c.id.desc()).limit(limit)
+        if open_only:
+            query = query.where(t.alerts.c.cleared_at.is_(None))
+        if subject:
+            query = query.where(t.alerts.c.subject == subject)
+        return [Alert(r.id, r.kind, r.subject, r.reason, r.raised_at, r.cleared_at) for r in self.c.execute(query)]
+
+    def count_open_by_kind(self) -> dict[str, int]:
+        rows = self.c.execute(select(t.alerts.c.kind, func.count()).where(t.alerts.c.cleared_at.is_(None)).group_by(t.alerts.c.kind))
+        return {kind: int(n) for kind, n in rows}
+
+
+class SiteSecrets:
+    def __init__(self, c: Connection) -> None:
+        self.c = c
+
+    def get_or_create(self, name: str, at: datetime) -> str:
+        """A random secret made once per installation (the first caller's wins, also under a race)."""
+        self.c.execute(insert_unless_taken(self.c, t.site_secrets).values(name=name, value=secrets.token_urlsafe(32), created_at=at))
+        return self.c.execute(select(t.site_secrets.c.value).where(t.site_secrets.c.name == name)).scalar_one()

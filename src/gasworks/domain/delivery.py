@@ -1,0 +1,320 @@
+"""Getting a purchase to the meter: credit orders, valve commands, and what decides their state.
+
+A *meter command* is one thing gasworks needs a meter to do. A *credit order* is the command that
+carries a purchase: its volume and its per-meter purchase serial `purchase_seq` (1, 2, 3 ... with no
+gaps). A meter applies purchase n only when its last applied serial is n - 1; a replay of n is
+acknowledged and not applied again. That is what makes retries safe: gasworks may send a credit
+order many times, and the meter's answer (or its next report) says whether it was applied.
+
+States, modelled on NB-IoT platforms' cached commands:
+
+    pending --> sent --> delivered --> applied        (IoT: the meter acknowledged and applied it)
+       |          `----------------------^            (its next report shows it applied)
+       `--> written_to_card --> applied               (card: written at a kiosk, then the card
+                  `--> pending                          came back showing the meter applied it;
+                                                        back to pending if the card was replaced)
+    pending/sent --> failed | expired   --> pending (reissued by an operator) or applied (the meter
+                                            says it got it after all); pending/failed/expired
+                                            --> cancelled by an operator.
+
+"No acknowledgement" never means "not received": a sent command stays sent until the meter's next
+report tells, by its last applied serial or its valve state, whether it arrived.
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from gasworks.domain.accounts import MeterKind
+from gasworks.domain.errors import InvariantViolated
+
+
+class LinkState(StrEnum):
+    UNKNOWN = "unknown"  # never heard from
+    ONLINE = "online"
+    OFFLINE = "offline"  # silent longer than the policy allows
+
+
+@dataclass
+class MeterLink:
+    """What gasworks knows of one meter's delivery side: serials issued and applied, last report."""
+
+    serial: str
+    account_no: str
+    kind: MeterKind
+    purchase_seq_issued: int = 0
+    tier_year: int | None = None
+    litres_bought_tier_year: int = 0
+    applied_seq: int = 0
+    last_report_at: datetime | None = None
+    awake_until: datetime | None = None
+    link_state: LinkState = LinkState.UNKNOWN
+    credit_litres: int | None = None
+    cumulative_litres: int | None = None
+    valve_open: bool | None = None
+    battery_mv: int | None = None
+    alarms: int = 0
+    reopen_needs_button: bool = False
+    card_no: str | None = None
+    card_purchase_seq: int = 0
+
+    def is_awake(self, now: datetime) -> bool:
+        return self.awake_until is not None and now < self.awake_until
+
+
+class CommandKind(StrEnum):
+    CREDIT = "credit"
+    VALVE_OPEN = "valve_open"
+    VALVE_CLOSE = "valve_close"
+
+
+class CommandState(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    WRITTEN_TO_CARD = "written_to_card"
+    APPLIED = "applied"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
+_LEGAL: dict[CommandState, frozenset[CommandState]] = {
+    CommandState.PENDING: frozenset(
+        {CommandState.SENT, CommandState.WRITTEN_TO_CARD, CommandState.APPLIED, CommandState.EXPIRED, CommandState.CANCELLED}
+    ),
+    CommandState.SENT: frozenset({CommandState.SENT, CommandState.DELIVERED, CommandState.APPLIED, CommandState.FAILED, CommandState.EXPIRED}),
+    CommandState.DELIVERED: frozenset({CommandState.APPLIED}),
+    CommandState.WRITTEN_TO_CARD: frozenset({CommandState.APPLIED, CommandState.PENDING}),
+    CommandState.FAILED: frozenset({CommandState.PENDING, CommandState.APPLIED, CommandState.CANCELLED}),
+    CommandState.EXPIRED: frozenset({CommandState.PENDING, CommandState.APPLIED, CommandState.CANCELLED}),
+    CommandState.APPLIED: frozenset(),
+    CommandState.CANCELLED: frozenset(),
+}
+
+# Still on their way: the dispatcher, the card desk and the watchdog look at these.
+OPEN_STATES = frozenset({CommandState.PENDING, CommandState.SENT, CommandState.DELIVERED, CommandState.WRITTEN_TO_CARD})
+# Stopped, waiting for an operator; the meter's next word can still settle them.
+STOPPED_STATES = frozenset({CommandState.FAILED, CommandState.EXPIRED})
+
+
+def check_transition(current: CommandState, new: CommandState) -> None:
+    if new not in _LEGAL[current]:
+        raise InvariantViolated(f"illegal meter command transition {current} -> {new}")
+
+
+@dataclass(frozen=True)
+class CommandEvent:
+    state: CommandState
+    at: datetime
+    note: str = ""
+
+
+@dataclass
+class MeterCommand:
+    id: int | None
+    meter_serial: str
+    account_no: str
+    kind: CommandKind
+    route: MeterKind  # iot: over the meter transport; card: through a kiosk or counter
+    state: CommandState
+    created_at: datetime
+    expires_at: datetime | None  # card purchases wait for the resident and do not expire
+    payment_id: str | None = None
+    purchase_seq: int | None = None
+    volume_litres: int | None = None
+    cost_fen: int | None = None
+    sends: int = 0  # frames published, over the command's life
+    window_sends: int = 0  # frames published since the meter last woke
+    next_send_at: datetime | None = None
+    frame_seq: int | None = None
+    note: str = ""  # the latest reason, in words, for people
+    tier_pieces: tuple[tuple[int, int, int, int], ...] = ()  # (tier no, litres, cost fen, price)
+    # Loaded to change it: `events` holds only events not yet saved and `events_saved` counts the
+    # saved ones. Loaded to show it: `events` holds them all.
+    events: list[CommandEvent] = field(default_factory=list)
+    events_saved: int = 0
+
+    def move_to(self, state: CommandState, at: datetime, note: str) -> None:
+        check_transition(self.state, state)
+        self.state = state
+        self.note = note
+        self.events.append(CommandEvent(state, at, note))
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in OPEN_STATES
+
+    @property
+    def valve_target_open(self) -> bool | None:
+        return {CommandKind.VALVE_OPEN: True, CommandKind.VALVE_CLOSE: False}.get(self.kind)
+
+
+def credit_order(
+    *,
+    meter_serial: str,
+    account_no: str,
+    route: MeterKind,
+    payment_id: str,
+    purchase_seq: int,
+    volume_litres: int,
+    cost_fen: int,
+    at: datetime,
+    ttl_s: int,
+) -> MeterCommand:
+    if purchase_seq < 1 or volume_litres <= 0 or cost_fen <= 0:
+        raise InvariantViolated(f"a credit order needs serial >= 1 and positive volume and cost: {purchase_seq}, {volume_litres}, {cost_fen}")
+    command = MeterCommand(
+        id=None,
+        meter_serial=meter_serial,
+        account_no=account_no,
+        kind=CommandKind.CREDIT,
+        route=route,
+        state=CommandState.PENDING,
+        created_at=at,
+        expires_at=None if route == MeterKind.CARD else at + timedelta(seconds=ttl_s),
+        payment_id=payment_id,
+        purchase_seq=purchase_seq,
+        volume_litres=volume_litres,
+        cost_fen=cost_fen,
+    )
+    waiting = "waiting for the card to be written at a kiosk or counter" if route == MeterKind.CARD else "waiting for the meter to wake"
+    command.events.append(CommandEvent(CommandState.PENDING, at, f"purchase #{purchase_seq}: {volume_litres} L, {waiting}"))
+    command.note = waiting
+    return command
+
+
+def valve_command(*, meter_serial: str, account_no: str, open_: bool, at: datetime, ttl_s: int, why: str) -> MeterCommand:
+    command = MeterCommand(
+        id=None,
+        meter_serial=meter_serial,
+        account_no=account_no,
+        kind=CommandKind.VALVE_OPEN if open_ else CommandKind.VALVE_CLOSE,
+        route=MeterKind.IOT,
+        state=CommandState.PENDING,
+        created_at=at,
+        expires_at=at + timedelta(seconds=ttl_s),
+        note=why,
+    )
+    command.events.append(CommandEvent(CommandState.PENDING, at, why))
+    return command
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    """Every bound of the delivery loop, named; built from Settings."""
+
+    wake_window_s: int = 60  # an NB-IoT meter listens this long after it reports
+    ack_wait_s: int = 8  # first wait for an acknowledgement; doubles on each resend
+    ack_wait_s_max: int = 32
+    sends_per_wake_max: int = 3  # then the next report decides
+    ttl_s: int = 48 * 3600
+    open_commands_per_meter_max: int = 20
+    offline_after_s: int = 25 * 3600
+    iot_applied_within_s: int = 600  # after the meter's next report
+    overdraft_litres: int = 3_344  # about ¥10 at ¥2.99/m³: the meter closes its valve beyond this
+
+    def ack_wait(self, window_sends: int) -> timedelta:
+        """Bounded exponential backoff: 8 s, 16 s, 32 s, 32 s ..."""
+        return timedelta(seconds=min(self.ack_wait_s_max, self.ack_wait_s * 2 ** max(0, window_sends - 1)))
+
+
+@dataclass(frozen=True)
+class Send:
+    command: MeterCommand
+
+
+@dataclass(frozen=True)
+class Wait:
+    reason: str
+
+
+def next_step(open_iot_commands: list[MeterCommand], *, awake_until: datetime | None, now: datetime, policy: DeliveryPolicy) -> Send | Wait | None:
+    """What to send this meter now, one command at a time, in order; None when nothing is open."""
+    if not open_iot_commands:
+        return None
+    if awake_until is None or awake_until <= now:
+        return Wait("meter asleep: commands go when it next reports")
+    in_flight = next((c for c in open_iot_commands if c.state in (CommandState.SENT, CommandState.DELIVERED)), None)
+    if in_flight is not None:
+        if in_flight.window_sends >= policy.sends_per_wake_max:
+            return Wait(f"no acknowledgement after {in_flight.window_sends} sends; the meter's next report decides")
+        if in_flight.next_send_at is not None and now < in_flight.next_send_at:
+            return Wait("waiting for the meter's acknowledgement")
+        return Send(in_flight)
+    return Send(open_iot_commands[0])
+
+
+def mark_sent(command: MeterCommand, *, frame_seq: int, at: datetime, policy: DeliveryPolicy) -> None:
+    command.sends += 1
+    command.window_sends += 1
+    command.frame_seq = frame_seq
+    command.next_send_at = at + policy.ack_wait(command.window_sends)
+    note = "sent to the meter" if command.sends == 1 else f"sent again (attempt {command.sends}), no acknowledgement yet"
+    command.move_to(CommandState.SENT, at, note)
+
+
+def settle_by_meter(commands: list[MeterCommand], *, applied_seq: int, valve_open: bool | None, at: datetime, source: str) -> list[MeterCommand]:
+    """What the meter says it has applied settles every command it covers. Returns those settled."""
+    settled = []
+    for command in commands:
+        if command.state not in OPEN_STATES | STOPPED_STATES or command.route != MeterKind.IOT:
+            continue
+        if command.kind == CommandKind.CREDIT:
+            assert command.purchase_seq is not None
+            done = command.purchase_seq <= applied_seq
+            note = f"{source}: the meter has applied purchase #{applied_seq}"
+        else:
+            done = valve_open is not None and valve_open == command.valve_target_open
+            note = f"{source}: the valve is {'open' if valve_open else 'closed'}"
+        if done:
+            if command.state == CommandState.SENT and source == "acknowledged":
+                command.move_to(CommandState.DELIVERED, at, "the meter acknowledged the command")
+            command.move_to(CommandState.APPLIED, at, note)
+            settled.append(command)
+    return settled
+
+
+def new_wake_window(commands: list[MeterCommand]) -> None:
+    """The meter woke: commands still in flight get a fresh allowance of sends."""
+    for command in commands:
+        command.window_sends = 0
+        command.next_send_at = None
+
+
+def expire_due(commands: list[MeterCommand], now: datetime) -> list[MeterCommand]:
+    expired = []
+    for command in commands:
+        if command.state in (CommandState.PENDING, CommandState.SENT) and command.expires_at is not None and command.expires_at <= now:
+            command.move_to(CommandState.EXPIRED, now, f"not applied within its time to live ({command.expires_at:%Y-%m-%d %H:%M} UTC); an operator must look")
+            expired.append(command)
+    return expired
+
+
+@dataclass(frozen=True)
+class CardState:
+    """What a kiosk reads off a card: its purchase counter and what the meter wrote back."""
+
+    card_purchase_seq: int  # the last purchase serial written to this card
+    meter_applied_seq: int  # the last purchase serial the meter applied, as the meter wrote it back
+
+
+def settle_by_card(orders: list[MeterCommand], card: CardState, at: datetime) -> list[MeterCommand]:
+    """Reconcile the card orders with what the card shows. Returns the orders to write, in order."""
+    to_write = []
+    for order in sorted(orders, key=lambda o: o.purchase_seq or 0):
+        assert order.purchase_seq is not None
+        if order.state not in OPEN_STATES:
+            continue
+        if order.purchase_seq <= card.meter_applied_seq:
+            if order.state == CommandState.PENDING:
+                order.move_to(CommandState.WRITTEN_TO_CARD, at, "the card shows it was written")
+            order.move_to(CommandState.APPLIED, at, f"the card came back: the meter has applied purchase #{card.meter_applied_seq}")
+        elif order.purchase_seq <= card.card_purchase_seq:
+            if order.state == CommandState.PENDING:
+                order.move_to(CommandState.WRITTEN_TO_CARD, at, "the card shows it was written; insert the card in the meter")
+        else:
+            if order.state == CommandState.WRITTEN_TO_CARD:
+                order.move_to(CommandState.PENDING, at, "the card does not carry it: it will be written again")
+            to_write.append(order)
+    return to_write
