@@ -13,12 +13,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, insert, text
+from sqlalchemy import Table, create_engine, insert, select, text
 from sqlalchemy.engine import make_url
 
 from gasworks.adapters.db.engine import make_engine
 from gasworks.adapters.db.migrate import upgrade
-from gasworks.adapters.db.tables import ledger_accounts, metadata
+from gasworks.adapters.db.tables import ledger_accounts, metadata, tariffs
 from gasworks.bootstrap import System, bootstrap
 from gasworks.config import Settings
 from gasworks.domain.clock import FixedClock
@@ -51,6 +51,8 @@ def postgres_url() -> Iterator[str]:
     url = make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     engine = make_engine(url)
     upgrade(engine)
+    with engine.begin() as c:  # the migration's seeded tariffs, put back after each TRUNCATE
+        c.execute(text("CREATE TABLE seeded_tariffs AS SELECT * FROM tariffs"))
     engine.dispose()
     yield url
     with admin.connect() as c:
@@ -69,11 +71,13 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _empty_postgres(url: str):  # noqa: ANN202
     engine = make_engine(url)
+    seeded_tariffs = Table("seeded_tariffs", metadata.__class__(), autoload_with=engine)
     names = ", ".join(t.name for t in metadata.sorted_tables)
     with engine.begin() as c:
         # TRUNCATE skips the append-only row triggers: fine between tests, never in the product.
         c.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
         c.execute(insert(ledger_accounts), [{"code": code, "kind": code, "entries_sum_fen": 0} for code in FIXED_ACCOUNTS])
+        c.execute(insert(tariffs).from_select(list(seeded_tariffs.c.keys()), select(seeded_tariffs)))
     return engine
 
 

@@ -68,3 +68,10 @@ def api_key(system: System, role: Role, channel_id: str | None = None) -> str:
 
 def balance_fen(system: System, account_no: str) -> int:
     return accounts.get_account(account_no, system.new_uow()).balance_fen
+
+
+def credited_fen(system: System, account_no: str) -> int:
+    """Money placed for the account: on its balance, or already turned into gas for its meter."""
+    with system.new_uow() as uow:
+        purchases = uow.ledger.purchases_fen(account_no)
+    return balance_fen(system, account_no) + purchases

@@ -13,7 +13,7 @@ from gasworks.entrypoints.api.app import create_app
 from gasworks.services import channels as channel_admin
 from gasworks.services.access import Role
 from gasworks.services.checks import check_ledger
-from tests.support import ACCOUNT_NO, APIV3_KEY, OTHER_ACCOUNT_NO, WECHAT_MCHID, api_key, balance_fen, rsa_private_key, set_up
+from tests.support import ACCOUNT_NO, APIV3_KEY, OTHER_ACCOUNT_NO, WECHAT_MCHID, api_key, credited_fen, rsa_private_key, set_up
 
 NOTIFY_WECHAT = "/v1/channels/wechat/notify"
 NOTIFY_ALIPAY = "/v1/channels/alipay/notify"
@@ -54,7 +54,7 @@ def test_wechat_notification_books_the_order_and_shows_the_timeline(env):
     headers, body = n.wechat.notification(out_trade_no=trade, transaction_id="4200000001", amount_fen=5000, at=system.clock.now())
     reply = client.post(NOTIFY_WECHAT, content=body, headers=headers)
     assert reply.status_code == 200 and reply.json()["code"] == "SUCCESS"
-    assert balance_fen(system, ACCOUNT_NO) == 5000
+    assert credited_fen(system, ACCOUNT_NO) == 5000
     payments = client.get(f"/v1/accounts/{ACCOUNT_NO}/payments", headers=auditor).json()
     assert [p["status"] for p in payments] == ["booked"]
     payment = client.get(f"/v1/payments/{payments[0]['id']}", headers=auditor).json()
@@ -69,7 +69,7 @@ def test_duplicate_notification_books_nothing_more(env):
         system.clock.advance(15)
         headers, body = n.wechat.notification(out_trade_no=trade, transaction_id="4200000002", amount_fen=5000, at=system.clock.now())
         assert client.post(NOTIFY_WECHAT, content=body, headers=headers).status_code == 200
-    assert balance_fen(system, ACCOUNT_NO) == 5000
+    assert credited_fen(system, ACCOUNT_NO) == 5000
     assert len(client.get(f"/v1/accounts/{ACCOUNT_NO}/payments", headers=auditor).json()) == 1
     assert check_ledger(system.new_uow()).ok
 
@@ -82,7 +82,7 @@ def test_forged_notification_is_refused_and_recorded(env):
     reply = client.post(NOTIFY_WECHAT, content=body, headers=headers)
     assert reply.status_code == 400
     assert reply.json()["code"] == "FAIL" and "SIGNATURE_INVALID" in reply.json()["message"]
-    assert balance_fen(system, ACCOUNT_NO) == 0
+    assert credited_fen(system, ACCOUNT_NO) == 0
     assert rejections(client, auditor, "wechat") == ["SIGNATURE_INVALID"]
 
 
@@ -103,7 +103,7 @@ def test_replayed_notification_with_a_used_nonce_is_refused(env):
     system.clock.advance(60)
     replay = client.post(NOTIFY_WECHAT, content=body, headers=headers)
     assert replay.status_code == 400 and "NONCE_REUSED" in replay.json()["message"]
-    assert balance_fen(system, ACCOUNT_NO) == 5000
+    assert credited_fen(system, ACCOUNT_NO) == 5000
     assert rejections(client, auditor, "wechat") == ["NONCE_REUSED"]
 
 
@@ -153,7 +153,7 @@ def test_amount_mismatch_is_held_in_suspense_not_credited(env):
     trade = order(client, amount_fen=5000)
     headers, body = n.wechat.notification(out_trade_no=trade, transaction_id="4200000008", amount_fen=4000, at=system.clock.now())
     assert client.post(NOTIFY_WECHAT, content=body, headers=headers).status_code == 200  # taken: the money is ours to place
-    assert balance_fen(system, ACCOUNT_NO) == 0
+    assert credited_fen(system, ACCOUNT_NO) == 0
     assert suspense_fen(system) == 4000
     holds = client.get("/v1/holds", headers=auditor).json()
     assert [(h["hold_reason"], h["amount_fen"]) for h in holds] == [("AMOUNT_MISMATCH", 4000)]
@@ -174,7 +174,7 @@ def test_second_payment_for_a_paid_order_is_held(env):
     for txn in ("4200000010", "4200000011"):
         headers, body = n.wechat.notification(out_trade_no=trade, transaction_id=txn, amount_fen=5000, at=system.clock.now())
         assert client.post(NOTIFY_WECHAT, content=body, headers=headers).status_code == 200
-    assert balance_fen(system, ACCOUNT_NO) == 5000
+    assert credited_fen(system, ACCOUNT_NO) == 5000
     assert [h["hold_reason"] for h in client.get("/v1/holds", headers=auditor).json()] == ["ORDER_ALREADY_PAID"]
 
 
@@ -183,7 +183,7 @@ def test_refund_event_is_acknowledged_and_books_nothing(env):
     trade = order(client)
     headers, body = n.wechat.notification(out_trade_no=trade, transaction_id="4200000012", amount_fen=5000, at=system.clock.now(), event_type="REFUND.SUCCESS")
     assert client.post(NOTIFY_WECHAT, content=body, headers=headers).status_code == 200
-    assert balance_fen(system, ACCOUNT_NO) == 0
+    assert credited_fen(system, ACCOUNT_NO) == 0
     assert rejections(client, auditor, "wechat") == ["EVENT_IGNORED"]
 
 
@@ -198,7 +198,7 @@ def test_platform_key_rotation_accepts_both_keys_then_only_the_new(env):
     channel_admin.retire_key(channel_id="wechat", key_id="PUB_KEY_ID_1", uow=system.new_uow(), actor="test")
     headers, body = n.wechat.notification(out_trade_no=order(client, amount_fen=100), transaction_id="4200000015", amount_fen=100, at=system.clock.now())
     assert client.post(NOTIFY_WECHAT, content=body, headers=headers).status_code == 400
-    assert balance_fen(system, ACCOUNT_NO) == 200
+    assert credited_fen(system, ACCOUNT_NO) == 200
     assert rejections(client, auditor, "wechat") == ["UNKNOWN_KEY"]
 
 
@@ -211,7 +211,7 @@ def test_alipay_notification_books_and_replies_success(env):
     headers, body = n.alipay.notification(out_trade_no=trade, trade_no="2026112322001400001", amount_fen=12345, at=system.clock.now())
     reply = client.post(NOTIFY_ALIPAY, content=body, headers=headers)
     assert (reply.status_code, reply.text) == (200, "success")
-    assert balance_fen(system, ACCOUNT_NO) == 12345
+    assert credited_fen(system, ACCOUNT_NO) == 12345
 
 
 def test_alipay_retry_of_the_same_trade_books_once(env):
@@ -221,7 +221,7 @@ def test_alipay_retry_of_the_same_trade_books_once(env):
         system.clock.advance(240)  # Alipay's first retry comes after 4 minutes
         headers, body = n.alipay.notification(out_trade_no=trade, trade_no="2026112322001400002", amount_fen=3000, at=system.clock.now())
         assert client.post(NOTIFY_ALIPAY, content=body, headers=headers).text == "success"
-    assert balance_fen(system, ACCOUNT_NO) == 3000
+    assert credited_fen(system, ACCOUNT_NO) == 3000
 
 
 @pytest.mark.parametrize(
@@ -239,7 +239,7 @@ def test_tampered_or_malformed_alipay_notification_replies_failure(env, tamper, 
     headers, body = n.alipay.notification(out_trade_no=trade, trade_no="2026112322001400003", amount_fen=3000, at=system.clock.now())
     reply = client.post(NOTIFY_ALIPAY, content=tamper(body), headers=headers)
     assert reply.text == "failure" and reply.headers["X-Gasworks-Error"] == code
-    assert balance_fen(system, ACCOUNT_NO) == 0
+    assert credited_fen(system, ACCOUNT_NO) == 0
     assert rejections(client, auditor, "alipay") == [code]
 
 
@@ -256,7 +256,7 @@ def test_alipay_closed_trade_is_acknowledged_without_booking(env):
     trade = order(client, channel_id="alipay", amount_fen=3000)
     headers, body = n.alipay.notification(out_trade_no=trade, trade_no="2026112322001400005", amount_fen=3000, at=system.clock.now(), trade_status="TRADE_CLOSED")
     assert client.post(NOTIFY_ALIPAY, content=body, headers=headers).text == "success"
-    assert balance_fen(system, ACCOUNT_NO) == 0
+    assert credited_fen(system, ACCOUNT_NO) == 0
 
 
 # --- Bill payment (wallet-hmac) ----------------------------------------------------------------------
@@ -275,7 +275,7 @@ def test_wallet_queries_the_account_then_pays_it(env):
     assert looked_up.json() == {"account_no": ACCOUNT_NO, "name_masked": "张**", "balance_fen": 0, "meter_kind": "iot"}
     paid = wallet_pay(system, n, client, "WO-0001")
     assert paid.status_code == 200 and paid.json()["status"] == "booked" and paid.json()["duplicate"] is False
-    assert balance_fen(system, ACCOUNT_NO) == 2000
+    assert credited_fen(system, ACCOUNT_NO) == 2000
 
 
 def test_wallet_retry_returns_the_first_answer(env):
@@ -283,7 +283,7 @@ def test_wallet_retry_returns_the_first_answer(env):
     first = wallet_pay(system, n, client, "WO-0002").json()
     again = wallet_pay(system, n, client, "WO-0002").json()
     assert again["payment_id"] == first["payment_id"] and again["duplicate"] is True
-    assert balance_fen(system, ACCOUNT_NO) == 2000
+    assert credited_fen(system, ACCOUNT_NO) == 2000
 
 
 def test_wallet_retry_with_a_different_amount_keeps_the_first_and_is_flagged(env):
@@ -291,7 +291,7 @@ def test_wallet_retry_with_a_different_amount_keeps_the_first_and_is_flagged(env
     first = wallet_pay(system, n, client, "WO-0003", amount_fen=2000).json()
     again = wallet_pay(system, n, client, "WO-0003", amount_fen=9000).json()
     assert again["payment_id"] == first["payment_id"] and again["amount_fen"] == 2000
-    assert balance_fen(system, ACCOUNT_NO) == 2000
+    assert credited_fen(system, ACCOUNT_NO) == 2000
     assert rejections(client, auditor, "wo-wallet") == ["TXN_ID_REUSED_WITH_DIFFERENT_CONTENT"]
 
 
@@ -307,7 +307,7 @@ def test_wallet_reused_nonce_is_refused(env):
     assert wallet_pay(system, n, client, "WO-0005", nonce="nonce-0005-abcdef").status_code == 200
     reply = wallet_pay(system, n, client, "WO-0006", nonce="nonce-0005-abcdef")
     assert reply.status_code == 400 and reply.json()["error"]["code"] == "NONCE_REUSED"
-    assert balance_fen(system, ACCOUNT_NO) == 2000
+    assert credited_fen(system, ACCOUNT_NO) == 2000
 
 
 @pytest.mark.parametrize(
@@ -348,7 +348,7 @@ def test_kiosk_payment_needs_a_device_key_and_books_once(env):
     first = client.post("/v1/devices/payments", json=payment, headers=device).json()
     again = client.post("/v1/devices/payments", json=payment, headers=device).json()
     assert first["status"] == "booked" and again["payment_id"] == first["payment_id"] and again["duplicate"]
-    assert balance_fen(system, OTHER_ACCOUNT_NO) == 10000
+    assert credited_fen(system, OTHER_ACCOUNT_NO) == 10000
     audit = client.get("/v1/audit", params={"subject": f"payment:{first['payment_id']}"}, headers=auditor).json()
     assert [a["action"] for a in audit] == ["payment.take"] and audit[0]["actor"].startswith("device:")
 

@@ -12,7 +12,7 @@ import uvicorn
 from gasworks.entrypoints.api.app import create_app
 from gasworks.services.checks import check_ledger
 from tests.conftest import make_system
-from tests.support import ACCOUNT_NO, balance_fen, set_up
+from tests.support import ACCOUNT_NO, credited_fen, set_up
 
 PARALLEL = 16
 
@@ -60,7 +60,7 @@ def test_concurrent_duplicate_wallet_payments_book_exactly_once(served):
     assert [r.status_code for r in replies] == [200] * PARALLEL
     assert len({r.json()["payment_id"] for r in replies}) == 1
     assert sorted(r.json()["duplicate"] for r in replies) == [False] + [True] * (PARALLEL - 1)
-    assert balance_fen(system, ACCOUNT_NO) == 3000
+    assert credited_fen(system, ACCOUNT_NO) == 3000
     assert check_ledger(system.new_uow()).ok
 
 
@@ -76,7 +76,7 @@ def test_concurrent_wechat_notifications_for_one_order_book_it_once(served):
         requests.append(httpx.Request("POST", base + "/v1/channels/wechat/notify", headers=headers, content=body))
     replies = in_parallel(requests)
     assert [r.status_code for r in replies] == [200] * PARALLEL
-    assert balance_fen(system, ACCOUNT_NO) == 8800  # the order is paid once
+    assert credited_fen(system, ACCOUNT_NO) == 8800  # the order is paid once
     report = check_ledger(system.new_uow())
     assert report.ok
     booked, held = report.payments_by_state.get("booked", (0, 0)), report.payments_by_state.get("held", (0, 0))

@@ -15,10 +15,10 @@ from tests.support import ACCOUNT_NO, WALLET_SECRET, set_up
 
 def test_migrations_reach_head_and_are_idempotent(system):
     upgrade(system.engine)
-    assert current_revision(system.engine) == "0001"
+    assert current_revision(system.engine) == "0002"
 
 
-@pytest.mark.parametrize("statement", ["UPDATE ledger_entries SET amount_fen = amount_fen + 1", "DELETE FROM ledger_entries", "DELETE FROM audit_log", "UPDATE payment_events SET note = 'x'"])
+@pytest.mark.parametrize("statement", ["UPDATE ledger_entries SET amount_fen = amount_fen + 1", "DELETE FROM ledger_entries", "DELETE FROM audit_log", "UPDATE payment_events SET note = 'x'", "UPDATE meter_command_events SET note = 'x'"])
 def test_history_cannot_be_rewritten_even_with_plain_sql(system, statement):
     set_up(system)
     accept_payment(PaymentNotice("wo-wallet", "T1", 100, None, account_no=ACCOUNT_NO), system.new_uow())

@@ -13,7 +13,7 @@ from gasworks.domain.ledger import SUSPENSE, clearing_account
 from gasworks.services import orders
 from gasworks.services.checks import check_ledger
 from gasworks.services.intake import accept_payment
-from tests.support import ACCOUNT_NO, OTHER_ACCOUNT_NO, balance_fen, set_up
+from tests.support import ACCOUNT_NO, OTHER_ACCOUNT_NO, credited_fen, set_up
 
 RUNS = itertools.count()
 ACCOUNTS = [ACCOUNT_NO, OTHER_ACCOUNT_NO, "9999999999"]  # the last one does not exist
@@ -32,7 +32,7 @@ def test_ledger_invariants_hold_after_any_sequence(system, ops):
     if not hasattr(system, "_ready"):
         set_up(system)
         system._ready = True
-    start = {a: balance_fen(system, a) for a in ACCOUNTS[:2]}
+    start = {a: credited_fen(system, a) for a in ACCOUNTS[:2]}
     with system.new_uow() as uow:
         start_suspense = -uow.ledger.entries_sum_fen(SUSPENSE)
         start_clearing = uow.ledger.entries_sum_fen(clearing_account("wo-wallet")) + uow.ledger.entries_sum_fen(clearing_account("wechat"))
@@ -72,7 +72,7 @@ def test_ledger_invariants_hold_after_any_sequence(system, ops):
     report = check_ledger(system.new_uow())
     assert report.ok, report.findings
     for account_no in ACCOUNTS[:2]:
-        assert balance_fen(system, account_no) - start[account_no] == expected[account_no]
+        assert credited_fen(system, account_no) - start[account_no] == expected[account_no]
     with system.new_uow() as uow:
         assert -uow.ledger.entries_sum_fen(SUSPENSE) - start_suspense == expected["suspense"]
         clearing = uow.ledger.entries_sum_fen(clearing_account("wo-wallet")) + uow.ledger.entries_sum_fen(clearing_account("wechat"))

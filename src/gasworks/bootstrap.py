@@ -8,6 +8,8 @@ from gasworks.adapters.db.engine import make_engine
 from gasworks.adapters.db.unit_of_work import SqlUnitOfWork
 from gasworks.config import Settings
 from gasworks.domain.clock import Clock, SystemClock
+from gasworks.domain.delivery import DeliveryPolicy
+from gasworks.services.delivery import policy_from
 
 
 @dataclass
@@ -17,7 +19,11 @@ class System:
     clock: Clock
 
     def new_uow(self) -> SqlUnitOfWork:
-        return SqlUnitOfWork(self.engine, self.clock)
+        return SqlUnitOfWork(self.engine, self.clock, delivery=self.delivery, local_timezone=self.settings.local_timezone)
+
+    @property
+    def delivery(self) -> DeliveryPolicy:
+        return policy_from(self.settings)
 
 
 def bootstrap(settings: Settings | None = None, *, clock: Clock | None = None, engine: Engine | None = None) -> System:

@@ -15,7 +15,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GASWORKS_", extra="ignore")
 
     database_url: str = "sqlite:///gasworks.db"
-    mqtt_url: str | None = None  # meter delivery, next issue
+    # Meter transport: None runs the in-process loopback; mqtt://user:password@host:1883 a broker.
+    mqtt_url: str | None = None
+    mqtt_topic_prefix: str = "gasworks/meters"
+    mqtt_client_id: str = ""  # empty: a random one per process
     host: str = "127.0.0.1"
     port: int = 8000
     log_json: bool = False
@@ -25,6 +28,23 @@ class Settings(BaseSettings):
     request_body_bytes_max: int = 64 * 1024
     payment_fen_max: int = 5_000_000  # ¥50,000 in one payment; larger needs a counter
     page_size_max: int = 500
+
+    # Meter delivery (see domain/delivery.py DeliveryPolicy for what each bound does).
+    local_timezone: str = "Asia/Shanghai"  # the tier year and the resident's page use local time
+    meter_wake_window_s: int = 60
+    meter_ack_wait_s: int = 8
+    meter_ack_wait_s_max: int = 32
+    meter_sends_per_wake_max: int = 3
+    meter_command_ttl_s: int = 48 * 3600
+    meter_open_commands_max: int = 20
+    meter_offline_after_s: int = 25 * 3600
+    iot_applied_within_s: int = 600
+    meter_overdraft_litres: int = 3_344
+    worker_poll_interval_s: float = 0.05  # seconds between looks for due work (not money)
+    worker_batch_max: int = 200  # uplinks or meters handled per pass
+    watchdog_interval_s: int = 30
+    service_hotline: str = "12319"
+    public_base_url: str = ""  # prefix for resident links, e.g. https://gas.example.cn
 
     @classmethod
     def settings_customise_sources(

@@ -4,7 +4,7 @@ import logging
 import sys
 
 import structlog
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 payments_taken = Counter(
     "gasworks_payments_taken_total",
@@ -22,6 +22,19 @@ intake_seconds = Histogram(
     ["channel_kind"],
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+
+meter_frames_refused = Counter(
+    "gasworks_meter_frames_refused_total",
+    "Frames from meters refused (malformed, foreign, unknown meter), by code.",
+    ["code"],
+)
+meter_commands_sent = Counter("gasworks_meter_commands_sent_total", "Frames published to meters, resends included.", ["kind"])
+purchases_applied = Counter("gasworks_purchases_applied_total", "Credit orders the meter (or card) has applied.", ["route"])
+deliveries_open = Gauge(
+    "gasworks_deliveries_open", "Meter commands not yet applied, by route and state (set by the watchdog).", ["route", "state"]
+)
+alerts_open = Gauge("gasworks_alerts_open", "Open alerts by kind (set by the watchdog).", ["kind"])
+meters_by_link_state = Gauge("gasworks_iot_meters", "IoT meters by link state: online, offline, unknown.", ["state"])
 
 
 class _CurrentStderr:

@@ -76,6 +76,7 @@ class Customer:
     customer_class: CustomerClass
     meter: Meter
     created_at: datetime | None = None
+    location: tuple[float, float] | None = None  # latitude, longitude of the home
 
     @property
     def masked_phone(self) -> str:

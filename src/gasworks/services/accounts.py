@@ -26,11 +26,14 @@ class OpenAccount:
     meter_serial: str
     meter_kind: MeterKind
     customer_class: CustomerClass = CustomerClass.RESIDENTIAL
+    location: tuple[float, float] | None = None
 
 
 def open_account(cmd: OpenAccount, uow: UnitOfWork, *, actor: str) -> Customer:
     check_account_no(cmd.account_no)
     check_meter_serial(cmd.meter_serial)
+    if cmd.location is not None and not (-90 <= cmd.location[0] <= 90 and -180 <= cmd.location[1] <= 180):
+        raise InvalidInput(f"location {cmd.location} is not a latitude and longitude", code="INVALID_LOCATION")
     if not cmd.name.strip() or not cmd.phone.strip():
         raise InvalidInput("name and phone are required", code="MISSING_FIELD")
     with uow:
@@ -48,6 +51,7 @@ def open_account(cmd: OpenAccount, uow: UnitOfWork, *, actor: str) -> Customer:
             customer_class=cmd.customer_class,
             meter=Meter(serial=cmd.meter_serial, kind=cmd.meter_kind),
             created_at=uow.clock.now(),
+            location=cmd.location,
         )
         uow.customers.add(customer)
         uow.ledger.open_account(prepaid_account(cmd.account_no), LedgerAccountKind.PREPAID)

@@ -10,6 +10,7 @@ from gasworks.domain.channels import PaymentNotice
 from gasworks.domain.errors import IntakeRefused
 from gasworks.domain.ledger import SUSPENSE, TransactionKind, clearing_account, prepaid_account, transfer
 from gasworks.domain.payments import HoldReason, Payment, PaymentState
+from gasworks.services.delivery import buy_gas
 from gasworks.services.unit_of_work import UnitOfWork
 
 log = structlog.get_logger(__name__)
@@ -73,6 +74,9 @@ def accept_payment(notice: PaymentNotice, uow: UnitOfWork) -> Acceptance:
         _place(payment, notice, uow)
         if payment.state == PaymentState.BOOKED:
             assert payment.account_no is not None
+            # The meter first, then the balance: every use case that touches both locks them in
+            # this order, so two of them can never wait on each other.
+            uow.meters.get_for_account(payment.account_no, lock=True)
             credit, kind = prepaid_account(payment.account_no), TransactionKind.PAYMENT_BOOKED
         else:
             credit, kind = SUSPENSE, TransactionKind.PAYMENT_HELD
@@ -87,8 +91,10 @@ def accept_payment(notice: PaymentNotice, uow: UnitOfWork) -> Acceptance:
                 memo=f"{payment.channel_id} {payment.channel_txn_id}",
             )
         )
-        # The credit order for the meter joins this transaction here (transactional outbox) when
-        # meter delivery lands; a booking can then never exist without its credit order.
+        if payment.state == PaymentState.BOOKED:
+            # Transactional outbox: the credit order commits with the booking or not at all.
+            assert payment.account_no is not None
+            buy_gas(uow, account_no=payment.account_no, payment_id=payment.id)
         uow.payments.save_progress(payment, events_already_saved=0)
         uow.commit()
         log.info(

@@ -2,12 +2,16 @@
 
 from typing import Protocol
 
+from gasworks.adapters.db import delivery as delivery_repos
 from gasworks.adapters.db import repositories as repos
 from gasworks.domain.clock import Clock
+from gasworks.domain.delivery import DeliveryPolicy
 
 
 class UnitOfWork(Protocol):
     clock: Clock
+    delivery: DeliveryPolicy
+    local_timezone: str
     customers: repos.Customers
     channels: repos.Channels
     ledger: repos.Ledger
@@ -17,6 +21,12 @@ class UnitOfWork(Protocol):
     rejections: repos.Rejections
     api_keys: repos.ApiKeys
     audit: repos.AuditLog
+    meters: delivery_repos.Meters
+    tariffs: delivery_repos.Tariffs
+    meter_commands: delivery_repos.MeterCommands
+    kiosks: delivery_repos.Kiosks
+    alerts: delivery_repos.Alerts
+    site_secrets: delivery_repos.SiteSecrets
 
     def __enter__(self) -> "UnitOfWork": ...
     def __exit__(self, *exc: object) -> None: ...

@@ -11,7 +11,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from gasworks.adapters.db import tables as t
 from gasworks.domain.accounts import Customer, CustomerClass, Meter, MeterKind, MeterStatus
 from gasworks.domain.channels import Channel, ChannelKey, ChannelKind, KeyPurpose, KeyStatus
-from gasworks.domain.ledger import CACHED_BALANCE_KINDS, LedgerAccountKind, LedgerTransaction, kind_of
+from gasworks.domain.ledger import CACHED_BALANCE_KINDS, LedgerAccountKind, LedgerTransaction, TransactionKind, kind_of, prepaid_account
 from gasworks.domain.payments import (
     HoldReason,
     OrderState,
@@ -37,6 +37,8 @@ class Customers:
                 phone=customer.phone,
                 customer_class=customer.customer_class.value,
                 created_at=customer.created_at,
+                latitude=customer.location[0] if customer.location else None,
+                longitude=customer.location[1] if customer.location else None,
             )
         )
         self.c.execute(
@@ -78,6 +80,7 @@ def _customer(row: Any) -> Customer:
         customer_class=CustomerClass(row.customer_class),
         meter=Meter(serial=row.serial, kind=MeterKind(row.kind), status=MeterStatus(row.status)),
         created_at=row.created_at,
+        location=(row.latitude, row.longitude) if row.latitude is not None and row.longitude is not None else None,
     )
 
 
@@ -210,6 +213,18 @@ class Ledger:
         ).scalar_one()
         return int(total)
 
+    def purchases_fen(self, account_no: str) -> int:
+        """Money of this account turned into gas (less purchases cancelled), from its entries."""
+        total = self.c.execute(
+            select(func.coalesce(func.sum(t.ledger_entries.c.amount_fen), 0))
+            .join(t.ledger_transactions, t.ledger_transactions.c.id == t.ledger_entries.c.transaction_id)
+            .where(
+                t.ledger_entries.c.account_code == prepaid_account(account_no),
+                t.ledger_transactions.c.kind.in_([TransactionKind.PURCHASE.value, TransactionKind.PURCHASE_CANCELLED.value]),
+            )
+        ).scalar_one()
+        return int(total)
+
     def totals_by_kind(self) -> dict[str, int]:
         rows = self.c.execute(
             select(t.ledger_accounts.c.kind, func.sum(t.ledger_entries.c.amount_fen))
@@ -264,7 +279,10 @@ class Ledger:
             )
         txn_count = (
             select(t.ledger_transactions.c.payment_id, func.count().label("n"))
-            .where(t.ledger_transactions.c.payment_id.is_not(None))
+            .where(
+                t.ledger_transactions.c.payment_id.is_not(None),
+                t.ledger_transactions.c.kind.in_([TransactionKind.PAYMENT_BOOKED.value, TransactionKind.PAYMENT_HELD.value]),
+            )
             .group_by(t.ledger_transactions.c.payment_id)
             .subquery()
         )

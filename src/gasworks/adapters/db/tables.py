@@ -65,6 +65,8 @@ customers = Table(
     Column("phone", String(20), nullable=False),
     Column("customer_class", String(20), nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
+    Column("latitude", Double),  # the home's position, for "nearest kiosk"
+    Column("longitude", Double),
 )
 
 meters = Table(

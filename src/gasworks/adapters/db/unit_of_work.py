@@ -4,16 +4,20 @@ from types import TracebackType
 
 from sqlalchemy import Connection, Engine
 
+from gasworks.adapters.db import delivery as delivery_repos
 from gasworks.adapters.db import repositories as repos
 from gasworks.domain.clock import Clock
+from gasworks.domain.delivery import DeliveryPolicy
 
 
 class SqlUnitOfWork:
     """Use as `with uow: ...; uow.commit()`. Leaving the block without commit rolls back."""
 
-    def __init__(self, engine: Engine, clock: Clock) -> None:
+    def __init__(self, engine: Engine, clock: Clock, *, delivery: DeliveryPolicy | None = None, local_timezone: str = "Asia/Shanghai") -> None:
         self.engine = engine
         self.clock = clock
+        self.delivery = delivery or DeliveryPolicy()
+        self.local_timezone = local_timezone
         self._connection: Connection | None = None
 
     def __enter__(self) -> "SqlUnitOfWork":
@@ -31,6 +35,12 @@ class SqlUnitOfWork:
         self.rejections = repos.Rejections(c)
         self.api_keys = repos.ApiKeys(c)
         self.audit = repos.AuditLog(c)
+        self.meters = delivery_repos.Meters(c)
+        self.tariffs = delivery_repos.Tariffs(c)
+        self.meter_commands = delivery_repos.MeterCommands(c)
+        self.kiosks = delivery_repos.Kiosks(c)
+        self.alerts = delivery_repos.Alerts(c)
+        self.site_secrets = delivery_repos.SiteSecrets(c)
         return self
 
     def __exit__(

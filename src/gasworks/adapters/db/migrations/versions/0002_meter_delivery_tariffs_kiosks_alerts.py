@@ -100,6 +100,9 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['command_id'], ['meter_commands.id'], name=op.f('fk_meter_command_events_command_id_meter_commands')),
     sa.PrimaryKeyConstraint('command_id', 'seq', name=op.f('pk_meter_command_events'))
     )
+    with op.batch_alter_table('customers', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('latitude', sa.Double(), nullable=True))
+        batch_op.add_column(sa.Column('longitude', sa.Double(), nullable=True))
     with op.batch_alter_table('meters', schema=None) as batch_op:
         batch_op.add_column(sa.Column('purchase_seq_issued', sa.Integer(), server_default='0', nullable=False))
         batch_op.add_column(sa.Column('tier_year', sa.Integer(), nullable=True))
@@ -157,6 +160,9 @@ def downgrade() -> None:
         batch_op.drop_column('tier_year')
         batch_op.drop_column('purchase_seq_issued')
 
+    with op.batch_alter_table('customers', schema=None) as batch_op:
+        batch_op.drop_column('longitude')
+        batch_op.drop_column('latitude')
     op.drop_table('meter_command_events')
     with op.batch_alter_table('meter_commands', schema=None) as batch_op:
         batch_op.drop_index('ix_meter_commands_state_meter')
