@@ -159,13 +159,13 @@ class MeterCommands:
 
     def add(self, command: MeterCommand) -> int:
         command.id = self.c.execute(
-            insert(t.meter_commands).values(**self._values(command), created_at=command.created_at).returning(t.meter_commands.c.id)
+            insert(t.meter_commands).values(**self._values(command) | {"created_at": command.created_at}).returning(t.meter_commands.c.id)
         ).scalar_one()
         self._save_events(command)
         return command.id
 
     def save(self, command: MeterCommand, at: datetime) -> None:
-        self.c.execute(update(t.meter_commands).where(t.meter_commands.c.id == command.id).values(**self._values(command), updated_at=at))
+        self.c.execute(update(t.meter_commands).where(t.meter_commands.c.id == command.id).values(**self._values(command) | {"updated_at": at}))
         self._save_events(command)
 
     def _values(self, command: MeterCommand) -> dict:
@@ -175,7 +175,7 @@ class MeterCommands:
             "kind": command.kind.value,
             "route": command.route.value,
             "state": command.state.value,
-            "updated_at": command.events[-1].at if command.events else command.created_at,
+            "updated_at": command.events[-1].at if command.events else command.created_at,  # save() passes its own
             "expires_at": command.expires_at,
             "payment_id": command.payment_id,
             "purchase_seq": command.purchase_seq,

@@ -1,0 +1,92 @@
+"""`gasworks worker`: hears meters, sends them what they need, and watches every delivery.
+
+Safe to run several at once on PostgreSQL (each meter is locked with FOR UPDATE SKIP LOCKED while a
+worker deals with it); on SQLite run one. Work it does, in each pass:
+1. every uplink waiting in the transport's queue (up to `worker_batch_max`): handle it, then send
+   that meter its next command while it listens;
+2. meters still awake with a command due (a new purchase, or a resend after the ack wait);
+3. every `watchdog_interval_s`: expiry, offline meters, late purchases, gauges.
+"""
+
+import threading
+import time
+from typing import Protocol
+
+import structlog
+
+from gasworks.adapters.meters.transport import LoopbackTransport, MqttTransport, TransportError, Uplinks
+from gasworks.bootstrap import System
+from gasworks.services.delivery import dispatch_meter, handle_uplink, watch_deliveries
+
+log = structlog.get_logger(__name__)
+
+
+class Transport(Protocol):
+    uplinks: Uplinks
+
+    def publish(self, serial: str, payload: bytes) -> None: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+def make_transport(system: System) -> Transport:
+    settings = system.settings
+    if settings.mqtt_url:
+        return MqttTransport(settings.mqtt_url, prefix=settings.mqtt_topic_prefix, client_id=settings.mqtt_client_id)
+    return LoopbackTransport()
+
+
+class Worker:
+    def __init__(self, system: System, transport: Transport) -> None:
+        self.system = system
+        self.transport = transport
+        self._last_watch = float("-inf")
+
+    def run_once(self, *, wait_s: float = 0.0) -> int:
+        """One pass; returns how many things it did. Waits up to `wait_s` for a first uplink."""
+        done = 0
+        batch_max = self.system.settings.worker_batch_max
+        item = self.transport.uplinks.get(wait_s)
+        while item is not None and done < batch_max:
+            serial, payload = item
+            outcome = handle_uplink(serial, payload, self.system.new_uow())
+            done += 1
+            if outcome.accepted:
+                done += self._dispatch(serial)
+            item = self.transport.uplinks.get(0) if done < batch_max else None
+        if item is not None:  # the batch bound was hit: put it back for the next pass
+            self.transport.uplinks.put(*item)
+        with self.system.new_uow() as uow:
+            due = uow.meters.awake_with_work(uow.clock.now(), batch_max)
+        for serial in due:
+            done += self._dispatch(serial)
+        if time.monotonic() - self._last_watch >= self.system.settings.watchdog_interval_s:
+            self.watch()
+        return done
+
+    def watch(self) -> None:
+        report = watch_deliveries(self.system.new_uow, batch_max=self.system.settings.worker_batch_max)
+        self._last_watch = time.monotonic()
+        if report.expired or report.offline or report.overdue:
+            log.warning("deliveries_need_attention", expired=report.expired, offline=report.offline, overdue=report.overdue)
+
+    def _dispatch(self, serial: str) -> int:
+        try:
+            return 1 if dispatch_meter(serial, self.system.new_uow(), self.transport) is not None else 0
+        except TransportError as error:
+            log.warning("meter_send_failed", meter=serial, reason=str(error))
+            return 0
+
+    def run(self, stop: threading.Event) -> None:
+        self.transport.start()
+        log.info("worker_started", transport=type(self.transport).__name__)
+        try:
+            while not stop.is_set():
+                try:
+                    self.run_once(wait_s=self.system.settings.worker_poll_interval_s)
+                except Exception:  # noqa: BLE001 - a worker must outlive one bad pass; it is logged with its traceback
+                    log.exception("worker_pass_failed")
+                    stop.wait(1.0)
+        finally:
+            self.transport.stop()
+            log.info("worker_stopped")

@@ -1,0 +1,1 @@
+"""The city simulator: meters, channels and faults that drive gasworks through its real interfaces."""

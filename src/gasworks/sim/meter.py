@@ -1,0 +1,154 @@
+"""A prepaid volume meter as firmware would behave, speaking the real frames.
+
+It applies purchase n only when its last applied serial is n - 1, acknowledges a replay without
+applying it again, refuses a gap, and reports on waking. Used by tests and by the city simulator.
+"""
+
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import paho.mqtt.client as mqtt
+
+from gasworks.adapters.meters import cjt188
+from gasworks.adapters.meters.transport import mqtt_client, topic_down, topic_up
+from gasworks.domain.errors import MalformedFrame
+from gasworks.domain.meter_messages import (
+    Alarm,
+    CommandRefused,
+    CurrentData,
+    MeterErrorCode,
+    PurchaseAck,
+    PurchaseRecord,
+    ReadCurrentData,
+    ReadPurchaseRecord,
+    SetValve,
+    ValveAck,
+    WritePurchase,
+)
+
+
+@dataclass
+class SimulatedMeter:
+    serial: str
+    credit_litres: int = 0
+    cumulative_litres: int = 0
+    applied_seq: int = 0
+    valve_open: bool = True
+    battery_mv: int = 3_600
+    alarms: Alarm = Alarm(0)
+    total_purchased_litres: int = 0
+    last_volume_litres: int = 0
+    awake: bool = False
+    acks_to_lose: int = 0  # fault injection: swallow this many replies
+    frames_seen: list[bytes] = field(default_factory=list)
+    applied: list[tuple[int, int]] = field(default_factory=list)  # (serial, litres) in order applied
+    _frame_seq: int = 0
+
+    def report(self, clock: datetime) -> bytes:
+        """Wake up and say how things are (the daily report); the meter listens after this."""
+        self.awake = True
+        self._frame_seq = (self._frame_seq + 1) % 256
+        return cjt188.encode(self._current_data(self._frame_seq, clock))
+
+    def _current_data(self, frame_seq: int, clock: datetime) -> CurrentData:
+        return CurrentData(
+            serial=self.serial,
+            frame_seq=frame_seq,
+            cumulative_litres=self.cumulative_litres,
+            credit_litres=self.credit_litres,
+            last_applied_seq=self.applied_seq,
+            valve_open=self.valve_open,
+            battery_mv=self.battery_mv,
+            alarms=self.alarms,
+            meter_clock=clock.replace(tzinfo=None, microsecond=0),
+        )
+
+    def sleep(self) -> None:
+        self.awake = False
+
+    def use(self, litres: int) -> None:
+        """Burn gas; the credit may run into the overdraft."""
+        if self.valve_open:
+            self.cumulative_litres += litres
+            self.credit_litres -= litres
+
+    def on_downlink(self, payload: bytes) -> list[bytes]:
+        """Handle one frame from gasworks; the replies to send back (none while asleep or lost)."""
+        if not self.awake:
+            return []
+        self.frames_seen.append(payload)
+        try:
+            message = cjt188.decode(payload)
+        except MalformedFrame:
+            return []
+        if message.serial != self.serial:
+            return []
+        reply = self._answer(message)
+        if reply is None:
+            return []
+        if self.acks_to_lose > 0:
+            self.acks_to_lose -= 1
+            return []
+        return [cjt188.encode(reply)]
+
+    def _answer(self, message):  # noqa: ANN001, ANN202
+        q = message.frame_seq
+        match message:
+            case WritePurchase():
+                if message.purchase_seq == self.applied_seq + 1:
+                    self.applied_seq = message.purchase_seq
+                    self.credit_litres += message.volume_litres
+                    self.total_purchased_litres += message.volume_litres
+                    self.last_volume_litres = message.volume_litres
+                    self.applied.append((message.purchase_seq, message.volume_litres))
+                elif message.purchase_seq > self.applied_seq + 1:
+                    return CommandRefused(self.serial, q, cjt188.DI_WRITE_PURCHASE, MeterErrorCode.SEQUENCE_GAP)
+                return PurchaseAck(self.serial, q, self.applied_seq, self.credit_litres)
+            case SetValve():
+                self.valve_open = message.open
+                return ValveAck(self.serial, q, self.valve_open)
+            case ReadCurrentData():
+                return self._current_data(q, datetime(2000, 1, 1))
+            case ReadPurchaseRecord():
+                return PurchaseRecord(self.serial, q, self.applied_seq, self.last_volume_litres, self.total_purchased_litres)
+        return None
+
+
+class MqttMeter:
+    """A simulated meter on a real broker: listens on its down topic, answers on its up topic."""
+
+    def __init__(self, meter: SimulatedMeter, url: str, *, prefix: str) -> None:
+        self.meter = meter
+        self.prefix = prefix
+        self._subscribed = threading.Event()
+        self._lock = threading.Lock()
+        self._client = mqtt_client(url, f"meter-{meter.serial}")
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = lambda *a: self._subscribed.set()
+        self._client.on_message = self._on_message
+
+    def _on_connect(self, client: mqtt.Client, *args: object) -> None:
+        client.subscribe(topic_down(self.prefix, self.meter.serial), qos=1)
+
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            replies = self.meter.on_downlink(bytes(message.payload))
+        for reply in replies:
+            client.publish(topic_up(self.prefix, self.meter.serial), reply, qos=1)
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        host, port = self._client._gasworks_address  # type: ignore[attr-defined]
+        self._client.connect_async(host, port, keepalive=30)
+        self._client.loop_start()
+        if not self._subscribed.wait(timeout_s):
+            raise TimeoutError(f"meter {self.meter.serial} could not subscribe within {timeout_s} s")
+
+    def wake(self, clock: datetime) -> None:
+        with self._lock:
+            frame = self.meter.report(clock)
+        self._client.publish(topic_up(self.prefix, self.meter.serial), frame, qos=1).wait_for_publish(5)
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
