@@ -33,7 +33,7 @@ from gasworks.domain.delivery import (
     settle_by_meter,
     valve_command,
 )
-from gasworks.domain.errors import MalformedFrame
+from gasworks.domain.errors import Conflict, MalformedFrame, NotFound
 from gasworks.domain.ledger import DELIVERY, REVENUE, TransactionKind, prepaid_account, presented_balance_fen, transfer
 from gasworks.domain.meter_messages import (
     Alarm,
@@ -210,7 +210,7 @@ def _apply_message(message: MeterMessage, link: MeterLink, commands: list[MeterC
             what = "ignored"
     for command in settled:
         if command.kind == CommandKind.CREDIT:
-            _book_applied(uow, command, now)
+            book_applied(uow, command, now)
     _keep_valve_right(link, commands, uow, policy, now)
     return what
 
@@ -253,7 +253,7 @@ def _take_refusal(refusal: CommandRefused, link: MeterLink, commands: list[Meter
     return f"command refused: {refusal.error.name}"
 
 
-def _book_applied(uow: UnitOfWork, order: MeterCommand, at: datetime) -> None:
+def book_applied(uow: UnitOfWork, order: MeterCommand, at: datetime) -> None:
     assert order.cost_fen is not None
     uow.ledger.post(
         transfer(
@@ -412,3 +412,54 @@ def publish_gauges(uow: UnitOfWork) -> None:
         alerts_open.labels(kind=kind).set(n)
     for state, n in uow.meters.count_by_link_state().items():
         meters_by_link_state.labels(state=state).set(n)
+
+
+# ---- operators ---------------------------------------------------------------------------------
+
+
+def reissue_command(command_id: int, uow: UnitOfWork, *, actor: str, reason: str) -> MeterCommand:
+    """A failed or expired command goes back to pending, with a fresh time to live."""
+    with uow:
+        now = uow.clock.now()
+        command = _command_for_operator(uow, command_id)
+        if command.state not in STOPPED_STATES:
+            raise Conflict(f"command {command_id} is {command.state}; only failed or expired commands are reissued", code="NOT_REISSUABLE")
+        command.move_to(CommandState.PENDING, now, f"reissued by {actor}: {reason.strip()[:120]}")
+        command.sends = command.window_sends = 0
+        command.next_send_at = None
+        if command.route == MeterKind.IOT:
+            command.expires_at = now + timedelta(seconds=uow.delivery.ttl_s)
+        uow.meter_commands.save(command, now)
+        for kind in ("COMMAND_EXPIRED", "PURCHASE_NOT_APPLIED"):
+            uow.alerts.clear(kind=kind, subject=f"command:{command.id}", at=now)
+        uow.audit.append(at=now, actor=actor, action="command.reissue", subject=f"command:{command.id}", detail={"reason": reason.strip()[:200]})
+        uow.commit()
+        return command
+
+
+def cancel_command(command_id: int, uow: UnitOfWork, *, actor: str, reason: str) -> MeterCommand:
+    """Valve commands may be cancelled. A credit order may not: the meter expects every purchase serial
+    in turn, so cancelling one would block every later purchase. A wrong purchase is repaired by a
+    refund through reconciliation, never by pretending it was not sent."""
+    with uow:
+        now = uow.clock.now()
+        command = _command_for_operator(uow, command_id)
+        if command.kind == CommandKind.CREDIT:
+            raise Conflict("a credit order cannot be cancelled: later purchase serials depend on it; reissue it", code="CREDIT_NOT_CANCELLABLE")
+        if command.state not in (CommandState.PENDING, *STOPPED_STATES):
+            raise Conflict(f"command {command_id} is {command.state}; only pending, failed or expired commands are cancelled", code="NOT_CANCELLABLE")
+        command.move_to(CommandState.CANCELLED, now, f"cancelled by {actor}: {reason.strip()[:120]}")
+        uow.meter_commands.save(command, now)
+        uow.audit.append(at=now, actor=actor, action="command.cancel", subject=f"command:{command.id}", detail={"reason": reason.strip()[:200]})
+        uow.commit()
+        return command
+
+
+def _command_for_operator(uow: UnitOfWork, command_id: int) -> MeterCommand:
+    peek = uow.meter_commands.get(command_id, with_events=False)
+    if peek is None:
+        raise NotFound(f"no meter command {command_id}", code="COMMAND_NOT_FOUND")
+    uow.meters.get(peek.meter_serial, lock=True)  # the meter first, as everywhere
+    command = uow.meter_commands.get(command_id, with_events=False)
+    assert command is not None
+    return command

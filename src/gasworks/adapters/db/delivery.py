@@ -210,6 +210,11 @@ class MeterCommands:
             query = query.where(mc.c.route == route.value)
         return [_command(r) for r in self.c.execute(query)]
 
+    def credit_order(self, serial: str, purchase_seq: int) -> MeterCommand | None:
+        mc = t.meter_commands
+        row = self.c.execute(select(mc).where(mc.c.meter_serial == serial, mc.c.purchase_seq == purchase_seq)).first()
+        return _command(row) if row else None
+
     def get(self, command_id: int, *, with_events: bool = True) -> MeterCommand | None:
         row = self.c.execute(select(t.meter_commands).where(t.meter_commands.c.id == command_id)).first()
         if row is None:

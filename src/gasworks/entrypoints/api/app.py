@@ -21,6 +21,8 @@ from gasworks.domain.errors import GasworksError, NotFound, PayloadTooLarge
 from gasworks.domain.money import check_payment_amount
 from gasworks.domain.payments import PaymentState
 from gasworks.entrypoints.api import schemas as s
+from gasworks.entrypoints.api.delivery_routes import delivery_routes
+from gasworks.entrypoints.api.resident_page import resident_routes
 from gasworks.observability import intake_refusals, intake_seconds, payments_taken
 from gasworks.services import access, accounts, checks, intake, notifications, orders
 from gasworks.services.access import Role
@@ -229,14 +231,6 @@ def create_app(system: System) -> FastAPI:
         with new_uow() as uow:
             return [s.PaymentOut.of(p) for p in uow.payments.list_for_account(account_no, limit)]
 
-    @app.get("/v1/payments/{payment_id}", tags=["payments"], response_model=s.PaymentOut, responses=ERROR_RESPONSES)
-    def get_payment(payment_id: str, who: ApiKeyRecord = Depends(caller(*READERS))) -> s.PaymentOut:
-        with new_uow() as uow:
-            payment = uow.payments.get(payment_id)
-        if payment is None:
-            raise NotFound(f"no payment {payment_id[:40]!r}", code="PAYMENT_NOT_FOUND")
-        return s.PaymentOut.of(payment)
-
     @app.get("/v1/holds", tags=["payments"], response_model=list[s.PaymentOut], responses=ERROR_RESPONSES)
     def held_payments(limit: int = Query(100, ge=1, le=settings.page_size_max), who: ApiKeyRecord = Depends(caller(*READERS))) -> list[s.PaymentOut]:
         """Money in suspense: every payment held, with its reason, oldest first."""
@@ -268,4 +262,6 @@ def create_app(system: System) -> FastAPI:
             payments_by_state={k: {"count": n, "amount_fen": fen} for k, (n, fen) in report.payments_by_state.items()},
         )
 
+    app.include_router(delivery_routes(system, caller, ERROR_RESPONSES))
+    app.include_router(resident_routes(system))
     return app

@@ -1,0 +1,167 @@
+"""The resident's truth: one timeline per payment, from paid to gas available, with the next step.
+
+It never says "gas available" before the meter (or the card coming back from the meter) has
+applied the purchase. Every text is in Chinese first, then English.
+"""
+
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from gasworks.adapters.db.delivery import Kiosk
+from gasworks.domain.accounts import MeterKind
+from gasworks.domain.delivery import CommandState, LinkState, MeterCommand, MeterLink
+from gasworks.domain.errors import NotFound
+from gasworks.domain.payments import Payment, PaymentState
+from gasworks.services.kiosks import nearest_working
+from gasworks.services.unit_of_work import UnitOfWork
+
+RESIDENT_LINK_SECRET = "resident_links"
+
+
+class Status:
+    HELD = "HELD"
+    ON_BALANCE = "ON_BALANCE"
+    WAITING_FOR_METER = "WAITING_FOR_METER"
+    SENT_TO_METER = "SENT_TO_METER"
+    WAITING_FOR_CARD = "WAITING_FOR_CARD"
+    CARD_WRITTEN = "CARD_WRITTEN"
+    GAS_AVAILABLE = "GAS_AVAILABLE"
+    STUCK = "STUCK"
+
+
+@dataclass(frozen=True)
+class Text:
+    zh: str
+    en: str
+
+
+@dataclass(frozen=True)
+class Step:
+    key: str
+    title: Text
+    at: datetime | None
+    done: bool
+
+
+@dataclass(frozen=True)
+class NearbyKiosk:
+    kiosk: Kiosk
+    distance_m: int | None
+
+
+@dataclass(frozen=True)
+class Timeline:
+    payment: Payment
+    status: str
+    headline: Text
+    next_step: Text | None
+    steps: list[Step]
+    order: MeterCommand | None
+    meter: MeterLink | None
+    kiosks: list[NearbyKiosk] = field(default_factory=list)
+
+
+def _first(order: MeterCommand | None, *states: CommandState) -> datetime | None:
+    if order is None:
+        return None
+    return next((e.at for e in order.events if e.state in states), None)
+
+
+def payment_timeline(payment_id: str, uow: UnitOfWork, *, hotline: str) -> Timeline:
+    with uow:
+        payment = uow.payments.get(payment_id)
+        if payment is None:
+            raise NotFound(f"no payment {payment_id[:40]!r}", code="PAYMENT_NOT_FOUND")
+        orders = uow.meter_commands.for_payment(payment_id)
+        order = orders[0] if orders else None
+        meter = uow.meters.get_for_account(payment.account_no) if payment.account_no else None
+        customer = uow.customers.get(payment.account_no) if payment.account_no else None
+        kiosks = uow.kiosks.list() if meter is not None and meter.kind == MeterKind.CARD else []
+    booked_at = next((e.at for e in payment.events if e.state in (PaymentState.BOOKED, PaymentState.HELD)), None)
+    paid_at = payment.paid_at or payment.events[0].at
+    applied_at = _first(order, CommandState.APPLIED)
+    steps = [
+        Step("paid", Text("已付款", "Paid"), paid_at, True),
+        Step("booked", Text("已入账", "Booked to your account"), booked_at, payment.state == PaymentState.BOOKED),
+    ]
+    nearby: list[NearbyKiosk] = []
+    if meter is not None and meter.kind == MeterKind.CARD:
+        steps.append(Step("written_to_card", Text("已写卡", "Written to your card"), _first(order, CommandState.WRITTEN_TO_CARD), applied_at is not None or order is not None and order.state == CommandState.WRITTEN_TO_CARD))
+        nearby = [NearbyKiosk(k, d) for k, d in nearest_working(kiosks, home=customer.location if customer else None, community=customer.community if customer else "")]
+    else:
+        steps.append(Step("sent", Text("已发送到表", "Sent to your meter"), _first(order, CommandState.SENT), _first(order, CommandState.SENT) is not None))
+    steps.append(Step("applied", Text("可以用气", "Gas available"), applied_at, applied_at is not None))
+    status, headline, next_step = _explain(payment, order, meter, nearby, hotline)
+    return Timeline(payment, status, headline, next_step, steps, order, meter, nearby)
+
+
+def _explain(payment: Payment, order: MeterCommand | None, meter: MeterLink | None, nearby: list[NearbyKiosk], hotline: str) -> tuple[str, Text, Text | None]:
+    call = Text(f"请致电 {hotline}。", f"Please call {hotline}.")
+    if payment.state == PaymentState.HELD:
+        return Status.HELD, Text("款项已收到，正在核对", "Payment received, being checked"), Text(
+            f"我们收到了您的款项，但暂时无法入账（{payment.hold_reason}）。工作人员会处理；" + call.zh,
+            f"We have your money but could not book it yet ({payment.hold_reason}). Staff will resolve it; " + call.en,
+        )
+    if order is None:
+        return Status.ON_BALANCE, Text("已存入账户余额", "On your account balance"), Text(
+            "金额已存入余额，将在下次购气时一并使用。", "The money is on your balance and goes with your next purchase."
+        )
+    litres = litres_as_m3_text(order.volume_litres or 0)
+    if order.state == CommandState.APPLIED:
+        if meter is not None and meter.valve_open is False and meter.reopen_needs_button:
+            return Status.GAS_AVAILABLE, Text(f"{litres} 立方米已到表", f"{litres} m³ is on your meter"), Text(
+                "阀门仍关闭：请按住表上的红色按钮 3 秒开阀。", "The valve is still closed: press and hold the red button on the meter for 3 s."
+            )
+        return Status.GAS_AVAILABLE, Text(f"{litres} 立方米已到表，可以用气", f"{litres} m³ is on your meter: gas available"), None
+    if order.state in (CommandState.FAILED, CommandState.EXPIRED):
+        return Status.STUCK, Text("购气未能送达燃气表", "The purchase has not reached your meter"), Text(
+            f"燃气表未确认这笔购气（{order.note}）。钱不会丢失；" + call.zh, f"Your meter has not confirmed this purchase ({order.note}). Your money is safe; " + call.en
+        )
+    if order.route == MeterKind.CARD:
+        if order.state == CommandState.WRITTEN_TO_CARD:
+            return Status.CARD_WRITTEN, Text("已写卡，请插卡", "Written to your card: insert it in the meter"), Text(
+                "请把燃气卡插入燃气表，表读卡后即可用气。", "Insert the card in your gas meter; gas is available once the meter has read it."
+            )
+        places = "、".join(f"{n.kiosk.name}（{n.kiosk.address or n.kiosk.community}{'，约 %d 米' % n.distance_m if n.distance_m is not None else ''}）" for n in nearby)
+        places_en = "; ".join(f"{n.kiosk.name} ({n.kiosk.address or n.kiosk.community}{', about %d m' % n.distance_m if n.distance_m is not None else ''})" for n in nearby)
+        return Status.WAITING_FOR_CARD, Text("待写卡：请到自助机或营业厅圈存", "Waiting for your card: write it at a kiosk or counter"), Text(
+            f"您的燃气表是 IC 卡表，需要把购气写入卡中。最近的自助机：{places or '请咨询营业厅'}。",
+            f"Your meter is a card meter: the purchase must be written to your card. Nearest kiosks: {places_en or 'ask a service hall'}.",
+        )
+    if order.state in (CommandState.SENT, CommandState.DELIVERED):
+        return Status.SENT_TO_METER, Text("已发送到燃气表，等待表确认", "Sent to your meter, waiting for it to confirm"), None
+    asleep_since = meter.last_report_at if meter is not None else None
+    if meter is not None and meter.link_state == LinkState.OFFLINE:
+        return Status.WAITING_FOR_METER, Text("燃气表长时间未联网", "Your meter has been silent for a long time"), Text(
+            f"燃气表自 {asleep_since:%Y-%m-%d %H:%M} (UTC) 未联网。请按表上的通讯按钮唤醒它；若屏幕不亮，请先更换电池。" if asleep_since else "燃气表尚未联网。请按表上的通讯按钮；若屏幕不亮，请先更换电池。",
+            (f"Your meter has not been in touch since {asleep_since:%Y-%m-%d %H:%M} UTC. " if asleep_since else "Your meter has not been in touch yet. ")
+            + "Press its communication button to wake it; if the display is dark, change the batteries first.",
+        )
+    return Status.WAITING_FOR_METER, Text("等待燃气表联网", "Waiting for your meter to wake"), Text(
+        "燃气表通常每天联网一次，联网后会自动充值。急用可按表上的通讯按钮唤醒。",
+        "Your meter wakes about once a day and takes the purchase then. In a hurry? Press its communication button to wake it.",
+    )
+
+
+def litres_as_m3_text(litres: int) -> str:
+    """33444 -> '33.444' (m³), in integers all the way."""
+    return f"{litres // 1000}.{litres % 1000:03d}"
+
+
+def resident_token(secret: str, payment_id: str) -> str:
+    """The unguessable part of a resident's link: HMAC-SHA256 of the payment id, 128 bits, hex."""
+    return hmac.new(secret.encode(), payment_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def resident_link_secret(uow: UnitOfWork) -> str:
+    with uow:
+        secret = uow.site_secrets.get_or_create(RESIDENT_LINK_SECRET, uow.clock.now())
+        uow.commit()
+        return secret
+
+
+def check_resident_token(secret: str, payment_id: str, token: str) -> None:
+    if not hmac.compare_digest(resident_token(secret, payment_id), token or ""):
+        raise NotFound("no such payment page", code="PAYMENT_NOT_FOUND")
