@@ -77,7 +77,8 @@ def _empty_postgres(url: str):  # noqa: ANN202
         # TRUNCATE skips the append-only row triggers: fine between tests, never in the product.
         c.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
         c.execute(insert(ledger_accounts), [{"code": code, "kind": code, "entries_sum_fen": 0} for code in FIXED_ACCOUNTS])
-        c.execute(insert(tariffs).from_select(list(seeded_tariffs.c.keys()), select(seeded_tariffs)))
+        columns = [name for name in seeded_tariffs.c.keys() if name != "id"]  # ids come from the restarted sequence
+        c.execute(insert(tariffs).from_select(columns, select(*(seeded_tariffs.c[name] for name in columns))))
     return engine
 
 
