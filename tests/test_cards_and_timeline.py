@@ -10,7 +10,7 @@ from gasworks.entrypoints.api.app import create_app
 from gasworks.services.access import Role
 from gasworks.services.checks import check_ledger
 from tests.delivery_rig import Rig
-from tests.support import ACCOUNT_NO, OTHER_ACCOUNT_NO, api_key, set_up
+from tests.support import OTHER_ACCOUNT_NO, api_key, set_up
 
 CARD_SERIAL = "00000000000002"
 CARD = "IC0000000002"

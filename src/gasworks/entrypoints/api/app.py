@@ -17,7 +17,7 @@ from gasworks.adapters.channels import alipay, wechatpay_v3
 from gasworks.adapters.db.repositories import ApiKeyRecord
 from gasworks.bootstrap import System
 from gasworks.domain.channels import Channel, ChannelKind, PaymentNotice
-from gasworks.domain.errors import GasworksError, NotFound, PayloadTooLarge
+from gasworks.domain.errors import GasworksError, PayloadTooLarge
 from gasworks.domain.money import check_payment_amount
 from gasworks.domain.payments import PaymentState
 from gasworks.entrypoints.api import schemas as s

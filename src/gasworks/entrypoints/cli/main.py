@@ -1,24 +1,18 @@
 """The `gasworks` command: serve the API, migrate, check the ledger, configure channels and keys."""
 
-import functools
-import getpass
 import secrets
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from gasworks.adapters.db.migrate import current_revision, upgrade
-from gasworks.bootstrap import System, bootstrap
-from gasworks.config import Settings
 from gasworks.domain.accounts import CustomerClass, MeterKind
 from gasworks.domain.channels import ChannelKind, KeyPurpose
-from gasworks.domain.errors import GasworksError
 from gasworks.domain.money import fen_to_yuan_text
-from gasworks.observability import configure_logging
+from gasworks.entrypoints.cli.common import DatabaseUrl, cli_actor, cli_errors, err, out, system
+from gasworks.entrypoints.cli.delivery_commands import register as register_delivery
 from gasworks.services import access, accounts, channels, checks
 from gasworks.services.access import Role
 
@@ -32,54 +26,27 @@ app.add_typer(channels_app, name="channels")
 app.add_typer(keys_app, name="keys")
 app.add_typer(accounts_app, name="accounts")
 
-out = Console()
-err = Console(stderr=True)
-F = TypeVar("F", bound=Callable)
-
-DatabaseUrl = Annotated[str | None, typer.Option("--database-url", help="Overrides GASWORKS_DATABASE_URL.")]
-
-
-def cli_errors(command: F) -> F:
-    """Expected failures become one clear line and exit code 2, never a traceback."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):  # noqa: ANN202, ANN002, ANN003
-        try:
-            return command(*args, **kwargs)
-        except GasworksError as error:
-            err.print(f"[bold red]error[/] {error.code}: {error.message}")
-            raise typer.Exit(2) from None
-        except OSError as error:
-            err.print(f"[bold red]error[/] {type(error).__name__}: {error}")
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def system(database_url: str | None) -> System:
-    settings = Settings(database_url=database_url) if database_url else Settings()
-    configure_logging(json=settings.log_json)
-    return bootstrap(settings)
-
-
-def cli_actor() -> str:
-    return f"cli:{getpass.getuser()}"
-
-
 @app.command()
 @cli_errors
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (GASWORKS_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (GASWORKS_PORT).")] = None,
     database_url: DatabaseUrl = None,
+    worker: Annotated[bool, typer.Option(help="Run the delivery worker in this process too (MQTT if configured, else in-process).")] = True,
 ) -> None:
     """Migrate the database to the latest schema and serve the HTTP API."""
+    import threading
+
     import uvicorn
 
     from gasworks.entrypoints.api.app import create_app
+    from gasworks.entrypoints.workers.worker import Worker, make_transport
 
     sys_ = system(database_url)
     upgrade(sys_.engine)
+    stop = threading.Event()
+    if worker:
+        threading.Thread(target=Worker(sys_, make_transport(sys_)).run, args=(stop,), name="gasworks-worker", daemon=True).start()
     host = host or sys_.settings.host
     port = port or sys_.settings.port
     out.print(f"gasworks on [bold]{sys_.engine.url.render_as_string(hide_password=True)}[/]")
@@ -87,7 +54,11 @@ def serve(
     out.print(f"  API docs: http://{host}:{port}/docs")
     out.print(f"  metrics:  http://{host}:{port}/metrics")
     out.print("  first steps: `gasworks keys add --role operator --name you`, then `gasworks channels add --help`")
-    uvicorn.run(create_app(sys_), host=host, port=port, log_level="info")
+    out.print(f"  delivery worker: {'in this process' if worker else 'off (run `gasworks worker`)'}")
+    try:
+        uvicorn.run(create_app(sys_), host=host, port=port, log_level="info")
+    finally:
+        stop.set()
 
 
 @db_app.command("upgrade")
@@ -250,3 +221,6 @@ def accounts_show(account_no: str, database_url: DatabaseUrl = None) -> None:
     c = view.customer
     out.print(f"{c.account_no} {c.masked_name} {c.masked_phone} {c.community} {c.address}")
     out.print(f"meter {c.meter.serial} ({c.meter.kind.value}, {c.meter.status.value}); balance ¥{fen_to_yuan_text(view.balance_fen)}")
+
+
+register_delivery(app)

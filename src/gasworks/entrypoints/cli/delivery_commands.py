@@ -1,0 +1,176 @@
+"""`gasworks worker`, `tariffs`, `kiosks`, `meters`, `commands` and `alerts`."""
+
+import signal
+import threading
+from datetime import date
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from gasworks.adapters.db.delivery import Kiosk
+from gasworks.domain.accounts import CustomerClass
+from gasworks.domain.delivery import CommandState
+from gasworks.domain.errors import InvalidInput, NotFound
+from gasworks.domain.tariffs import milli_fen_to_price_text
+from gasworks.entrypoints.cli.common import DatabaseUrl, cli_actor, cli_errors, out, system
+from gasworks.entrypoints.workers.worker import Worker, make_transport
+from gasworks.services import delivery, kiosks, tariffs
+
+tariffs_app = typer.Typer(help="Tiered tariffs: versions with effective dates, per customer class.", no_args_is_help=True)
+kiosks_app = typer.Typer(help="Kiosks and counters where card meters' purchases are written.", no_args_is_help=True)
+meters_app = typer.Typer(help="Meters' delivery state.", no_args_is_help=True)
+commands_app = typer.Typer(help="Meter commands (credit orders, valve): list, reissue, cancel.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(worker)
+    app.command()(alerts)
+    app.add_typer(tariffs_app, name="tariffs")
+    app.add_typer(kiosks_app, name="kiosks")
+    app.add_typer(meters_app, name="meters")
+    app.add_typer(commands_app, name="commands")
+
+
+@cli_errors
+def worker(database_url: DatabaseUrl = None, mqtt_url: Annotated[str | None, typer.Option(help="Overrides GASWORKS_MQTT_URL.")] = None) -> None:
+    """Deliver purchases to IoT meters over MQTT and watch every delivery (runs until stopped)."""
+    sys_ = system(database_url, mqtt_url=mqtt_url)
+    if not sys_.settings.mqtt_url:
+        raise InvalidInput(
+            "no broker configured (GASWORKS_MQTT_URL or --mqtt-url); with the in-process transport the worker runs inside `gasworks serve`",
+            code="NO_BROKER",
+        )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    out.print(f"worker on {sys_.engine.url.render_as_string(hide_password=True)}, broker {sys_.settings.mqtt_url.split('@')[-1]}; Ctrl-C stops")
+    Worker(sys_, make_transport(sys_)).run(stop)
+
+
+@cli_errors
+def alerts(database_url: DatabaseUrl = None, all_: Annotated[bool, typer.Option("--all", help="Cleared ones too.")] = False, limit: int = 100) -> None:
+    """Open alerts: late or stuck purchases, offline meters, alarms."""
+    with system(database_url).new_uow() as uow:
+        found = uow.alerts.list(limit=limit, open_only=not all_)
+    table = Table("raised (UTC)", "kind", "subject", "reason", "cleared")
+    for a in found:
+        table.add_row(a.raised_at.isoformat(timespec="seconds"), a.kind, a.subject, a.reason, a.cleared_at.isoformat(timespec="seconds") if a.cleared_at else "")
+    out.print(table)
+
+
+@tariffs_app.command("add")
+@cli_errors
+def tariffs_add(
+    customer_class: Annotated[CustomerClass, typer.Argument()],
+    effective_from: Annotated[str, typer.Option(help="YYYY-MM-DD")],
+    tier: Annotated[list[str], typer.Option(help="UPTO_M3:PRICE per tier, '-' for the last, e.g. --tier 390:2.832 --tier 600:3.398 --tier -:4.248")],
+    year_start: Annotated[str, typer.Option(help="MM-DD the tier year starts")] = "01-01",
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Add a tariff version (versions are never edited)."""
+    try:
+        day = date.fromisoformat(effective_from)
+        month, day_of_month = (int(x) for x in year_start.split("-"))
+        parsed = [(None if upto == "-" else int(upto), price) for upto, price in (t.split(":", 1) for t in tier)]
+    except ValueError as error:
+        raise InvalidInput(f"cannot read the tariff: {error} (see --help)", code="INVALID_TARIFF") from None
+    added = tariffs.add_tariff(
+        customer_class=customer_class, effective_from=day, tiers=parsed, year_start_month=month, year_start_day=day_of_month,
+        uow=system(database_url).new_uow(), actor=cli_actor(),
+    )  # fmt: skip
+    out.print(f"tariff {added.id}: {customer_class.value} from {day}")
+
+
+@tariffs_app.command("list")
+@cli_errors
+def tariffs_list(database_url: DatabaseUrl = None) -> None:
+    table = Table("id", "class", "from", "tiers (up to m³ @ ¥/m³)", "year starts")
+    for t in tariffs.list_tariffs(system(database_url).new_uow()):
+        tiers = ", ".join(f"{'∞' if x.upto_litres is None else x.upto_litres // 1000} @ {milli_fen_to_price_text(x.price_milli_fen_per_m3)}" for x in t.tiers)
+        table.add_row(str(t.id), t.customer_class.value, t.effective_from.isoformat(), tiers, f"{t.year_start_month:02d}-{t.year_start_day:02d}")
+    out.print(table)
+
+
+@kiosks_app.command("add")
+@cli_errors
+def kiosks_add(
+    kiosk_id: str,
+    name: Annotated[str, typer.Option()],
+    channel: Annotated[str, typer.Option(help="The kiosk or counter channel it takes payments on.")],
+    latitude: Annotated[float, typer.Option()],
+    longitude: Annotated[float, typer.Option()],
+    community: Annotated[str, typer.Option()] = "",
+    address: Annotated[str, typer.Option()] = "",
+    database_url: DatabaseUrl = None,
+) -> None:
+    kiosk = Kiosk(kiosk_id, name, channel, community, address, latitude, longitude, kiosks.KioskStatus.WORKING.value)
+    kiosks.add_kiosk(kiosk, system(database_url).new_uow(), actor=cli_actor())
+    out.print(f"kiosk {kiosk_id} added")
+
+
+@kiosks_app.command("status")
+@cli_errors
+def kiosks_status(kiosk_id: str, status: kiosks.KioskStatus, database_url: DatabaseUrl = None) -> None:
+    kiosks.set_kiosk_status(kiosk_id, status, system(database_url).new_uow(), actor=cli_actor())
+    out.print(f"kiosk {kiosk_id} is {status.value}")
+
+
+@kiosks_app.command("list")
+@cli_errors
+def kiosks_list(database_url: DatabaseUrl = None) -> None:
+    with system(database_url).new_uow() as uow:
+        found = uow.kiosks.list()
+    table = Table("id", "name", "community", "lat, lon", "status")
+    for k in found:
+        table.add_row(k.id, k.name, k.community, f"{k.latitude:.5f}, {k.longitude:.5f}", k.status)
+    out.print(table)
+
+
+@meters_app.command("show")
+@cli_errors
+def meters_show(serial: str, database_url: DatabaseUrl = None) -> None:
+    """A meter's link, serials and open commands."""
+    with system(database_url).new_uow() as uow:
+        link = uow.meters.get(serial)
+        if link is None:
+            raise NotFound(f"no meter {serial}", code="METER_NOT_FOUND")
+        commands = uow.meter_commands.for_meter(serial)
+    out.print(f"meter {link.serial} ({link.kind.value}) account {link.account_no}: {link.link_state.value}, last report {link.last_report_at or 'never'}")
+    out.print(f"purchases issued #{link.purchase_seq_issued}, applied #{link.applied_seq}; credit {link.credit_litres} L; valve {'open' if link.valve_open else 'closed' if link.valve_open is False else '?'}")
+    _commands_table(commands)
+
+
+def _commands_table(commands: list) -> None:
+    table = Table("id", "meter", "kind", "serial", "litres", "fen", "state", "sends", "note")
+    for c in commands:
+        table.add_row(str(c.id), c.meter_serial, c.kind.value, str(c.purchase_seq or ""), str(c.volume_litres or ""), str(c.cost_fen or ""), c.state.value, str(c.sends), c.note)
+    out.print(table)
+
+
+@commands_app.command("list")
+@cli_errors
+def commands_list(
+    state: Annotated[list[CommandState] | None, typer.Option(help="Repeat for several, e.g. --state failed --state expired.")] = None,
+    meter: str | None = None,
+    limit: int = 100,
+    database_url: DatabaseUrl = None,
+) -> None:
+    with system(database_url).new_uow() as uow:
+        _commands_table(uow.meter_commands.recent(limit=limit, states=state or None, serial=meter))
+
+
+@commands_app.command("reissue")
+@cli_errors
+def commands_reissue(command_id: int, reason: Annotated[str, typer.Option()], database_url: DatabaseUrl = None) -> None:
+    """Send a failed or expired command again (with a fresh time to live)."""
+    command = delivery.reissue_command(command_id, system(database_url).new_uow(), actor=cli_actor(), reason=reason)
+    out.print(f"command {command.id} is {command.state.value} again")
+
+
+@commands_app.command("cancel")
+@cli_errors
+def commands_cancel(command_id: int, reason: Annotated[str, typer.Option()], database_url: DatabaseUrl = None) -> None:
+    """Cancel a valve command. Credit orders cannot be cancelled: later purchase serials depend on them."""
+    command = delivery.cancel_command(command_id, system(database_url).new_uow(), actor=cli_actor(), reason=reason)
+    out.print(f"command {command.id} cancelled")
