@@ -126,6 +126,7 @@ class MqttMeter:
         self._client = mqtt_client(url, f"meter-{meter.serial}")
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = lambda *a: self._subscribed.set()
+        self._client.on_disconnect = lambda *a: self._subscribed.clear()
         self._client.on_message = self._on_message
 
     def _on_connect(self, client: mqtt.Client, *args: object) -> None:
@@ -143,6 +144,10 @@ class MqttMeter:
         self._client.loop_start()
         if not self._subscribed.wait(timeout_s):
             raise TimeoutError(f"meter {self.meter.serial} could not subscribe within {timeout_s} s")
+
+    @property
+    def listening(self) -> bool:
+        return self._subscribed.is_set()
 
     def wake(self, clock: datetime) -> None:
         with self._lock:
