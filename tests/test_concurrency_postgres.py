@@ -82,3 +82,44 @@ def test_concurrent_wechat_notifications_for_one_order_book_it_once(served):
     booked, held = report.payments_by_state.get("booked", (0, 0)), report.payments_by_state.get("held", (0, 0))
     assert booked == (1, 8800)
     assert held == (PARALLEL // 2, 8800 * PARALLEL // 2)  # every other transaction is in suspense, none lost
+
+
+def test_several_workers_deliver_every_purchase_once_in_order(postgres_only_url, clock):
+    """Four workers on one PostgreSQL: SKIP LOCKED keeps them off each other's meters."""
+    from gasworks.adapters.meters.transport import LoopbackTransport
+    from gasworks.domain.accounts import MeterKind
+    from gasworks.domain.channels import PaymentNotice
+    from gasworks.entrypoints.workers.worker import Worker
+    from gasworks.services import accounts
+    from gasworks.services.intake import accept_payment
+    from gasworks.sim.meter import SimulatedMeter
+
+    system = make_system(postgres_only_url, clock)
+    set_up(system)
+    transport = LoopbackTransport()
+    meters = []
+    for i in range(20):
+        serial = f"{10_000_000_000_000 + i:014d}"
+        accounts.open_account(accounts.OpenAccount(f"43020000{i:02d}", "李四", "", "华新苑", "G-02", "13900000000", serial, MeterKind.IOT), system.new_uow(), actor="test")
+        meter = SimulatedMeter(serial)
+        transport.attach(serial, meter.on_downlink)
+        meters.append(meter)
+    for round_ in range(3):
+        for i in range(20):
+            accept_payment(PaymentNotice("wo-wallet", f"C{round_}-{i}", 2_000 + round_, None, account_no=f"43020000{i:02d}"), system.new_uow())
+    for meter in meters:
+        transport.send_uplink(meter.serial, meter.report(clock.now()))
+    workers = [Worker(system, transport) for _ in range(4)]
+
+    def work(worker: Worker) -> None:
+        idle = 0
+        while idle < 20:
+            idle = idle + 1 if worker.run_once(wait_s=0.01) == 0 else 0
+
+    with ThreadPoolExecutor(len(workers)) as pool:
+        list(pool.map(work, workers))
+    for meter in meters:
+        assert [seq for seq, _ in meter.applied] == [1, 2, 3], meter.serial
+        assert len(meter.frames_seen) == 3, f"{meter.serial} was sent {len(meter.frames_seen)} frames for 3 purchases"
+    assert check_ledger(system.new_uow()).ok
+    system.engine.dispose()
