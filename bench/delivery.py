@@ -128,7 +128,7 @@ def applied(system) -> int:  # noqa: ANN001
         return uow.meter_commands.counts_by_state().get(("iot", CommandState.APPLIED.value), 0)
 
 
-def main(payments: int = 2000, rate: float = 50.0, meters: int = 500, concurrency: int = 4) -> None:
+def main(payments: int = 2000, rate: float = 50.0, meters: int = 500, concurrency: int = 4, poll_interval_s: float = 0.05) -> None:
     configure_logging(level=40)
     console = Console()
     admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
@@ -141,7 +141,9 @@ def main(payments: int = 2000, rate: float = 50.0, meters: int = 500, concurrenc
     try:
         engine = make_engine(url)
         upgrade(engine)
-        settings = Settings(database_url=url, mqtt_url=MQTT_URL, mqtt_topic_prefix=prefix, meter_wake_window_s=24 * 3600, watchdog_interval_s=3600)
+        settings = Settings(
+            database_url=url, mqtt_url=MQTT_URL, mqtt_topic_prefix=prefix, meter_wake_window_s=24 * 3600, watchdog_interval_s=3600, worker_poll_interval_s=poll_interval_s
+        )
         system = bootstrap(settings, engine=engine)
         channels.add_channel(channel_id="wallet", kind=ChannelKind.WALLET_HMAC, name="bench", merchant_id="", keys=[(KeyPurpose.HMAC_SECRET, "k1", "s" * 32)], uow=system.new_uow(), actor="bench")
         serials = [f"{i:014d}" for i in range(meters)]
