@@ -214,3 +214,17 @@ def test_a_malformed_frame_is_refused_and_recorded_and_the_worker_carries_on(rig
 def test_a_frame_for_another_meter_on_this_meters_topic_is_refused(rig):
     outcome = handle_uplink("00000000000009", rig.meter.report(rig.system.clock.now()), rig.system.new_uow())
     assert not outcome.accepted and outcome.what.startswith("FOREIGN_FRAME")
+
+
+def test_a_meter_alarm_opens_an_alert_once_and_closes_it_when_the_meter_stops_reporting_it(rig):
+    rig.meter.alarms = Alarm.LOW_BATTERY
+    rig.wake()
+    rig.settle()
+    rig.wake()
+    rig.settle()
+    with rig.system.new_uow() as uow:
+        assert [a.kind for a in uow.alerts.list(limit=10, open_only=False)] == ["METER_LOW_BATTERY"]
+    rig.meter.alarms = Alarm(0)
+    rig.wake()
+    rig.settle()
+    assert "METER_LOW_BATTERY" not in rig.alerts()

@@ -42,6 +42,8 @@ from gasworks.domain.meter_messages import (
     MeterMessage,
     PurchaseAck,
     PurchaseRecord,
+    ReadCurrentData,
+    ReadPurchaseRecord,
     SetValve,
     ValveAck,
     WritePurchase,
@@ -166,7 +168,7 @@ def handle_uplink(topic_serial: str, payload: bytes, uow: UnitOfWork) -> UplinkO
         return _refuse(uow, topic_serial, "MALFORMED_FRAME", error.message, payload)
     if message.serial != topic_serial:
         return _refuse(uow, topic_serial, "FOREIGN_FRAME", f"frame addressed to meter {message.serial} arrived on meter {topic_serial}'s topic", payload)
-    if isinstance(message, (WritePurchase, SetValve)) or type(message).__name__.startswith("Read"):
+    if isinstance(message, (WritePurchase, SetValve, ReadCurrentData, ReadPurchaseRecord)):
         return _refuse(uow, topic_serial, "NOT_AN_UPLINK", f"{type(message).__name__} is something gasworks sends, not a meter", payload)
     with uow:
         now = uow.clock.now()
@@ -231,13 +233,12 @@ def _take_report(report: CurrentData, link: MeterLink, uow: UnitOfWork, now: dat
     link.cumulative_litres = report.cumulative_litres
     link.valve_open = report.valve_open
     link.battery_mv = report.battery_mv
-    link.alarms = int(report.alarms)
-    for alarm in Alarm:
-        kind = f"METER_{alarm.name}"
-        if alarm in report.alarms:
-            uow.alerts.raise_once(kind=kind, subject=f"meter:{link.serial}", reason=f"meter {link.serial} reports {alarm.name.lower().replace('_', ' ')}", at=now)
-        else:
-            uow.alerts.clear(kind=kind, subject=f"meter:{link.serial}", at=now)
+    before, link.alarms = Alarm(link.alarms), int(report.alarms)
+    for alarm in Alarm:  # only changes touch the alerts table: a daily report is one row's worth of work
+        if alarm in report.alarms and alarm not in before:
+            uow.alerts.raise_once(kind=f"METER_{alarm.name}", subject=f"meter:{link.serial}", reason=f"meter {link.serial} reports {alarm.name.lower().replace('_', ' ')}", at=now)
+        elif alarm in before and alarm not in report.alarms:
+            uow.alerts.clear(kind=f"METER_{alarm.name}", subject=f"meter:{link.serial}", at=now)
 
 
 def _take_refusal(refusal: CommandRefused, link: MeterLink, commands: list[MeterCommand], uow: UnitOfWork, now: datetime) -> str:
