@@ -2,6 +2,7 @@
 
 import json
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,6 +14,7 @@ from gasworks.entrypoints.api.app import create_app
 from gasworks.services import channels as channel_admin
 from gasworks.services.access import Role
 from gasworks.services.checks import check_ledger
+from gasworks.services.intake import forget_old_nonces
 from tests.support import ACCOUNT_NO, APIV3_KEY, OTHER_ACCOUNT_NO, WECHAT_MCHID, api_key, credited_fen, rsa_private_key, set_up
 
 NOTIFY_WECHAT = "/v1/channels/wechat/notify"
@@ -406,3 +408,22 @@ def test_ledger_check_and_metrics_after_taking_payments(env):
     assert report["totals_by_kind_fen"]["clearing"] == 4000
     metrics = client.get("/metrics").text
     assert 'gasworks_payments_taken_total{channel_kind="wallet-hmac",outcome="booked"}' in metrics
+
+
+def test_the_wallet_gets_a_page_to_show_the_resident_instead_of_success(env):
+    system, n, client, _ = env
+    paid = wallet_pay(system, n, client, "WO-0100").json()
+    link = urlsplit(paid["resident_url"])
+    page = client.get(f"{link.path}?{link.query}")
+    assert page.status_code == 200 and "等待燃气表联网" in page.text
+    again = wallet_pay(system, n, client, "WO-0100").json()
+    assert again["resident_url"] == paid["resident_url"]
+
+
+def test_nonces_are_forgotten_once_their_timestamps_could_no_longer_pass(env):
+    system, n, client, _ = env
+    assert wallet_pay(system, n, client, "WO-0101", nonce="nonce-0101-abcdef").status_code == 200
+    system.clock.advance(2 * system.settings.notification_clock_skew_s - 1)
+    assert forget_old_nonces(system.new_uow(), skew_s=system.settings.notification_clock_skew_s) == 0
+    system.clock.advance(2)
+    assert forget_old_nonces(system.new_uow(), skew_s=system.settings.notification_clock_skew_s) == 1

@@ -2,6 +2,7 @@
 
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 
 import structlog
 
@@ -42,6 +43,15 @@ def claim_nonce(uow: UnitOfWork, channel_id: str, nonce: str) -> None:
         uow.nonces.claim(channel_id, nonce, uow.clock.now())
     except DuplicateKey:
         raise IntakeRefused(f"nonce {nonce[:64]!r} was already used on this channel", code="NONCE_REUSED") from None
+
+
+def forget_old_nonces(uow: UnitOfWork, *, skew_s: int) -> int:
+    """A replay is refused by its nonce only while its timestamp could still pass (±skew around a
+    timestamp that was itself within skew of when the nonce was first seen): 2 x skew in all."""
+    with uow:
+        forgotten = uow.nonces.forget_older_than(uow.clock.now() - timedelta(seconds=2 * skew_s))
+        uow.commit()
+        return forgotten
 
 
 def accept_payment(notice: PaymentNotice, uow: UnitOfWork) -> Acceptance:

@@ -21,7 +21,7 @@ from gasworks.domain.errors import GasworksError, PayloadTooLarge
 from gasworks.domain.money import check_payment_amount
 from gasworks.domain.payments import PaymentState
 from gasworks.entrypoints.api import schemas as s
-from gasworks.entrypoints.api.delivery_routes import delivery_routes
+from gasworks.entrypoints.api.delivery_routes import delivery_routes, resident_url
 from gasworks.entrypoints.api.resident_page import resident_routes
 from gasworks.observability import intake_refusals, intake_seconds, payments_taken
 from gasworks.services import access, accounts, checks, intake, notifications, orders
@@ -156,7 +156,7 @@ def create_app(system: System) -> FastAPI:
         if error is not None:
             raise error
         assert taken is not None
-        return s.AcceptanceOut.of(taken)
+        return s.AcceptanceOut.of(taken, resident_url=resident_url(system, request, taken.payment_id))
 
     @app.get("/v1/channels/{channel_id}/accounts/{account_no}", tags=["channels"], response_model=s.ChannelAccountOut, responses=ERROR_RESPONSES)
     async def channel_account(channel_id: str, account_no: str, request: Request) -> s.ChannelAccountOut:
@@ -188,7 +188,7 @@ def create_app(system: System) -> FastAPI:
         return s.ChannelAccountOut.of(accounts.get_account(account_no, new_uow()))
 
     @app.post("/v1/devices/payments", tags=["devices"], response_model=s.AcceptanceOut, responses=ERROR_RESPONSES)
-    def device_payment(body: s.DevicePaymentIn, device: ApiKeyRecord = Depends(caller(Role.DEVICE))) -> s.AcceptanceOut:
+    def device_payment(body: s.DevicePaymentIn, request: Request, device: ApiKeyRecord = Depends(caller(Role.DEVICE))) -> s.AcceptanceOut:
         """A kiosk or counter takes cash, card or QR for an account; its own txn id makes retries safe."""
         check_payment_amount(body.amount_fen, settings.payment_fen_max)
         accounts.get_account(body.account_no, new_uow())  # cash in hand: refuse now, do not hold
@@ -210,7 +210,7 @@ def create_app(system: System) -> FastAPI:
                 )
                 uow.commit()
         payments_taken.labels("device", "duplicate" if taken.duplicate else taken.state.value).inc()
-        return s.AcceptanceOut.of(taken)
+        return s.AcceptanceOut.of(taken, resident_url=resident_url(system, request, taken.payment_id))
 
     # --- operators and auditors ---------------------------------------------------------------
 

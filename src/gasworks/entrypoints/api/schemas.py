@@ -113,9 +113,10 @@ class AcceptanceOut(BaseModel):
     amount_fen: int
     account_no: str | None
     duplicate: bool
+    resident_url: str = Field(description="show the resident this, not 'success': where the money is on its way to gas")
 
     @classmethod
-    def of(cls, acceptance: Acceptance) -> "AcceptanceOut":
+    def of(cls, acceptance: Acceptance, *, resident_url: str) -> "AcceptanceOut":
         return cls(
             payment_id=acceptance.payment_id,
             status=acceptance.state.value,
@@ -123,6 +124,7 @@ class AcceptanceOut(BaseModel):
             amount_fen=acceptance.amount_fen,
             account_no=acceptance.account_no,
             duplicate=acceptance.duplicate,
+            resident_url=resident_url,
         )
 
 

@@ -5,7 +5,8 @@ worker deals with it); on SQLite run one. Work it does, in each pass:
 1. every uplink waiting in the transport's queue (up to `worker_batch_max`): handle it, then send
    that meter its next command while it listens;
 2. meters still awake with a command due (a new purchase, or a resend after the ack wait);
-3. every `watchdog_interval_s`: expiry, offline meters, late purchases, gauges.
+3. every `watchdog_interval_s`: expiry, offline meters, late purchases, gauges, and forgetting
+   channel nonces too old to matter.
 """
 
 import threading
@@ -17,6 +18,7 @@ import structlog
 from gasworks.adapters.meters.transport import LoopbackTransport, MqttTransport, TransportError, Uplinks
 from gasworks.bootstrap import System
 from gasworks.services.delivery import dispatch_meter, handle_uplink, watch_deliveries
+from gasworks.services.intake import forget_old_nonces
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +68,7 @@ class Worker:
 
     def watch(self) -> None:
         report = watch_deliveries(self.system.new_uow, batch_max=self.system.settings.worker_batch_max)
+        forget_old_nonces(self.system.new_uow(), skew_s=self.system.settings.notification_clock_skew_s)
         self._last_watch = time.monotonic()
         if report.expired or report.offline or report.overdue:
             log.warning("deliveries_need_attention", expired=report.expired, offline=report.offline, overdue=report.overdue)
