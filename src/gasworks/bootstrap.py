@@ -1,5 +1,6 @@
 """Wires settings, engine, clock and units of work together for every entrypoint."""
 
+import functools
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -10,6 +11,7 @@ from gasworks.config import Settings
 from gasworks.domain.clock import Clock, SystemClock
 from gasworks.domain.delivery import DeliveryPolicy
 from gasworks.services.delivery import policy_from
+from gasworks.services.timeline import resident_link_secret
 
 
 @dataclass
@@ -24,6 +26,11 @@ class System:
     @property
     def delivery(self) -> DeliveryPolicy:
         return policy_from(self.settings)
+
+    @functools.cached_property
+    def resident_link_secret(self) -> str:
+        """Made once per installation and never changed, so read once per process."""
+        return resident_link_secret(self.new_uow())
 
 
 def bootstrap(settings: Settings | None = None, *, clock: Clock | None = None, engine: Engine | None = None) -> System:

@@ -12,7 +12,7 @@ class SystemClock:
 
 
 class FixedClock:
-    """A clock the tests (and later the simulator) move by hand."""
+    """A clock the tests and the simulator move by hand."""
 
     def __init__(self, at: datetime) -> None:
         self._at = at
@@ -22,3 +22,9 @@ class FixedClock:
 
     def advance(self, seconds: float) -> None:
         self._at = self._at + timedelta(seconds=seconds)
+
+    def move_to(self, at: datetime) -> None:
+        """Virtual time only goes forward."""
+        if at < self._at:
+            raise ValueError(f"the clock cannot go back from {self._at} to {at}")
+        self._at = at

@@ -158,6 +158,7 @@ class UplinkOutcome:
     serial: str
     accepted: bool
     what: str
+    commands_waiting: bool = False  # the meter has something to be sent while it listens
 
 
 def handle_uplink(topic_serial: str, payload: bytes, uow: UnitOfWork) -> UplinkOutcome:
@@ -181,7 +182,8 @@ def handle_uplink(topic_serial: str, payload: bytes, uow: UnitOfWork) -> UplinkO
                     uow.meter_commands.save(command, now)
             uow.meters.save(link)
             uow.commit()
-            return UplinkOutcome(link.serial, True, what)
+            waiting = any(c.state in OPEN_STATES for c in commands)
+            return UplinkOutcome(link.serial, True, what, commands_waiting=waiting)
     return _refuse(uow, topic_serial, "UNKNOWN_METER", f"no IoT meter {message.serial}", payload)
 
 

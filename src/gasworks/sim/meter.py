@@ -92,18 +92,24 @@ class SimulatedMeter:
             return []
         return [cjt188.encode(reply)]
 
+    def apply_purchase(self, purchase_seq: int, volume_litres: int) -> bool:
+        """Apply purchase n only if it is the next one; True if it was applied now."""
+        if purchase_seq != self.applied_seq + 1:
+            return False
+        self.applied_seq = purchase_seq
+        self.credit_litres += volume_litres
+        self.total_purchased_litres += volume_litres
+        self.last_volume_litres = volume_litres
+        self.applied.append((purchase_seq, volume_litres))
+        return True
+
     def _answer(self, message):  # noqa: ANN001, ANN202
         q = message.frame_seq
         match message:
             case WritePurchase():
-                if message.purchase_seq == self.applied_seq + 1:
-                    self.applied_seq = message.purchase_seq
-                    self.credit_litres += message.volume_litres
-                    self.total_purchased_litres += message.volume_litres
-                    self.last_volume_litres = message.volume_litres
-                    self.applied.append((message.purchase_seq, message.volume_litres))
-                elif message.purchase_seq > self.applied_seq + 1:
+                if message.purchase_seq > self.applied_seq + 1:
                     return CommandRefused(self.serial, q, cjt188.DI_WRITE_PURCHASE, MeterErrorCode.SEQUENCE_GAP)
+                self.apply_purchase(message.purchase_seq, message.volume_litres)
                 return PurchaseAck(self.serial, q, self.applied_seq, self.credit_litres)
             case SetValve():
                 self.valve_open = message.open

@@ -2,6 +2,7 @@
 
 import base64
 import binascii
+import functools
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -29,9 +30,23 @@ def check_public_key_pem(pem: str) -> None:
         raise ValueError("not an RSA public key")
 
 
-def sign_sha256_rsa(private_key_pem: str, message: bytes) -> str:
+@functools.lru_cache(maxsize=16)
+def _private_key(private_key_pem: str) -> rsa.RSAPrivateKey:
+    """Parsing and checking a private key costs tens of milliseconds; a signer reuses its key."""
     key = serialization.load_pem_private_key(private_key_pem.encode(), password=None)
     assert isinstance(key, rsa.RSAPrivateKey)
+    return key
+
+
+@functools.lru_cache(maxsize=64)
+def _public_key(public_key_pem: str) -> rsa.RSAPublicKey:
+    key = serialization.load_pem_public_key(public_key_pem.encode())
+    assert isinstance(key, rsa.RSAPublicKey)
+    return key
+
+
+def sign_sha256_rsa(private_key_pem: str, message: bytes) -> str:
+    key = _private_key(private_key_pem)
     return base64.b64encode(key.sign(message, padding.PKCS1v15(), hashes.SHA256())).decode()
 
 
@@ -40,8 +55,7 @@ def verify_sha256_rsa(public_key_pem: str, message: bytes, signature_b64: str) -
         signature = base64.b64decode(signature_b64, validate=True)
     except (binascii.Error, ValueError):
         return False
-    key = serialization.load_pem_public_key(public_key_pem.encode())
-    assert isinstance(key, rsa.RSAPublicKey)
+    key = _public_key(public_key_pem)
     try:
         key.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
     except InvalidSignature:

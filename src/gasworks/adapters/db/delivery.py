@@ -234,6 +234,17 @@ class MeterCommands:
             query = query.where(mc.c.meter_serial == serial)
         return [_command(r) for r in self.c.execute(query)]
 
+    def applied_credits_since(self, since: datetime, limit: int) -> list[MeterCommand]:
+        """Credit orders applied at or after `since` (applied is final, so its time is the last update)."""
+        mc = t.meter_commands
+        rows = self.c.execute(
+            select(mc)
+            .where(mc.c.updated_at >= since, mc.c.kind == CommandKind.CREDIT.value, mc.c.state == CommandState.APPLIED.value)
+            .order_by(mc.c.id)
+            .limit(limit)
+        )
+        return [_command(r) for r in rows]
+
     def meters_with_due_expiry(self, now: datetime, limit: int) -> list[str]:
         mc = t.meter_commands
         rows = self.c.execute(
@@ -253,6 +264,25 @@ class MeterCommands:
             .limit(limit)
         )
         return [_command(r) for r in rows]
+
+    def payment_deliveries(self) -> list[dict]:
+        """Every payment with its purchase, if any, and when the purchase was written to a card and
+        applied: the facts behind a delivery report (one row per payment)."""
+        p, mc, ev = t.payments, t.meter_commands, t.meter_command_events
+        first_at = lambda state: (  # noqa: E731
+            select(func.min(ev.c.at)).where(ev.c.command_id == mc.c.id, ev.c.state == state).correlate(mc).scalar_subquery()
+        )
+        rows = self.c.execute(
+            select(
+                p.c.id.label("payment_id"), p.c.channel_id, p.c.channel_txn_id, p.c.amount_fen, p.c.account_no, p.c.state, p.c.hold_reason,
+                func.coalesce(p.c.paid_at, p.c.received_at).label("paid_at"),
+                mc.c.id.label("command_id"), mc.c.route, mc.c.state.label("command_state"), mc.c.purchase_seq, mc.c.volume_litres, mc.c.meter_serial,
+                first_at(CommandState.WRITTEN_TO_CARD.value).label("written_at"), first_at(CommandState.APPLIED.value).label("applied_at"),
+            )
+            .outerjoin(mc, and_(mc.c.payment_id == p.c.id, mc.c.kind == CommandKind.CREDIT.value))
+            .order_by(p.c.received_at)
+        )  # fmt: skip
+        return [dict(r._mapping) for r in rows]
 
     def count_open(self, serial: str) -> int:
         mc = t.meter_commands

@@ -345,17 +345,18 @@ class Orders:
         row = self.c.execute(
             select(t.payment_orders).where(t.payment_orders.c.out_trade_no == out_trade_no)
         ).first()
-        if row is None:
-            return None
-        return PaymentOrder(
-            out_trade_no=row.out_trade_no,
-            channel_id=row.channel_id,
-            account_no=row.account_no,
-            amount_fen=row.amount_fen,
-            state=OrderState(row.state),
-            created_at=row.created_at,
-            payment_id=row.payment_id,
+        return _order(row) if row else None
+
+    def open_between(self, channel_id: str, created_after: datetime, created_before: datetime, limit: int) -> list[PaymentOrder]:
+        """Orders of a channel still unpaid, created in the window: candidates for asking the channel."""
+        o = t.payment_orders
+        rows = self.c.execute(
+            select(o)
+            .where(o.c.channel_id == channel_id, o.c.state == OrderState.OPEN.value, o.c.created_at > created_after, o.c.created_at <= created_before)
+            .order_by(o.c.created_at)
+            .limit(limit)
         )
+        return [_order(r) for r in rows]
 
     def mark_paid(self, out_trade_no: str, payment_id: str) -> bool:
         """True if this payment paid the order; False if another payment already had."""
@@ -368,6 +369,18 @@ class Orders:
             .values(state=OrderState.PAID.value, payment_id=payment_id)
         )
         return result.rowcount == 1
+
+
+def _order(row: Any) -> PaymentOrder:
+    return PaymentOrder(
+        out_trade_no=row.out_trade_no,
+        channel_id=row.channel_id,
+        account_no=row.account_no,
+        amount_fen=row.amount_fen,
+        state=OrderState(row.state),
+        created_at=row.created_at,
+        payment_id=row.payment_id,
+    )
 
 
 class DuplicateKey(Exception):
@@ -578,6 +591,9 @@ class AuditLog:
 
     def append(self, *, at: datetime, actor: str, action: str, subject: str, detail: dict) -> None:
         self.c.execute(insert(t.audit_log).values(at=at, actor=actor, action=action, subject=subject, detail=detail))
+
+    def count_actions(self, action: str) -> int:
+        return int(self.c.execute(select(func.count()).where(t.audit_log.c.action == action)).scalar_one())
 
     def list(self, *, limit: int, subject: str | None = None) -> list[dict]:
         query = select(t.audit_log).order_by(t.audit_log.c.id.desc()).limit(limit)

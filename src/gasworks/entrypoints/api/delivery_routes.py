@@ -18,7 +18,7 @@ READERS = (Role.OPERATOR, Role.AUDITOR)
 
 
 def resident_url(system: System, request: Request | None, payment_id: str) -> str:
-    token = timeline.resident_token(timeline.resident_link_secret(system.new_uow()), payment_id)
+    token = timeline.resident_token(system.resident_link_secret, payment_id)
     base = system.settings.public_base_url.rstrip("/") or (str(request.base_url).rstrip("/") if request else "")
     return f"{base}/p/{payment_id}?t={token}"
 

@@ -59,7 +59,7 @@ def resident_routes(system: System) -> APIRouter:
 
     @router.get("/p/{payment_id}", response_class=HTMLResponse, include_in_schema=False)
     def resident_page(payment_id: str, t: str = Query("", max_length=64)) -> HTMLResponse:
-        timeline.check_resident_token(timeline.resident_link_secret(system.new_uow()), payment_id, t)
+        timeline.check_resident_token(system.resident_link_secret, payment_id, t)
         found = timeline.payment_timeline(payment_id, system.new_uow(), hotline=system.settings.service_hotline)
         return HTMLResponse(render(found, tz), headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
 

@@ -24,6 +24,9 @@ commands_app = typer.Typer(help="Meter commands (credit orders, valve): list, re
 
 
 def register(app: typer.Typer) -> None:
+    from gasworks.entrypoints.cli.demo import demo
+
+    app.command()(demo)
     app.command()(worker)
     app.command()(alerts)
     app.add_typer(tariffs_app, name="tariffs")

@@ -44,8 +44,9 @@ class Worker:
         self.transport = transport
         self._last_watch = float("-inf")
 
-    def run_once(self, *, wait_s: float = 0.0) -> int:
-        """One pass; returns how many things it did. Waits up to `wait_s` for a first uplink."""
+    def run_once(self, *, wait_s: float = 0.0, due_meters: bool = True) -> int:
+        """One pass; returns how many things it did. Waits up to `wait_s` for a first uplink.
+        `due_meters=False` handles uplinks only (each meter that speaks is still served at once)."""
         done = 0
         batch_max = self.system.settings.worker_batch_max
         item = self.transport.uplinks.get(wait_s)
@@ -53,15 +54,16 @@ class Worker:
             serial, payload = item
             outcome = handle_uplink(serial, payload, self.system.new_uow())
             done += 1
-            if outcome.accepted:
+            if outcome.commands_waiting:
                 done += self._dispatch(serial)
             item = self.transport.uplinks.get(0) if done < batch_max else None
         if item is not None:  # the batch bound was hit: put it back for the next pass
             self.transport.uplinks.put(*item)
-        with self.system.new_uow() as uow:
-            due = uow.meters.awake_with_work(uow.clock.now(), batch_max)
-        for serial in due:
-            done += self._dispatch(serial)
+        if due_meters:
+            with self.system.new_uow() as uow:
+                due = uow.meters.awake_with_work(uow.clock.now(), batch_max)
+            for serial in due:
+                done += self._dispatch(serial)
         if time.monotonic() - self._last_watch >= self.system.settings.watchdog_interval_s:
             self.watch()
         return done

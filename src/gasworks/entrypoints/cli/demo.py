@@ -1,0 +1,175 @@
+"""`gasworks demo`: a simulated city runs through the real gasworks, then the outcome is shown."""
+
+import time
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
+
+from gasworks.adapters.db import tables
+from gasworks.adapters.db.engine import make_engine
+from gasworks.adapters.db.migrate import upgrade
+from gasworks.bootstrap import bootstrap
+from gasworks.config import Settings
+from gasworks.domain.clock import FixedClock
+from gasworks.domain.errors import Conflict, InvalidInput
+from gasworks.domain.money import fen_to_yuan_text
+from gasworks.entrypoints.cli.common import cli_errors, out
+from gasworks.observability import configure_logging
+from gasworks.services import access
+from gasworks.services.access import Role
+from gasworks.services.timeline import resident_token
+from gasworks.sim.city import build_city
+from gasworks.sim.outcome import Report, summarise
+from gasworks.sim.world import LOCAL, FaultRates, Simulation
+
+DEMO_DATABASE = "sqlite:///gasworks-demo.db"
+
+
+def _yuan(fen: int) -> str:
+    return f"¥{fen_to_yuan_text(fen)}"
+
+
+def _span(value: timedelta | None) -> str:
+    if value is None:
+        return "-"
+    seconds = int(value.total_seconds())
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    if seconds < 86_400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    return f"{seconds // 86_400} d {seconds % 86_400 // 3600} h"
+
+
+def _fresh_database(url: str) -> None:
+    """The demo writes a city into an empty database; it replaces only its own SQLite file."""
+    parsed = make_url(url)
+    if parsed.drivername.startswith("sqlite"):
+        path = Path(parsed.database or "")
+        if path.exists() and path.name.startswith("gasworks-demo"):
+            for leftover in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+                leftover.unlink(missing_ok=True)
+        elif path.exists():
+            raise Conflict(f"{path} exists and is not a demo database; give a new file", code="DEMO_NEEDS_EMPTY_DATABASE")
+        return
+    engine = make_engine(url)
+    upgrade(engine)
+    with engine.connect() as c:
+        used = c.execute(select(tables.customers.c.account_no).limit(1)).first() is not None
+    engine.dispose()
+    if used:
+        raise Conflict("the demo needs an empty database: this one has customers", code="DEMO_NEEDS_EMPTY_DATABASE")
+
+
+@cli_errors
+def demo(
+    households: Annotated[int, typer.Option(min=10, max=1_000_000, help="Households in the city.")] = 2_000,
+    days: Annotated[int, typer.Option(min=1, max=366, help="Days to simulate.")] = 30,
+    seed: Annotated[int, typer.Option(help="Same seed, same city, same outcome.")] = 1,
+    faults: Annotated[str, typer.Option(help="none, default or heavy.")] = "default",
+    start: Annotated[str, typer.Option(help="First simulated day (local), YYYY-MM-DD.")] = "2026-11-01",
+    iot_percent: Annotated[int, typer.Option(min=0, max=100, help="Share of IoT meters; the rest are card meters.")] = 60,
+    database_url: Annotated[str, typer.Option("--database-url", help="Where the city's records go.")] = DEMO_DATABASE,
+) -> None:
+    """Simulate a city for a month through the real gasworks and show what reached the meters."""
+    try:
+        rates = FaultRates.preset(faults)
+        first_day = date.fromisoformat(start)
+    except ValueError as error:
+        raise InvalidInput(str(error), code="INVALID_OPTION") from None
+    configure_logging(level=40)
+    started = time.perf_counter()
+    _fresh_database(database_url)
+    begin = datetime(first_day.year, first_day.month, first_day.day, tzinfo=LOCAL)
+    settings = Settings(database_url=database_url, watchdog_interval_s=10**9)
+    engine = make_engine(database_url, sqlite_synchronous="NORMAL")  # a demo city, not money of record
+    upgrade(engine)
+    system = bootstrap(settings, clock=FixedClock(begin), engine=engine)
+    city = build_city(households, seed=seed, iot_percent=iot_percent)
+    out.print(f"[bold]gasworks demo[/]: {households:,} households ({iot_percent}% IoT meters), {days} days from {first_day}, seed {seed}, faults {faults}")
+    out.print(f"  records: {make_url(database_url).render_as_string(hide_password=True)}; meters: in-process transport; time: virtual")
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=out) as progress:
+        setting_up = progress.add_task("opening accounts", total=None)
+        sim = Simulation(system, city, faults=rates, start=begin)
+        progress.remove_task(setting_up)
+        task = progress.add_task("simulating days", total=days)
+        outcome = sim.run(days, progress=lambda done: progress.update(task, completed=done))
+    report = summarise(sim, outcome, hotline=settings.service_hotline)
+    show(report)
+    out.print(f"\nsimulated {days} days of {households:,} households in {time.perf_counter() - started:.0f} s")
+    _next_steps(system, report, database_url)
+    if not report.money.holds or report.truth_violations:
+        raise typer.Exit(1)
+
+
+def show(report: Report) -> None:
+    channels = Table(title="payments by channel", title_justify="left")
+    for column in ("channel", "collected", "amount", "booked", "held", "never reached gasworks"):
+        channels.add_column(column, justify="left" if column == "channel" else "right")
+    for line in report.channels:
+        channels.add_row(line.channel_id, f"{line.collected:,}", _yuan(line.collected_fen), f"{line.booked:,}", f"{line.held:,}",
+                         f"{line.never_reached:,} ({_yuan(line.never_reached_fen)})" if line.never_reached else "0")  # fmt: skip
+    out.print(channels)
+
+    speed = Table(title=f"reached gas: {report.reached_gas:,} of {report.booked_purchases:,} purchases", title_justify="left")
+    for column in ("path", "purchases", "median", "p95", "p99"):
+        speed.add_column(column, justify="left" if column == "path" else "right")
+    for line in report.latency:
+        speed.add_row(line.what, f"{line.n:,}", _span(line.p50), _span(line.p95), _span(line.p99))
+    out.print(speed)
+
+    stuck = Table(title="not at the meter yet, and why (what the resident is told)", title_justify="left")
+    for column in ("status", "reason", "payments", "amount"):
+        stuck.add_column(column, justify="right" if column in ("payments", "amount") else "left")
+    for line in report.stuck:
+        stuck.add_row(line.status, line.reason, f"{line.n:,}", _yuan(line.amount_fen))
+    out.print(stuck)
+
+    faults = Table(title="faults injected, and what gasworks did", title_justify="left")
+    for column in ("fault", "injected", "outcome"):
+        faults.add_column(column, justify="right" if column == "injected" else "left")
+    for line in report.faults:
+        faults.add_row(line.fault, f"{line.injected:,}", line.outcome)
+    out.print(faults)
+
+    m = report.money
+    money = Table(title="the money check, to the fen", title_justify="left")
+    money.add_column("")
+    money.add_column("amount", justify="right")
+    for label, fen in (
+        ("paid by residents (channels' records)", m.collected_fen),
+        ("  of which reached gasworks", m.reached_fen),
+        ("  of which never reached gasworks (for reconciliation)", m.never_reached_fen),
+        ("owed by channels (gasworks' ledger)", m.clearing_fen),
+        ("  on customers' balances", m.on_balances_fen),
+        ("  bought, on its way to meters", m.in_delivery_fen),
+        ("  applied at meters", m.gas_applied_fen),
+        ("  in suspense, held for an operator", m.suspense_fen),
+    ):
+        money.add_row(label, _yuan(fen))
+    money.add_row("gas applied at the meters (the meters' own count)", f"{m.litres_applied_at_meters:,} L")
+    money.add_row("  of which gasworks has proof (ack, report, card back)", f"{m.litres_proven_applied:,} L")
+    money.add_row("  applied at a meter without a credit order (must be 0)", f"{m.meter_purchases_unknown_to_gasworks}")
+    money.add_row("proven applied, not at the meter (must be 0)", f"{m.proven_but_not_at_meter}")
+    out.print(money)
+    verdict = "[bold green]holds[/]" if m.holds else "[bold red]BROKEN[/] " + "; ".join(m.ledger_findings[:3])
+    out.print(f"money check: {verdict}")
+    truth = "[bold green]never[/]" if not report.truth_violations else f"[bold red]{len(report.truth_violations)} times[/]: {report.truth_violations[:3]}"
+    out.print(f"'gas available' shown before the meter applied it: {truth} ({report.truth_checks:,} purchases checked as they were applied)")
+
+
+def _next_steps(system, report: Report, database_url: str) -> None:  # noqa: ANN001
+    _, operator_key = access.create_api_key(name="demo operator", role=Role.OPERATOR, channel_id=None, uow=system.new_uow(), actor="demo")
+    out.print("\n[bold]Look around[/] (the records stay in the database above):")
+    url_option = "" if database_url == DEMO_DATABASE else f" --database-url '{database_url}'"
+    out.print(f"  uv run gasworks serve --database-url {DEMO_DATABASE}" if not url_option else f"  uv run gasworks serve{url_option}")
+    print(f"  operator key (shown once): {operator_key}")
+    print("  e.g. curl -H 'Authorization: Bearer <key>' http://127.0.0.1:8000/v1/alerts")
+    for what, payment_id in sorted(report.sample_payment_ids.items()):
+        token = resident_token(system.resident_link_secret, payment_id)
+        print(f"  resident's page, {what}: http://127.0.0.1:8000/p/{payment_id}?t={token}")

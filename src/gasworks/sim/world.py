@@ -1,0 +1,476 @@
+"""The city simulator: residents, channels and meters driving the real gasworks, in virtual time.
+
+Everything goes through gasworks' real interfaces: channels call the HTTP API with real signatures
+(WeChat Pay v3 RSA + AES-GCM, Alipay RSA2, wallet HMAC, device keys), meters speak CJ/T 188-style
+frames over the real transport (in-process, or MQTT), the real worker delivers and watches. The
+clock is virtual: a month runs in minutes. One seeded random generator drives every choice, so
+the same seed gives the same city and the same outcome.
+
+The simulator also keeps the ground truth gasworks cannot see (what each channel collected, what
+each meter really applied), which is how the outcome can prove gasworks told the truth.
+"""
+
+import heapq
+import itertools
+import random
+import uuid
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+with warnings.catch_warnings():  # starlette's note about httpx2 is for its own test users, not our residents
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from fastapi.testclient import TestClient
+
+from gasworks.adapters.channels.alipay import AlipayNotifier
+from gasworks.adapters.channels.rsa import new_private_key_pem, public_key_pem
+from gasworks.adapters.channels.wallet_hmac import WalletClient
+from gasworks.adapters.channels.wechatpay_v3 import WechatPayV3Notifier
+from gasworks.adapters.db.delivery import Kiosk
+from gasworks.adapters.meters.transport import LoopbackTransport, TransportError, Uplinks
+from gasworks.bootstrap import System
+from gasworks.domain.accounts import MeterKind
+from gasworks.domain.channels import ChannelKind, KeyPurpose, PaymentNotice
+from gasworks.domain.clock import FixedClock
+from gasworks.domain.meter_messages import Alarm
+from gasworks.entrypoints.api.app import create_app
+from gasworks.entrypoints.workers.worker import Worker
+from gasworks.services import access, accounts, channels, kiosks
+from gasworks.services.access import Role
+from gasworks.services.recovery import recover_unnotified_orders
+from gasworks.sim.city import City, Household, season_factor_percent
+
+LOCAL = ZoneInfo("Asia/Shanghai")
+WECHAT_MCHID = "1900000109"
+ALIPAY_APP_ID = "2021000000000001"
+APIV3_KEY = "gasworks-sim-apiv3-key-32-bytes!"
+WALLET_SECRET = "gasworks-sim-wallet-secret-0123456789"
+LOW_CREDIT_DAYS = 5  # residents top up when fewer days of gas are left
+RETRY_TOP_UP_AFTER = timedelta(days=3)  # a resident whose gas has not come pays again after this
+
+
+@dataclass(frozen=True)
+class FaultRates:
+    """Each a probability per opportunity (per payment, per meter wake, per meter-day, per day)."""
+
+    notification_lost: float = 0.0  # per merchant-order payment: the channel never notifies
+    success_before_booking: float = 0.0  # per wallet payment: "success" shown, the request never arrives
+    notification_duplicated: float = 0.0
+    notification_delayed: float = 0.0  # hours late: arrives after later ones (reordered)
+    meter_sleeps_days: float = 0.0  # per IoT meter-day: silent for 2 to 6 days
+    ack_lost: float = 0.0  # per IoT wake
+    battery_dies: float = 0.0  # per IoT meter-day: silent for good
+    card_lost: float = 0.0  # per card written at a kiosk
+    worker_crash: float = 0.0  # per day: the worker dies with frames in hand
+    transport_outage: float = 0.0  # per day: the broker is away for 5 to 60 minutes
+
+    @classmethod
+    def preset(cls, name: str) -> "FaultRates":
+        presets = {
+            "none": cls(),
+            "default": cls(0.02, 0.01, 0.03, 0.03, 0.002, 0.02, 0.0002, 0.01, 0.05, 0.05),
+            "heavy": cls(0.10, 0.05, 0.10, 0.10, 0.01, 0.10, 0.001, 0.05, 0.30, 0.30),
+        }
+        if name not in presets:
+            raise ValueError(f"faults must be one of {', '.join(presets)}")
+        return presets[name]
+
+
+@dataclass
+class Collected:
+    """A payment as the channel knows it: the ground truth behind its statement."""
+
+    channel_id: str
+    channel_txn_id: str
+    account_no: str
+    amount_fen: int
+    paid_at: datetime
+    out_trade_no: str | None = None
+    reached_gasworks: bool = False
+    fault: str = ""
+
+
+@dataclass
+class SimOutcome:
+    days: int
+    households: int
+    collected: list[Collected]
+    faults_injected: Counter
+    truth_checks: int = 0
+    truth_violations: list[str] = field(default_factory=list)
+    recovered_by_query: int = 0
+
+
+class FlakyTransport:
+    """The in-process transport with outages: while down, frames are refused and reports lost."""
+
+    def __init__(self, inner: LoopbackTransport) -> None:
+        self.inner = inner
+        self.uplinks: Uplinks = inner.uplinks
+        self.down_until: datetime | None = None
+        self.clock: FixedClock | None = None
+
+    def is_down(self) -> bool:
+        return self.down_until is not None and self.clock is not None and self.clock.now() < self.down_until
+
+    def publish(self, serial: str, payload: bytes) -> None:
+        if self.is_down():
+            raise TransportError("broker away (simulated outage)")
+        self.inner.publish(serial, payload)
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+class Simulation:
+    def __init__(self, system: System, city: City, *, faults: FaultRates, start: datetime, meters_transport: str = "loopback") -> None:
+        if not isinstance(system.clock, FixedClock):
+            raise TypeError("the simulator needs a FixedClock it can move")
+        self.system = system
+        self.clock: FixedClock = system.clock
+        self.city = city
+        self.faults = faults
+        self.rng = random.Random(city.seed * 7919 + 1)
+        self.start = start
+        self.client = TestClient(create_app(system))
+        self.events: list[tuple[datetime, int, str, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self.outcome = SimOutcome(0, len(city.households), [], Counter())
+        self.by_account = {h.account_no: h for h in city.households}
+        self.last_paid: dict[str, datetime] = {}
+        self.card_trip_booked: set[str] = set()
+        self.asleep_until: dict[str, datetime] = {}
+        self.dead: set[str] = set()
+        self._txn = itertools.count(1)
+        self._truth_checked_until = start
+        self._set_up_gasworks()
+        if meters_transport == "loopback":
+            self.transport = FlakyTransport(LoopbackTransport())
+            self.transport.clock = self.clock
+            for h in city.households:
+                if h.kind == MeterKind.IOT:
+                    self.transport.inner.attach(h.serial, h.meter.on_downlink)
+        else:
+            raise ValueError("only the in-process transport is simulated in virtual time")
+        self.worker = Worker(system, self.transport)
+
+    # ---- set-up through the real services and API ----------------------------------------------
+
+    def _set_up_gasworks(self) -> None:
+        new_uow, actor = self.system.new_uow, "simulator"
+        self.wechat_key, self.alipay_key = new_private_key_pem(), new_private_key_pem()
+        channels.add_channel(
+            channel_id="wechat", kind=ChannelKind.WECHATPAY_V3, name="微信支付", merchant_id=WECHAT_MCHID,
+            keys=[(KeyPurpose.VERIFY_PUBLIC_KEY, "PUB_KEY_ID_SIM", public_key_pem(self.wechat_key)), (KeyPurpose.APIV3_KEY, "apiv3-sim", APIV3_KEY)],
+            uow=new_uow(), actor=actor,
+        )  # fmt: skip
+        channels.add_channel(
+            channel_id="alipay", kind=ChannelKind.ALIPAY, name="支付宝", merchant_id=ALIPAY_APP_ID,
+            keys=[(KeyPurpose.VERIFY_PUBLIC_KEY, "alipay-sim", public_key_pem(self.alipay_key))], uow=new_uow(), actor=actor,
+        )  # fmt: skip
+        channels.add_channel(
+            channel_id="wo-wallet", kind=ChannelKind.WALLET_HMAC, name="沃钱包", merchant_id="",
+            keys=[(KeyPurpose.HMAC_SECRET, "wo-sim", WALLET_SECRET)], uow=new_uow(), actor=actor,
+        )  # fmt: skip
+        channels.add_channel(channel_id="kiosk", kind=ChannelKind.KIOSK, name="自助机", merchant_id="", keys=[], uow=new_uow(), actor=actor)
+        channels.add_channel(channel_id="counter", kind=ChannelKind.COUNTER, name="营业厅", merchant_id="", keys=[], uow=new_uow(), actor=actor)
+        self.wechat = WechatPayV3Notifier(platform_private_key_pem=self.wechat_key, serial="PUB_KEY_ID_SIM", apiv3_key=APIV3_KEY, mchid=WECHAT_MCHID)
+        self.alipay = AlipayNotifier(alipay_private_key_pem=self.alipay_key, app_id=ALIPAY_APP_ID)
+        self.wallet = WalletClient(key_id="wo-sim", secret=WALLET_SECRET)
+        self.device = {
+            ch: {"Authorization": f"Bearer {access.create_api_key(name=f'sim-{ch}', role=Role.DEVICE, channel_id=ch, uow=new_uow(), actor=actor)[1]}"}
+            for ch in ("kiosk", "counter")
+        }
+        self.operator = {"Authorization": f"Bearer {access.create_api_key(name='sim-operator', role=Role.OPERATOR, channel_id=None, uow=new_uow(), actor=actor)[1]}"}
+        for community in self.city.kiosks:
+            kiosks.add_kiosk(
+                Kiosk(community.kiosk_id or "", f"{community.name}自助机", "kiosk", community.name, f"{community.name} 物业楼下", *community.centre, "working"),
+                new_uow(), actor=actor,
+            )  # fmt: skip
+        for h in self.city.households:
+            accounts.open_account(
+                accounts.OpenAccount(h.account_no, h.name, f"{h.community.name} {int(h.account_no) % 30 + 1} 栋", h.community.name, "G-01", "13800000000", h.serial, h.kind, location=h.location),
+                new_uow(), actor=actor,
+            )  # fmt: skip
+
+    # ---- the event loop --------------------------------------------------------------------------
+
+    def at(self, when: datetime, what: str, action: Callable[[], None]) -> None:
+        heapq.heappush(self.events, (when, next(self._seq), what, action))
+
+    def run(self, days: int, progress: Callable[[int], None] | None = None) -> SimOutcome:
+        end = self.start + timedelta(days=days)
+        for day in range(days):
+            midnight = self.start + timedelta(days=day)
+            self.at(midnight, "day", lambda d=midnight: self._day(d))
+            for hour in range(24):
+                self.at(midnight + timedelta(hours=hour, minutes=59), "watch", self._watch)
+        for h in self.city.households:
+            if h.kind == MeterKind.IOT:
+                self.at(self.start + timedelta(seconds=h.wake_second), "wake", lambda h=h: self._wake(h))
+        done_days = 0
+        while self.events and self.events[0][0] < end:
+            when, _, what, action = heapq.heappop(self.events)
+            self.clock.move_to(max(when, self.clock.now()))
+            action()
+            if what == "day":
+                if progress:
+                    progress(done_days)
+                done_days += 1
+        self.clock.move_to(max(end, self.clock.now()))
+        self._watch()
+        if progress:
+            progress(done_days)
+        self.outcome.days = days
+        return self.outcome
+
+    def settle(self) -> None:
+        for _ in range(100):
+            if self.worker.run_once() == 0:
+                return
+
+    def _watch(self) -> None:
+        self.settle()
+        self.worker.watch()
+        for channel_id, notifier in (("wechat", self._query_wechat), ("alipay", self._query_alipay)):
+            self.outcome.recovered_by_query += recover_unnotified_orders(self.system.new_uow, channel_id, notifier, limit=500)
+        self._check_the_truth()
+
+    # ---- days, meters, residents -------------------------------------------------------------------
+
+    def _day(self, midnight: datetime) -> None:
+        f, rng = self.faults, self.rng
+        local_day = midnight.astimezone(LOCAL).date()
+        for h in self.city.households:
+            litres = h.litres_per_day * season_factor_percent(local_day) // 100 * rng.randrange(70, 131) // 100
+            h.meter.use(litres)
+            if h.kind == MeterKind.CARD:
+                if h.meter.credit_litres <= 0:
+                    h.meter.valve_open = False  # a card meter closes itself when its credit is gone
+                self._maybe_top_up(h)
+            elif h.serial not in self.dead:
+                if rng.random() < f.battery_dies:
+                    self.dead.add(h.serial)
+                    self.outcome.faults_injected["battery dies (meter silent for good)"] += 1
+                elif h.serial not in self.asleep_until and rng.random() < f.meter_sleeps_days:
+                    self.asleep_until[h.serial] = midnight + timedelta(days=rng.randrange(2, 7))
+                    self.outcome.faults_injected["meter sleeps for days"] += 1
+        if rng.random() < f.worker_crash:
+            self.at(midnight + timedelta(seconds=rng.randrange(86_400)), "crash", self._crash_worker)
+        if rng.random() < f.transport_outage:
+            self.at(midnight + timedelta(seconds=rng.randrange(86_400)), "outage", self._transport_outage)
+
+    def _crash_worker(self) -> None:
+        """The worker dies holding frames it had not handled; a new one starts."""
+        lost = 0
+        while self.transport.uplinks.get(0) is not None:
+            lost += 1
+        self.worker = Worker(self.system, self.transport)
+        self.outcome.faults_injected["worker crash"] += 1
+
+    def _transport_outage(self) -> None:
+        self.transport.down_until = self.clock.now() + timedelta(minutes=self.rng.randrange(5, 61))
+        self.outcome.faults_injected["broker outage"] += 1
+
+    def _wake(self, h: Household) -> None:
+        now = self.clock.now()
+        self.at(now + timedelta(hours=24, seconds=self.rng.randrange(-600, 601)), "wake", lambda: self._wake(h))
+        if h.serial in self.dead:
+            return
+        if self.asleep_until.get(h.serial, now) > now:
+            return
+        self.asleep_until.pop(h.serial, None)
+        if self.rng.random() < self.faults.ack_lost:
+            h.meter.acks_to_lose = 1
+            self.outcome.faults_injected["meter acknowledgement lost"] += 1
+        h.meter.alarms = Alarm.LOW_BATTERY if h.meter.battery_mv < 3_350 else Alarm(0)
+        report = h.meter.report(now)
+        if not self.transport.is_down():
+            self.transport.uplinks.put(h.serial, report)
+            while self.transport.uplinks.pending():  # the report, then each acknowledgement it leads to
+                self.worker.run_once(due_meters=False)
+        h.meter.sleep()
+        h.meter.acks_to_lose = 0
+        self._maybe_top_up(h)
+
+    def _maybe_top_up(self, h: Household) -> None:
+        now = self.clock.now()
+        if h.meter.credit_litres >= LOW_CREDIT_DAYS * h.litres_per_day:
+            return
+        last = self.last_paid.get(h.account_no)
+        if last is not None and now - last < RETRY_TOP_UP_AFTER:
+            return  # paid recently: waiting for the gas
+        self.last_paid[h.account_no] = now
+        delay = timedelta(minutes=self.rng.randrange(10, 36 * 60))
+        if h.kind == MeterKind.CARD and h.channel in ("kiosk", "counter"):
+            self._plan_card_trip(h, now + delay, pay_there=True)
+        else:
+            self.at(now + delay, "pay", lambda: self._pay_online(h))
+
+    # ---- paying --------------------------------------------------------------------------------
+
+    def _txn_id(self, prefix: str) -> str:
+        return f"{prefix}{self.city.seed:04d}{next(self._txn):09d}"
+
+    def _pay_online(self, h: Household) -> None:
+        now, f, rng = self.clock.now(), self.faults, self.rng
+        channel = h.channel if h.channel in ("wo-wallet", "wechat", "alipay") else "wechat"
+        collected = Collected(channel, self._txn_id({"wo-wallet": "WO", "wechat": "42", "alipay": "2026"}[channel]), h.account_no, h.top_up_fen, now)
+        self.outcome.collected.append(collected)
+        if channel == "wo-wallet":
+            if rng.random() < f.success_before_booking:
+                collected.fault = "wallet showed success; its request never reached gasworks"
+                self.outcome.faults_injected["wallet success before booking (request lost)"] += 1
+            else:
+                self._deliver(collected, lambda: self._wallet_post(collected))
+        else:
+            order = self.client.post("/v1/orders", json={"channel_id": channel, "account_no": h.account_no, "amount_fen": h.top_up_fen})
+            collected.out_trade_no = order.json()["out_trade_no"]
+            if rng.random() < f.notification_lost:
+                collected.fault = "channel never notified"
+                self.outcome.faults_injected["notification lost"] += 1
+            else:
+                self._deliver(collected, lambda: self._notify(collected))
+        if h.kind == MeterKind.CARD:
+            self._plan_card_trip(h, now + timedelta(minutes=rng.randrange(60, 4 * 24 * 60)), pay_there=False)
+
+    def _deliver(self, collected: Collected, send: Callable[[], None]) -> None:
+        rng, f, now = self.rng, self.faults, self.clock.now()
+        if rng.random() < f.notification_delayed:
+            self.outcome.faults_injected["notification delayed (reordered)"] += 1
+            self.at(now + timedelta(minutes=rng.randrange(60, 12 * 60)), "late notification", send)
+        else:
+            send()
+        if rng.random() < f.notification_duplicated:
+            self.outcome.faults_injected["notification duplicated"] += 1
+            self.at(now + timedelta(seconds=rng.randrange(15, 600)), "duplicate notification", send)
+
+    def _wallet_post(self, c: Collected) -> None:
+        path = "/v1/channels/wo-wallet/payments"
+        headers, body = self.wallet.payment(path=path, txn_id=c.channel_txn_id, account_no=c.account_no, amount_fen=c.amount_fen, at=self.clock.now())
+        reply = self.client.post(path, content=body, headers=headers)
+        c.reached_gasworks |= reply.status_code == 200
+
+    def _notify(self, c: Collected) -> None:
+        assert c.out_trade_no is not None
+        if c.channel_id == "wechat":
+            headers, body = self.wechat.notification(out_trade_no=c.out_trade_no, transaction_id=c.channel_txn_id, amount_fen=c.amount_fen, at=self.clock.now())
+        else:
+            headers, body = self.alipay.notification(out_trade_no=c.out_trade_no, trade_no=c.channel_txn_id, amount_fen=c.amount_fen, at=self.clock.now())
+        reply = self.client.post(f"/v1/channels/{c.channel_id}/notify", content=body, headers=headers)
+        c.reached_gasworks |= reply.status_code == 200 and reply.content != b"failure"  # WeChat refuses with 4xx, Alipay with "failure"
+
+    def _query(self, channel_id: str, out_trade_no: str) -> PaymentNotice | None:
+        for c in reversed(self.outcome.collected):
+            if c.channel_id == channel_id and c.out_trade_no == out_trade_no:
+                c.reached_gasworks = True
+                return PaymentNotice(channel_id, c.channel_txn_id, c.amount_fen, c.paid_at, out_trade_no=out_trade_no)
+        return None
+
+    @property
+    def _query_wechat(self):  # noqa: ANN202
+        return _Query(self, "wechat")
+
+    @property
+    def _query_alipay(self):  # noqa: ANN202
+        return _Query(self, "alipay")
+
+    # ---- card meters at kiosks ---------------------------------------------------------------
+
+    def _plan_card_trip(self, h: Household, when: datetime, *, pay_there: bool) -> None:
+        if h.account_no in self.card_trip_booked:
+            return
+        self.card_trip_booked.add(h.account_no)
+        self.at(when, "card desk", lambda: self._card_desk(h, pay_there))
+
+    def _card_desk(self, h: Household, pay_there: bool) -> None:
+        assert h.card is not None
+        self.card_trip_booked.discard(h.account_no)
+        channel = h.channel if h.channel in ("kiosk", "counter") else "kiosk"
+        device = self.device[channel]
+        if pay_there:
+            collected = Collected(channel, self._txn_id("K"), h.account_no, h.top_up_fen, self.clock.now())
+            self.outcome.collected.append(collected)
+            self._deliver(collected, lambda: self._device_pay(collected, device))
+        read = self.client.post("/v1/cards/reads", headers=device, json={
+            "card_no": h.card.card_no, "meter_serial": h.serial, "card_purchase_seq": h.card.purchase_seq, "meter_applied_seq": h.card.meter_applied_seq,
+            "remaining_litres": h.meter.credit_litres,
+        })  # fmt: skip
+        if read.status_code != 200:
+            return
+        for purchase in read.json()["to_write"]:
+            h.card.purchase_seq = purchase["purchase_seq"]
+            h.card.pending.append((purchase["purchase_seq"], purchase["volume_litres"]))
+            self.client.post("/v1/cards/writes", headers=device, json={
+                "card_no": h.card.card_no, "meter_serial": h.serial, "purchase_seq": purchase["purchase_seq"], "card_purchase_seq_after": h.card.purchase_seq,
+            })  # fmt: skip
+        if not h.card.pending:
+            return
+        if self.rng.random() < self.faults.card_lost:
+            self.outcome.faults_injected["card lost after writing"] += 1
+            self.at(self.clock.now() + timedelta(hours=self.rng.randrange(4, 48)), "replace card", lambda: self._replace_card(h))
+            return
+        self.at(self.clock.now() + timedelta(minutes=self.rng.randrange(10, 12 * 60)), "insert card", lambda: self._insert_card(h))
+
+    def _device_pay(self, c: Collected, device: dict) -> None:
+        reply = self.client.post("/v1/devices/payments", headers=device, json={"txn_id": c.channel_txn_id, "account_no": c.account_no, "amount_fen": c.amount_fen, "method": "cash"})
+        c.reached_gasworks |= reply.status_code == 200
+
+    def _insert_card(self, h: Household) -> None:
+        assert h.card is not None
+        for purchase_seq, litres in h.card.pending:
+            h.meter.apply_purchase(purchase_seq, litres)
+        h.card.pending.clear()
+        h.card.meter_applied_seq = h.meter.applied_seq
+        if h.meter.credit_litres > 0:
+            h.meter.valve_open = True
+        # The card comes back to gasworks on the resident's next visit; most pass by within days.
+        self._plan_card_trip(h, self.clock.now() + timedelta(hours=self.rng.randrange(6, 10 * 24)), pay_there=False)
+
+    def _replace_card(self, h: Household) -> None:
+        assert h.card is not None
+        new_no = f"IR{uuid.UUID(int=self.rng.getrandbits(128)).hex[:10].upper()}"
+        replaced = self.client.post(f"/v1/meters/{h.serial}/card", headers=self.operator, json={"card_no": new_no, "reason": "lost"})
+        if replaced.status_code != 200:
+            return
+        start = replaced.json()["start_purchase_seq"]
+        h.card.card_no, h.card.purchase_seq, h.card.meter_applied_seq = new_no, start, start
+        h.card.pending.clear()
+        self._plan_card_trip(h, self.clock.now() + timedelta(hours=self.rng.randrange(1, 24)), pay_there=False)
+
+    # ---- the truth ---------------------------------------------------------------------------
+
+    def _check_the_truth(self) -> None:
+        """Nothing gasworks calls applied may be unapplied at the meter (the simulator knows the meter)."""
+        now = self.clock.now()
+        with self.system.new_uow() as uow:
+            applied = uow.meter_commands.applied_credits_since(self._truth_checked_until, limit=1_000_000)
+        for command in applied:
+            household = self.by_account[command.account_no]
+            self.outcome.truth_checks += 1
+            if (command.purchase_seq or 0) > household.meter.applied_seq:
+                self.outcome.truth_violations.append(
+                    f"purchase #{command.purchase_seq} of meter {household.serial} shown applied; the meter has applied #{household.meter.applied_seq}"
+                )
+        # Applied is final and a meter never un-applies: each order is checked once, soon after it was applied.
+        self._truth_checked_until = now
+
+
+@dataclass
+class _Query:
+    sim: Simulation
+    channel_id: str
+
+    def paid_notice(self, out_trade_no: str) -> PaymentNotice | None:
+        return self.sim._query(self.channel_id, out_trade_no)
+
+
+def simulation_start(year: int = 2026, month: int = 11, day: int = 1) -> datetime:
+    """Local midnight of the first simulated day, in UTC."""
+    return datetime(year, month, day, tzinfo=LOCAL).astimezone(UTC)
