@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 with warnings.catch_warnings():  # starlette's note about httpx2 is for its own test users, not our residents
-    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
 from gasworks.adapters.channels.alipay import AlipayNotifier

@@ -72,14 +72,14 @@ def demo(
     days: Annotated[int, typer.Option(min=1, max=366, help="Days to simulate.")] = 30,
     seed: Annotated[int, typer.Option(help="Same seed, same city, same outcome.")] = 1,
     faults: Annotated[str, typer.Option(help="none, default or heavy.")] = "default",
-    start: Annotated[str, typer.Option(help="First simulated day (local), YYYY-MM-DD.")] = "2026-11-01",
+    start: Annotated[str | None, typer.Option(help="First simulated day (local), YYYY-MM-DD; default: the days up to today.")] = None,
     iot_percent: Annotated[int, typer.Option(min=0, max=100, help="Share of IoT meters; the rest are card meters.")] = 60,
     database_url: Annotated[str, typer.Option("--database-url", help="Where the city's records go.")] = DEMO_DATABASE,
 ) -> None:
     """Simulate a city for a month through the real gasworks and show what reached the meters."""
     try:
         rates = FaultRates.preset(faults)
-        first_day = date.fromisoformat(start)
+        first_day = date.fromisoformat(start) if start else datetime.now(LOCAL).date() - timedelta(days=days)
     except ValueError as error:
         raise InvalidInput(str(error), code="INVALID_OPTION") from None
     configure_logging(level=40)
