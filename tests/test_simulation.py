@@ -73,3 +73,31 @@ def test_the_demo_refuses_a_database_that_is_not_its_own(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "DEMO_NEEDS_EMPTY_DATABASE" in result.output
     bad = CliRunner().invoke(app, ["demo", "--faults", "apocalyptic"])
     assert bad.exit_code == 2 and "INVALID_OPTION" in bad.output
+
+
+def test_each_channel_writes_its_daily_statement_with_every_payment_once(tmp_path):
+    import csv
+
+    from gasworks.sim.statements import write_statements
+
+    _, outcome, _ = simulate(f"sqlite:///{tmp_path / 'g.db'}", households=80, days=4, seed=5)
+    files = write_statements(outcome.collected, tmp_path / "statements")
+    listed: list[str] = []
+    for path in files:
+        channel = path.name.rsplit("-", 3)[0]
+        if channel == "wechat":
+            rows = list(csv.reader(path.read_text("utf-8").splitlines()))
+            body = rows[1:-2]
+            assert all(cell.startswith("`") for row in body for cell in row) and len(rows[0]) == 27
+            assert int(rows[-1][0].lstrip("`")) == len(body)  # the summary row counts the trades
+            listed += [row[5].lstrip("`") for row in body]
+        elif channel == "alipay":
+            text = path.read_bytes().decode("gbk")  # Alipay's bills are GBK
+            body = [line for line in text.splitlines() if line and not line.startswith("#")][1:]
+            assert f"#交易合计：{len(body)}笔" in text
+            listed += [line.split(",")[0].strip() for line in body]
+        else:
+            rows = list(csv.reader(path.read_text("utf-8").splitlines()))
+            assert rows[-1][0] == "# total" and int(rows[-1][1]) == len(rows) - 2
+            listed += [row[0] for row in rows[1:-1]]
+    assert sorted(listed) == sorted(c.channel_txn_id for c in outcome.collected)  # lost ones too, duplicates once

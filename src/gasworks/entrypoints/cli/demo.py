@@ -26,6 +26,7 @@ from gasworks.services.access import Role
 from gasworks.services.timeline import resident_token
 from gasworks.sim.city import build_city
 from gasworks.sim.outcome import Report, summarise
+from gasworks.sim.statements import write_statements
 from gasworks.sim.world import LOCAL, FaultRates, Simulation
 
 DEMO_DATABASE = "sqlite:///gasworks-demo.db"
@@ -75,6 +76,7 @@ def demo(
     start: Annotated[str | None, typer.Option(help="First simulated day (local), YYYY-MM-DD; default: the days up to today.")] = None,
     iot_percent: Annotated[int, typer.Option(min=0, max=100, help="Share of IoT meters; the rest are card meters.")] = 60,
     database_url: Annotated[str, typer.Option("--database-url", help="Where the city's records go.")] = DEMO_DATABASE,
+    statements_dir: Annotated[Path, typer.Option(help="Where the channels' daily statement files go.")] = Path("gasworks-demo-statements"),
 ) -> None:
     """Simulate a city for a month through the real gasworks and show what reached the meters."""
     try:
@@ -101,6 +103,8 @@ def demo(
         outcome = sim.run(days, progress=lambda done: progress.update(task, completed=done))
     report = summarise(sim, outcome, hotline=settings.service_hotline)
     show(report)
+    files = write_statements(outcome.collected, statements_dir)
+    out.print(f"\nthe channels' daily statements: {len(files)} files in {statements_dir}/ (WeChat trade bill, Alipay GBK bill, plain CSV)")
     out.print(f"\nsimulated {days} days of {households:,} households in {time.perf_counter() - started:.0f} s")
     _next_steps(system, report, database_url)
     if not report.money.holds or report.truth_violations:
