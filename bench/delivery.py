@@ -14,12 +14,12 @@ same broker, and the worker's poll interval.
 
 import os
 import statistics
+from datetime import datetime
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import paho.mqtt.client as mqtt
 import typer
 from rich.console import Console
 from rich.progress import Progress
@@ -30,7 +30,7 @@ from sqlalchemy.engine import make_url
 from gasworks.adapters.db.engine import make_engine
 from gasworks.adapters.db.migrate import upgrade
 from gasworks.adapters.meters import cjt188
-from gasworks.adapters.meters.transport import MqttTransport, mqtt_client, topic_up
+from gasworks.adapters.meters.transport import MqttTransport, mqtt_client
 from gasworks.bootstrap import bootstrap
 from gasworks.config import Settings
 from gasworks.domain.accounts import MeterKind
@@ -42,47 +42,11 @@ from gasworks.observability import configure_logging
 from gasworks.services import accounts, channels
 from gasworks.services.checks import check_ledger
 from gasworks.services.intake import accept_payment
+from gasworks.sim.fleet import MqttFleet
 from gasworks.sim.meter import SimulatedMeter
 
 ADMIN_URL = os.environ.get("GASWORKS_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MQTT_URL = os.environ.get("GASWORKS_BENCH_MQTT_URL", "mqtt://127.0.0.1:1883")
-
-
-class Fleet:
-    """Many simulated meters behind one MQTT connection; notes when each purchase frame arrives."""
-
-    def __init__(self, prefix: str, serials: list[str]) -> None:
-        self.prefix = prefix
-        self.meters = {s: SimulatedMeter(s, awake=True) for s in serials}
-        self.arrived: dict[tuple[str, int], float] = {}
-        self._lock = threading.Lock()
-        self.client = mqtt_client(MQTT_URL, f"fleet-{uuid.uuid4().hex[:8]}")
-        self.client.on_message = self._on_message
-        self._ready = threading.Event()
-        self.client.on_subscribe = lambda *a: self._ready.set()
-        self.client.on_connect = lambda c, *a: c.subscribe(f"{prefix}/+/down", qos=1)
-
-    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-        now = time.perf_counter()
-        serial = message.topic.split("/")[-2]
-        payload = bytes(message.payload)
-        decoded = cjt188.decode(payload)
-        with self._lock:
-            if isinstance(decoded, WritePurchase):
-                self.arrived.setdefault((serial, decoded.purchase_seq), now)
-            replies = self.meters[serial].on_downlink(payload)
-        for reply in replies:
-            client.publish(topic_up(self.prefix, serial), reply, qos=1)
-
-    def start(self) -> None:
-        host, port = self.client._gasworks_address  # type: ignore[attr-defined]
-        self.client.connect(host, port)
-        self.client.loop_start()
-        self._ready.wait(10)
-
-    def wake_all(self) -> None:
-        for serial, meter in self.meters.items():
-            self.client.publish(topic_up(self.prefix, serial), meter.report(__import__("datetime").datetime.now()), qos=1)
 
 
 def raw_mqtt_hop(samples: int) -> list[float]:
@@ -149,7 +113,14 @@ def main(payments: int = 2000, rate: float = 50.0, meters: int = 500, concurrenc
         serials = [f"{i:014d}" for i in range(meters)]
         for i, serial in enumerate(serials):
             accounts.open_account(accounts.OpenAccount(f"43{i:08d}", "张三", "", "", "", "13800000000", serial, MeterKind.IOT), system.new_uow(), actor="bench")
-        fleet = Fleet(prefix, serials)
+        arrived: dict[tuple[str, int], float] = {}
+
+        def note_arrival(serial: str, frame: bytes, at: float) -> None:
+            message = cjt188.decode(frame)
+            if isinstance(message, WritePurchase):
+                arrived.setdefault((serial, message.purchase_seq), at)
+
+        fleet = MqttFleet(MQTT_URL, prefix=prefix, meters=[SimulatedMeter(s, awake=True) for s in serials], on_frame=note_arrival)
         fleet.start()
         transport = MqttTransport(MQTT_URL, prefix=prefix)
         worker = Worker(system, transport)
@@ -159,7 +130,8 @@ def main(payments: int = 2000, rate: float = 50.0, meters: int = 500, concurrenc
             assert time.monotonic() < deadline, "worker did not connect"
             time.sleep(0.05)
         time.sleep(0.5)  # its subscription is acknowledged
-        fleet.wake_all()
+        for serial in serials:
+            fleet.report(serial, datetime.now())
         deadline = time.monotonic() + 60
         while online(system) < meters:
             assert time.monotonic() < deadline, f"only {online(system)} of {meters} meters came online"
@@ -188,14 +160,14 @@ def main(payments: int = 2000, rate: float = 50.0, meters: int = 500, concurrenc
                 for _ in pool.map(pay, range(payments)):
                     progress.advance(task)
         deadline = time.monotonic() + 120
-        while len(fleet.arrived) < payments and time.monotonic() < deadline:
+        while len(arrived) < payments and time.monotonic() < deadline:
             time.sleep(0.1)
         deadline = time.monotonic() + 120
         while applied(system) < payments and time.monotonic() < deadline:
             time.sleep(0.2)
         applied_n = applied(system)
         stop.set()
-        latencies = [fleet.arrived[k] - accepted[k] for k in accepted if k in fleet.arrived]
+        latencies = [arrived[k] - accepted[k] for k in accepted if k in arrived]
         report = check_ledger(system.new_uow())
         raw = raw_mqtt_hop(1000)
 
@@ -215,6 +187,7 @@ def main(payments: int = 2000, rate: float = 50.0, meters: int = 500, concurrenc
         console.print(f"worker poll interval {settings.worker_poll_interval_s * 1000:.0f} ms; p50 is {q[49] / rq[49]:.0f}x the raw hop")
         console.print(f"applied by meters: {applied_n:,} of {payments:,}; ledger check: {'holds' if report.ok else report.findings[:3]}")
         console.print(f"meters applied each purchase once: {all(len({s for s, _ in m.applied}) == len(m.applied) for m in fleet.meters.values())}")
+        fleet.stop()
     finally:
         stop.set()
         time.sleep(0.5)

@@ -7,10 +7,12 @@ GASWORKS_REQUIRE_SERVICES=1 (CI), where a missing service fails the run.
 
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import Table, create_engine, insert, select, text
@@ -25,6 +27,7 @@ from gasworks.domain.clock import FixedClock
 from gasworks.domain.ledger import FIXED_ACCOUNTS
 
 POSTGRES_ADMIN_URL = os.environ.get("GASWORKS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+MQTT_URL = os.environ.get("GASWORKS_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
 REQUIRE_SERVICES = os.environ.get("GASWORKS_REQUIRE_SERVICES") == "1"
 START = datetime(2026, 11, 23, 9, 0, 0, tzinfo=UTC)
 
@@ -33,6 +36,23 @@ def service_missing(reason: str) -> None:
     if REQUIRE_SERVICES:
         pytest.fail(f"GASWORKS_REQUIRE_SERVICES=1 but {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> str:
+    """The machine's MQTT broker (GASWORKS_TEST_MQTT_URL, default mqtt://127.0.0.1:1883)."""
+    parsed = urlsplit(MQTT_URL)
+    if not reachable(parsed.hostname or "127.0.0.1", parsed.port or 1883):
+        service_missing(f"MQTT broker not reachable at {MQTT_URL}")
+    return MQTT_URL
 
 
 @pytest.fixture(scope="session")

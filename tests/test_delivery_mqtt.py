@@ -5,7 +5,6 @@ topic prefix of their own. The restart test starts a private Mosquitto (with per
 stop and start it without disturbing anything else.
 """
 
-import os
 import shutil
 import socket
 import subprocess
@@ -23,26 +22,10 @@ from gasworks.domain.delivery import CommandState
 from gasworks.entrypoints.workers.worker import Worker
 from gasworks.services.checks import check_ledger
 from gasworks.sim.meter import MqttMeter, SimulatedMeter
-from tests.conftest import service_missing
+from tests.conftest import reachable, service_missing
 from tests.delivery_rig import IOT_SERIAL, Rig
 from tests.support import set_up
 
-MQTT_URL = os.environ.get("GASWORKS_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
-
-
-def _reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="session")
-def broker_url() -> str:
-    if not _reachable("127.0.0.1", int(MQTT_URL.rsplit(":", 1)[-1])):
-        service_missing(f"MQTT broker not reachable at {MQTT_URL}")
-    return MQTT_URL
 
 
 class PrivateBroker:
@@ -65,7 +48,7 @@ class PrivateBroker:
     def start(self) -> None:
         self.process = subprocess.Popen(["mosquitto", "-c", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
-        while not _reachable("127.0.0.1", self.port):
+        while not reachable("127.0.0.1", self.port):
             if time.monotonic() > deadline:
                 raise TimeoutError("private mosquitto did not start")
             time.sleep(0.05)

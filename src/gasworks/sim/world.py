@@ -30,7 +30,7 @@ from gasworks.adapters.channels.rsa import new_private_key_pem, public_key_pem
 from gasworks.adapters.channels.wallet_hmac import WalletClient
 from gasworks.adapters.channels.wechatpay_v3 import WechatPayV3Notifier
 from gasworks.adapters.db.delivery import Kiosk
-from gasworks.adapters.meters.transport import LoopbackTransport, TransportError, Uplinks
+from gasworks.adapters.meters.transport import LoopbackTransport, MqttTransport, TransportError, Uplinks
 from gasworks.bootstrap import System
 from gasworks.domain.accounts import MeterKind
 from gasworks.domain.channels import ChannelKind, KeyPurpose, PaymentNotice
@@ -42,6 +42,7 @@ from gasworks.services import access, accounts, channels, kiosks
 from gasworks.services.access import Role
 from gasworks.services.recovery import recover_unnotified_orders
 from gasworks.sim.city import City, Household, season_factor_percent
+from gasworks.sim.fleet import MqttFleet
 
 LOCAL = ZoneInfo("Asia/Shanghai")
 WECHAT_MCHID = "1900000109"
@@ -105,16 +106,16 @@ class SimOutcome:
 
 
 class FlakyTransport:
-    """The in-process transport with outages: while down, frames are refused and reports lost."""
+    """A transport with simulated outages: while down, frames are refused and reports lost."""
 
-    def __init__(self, inner: LoopbackTransport) -> None:
+    def __init__(self, inner: LoopbackTransport | MqttTransport, clock: FixedClock) -> None:
         self.inner = inner
         self.uplinks: Uplinks = inner.uplinks
         self.down_until: datetime | None = None
-        self.clock: FixedClock | None = None
+        self.clock = clock
 
     def is_down(self) -> bool:
-        return self.down_until is not None and self.clock is not None and self.clock.now() < self.down_until
+        return self.down_until is not None and self.clock.now() < self.down_until
 
     def publish(self, serial: str, payload: bytes) -> None:
         if self.is_down():
@@ -122,14 +123,18 @@ class FlakyTransport:
         self.inner.publish(serial, payload)
 
     def start(self) -> None:
-        pass
+        self.inner.start()
 
     def stop(self) -> None:
-        pass
+        self.inner.stop()
+
+
+WAKE_SLOT = timedelta(minutes=10)  # over MQTT, meters waking in the same slot report together
+QUIET_S = 0.05  # over MQTT, this long without a frame means the meters and the worker are done
 
 
 class Simulation:
-    def __init__(self, system: System, city: City, *, faults: FaultRates, start: datetime, meters_transport: str = "loopback") -> None:
+    def __init__(self, system: System, city: City, *, faults: FaultRates, start: datetime, mqtt_url: str | None = None) -> None:
         if not isinstance(system.clock, FixedClock):
             raise TypeError("the simulator needs a FixedClock it can move")
         self.system = system
@@ -150,15 +155,27 @@ class Simulation:
         self._txn = itertools.count(1)
         self._truth_checked_until = start
         self._set_up_gasworks()
-        if meters_transport == "loopback":
-            self.transport = FlakyTransport(LoopbackTransport())
-            self.transport.clock = self.clock
-            for h in city.households:
-                if h.kind == MeterKind.IOT:
-                    self.transport.inner.attach(h.serial, h.meter.on_downlink)
+        iot = [h for h in city.households if h.kind == MeterKind.IOT]
+        self.fleet: MqttFleet | None = None
+        self.wake_batch: list[Household] = []
+        if mqtt_url is None:
+            loopback = LoopbackTransport()
+            for h in iot:
+                loopback.attach(h.serial, h.meter.on_downlink)
+            self.transport = FlakyTransport(loopback, self.clock)
         else:
-            raise ValueError("only the in-process transport is simulated in virtual time")
+            prefix = f"sim-{uuid.uuid4().hex[:10]}/meters"  # a run of its own on a shared broker
+            self.transport = FlakyTransport(MqttTransport(mqtt_url, prefix=prefix, client_id=f"gasworks-sim-{uuid.uuid4().hex[:8]}"), self.clock)
+            self.fleet = MqttFleet(mqtt_url, prefix=prefix, meters=[h.meter for h in iot])
+            self.transport.start()
+            self.fleet.start()
         self.worker = Worker(system, self.transport)
+
+    def close(self) -> None:
+        """Disconnect from the broker, if any."""
+        if self.fleet is not None:
+            self.fleet.stop()
+            self.transport.stop()
 
     # ---- set-up through the real services and API ----------------------------------------------
 
@@ -232,8 +249,14 @@ class Simulation:
 
     def settle(self) -> None:
         for _ in range(100):
-            if self.worker.run_once() == 0:
+            if self.worker.run_once() == 0 and self._quiet():
                 return
+
+    def _quiet(self) -> bool:
+        """Over MQTT: nothing arrives for a moment and the meters are not busy. In-process: always."""
+        if self.fleet is None:
+            return True
+        return self.fleet.idle() and self.worker.run_once(wait_s=QUIET_S, due_meters=False) == 0 and self.fleet.idle()
 
     def _watch(self) -> None:
         self.settle()
@@ -290,11 +313,31 @@ class Simulation:
             h.meter.acks_to_lose = 1
             self.outcome.faults_injected["meter acknowledgement lost"] += 1
         h.meter.alarms = Alarm.LOW_BATTERY if h.meter.battery_mv < 3_350 else Alarm(0)
+        if self.fleet is not None:
+            if not self.wake_batch:
+                self.at(now + WAKE_SLOT, "wake slot", self._wake_slot)
+            self.wake_batch.append(h)
+            return
         report = h.meter.report(now)
         if not self.transport.is_down():
             self.transport.uplinks.put(h.serial, report)
             while self.transport.uplinks.pending():  # the report, then each acknowledgement it leads to
                 self.worker.run_once(due_meters=False)
+        self._asleep_again(h)
+
+    def _wake_slot(self) -> None:
+        """Over MQTT: the meters of this slot report together through the broker, then sleep."""
+        batch, self.wake_batch = self.wake_batch, []
+        if not self.transport.is_down():
+            assert self.fleet is not None
+            for h in batch:
+                self.fleet.report(h.serial, self.clock.now())
+            while not self._quiet():
+                pass
+        for h in batch:
+            self._asleep_again(h)
+
+    def _asleep_again(self, h: Household) -> None:
         h.meter.sleep()
         h.meter.acks_to_lose = 0
         self._maybe_top_up(h)

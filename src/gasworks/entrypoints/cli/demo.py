@@ -77,6 +77,7 @@ def demo(
     iot_percent: Annotated[int, typer.Option(min=0, max=100, help="Share of IoT meters; the rest are card meters.")] = 60,
     database_url: Annotated[str, typer.Option("--database-url", help="Where the city's records go.")] = DEMO_DATABASE,
     statements_dir: Annotated[Path, typer.Option(help="Where the channels' daily statement files go.")] = Path("gasworks-demo-statements"),
+    mqtt_url: Annotated[str | None, typer.Option("--mqtt-url", help="Meters talk through this broker instead of in-process.")] = None,
 ) -> None:
     """Simulate a city for a month through the real gasworks and show what reached the meters."""
     try:
@@ -94,13 +95,17 @@ def demo(
     system = bootstrap(settings, clock=FixedClock(begin), engine=engine)
     city = build_city(households, seed=seed, iot_percent=iot_percent)
     out.print(f"[bold]gasworks demo[/]: {households:,} households ({iot_percent}% IoT meters), {days} days from {first_day}, seed {seed}, faults {faults}")
-    out.print(f"  records: {make_url(database_url).render_as_string(hide_password=True)}; meters: in-process transport; time: virtual")
+    meters = f"MQTT at {mqtt_url.split('@')[-1]} (wakes grouped in 10-minute slots)" if mqtt_url else "in-process transport"
+    out.print(f"  records: {make_url(database_url).render_as_string(hide_password=True)}; meters: {meters}; time: virtual")
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=out) as progress:
         setting_up = progress.add_task("opening accounts", total=None)
-        sim = Simulation(system, city, faults=rates, start=begin)
+        sim = Simulation(system, city, faults=rates, start=begin, mqtt_url=mqtt_url)
         progress.remove_task(setting_up)
         task = progress.add_task("simulating days", total=days)
-        outcome = sim.run(days, progress=lambda done: progress.update(task, completed=done))
+        try:
+            outcome = sim.run(days, progress=lambda done: progress.update(task, completed=done))
+        finally:
+            sim.close()
     report = summarise(sim, outcome, hotline=settings.service_hotline)
     show(report)
     files = write_statements(outcome.collected, statements_dir)
