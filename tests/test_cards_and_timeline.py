@@ -222,7 +222,8 @@ def test_an_operator_reissues_an_expired_purchase_and_it_is_delivered(env):
     rig.worker.watch()
     order = delivery(client, auditor, paid.payment_id)["order"]
     assert order["state"] == "expired"
-    assert delivery(client, auditor, paid.payment_id)["status"] == "STUCK"
+    shown = delivery(client, auditor, paid.payment_id)
+    assert shown["status"] == "WAITING_FOR_METER" and "sent again as soon as the meter reports" in shown["next_step"]["en"]
     alerts = client.get("/v1/alerts", headers=auditor).json()
     assert any(a["kind"] == "COMMAND_EXPIRED" and a["subject"] == f"command:{order['id']}" for a in alerts)
     cancel = client.post(f"/v1/commands/{order['id']}/cancel", headers=operator, json={"reason": "try"})

@@ -228,3 +228,37 @@ def test_a_meter_alarm_opens_an_alert_once_and_closes_it_when_the_meter_stops_re
     rig.wake()
     rig.settle()
     assert "METER_LOW_BATTERY" not in rig.alerts()
+
+
+def test_an_expired_purchase_goes_again_when_the_meter_comes_back(rig):
+    rig.meter.credit_litres = -3_400
+    rig.wake()
+    rig.meter.acks_to_lose = 100  # the valve-close is sent, never acknowledged
+    rig.settle()
+    rig.meter.sleep()
+    accepted = rig.pay(5_000)
+    rig.advance(hours=49)
+    rig.worker.watch()
+    assert {(c.kind, c.state) for c in rig.commands()} == {(CommandKind.VALVE_CLOSE, CommandState.EXPIRED), (CommandKind.CREDIT, CommandState.EXPIRED)}
+    rig.meter.acks_to_lose = 0
+    rig.wake()
+    rig.settle()
+    assert rig.orders(accepted.payment_id)[0].state == CommandState.APPLIED
+    assert [e.state for e in rig.orders(accepted.payment_id)[0].events][-4:] == [CommandState.PENDING, CommandState.SENT, CommandState.DELIVERED, CommandState.APPLIED]
+    # The meter had closed its valve (only the acknowledgement was lost): its report settles that, too.
+    assert (CommandKind.VALVE_CLOSE, CommandState.APPLIED) in {(c.kind, c.state) for c in rig.commands()}
+    assert rig.meter.valve_open is True  # reopened after the purchase
+    assert "COMMAND_EXPIRED" not in rig.alerts()
+    assert check_ledger(rig.system.new_uow()).ok
+
+
+def test_an_expired_valve_command_is_not_sent_days_later():
+    from datetime import UTC, datetime
+
+    from gasworks.domain.delivery import revive_on_return, valve_command
+
+    at = datetime(2026, 11, 23, tzinfo=UTC)
+    command = valve_command(meter_serial=IOT_SERIAL, account_no="4301000001", open_=False, at=at, ttl_s=60, why="credit gone")
+    command.move_to(CommandState.EXPIRED, at, "ttl")
+    assert revive_on_return([command], at=at, ttl_s=60) == []
+    assert command.state == CommandState.CANCELLED

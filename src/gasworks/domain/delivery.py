@@ -13,9 +13,10 @@ States, modelled on NB-IoT platforms' cached commands:
        `--> written_to_card --> applied               (card: written at a kiosk, then the card
                   `--> pending                          came back showing the meter applied it;
                                                         back to pending if the card was replaced)
-    pending/sent --> failed | expired   --> pending (reissued by an operator) or applied (the meter
+    pending/sent --> failed | expired   --> pending (reissued by an operator; an expired purchase
+                                            also by the meter's next report) or applied (the meter
                                             says it got it after all); pending/failed/expired
-                                            --> cancelled by an operator.
+                                            --> cancelled (valve commands only).
 
 "No acknowledgement" never means "not received": a sent command stays sent until the meter's next
 report tells, by its last applied serial or its valve state, whether it arrived.
@@ -273,6 +274,24 @@ def settle_by_meter(commands: list[MeterCommand], *, applied_seq: int, valve_ope
             command.move_to(CommandState.APPLIED, at, note)
             settled.append(command)
     return settled
+
+
+def revive_on_return(commands: list[MeterCommand], *, at: datetime, ttl_s: int) -> list[MeterCommand]:
+    """The meter reported again after commands expired. A purchase is paid for: it goes back to
+    pending with a fresh time to live. A valve command is stale: the valve policy decides afresh."""
+    revived = []
+    for command in commands:
+        if command.state != CommandState.EXPIRED or command.route != MeterKind.IOT:
+            continue
+        if command.kind == CommandKind.CREDIT:
+            command.move_to(CommandState.PENDING, at, "the meter is back after it expired: sent again")
+            command.sends = command.window_sends = 0
+            command.next_send_at = None
+            command.expires_at = at + timedelta(seconds=ttl_s)
+            revived.append(command)
+        else:
+            command.move_to(CommandState.CANCELLED, at, "expired while the meter was away; the valve is decided afresh")
+    return revived
 
 
 def new_wake_window(commands: list[MeterCommand]) -> None:

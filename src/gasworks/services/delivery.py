@@ -30,6 +30,7 @@ from gasworks.domain.delivery import (
     mark_sent,
     new_wake_window,
     next_step,
+    revive_on_return,
     settle_by_meter,
     valve_command,
 )
@@ -194,6 +195,10 @@ def _apply_message(message: MeterMessage, link: MeterLink, commands: list[MeterC
             _take_report(message, link, uow, now, policy)
             new_wake_window([c for c in commands if c.state in (CommandState.SENT, CommandState.DELIVERED)])
             settled = settle_by_meter(commands, applied_seq=link.applied_seq, valve_open=link.valve_open, at=now, source="meter report")
+            expired = [c for c in commands if c.state == CommandState.EXPIRED]
+            revive_on_return(expired, at=now, ttl_s=policy.ttl_s)
+            for command in expired:
+                clear_command_alerts(uow, command, now)
             what = "report"
         case PurchaseAck():
             link.applied_seq = max(link.applied_seq, message.applied_seq)
@@ -215,6 +220,8 @@ def _apply_message(message: MeterMessage, link: MeterLink, commands: list[MeterC
     for command in settled:
         if command.kind == CommandKind.CREDIT:
             book_applied(uow, command, now)
+        else:
+            clear_command_alerts(uow, command, now)
     _keep_valve_right(link, commands, uow, policy, now)
     return what
 
@@ -256,6 +263,12 @@ def _take_refusal(refusal: CommandRefused, link: MeterLink, commands: list[Meter
     return f"command refused: {refusal.error.name}"
 
 
+def clear_command_alerts(uow: UnitOfWork, command: MeterCommand, at: datetime) -> None:
+    """A command settled, sent again or cancelled is no longer late or expired."""
+    for kind in ("PURCHASE_NOT_APPLIED", "COMMAND_EXPIRED"):
+        uow.alerts.clear(kind=kind, subject=f"command:{command.id}", at=at)
+
+
 def book_applied(uow: UnitOfWork, order: MeterCommand, at: datetime) -> None:
     assert order.cost_fen is not None
     uow.ledger.post(
@@ -269,8 +282,7 @@ def book_applied(uow: UnitOfWork, order: MeterCommand, at: datetime) -> None:
             memo=f"purchase #{order.purchase_seq} applied by meter {order.meter_serial}",
         )
     )
-    for kind in ("PURCHASE_NOT_APPLIED", "COMMAND_EXPIRED"):
-        uow.alerts.clear(kind=kind, subject=f"command:{order.id}", at=at)
+    clear_command_alerts(uow, order, at)
     purchases_applied.labels(route=order.route.value).inc()
     log.info("purchase_applied", meter=order.meter_serial, purchase_seq=order.purchase_seq, payment_id=order.payment_id)
 
@@ -433,8 +445,7 @@ def reissue_command(command_id: int, uow: UnitOfWork, *, actor: str, reason: str
         if command.route == MeterKind.IOT:
             command.expires_at = now + timedelta(seconds=uow.delivery.ttl_s)
         uow.meter_commands.save(command, now)
-        for kind in ("COMMAND_EXPIRED", "PURCHASE_NOT_APPLIED"):
-            uow.alerts.clear(kind=kind, subject=f"command:{command.id}", at=now)
+        clear_command_alerts(uow, command, now)
         uow.audit.append(at=now, actor=actor, action="command.reissue", subject=f"command:{command.id}", detail={"reason": reason.strip()[:200]})
         uow.commit()
         return command
@@ -453,6 +464,7 @@ def cancel_command(command_id: int, uow: UnitOfWork, *, actor: str, reason: str)
             raise Conflict(f"command {command_id} is {command.state}; only pending, failed or expired commands are cancelled", code="NOT_CANCELLABLE")
         command.move_to(CommandState.CANCELLED, now, f"cancelled by {actor}: {reason.strip()[:120]}")
         uow.meter_commands.save(command, now)
+        clear_command_alerts(uow, command, now)
         uow.audit.append(at=now, actor=actor, action="command.cancel", subject=f"command:{command.id}", detail={"reason": reason.strip()[:200]})
         uow.commit()
         return command

@@ -115,7 +115,13 @@ def _explain(payment: Payment, order: MeterCommand | None, meter: MeterLink | No
                 "阀门仍关闭：请按住表上的红色按钮 3 秒开阀。", "The valve is still closed: press and hold the red button on the meter for 3 s."
             )
         return Status.GAS_AVAILABLE, Text(f"{litres} 立方米已到表，可以用气", f"{litres} m³ is on your meter: gas available"), None
-    if order.state in (CommandState.FAILED, CommandState.EXPIRED):
+    if order.state == CommandState.EXPIRED:
+        return Status.WAITING_FOR_METER, Text("燃气表长时间未联网，购气待发送", "Your meter has been out of reach; the purchase waits for it"), Text(
+            "燃气表联网后会自动重新发送。请按表上的通讯按钮唤醒它；若屏幕不亮，请先更换电池。钱不会丢失。",
+            "It is sent again as soon as the meter reports. Press its communication button to wake it; if the display is dark, "
+            "change the batteries first. Your money is safe.",
+        )
+    if order.state == CommandState.FAILED:
         return Status.STUCK, Text("购气未能送达燃气表", "The purchase has not reached your meter"), Text(
             f"燃气表未确认这笔购气（{order.note}）。钱不会丢失；" + call.zh, f"Your meter has not confirmed this purchase ({order.note}). Your money is safe; " + call.en
         )

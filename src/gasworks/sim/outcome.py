@@ -221,5 +221,5 @@ def summarise(sim: Simulation, outcome: SimOutcome, *, hotline: str) -> Report:
 def _reason(timeline) -> str:  # noqa: ANN001
     """What the resident is told, short enough to group by; for stuck orders, why the meter said no."""
     if timeline.status == "STUCK" and timeline.order is not None:
-        return f"{timeline.headline.en} ({timeline.order.state}: {timeline.order.note[:60]})"
+        return f"{timeline.headline.en} ({timeline.order.state})"
     return timeline.headline.en
