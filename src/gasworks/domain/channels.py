@@ -49,6 +49,11 @@ class Channel:
     name: str
     merchant_id: str = ""  # WeChat mchid / Alipay app_id we expect in notifications
     keys: tuple[ChannelKey, ...] = ()
+    fee_ppm: int = 0  # the channel's fee per payment, parts per million (0.6 % = 6000)
+
+    def fee_fen(self, amount_fen: int) -> int:
+        """The fee agreed with the channel for one payment, rounded half up to the fen."""
+        return (amount_fen * self.fee_ppm + 500_000) // 1_000_000
 
     def active_keys(self, purpose: KeyPurpose) -> list[ChannelKey]:
         return [k for k in self.keys if k.purpose == purpose and k.status == KeyStatus.ACTIVE]

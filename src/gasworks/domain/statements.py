@@ -49,3 +49,33 @@ class Statement:
     @property
     def fee_total_fen(self) -> int:
         return sum(line.fee_fen for line in self.lines)
+
+
+class DiscrepancyClass(StrEnum):
+    MISSING_NOTIFICATION = "missing_notification"  # in the statement, never booked here
+    UNKNOWN_PAYMENT = "unknown_payment"  # booked here, not in the statement
+    AMOUNT_MISMATCH = "amount_mismatch"
+    STATUS_MISMATCH = "status_mismatch"  # refunded at the channel, booked here
+    DUPLICATE = "duplicate"  # one channel transaction listed twice
+    FEE_MISMATCH = "fee_mismatch"
+    NOT_DELIVERED = "not_delivered"  # booked, past its service level, not applied at the meter
+
+
+class DiscrepancyState(StrEnum):
+    OPEN = "open"  # held for an operator, with a proposed action
+    REPAIRED = "repaired"  # repaired by the run itself (a missing notification booked from the statement)
+    CARRIED_OVER = "carried_over"  # near midnight: looked for again in the next day's statement
+    RESOLVED = "resolved"  # an operator decided
+    SUPERSEDED = "superseded"  # a later run found it matched after all
+
+
+# What an operator is offered for each class; every decision is a ledger transaction and an audit record.
+PROPOSED_ACTIONS = {
+    DiscrepancyClass.MISSING_NOTIFICATION: "booked from the statement through the exactly-once path; nothing to do",
+    DiscrepancyClass.UNKNOWN_PAYMENT: "ask the channel; if it never collected the money, reverse the booking",
+    DiscrepancyClass.AMOUNT_MISMATCH: "adjust the booking to the channel's amount, or ask the channel",
+    DiscrepancyClass.STATUS_MISMATCH: "the channel refunded the resident: reverse the booking",
+    DiscrepancyClass.DUPLICATE: "ask the channel: one transaction listed twice; gasworks booked it once",
+    DiscrepancyClass.FEE_MISMATCH: "check the fee rate agreed with the channel",
+    DiscrepancyClass.NOT_DELIVERED: "see the purchase's delivery state; reissue or call the resident",
+}

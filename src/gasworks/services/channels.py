@@ -41,7 +41,10 @@ def add_channel(
     keys: list[tuple[KeyPurpose, str, str]],  # (purpose, key id, material)
     uow: UnitOfWork,
     actor: str,
+    fee_ppm: int = 0,
 ) -> Channel:
+    if not 0 <= fee_ppm <= 100_000:
+        raise InvalidInput("a channel's fee is 0 to 100,000 parts per million (0 to 10 %)", code="INVALID_FEE")
     if not _CHANNEL_ID.match(channel_id):
         raise InvalidInput("channel id: 2-40 lower-case letters, digits and dashes", code="INVALID_CHANNEL_ID")
     given = {purpose for purpose, _, _ in keys}
@@ -59,6 +62,7 @@ def add_channel(
             kind=kind,
             name=name,
             merchant_id=merchant_id,
+            fee_ppm=fee_ppm,
             keys=tuple(ChannelKey(channel_id, key_id, purpose, material, KeyStatus.ACTIVE, now) for purpose, key_id, material in keys),
         )
         uow.channels.add(channel, now)

@@ -183,12 +183,12 @@ class Simulation:
         new_uow, actor = self.system.new_uow, "simulator"
         self.wechat_key, self.alipay_key = new_private_key_pem(), new_private_key_pem()
         channels.add_channel(
-            channel_id="wechat", kind=ChannelKind.WECHATPAY_V3, name="微信支付", merchant_id=WECHAT_MCHID,
+            channel_id="wechat", kind=ChannelKind.WECHATPAY_V3, name="微信支付", merchant_id=WECHAT_MCHID, fee_ppm=6_000,
             keys=[(KeyPurpose.VERIFY_PUBLIC_KEY, "PUB_KEY_ID_SIM", public_key_pem(self.wechat_key)), (KeyPurpose.APIV3_KEY, "apiv3-sim", APIV3_KEY)],
             uow=new_uow(), actor=actor,
         )  # fmt: skip
         channels.add_channel(
-            channel_id="alipay", kind=ChannelKind.ALIPAY, name="支付宝", merchant_id=ALIPAY_APP_ID,
+            channel_id="alipay", kind=ChannelKind.ALIPAY, name="支付宝", merchant_id=ALIPAY_APP_ID, fee_ppm=6_000,
             keys=[(KeyPurpose.VERIFY_PUBLIC_KEY, "alipay-sim", public_key_pem(self.alipay_key))], uow=new_uow(), actor=actor,
         )  # fmt: skip
         channels.add_channel(

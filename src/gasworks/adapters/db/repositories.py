@@ -95,6 +95,7 @@ class Channels:
                 kind=channel.kind.value,
                 name=channel.name,
                 merchant_id=channel.merchant_id,
+                fee_ppm=channel.fee_ppm,
                 created_at=at,
             )
         )
@@ -139,6 +140,7 @@ class Channels:
             kind=ChannelKind(row.kind),
             name=row.name,
             merchant_id=row.merchant_id,
+            fee_ppm=row.fee_ppm,
             keys=tuple(
                 ChannelKey(
                     channel_id=k.channel_id,

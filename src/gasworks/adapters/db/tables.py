@@ -104,6 +104,7 @@ channels = Table(
     Column("name", String(100), nullable=False),
     Column("merchant_id", String(64), nullable=False, server_default=""),
     Column("created_at", UtcDateTime, nullable=False),
+    Column("fee_ppm", Integer, nullable=False, server_default="0"),  # the channel's fee, parts per million
 )
 
 channel_keys = Table(
@@ -319,3 +320,71 @@ site_secrets = Table(
     Column("value", String(200), nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
 )
+
+
+statement_files = Table(
+    "statement_files",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("channel_id", ForeignKey("channels.id"), nullable=False),
+    Column("statement_date", Date, nullable=False),
+    Column("format", String(30), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("filename", String(200), nullable=False),
+    Column("lines", Integer, nullable=False),
+    Column("paid_total_fen", Fen, nullable=False),
+    Column("fee_total_fen", Fen, nullable=False),
+    Column("imported_at", UtcDateTime, nullable=False),
+    Column("imported_by", String(120), nullable=False),
+    # The same file imported twice is the same import: re-importing is a no-op.
+    UniqueConstraint("channel_id", "sha256", name="uq_statement_files_channel_sha256"),
+)
+
+statement_lines = Table(
+    "statement_lines",
+    metadata,
+    Column("file_id", ForeignKey("statement_files.id"), primary_key=True),
+    Column("line_no", Integer, primary_key=True),
+    Column("channel_txn_id", String(64), nullable=False, index=True),
+    Column("out_trade_no", String(64)),
+    Column("account_no", String(20)),
+    Column("amount_fen", Fen, nullable=False),
+    Column("fee_fen", Fen, nullable=False),
+    Column("status", String(10), nullable=False),
+    Column("paid_at", UtcDateTime),
+)
+
+reconciliation_runs = Table(
+    "reconciliation_runs",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("channel_id", ForeignKey("channels.id"), nullable=False),
+    Column("statement_date", Date, nullable=False),
+    Column("file_id", ForeignKey("statement_files.id"), nullable=False, unique=True),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("finished_at", UtcDateTime, nullable=False),
+    Column("actor", String(120), nullable=False),
+    Column("verdict", String(12), nullable=False),
+    Column("totals", JSON, nullable=False),  # {class: {"count": n, "amount_fen": fen}}
+    Column("matched", Integer, nullable=False),
+)
+
+discrepancies = Table(
+    "discrepancies",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("run_id", ForeignKey("reconciliation_runs.id"), nullable=False, index=True),
+    Column("class", String(24), nullable=False),
+    Column("state", String(14), nullable=False),
+    Column("channel_id", String(40), nullable=False),
+    Column("channel_txn_id", String(64)),
+    Column("payment_id", String(40), index=True),
+    Column("statement_amount_fen", Fen),
+    Column("gasworks_amount_fen", Fen),
+    Column("detail", String(500), nullable=False),
+    Column("proposed_action", String(300), nullable=False),
+    Column("resolved_at", UtcDateTime),
+    Column("resolved_by", String(120)),
+    Column("resolution", String(300)),
+)
+Index("ix_discrepancies_state_class", discrepancies.c.state, discrepancies.c["class"])

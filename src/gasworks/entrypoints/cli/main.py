@@ -107,6 +107,7 @@ def channels_add(
     apiv3_key_file: Annotated[Path | None, typer.Option(help="File with the 32-byte APIv3 key (wechatpay-v3).")] = None,
     hmac_secret_file: Annotated[Path | None, typer.Option(help="File with the shared secret (wallet-hmac).")] = None,
     generate_secret: Annotated[bool, typer.Option(help="Generate the wallet-hmac secret and print it once.")] = False,
+    fee_ppm: Annotated[int, typer.Option(help="The channel's fee in parts per million (0.6 % = 6000), checked in reconciliation.")] = 0,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Add a payment channel with its first keys."""
@@ -119,7 +120,7 @@ def channels_add(
     if secret is not None:
         keys.append((KeyPurpose.HMAC_SECRET, key_id, secret))
     channel = channels.add_channel(
-        channel_id=channel_id, kind=kind, name=name, merchant_id=merchant_id, keys=keys, uow=system(database_url).new_uow(), actor=cli_actor()
+        channel_id=channel_id, kind=kind, name=name, merchant_id=merchant_id, keys=keys, uow=system(database_url).new_uow(), actor=cli_actor(), fee_ppm=fee_ppm
     )
     out.print(f"channel [bold]{channel.id}[/] ({channel.kind.value}) added with keys {[k for _, k, _ in keys]}")
     if generate_secret:
