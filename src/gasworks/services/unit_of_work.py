@@ -3,6 +3,7 @@
 from typing import Protocol
 
 from gasworks.adapters.db import delivery as delivery_repos
+from gasworks.adapters.db import reconciliation as reconciliation_repos
 from gasworks.adapters.db import repositories as repos
 from gasworks.domain.clock import Clock
 from gasworks.domain.delivery import DeliveryPolicy
@@ -27,6 +28,8 @@ class UnitOfWork(Protocol):
     kiosks: delivery_repos.Kiosks
     alerts: delivery_repos.Alerts
     site_secrets: delivery_repos.SiteSecrets
+    statements: reconciliation_repos.Statements
+    reconciliations: reconciliation_repos.Reconciliations
 
     def __enter__(self) -> "UnitOfWork": ...
     def __exit__(self, *exc: object) -> None: ...

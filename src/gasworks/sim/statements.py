@@ -47,21 +47,38 @@ def _local(c: Collected) -> str:
     return c.paid_at.astimezone(LOCAL).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _fee(c: Collected) -> int:
+    return fee_fen(c.listed_amount_fen) if c.statement_fee_fen is None else c.statement_fee_fen
+
+
+def _listed(payments: list[Collected]) -> list[Collected]:
+    """The lines as the channel lists them: left-out ones missing, doubled ones twice."""
+    return [c for c in payments if not c.left_out for _ in range(2 if c.listed_twice else 1)]
+
+
 def wechat_trade_bill(day: date, payments: list[Collected]) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(WECHAT_COLUMNS)
-    for c in payments:
-        yuan, fee = fen_to_yuan_text(c.amount_fen), fen_to_yuan_text(fee_fen(c.amount_fen))
-        row = (
-            _local(c), "wxgasworks0000001", WECHAT_MCHID, "0", "", c.channel_txn_id, c.out_trade_no or "", "oGasworksResident",
-            "JSAPI", "SUCCESS", "OTHERS", "CNY", yuan, "0.00", "0", "0", "0.00", "0.00", "", "", "燃气费充值", c.account_no,
-            fee, "0.60%", yuan, "0.00", "",
-        )  # fmt: skip
-        writer.writerow(["`" + cell for cell in row])
-    total = sum(c.amount_fen for c in payments)
+    rows, paid_fen, fees_fen, refunded_fen = 0, 0, 0, 0
+    for c in _listed(payments):
+        yuan, fee = fen_to_yuan_text(c.listed_amount_fen), fen_to_yuan_text(_fee(c))
+        states = [("SUCCESS", "0.00"), ("REFUND", yuan)] if c.refunded else [("SUCCESS", "0.00")]
+        for state, refund in states:
+            row = (
+                _local(c), "wxgasworks0000001", WECHAT_MCHID, "0", "", c.channel_txn_id, c.out_trade_no or "", "oGasworksResident",
+                "JSAPI", state, "OTHERS", "CNY", yuan, "0.00", "0", "0", refund, "0.00", "", "", "燃气费充值", c.account_no,
+                fee, "0.60%", yuan, "0.00", "",
+            )  # fmt: skip
+            writer.writerow(["`" + cell for cell in row])
+            rows += 1
+            fees_fen += _fee(c)
+            if state == "SUCCESS":
+                paid_fen += c.listed_amount_fen
+            else:
+                refunded_fen += c.listed_amount_fen
     writer.writerow(WECHAT_SUMMARY_COLUMNS)
-    summary = (str(len(payments)), fen_to_yuan_text(total), "0.00", "0.00", fen_to_yuan_text(sum(fee_fen(c.amount_fen) for c in payments)), fen_to_yuan_text(total), "0.00")
+    summary = (str(rows), fen_to_yuan_text(paid_fen), fen_to_yuan_text(refunded_fen), "0.00", fen_to_yuan_text(fees_fen), fen_to_yuan_text(paid_fen), "0.00")
     writer.writerow(["`" + cell for cell in summary])
     return out.getvalue().encode("utf-8")
 
@@ -74,17 +91,21 @@ def alipay_business_bill(day: date, payments: list[Collected]) -> bytes:
     out.write("#-----------------------------------------业务明细列表----------------------------------------\r\n")
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(ALIPAY_COLUMNS)
-    for c in payments:
-        yuan = fen_to_yuan_text(c.amount_fen)
-        row = (
-            c.channel_txn_id, c.out_trade_no or "", "交易", "燃气费充值", _local(c), _local(c), "", "", "", "", "resident@alipay",
-            yuan, yuan, "0.00", "0.00", "0.00", "0.00", "0.00", "", "0.00", "0.00", "", "-" + fen_to_yuan_text(fee_fen(c.amount_fen)), "0.00", c.account_no,
-        )  # fmt: skip
-        writer.writerow([cell + "\t" if i in (0, 1) else cell for i, cell in enumerate(row)])  # Alipay tabs its ids against spreadsheets
-    total = sum(c.amount_fen for c in payments)
+    listed = _listed(payments)
+    for c in listed:
+        yuan = fen_to_yuan_text(c.listed_amount_fen)
+        kinds = [("交易", yuan), ("退款", "-" + yuan)] if c.refunded else [("交易", yuan)]
+        for kind, received in kinds:
+            row = (
+                c.channel_txn_id, c.out_trade_no or "", kind, "燃气费充值", _local(c), _local(c), "", "", "", "", "resident@alipay",
+                yuan, received, "0.00", "0.00", "0.00", "0.00", "0.00", "", "0.00", "0.00", "", "-" + fen_to_yuan_text(_fee(c)), "0.00", c.account_no,
+            )  # fmt: skip
+            writer.writerow([cell + "\t" if i in (0, 1) else cell for i, cell in enumerate(row)])  # Alipay tabs its ids against spreadsheets
+    total = sum(c.listed_amount_fen for c in listed)
+    refunds = [c for c in listed if c.refunded]
     out.write("#-----------------------------------------业务明细列表结束------------------------------------\r\n")
-    out.write(f"#交易合计：{len(payments)}笔，商家实收共{fen_to_yuan_text(total)}元，商家优惠共0.00元\r\n")
-    out.write("#退款合计：0笔，商家实收退款共0.00元，商家优惠退款共0.00元\r\n")
+    out.write(f"#交易合计：{len(listed)}笔，商家实收共{fen_to_yuan_text(total)}元，商家优惠共0.00元\r\n")
+    out.write(f"#退款合计：{len(refunds)}笔，商家实收退款共-{fen_to_yuan_text(sum(c.listed_amount_fen for c in refunds))}元，商家优惠退款共0.00元\r\n")
     out.write(f"#导出时间：[{day:%Y年%m月%d日} 23:59:59]\r\n")
     return out.getvalue().encode("gbk")
 
@@ -93,9 +114,13 @@ def plain_statement(day: date, payments: list[Collected]) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(("txn_id", "account_no", "amount_fen", "paid_at", "status"))
-    for c in payments:
-        writer.writerow((c.channel_txn_id, c.account_no, c.amount_fen, c.paid_at.isoformat(), "SUCCESS"))
-    writer.writerow(("# total", len(payments), sum(c.amount_fen for c in payments), "", ""))
+    listed = _listed(payments)
+    for c in listed:
+        writer.writerow((c.channel_txn_id, c.account_no, c.listed_amount_fen, c.paid_at.isoformat(), "SUCCESS"))
+        if c.refunded:
+            writer.writerow((c.channel_txn_id, c.account_no, c.listed_amount_fen, c.paid_at.isoformat(), "REFUND"))
+    lines = len(listed) + sum(1 for c in listed if c.refunded)
+    writer.writerow(("# total", lines, sum(c.listed_amount_fen for c in listed), "", ""))
     return out.getvalue().encode("utf-8")
 
 

@@ -92,6 +92,16 @@ class Collected:
     out_trade_no: str | None = None
     reached_gasworks: bool = False
     fault: str = ""
+    # How the channel's statement shows it (statement faults, for reconciliation):
+    refunded: bool = False  # a refund line follows the payment line
+    statement_amount_fen: int | None = None  # the channel's records disagree on the amount
+    statement_fee_fen: int | None = None  # a fee other than the agreed one
+    listed_twice: bool = False
+    left_out: bool = False  # missing from the statement altogether
+
+    @property
+    def listed_amount_fen(self) -> int:
+        return self.amount_fen if self.statement_amount_fen is None else self.statement_amount_fen
 
 
 @dataclass

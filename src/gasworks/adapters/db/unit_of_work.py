@@ -5,6 +5,7 @@ from types import TracebackType
 from sqlalchemy import Connection, Engine
 
 from gasworks.adapters.db import delivery as delivery_repos
+from gasworks.adapters.db import reconciliation as reconciliation_repos
 from gasworks.adapters.db import repositories as repos
 from gasworks.domain.clock import Clock
 from gasworks.domain.delivery import DeliveryPolicy
@@ -41,6 +42,8 @@ class SqlUnitOfWork:
         self.kiosks = delivery_repos.Kiosks(c)
         self.alerts = delivery_repos.Alerts(c)
         self.site_secrets = delivery_repos.SiteSecrets(c)
+        self.statements = reconciliation_repos.Statements(c)
+        self.reconciliations = reconciliation_repos.Reconciliations(c)
         return self
 
     def __exit__(

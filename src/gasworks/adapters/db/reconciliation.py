@@ -1,0 +1,198 @@
+"""Repositories for statements and reconciliation runs, and the bulk exports the matcher reads."""
+
+import csv
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, insert, select, update
+
+from gasworks.adapters.db import tables as t
+from gasworks.adapters.db.repositories import insert_unless_taken
+from gasworks.domain.delivery import CommandKind
+from gasworks.domain.statements import DiscrepancyClass, DiscrepancyState, Statement
+
+INSERT_BATCH = 5_000
+
+
+@dataclass(frozen=True)
+class StatementFile:
+    id: int
+    channel_id: str
+    statement_date: date
+    format: str
+    sha256: str
+    filename: str
+    lines: int
+    paid_total_fen: int
+    fee_total_fen: int
+    imported_at: datetime
+    imported_by: str
+
+
+@dataclass
+class Discrepancy:
+    id: int | None
+    run_id: int | None
+    klass: DiscrepancyClass
+    state: DiscrepancyState
+    channel_id: str
+    channel_txn_id: str | None
+    payment_id: str | None
+    statement_amount_fen: int | None
+    gasworks_amount_fen: int | None
+    detail: str
+    proposed_action: str
+    resolved_at: datetime | None = None
+    resolved_by: str | None = None
+    resolution: str | None = None
+
+
+class Statements:
+    def __init__(self, c: Connection) -> None:
+        self.c = c
+
+    def find(self, channel_id: str, sha256: str) -> StatementFile | None:
+        row = self.c.execute(select(t.statement_files).where(t.statement_files.c.channel_id == channel_id, t.statement_files.c.sha256 == sha256)).first()
+        return StatementFile(**row._mapping) if row else None
+
+    def get(self, file_id: int) -> StatementFile | None:
+        row = self.c.execute(select(t.statement_files).where(t.statement_files.c.id == file_id)).first()
+        return StatementFile(**row._mapping) if row else None
+
+    def add(self, *, channel_id: str, statement_date: date, format_: str, sha256: str, filename: str, statement: Statement, at: datetime, actor: str) -> int | None:
+        """The file and all its lines, or None if this file (by content) was imported before."""
+        file_id = self.c.execute(
+            insert_unless_taken(self.c, t.statement_files)
+            .values(
+                channel_id=channel_id, statement_date=statement_date, format=format_, sha256=sha256, filename=filename[:200],
+                lines=len(statement.lines), paid_total_fen=statement.paid_total_fen, fee_total_fen=statement.fee_total_fen,
+                imported_at=at, imported_by=actor,
+            )
+            .returning(t.statement_files.c.id)
+        ).scalar_one_or_none()  # fmt: skip
+        if file_id is None:
+            return None
+        rows = [
+            (file_id, line.line_no, line.channel_txn_id, line.out_trade_no, line.account_no, line.amount_fen, line.fee_fen, line.status.value, line.paid_at)
+            for line in statement.lines
+        ]
+        if self.c.dialect.name == "postgresql":
+            with self.c.connection.driver_connection.cursor().copy(  # type: ignore[union-attr]
+                "COPY statement_lines (file_id, line_no, channel_txn_id, out_trade_no, account_no, amount_fen, fee_fen, status, paid_at) FROM STDIN"
+            ) as copy:
+                for row in rows:
+                    copy.write_row(row)
+        else:
+            names = ("file_id", "line_no", "channel_txn_id", "out_trade_no", "account_no", "amount_fen", "fee_fen", "status", "paid_at")
+            for start in range(0, len(rows), INSERT_BATCH):
+                self.c.execute(insert(t.statement_lines), [dict(zip(names, row, strict=True)) for row in rows[start : start + INSERT_BATCH]])
+        return file_id
+
+    def export_lines(self, file_id: int, path: Path) -> int:
+        """The file's lines as CSV for the matcher: channel_txn_id,out_trade_no,account_no,amount_fen,fee_fen,status,line_no."""
+        sl = t.statement_lines
+        query = select(sl.c.channel_txn_id, sl.c.out_trade_no, sl.c.account_no, sl.c.amount_fen, sl.c.fee_fen, sl.c.status, sl.c.line_no).where(sl.c.file_id == file_id)
+        return _export(self.c, query, path, "channel_txn_id,out_trade_no,account_no,amount_fen,fee_fen,status,line_no")
+
+
+class Reconciliations:
+    def __init__(self, c: Connection) -> None:
+        self.c = c
+
+    def run_for_file(self, file_id: int) -> dict | None:
+        row = self.c.execute(select(t.reconciliation_runs).where(t.reconciliation_runs.c.file_id == file_id)).first()
+        return dict(row._mapping) if row else None
+
+    def get_run(self, run_id: int) -> dict | None:
+        row = self.c.execute(select(t.reconciliation_runs).where(t.reconciliation_runs.c.id == run_id)).first()
+        return dict(row._mapping) if row else None
+
+    def add_run(self, *, channel_id: str, statement_date: date, file_id: int, started_at: datetime, finished_at: datetime, actor: str, verdict: str, totals: dict, matched: int) -> int:
+        return self.c.execute(
+            insert(t.reconciliation_runs)
+            .values(channel_id=channel_id, statement_date=statement_date, file_id=file_id, started_at=started_at, finished_at=finished_at, actor=actor, verdict=verdict, totals=totals, matched=matched)
+            .returning(t.reconciliation_runs.c.id)
+        ).scalar_one()
+
+    def add_discrepancies(self, run_id: int, found: list[Discrepancy]) -> None:
+        for start in range(0, len(found), INSERT_BATCH):
+            self.c.execute(insert(t.discrepancies), [_discrepancy_row(run_id, d) for d in found[start : start + INSERT_BATCH]])
+
+    def discrepancies(self, *, run_id: int | None = None, state: DiscrepancyState | None = None, klass: DiscrepancyClass | None = None, channel_id: str | None = None, limit: int) -> list[Discrepancy]:
+        d = t.discrepancies
+        query = select(d).order_by(d.c.id).limit(limit)
+        for column, value in ((d.c.run_id, run_id), (d.c.state, state), (d.c["class"], klass), (d.c.channel_id, channel_id)):
+            if value is not None:
+                query = query.where(column == value)
+        return [_discrepancy(r) for r in self.c.execute(query)]
+
+    def get_discrepancy(self, discrepancy_id: int) -> Discrepancy | None:
+        row = self.c.execute(select(t.discrepancies).where(t.discrepancies.c.id == discrepancy_id).with_for_update() if self.c.dialect.name == "postgresql" else select(t.discrepancies).where(t.discrepancies.c.id == discrepancy_id)).first()
+        return _discrepancy(row) if row else None
+
+    def settle(self, discrepancy_id: int, *, state: DiscrepancyState, at: datetime, by: str, resolution: str) -> None:
+        self.c.execute(
+            update(t.discrepancies).where(t.discrepancies.c.id == discrepancy_id).values(state=state.value, resolved_at=at, resolved_by=by, resolution=resolution[:300])
+        )
+
+    def carried_over(self, channel_id: str, before: date) -> list[Discrepancy]:
+        d, r = t.discrepancies, t.reconciliation_runs
+        rows = self.c.execute(
+            select(d).join(r, r.c.id == d.c.run_id).where(d.c.channel_id == channel_id, d.c.state == DiscrepancyState.CARRIED_OVER.value, r.c.statement_date < before)
+        )
+        return [_discrepancy(x) for x in rows]
+
+    def export_payments(self, channel_id: str, received_from: datetime, received_to: datetime, path: Path) -> int:
+        """The channel's payments in the window, as CSV for the matcher, with their purchase's delivery."""
+        p, mc = t.payments, t.meter_commands
+        query = (
+            select(
+                p.c.id, p.c.channel_txn_id, p.c.amount_fen, p.c.state, p.c.account_no, func.coalesce(p.c.paid_at, p.c.received_at).label("paid_at"),
+                mc.c.id.label("command_id"), mc.c.state.label("command_state"), mc.c.route, mc.c.created_at.label("ordered_at"),
+            )
+            .outerjoin(mc, and_(mc.c.payment_id == p.c.id, mc.c.kind == CommandKind.CREDIT.value))
+            .where(p.c.channel_id == channel_id, p.c.received_at >= received_from, p.c.received_at < received_to)
+        )  # fmt: skip
+        return _export(self.c, query, path, "payment_id,channel_txn_id,amount_fen,state,account_no,paid_at,command_id,command_state,route,ordered_at")
+
+
+def _export(c: Connection, query: Any, path: Path, header: str) -> int:
+    """Stream rows to CSV: COPY on PostgreSQL (the bulk path), a cursor on SQLite."""
+    if c.dialect.name == "postgresql":
+        compiled = query.compile(dialect=c.dialect)
+        with path.open("wb") as out, c.connection.driver_connection.cursor().copy(f"COPY ({compiled}) TO STDOUT WITH (FORMAT csv)", compiled.params) as copy:  # type: ignore[union-attr]
+            out.write((header + "\n").encode())
+            for chunk in copy:
+                out.write(chunk)
+        with path.open("rb") as counted:
+            count = sum(1 for _ in counted) - 1
+        return count
+    count = 0
+    with path.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(header.split(","))
+        for row in c.execute(query):
+            writer.writerow(["" if v is None else (v.isoformat() if isinstance(v, datetime) else v) for v in row])
+            count += 1
+    return count
+
+
+def _discrepancy_row(run_id: int, d: Discrepancy) -> dict:
+    return {
+        "run_id": run_id, "class": d.klass.value, "state": d.state.value, "channel_id": d.channel_id, "channel_txn_id": d.channel_txn_id,
+        "payment_id": d.payment_id, "statement_amount_fen": d.statement_amount_fen, "gasworks_amount_fen": d.gasworks_amount_fen,
+        "detail": d.detail[:500], "proposed_action": d.proposed_action[:300],
+    }  # fmt: skip
+
+
+def _discrepancy(row: Any) -> Discrepancy:
+    m = row._mapping
+    return Discrepancy(
+        id=m["id"], run_id=m["run_id"], klass=DiscrepancyClass(m["class"]), state=DiscrepancyState(m["state"]), channel_id=m["channel_id"],
+        channel_txn_id=m["channel_txn_id"], payment_id=m["payment_id"], statement_amount_fen=m["statement_amount_fen"],
+        gasworks_amount_fen=m["gasworks_amount_fen"], detail=m["detail"], proposed_action=m["proposed_action"],
+        resolved_at=m["resolved_at"], resolved_by=m["resolved_by"], resolution=m["resolution"],
+    )  # fmt: skip
+

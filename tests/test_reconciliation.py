@@ -1,0 +1,129 @@
+"""Three-way reconciliation of the simulator's statements: each fault in its class, repairs once, reruns no-ops."""
+
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+
+from gasworks.adapters.statements import read_statement
+from gasworks.domain.statements import DiscrepancyClass, DiscrepancyState, StatementRefused
+from gasworks.services import reconciliation
+from gasworks.services.checks import check_ledger
+from gasworks.sim.statements import write_statements
+from gasworks.sim.world import LOCAL
+from tests.test_simulation import simulate
+
+
+def reconcile_all(system, files):
+    reports = []
+    for path in files:
+        channel_id, day = path.stem.rsplit("-", 3)[0], path.stem[-10:]
+        imported = reconciliation.import_statement(
+            channel_id=channel_id, statement_date=__import__("datetime").date.fromisoformat(day), filename=path.name, raw=path.read_bytes(), uow=system.new_uow(), actor="test"
+        )
+        reports.append(reconciliation.reconcile(file_id=imported.file_id, uow_factory=system.new_uow, actor="test"))
+    return reports
+
+
+@pytest.fixture
+def faulty_statements(database_url, tmp_path):
+    """A small city's days, then the statements with one fault of every class planted."""
+    sim, outcome, _ = simulate(database_url, households=80, days=3, seed=8, faults="none")
+    by_channel = {}
+    for c in outcome.collected:
+        if c.reached_gasworks and c.paid_at.astimezone(LOCAL).hour < 22:
+            by_channel.setdefault(c.channel_id, []).append(c)
+    planted = {
+        DiscrepancyClass.STATUS_MISMATCH: by_channel["wechat"][0],
+        DiscrepancyClass.FEE_MISMATCH: by_channel["wechat"][1],
+        DiscrepancyClass.UNKNOWN_PAYMENT: by_channel["wechat"][2],
+        DiscrepancyClass.AMOUNT_MISMATCH: by_channel["alipay"][0],
+        DiscrepancyClass.DUPLICATE: by_channel["wo-wallet"][0],
+    }
+    planted[DiscrepancyClass.STATUS_MISMATCH].refunded = True
+    planted[DiscrepancyClass.FEE_MISMATCH].statement_fee_fen = 1
+    planted[DiscrepancyClass.UNKNOWN_PAYMENT].left_out = True
+    planted[DiscrepancyClass.AMOUNT_MISMATCH].statement_amount_fen = planted[DiscrepancyClass.AMOUNT_MISMATCH].amount_fen - 100
+    planted[DiscrepancyClass.DUPLICATE].listed_twice = True
+    wallet = by_channel["wo-wallet"][1]
+    lost = replace(wallet, channel_txn_id="WO-LOST-0001", reached_gasworks=False, fault="wallet showed success; its request never reached gasworks")
+    outcome.collected.append(lost)
+    planted[DiscrepancyClass.MISSING_NOTIFICATION] = lost
+    files = write_statements(outcome.collected, tmp_path / "statements")
+    return sim, outcome, planted, files
+
+
+def test_every_planted_fault_is_found_in_its_class_and_the_lost_payment_is_booked_once(faulty_statements):
+    sim, outcome, planted, files = faulty_statements
+    reports = reconcile_all(sim.system, files)
+    found = {(d.klass, d.channel_txn_id): d for r in reports for d in r.discrepancies}
+    for klass, collected in planted.items():
+        assert (klass, collected.channel_txn_id) in found, f"{klass} for {collected.channel_txn_id} not found"
+    money_found = {key for key, d in found.items() if key[0] != DiscrepancyClass.NOT_DELIVERED}
+    assert money_found == {(k, c.channel_txn_id) for k, c in planted.items()}, "nothing else is a discrepancy"
+    repaired = found[(DiscrepancyClass.MISSING_NOTIFICATION, "WO-LOST-0001")]
+    assert repaired.state == DiscrepancyState.REPAIRED and repaired.payment_id
+    with sim.system.new_uow() as uow:
+        payment = uow.payments.get_by_channel_txn("wo-wallet", "WO-LOST-0001")
+        assert payment.state == "booked" and payment.method == "statement" and payment.amount_fen == planted[DiscrepancyClass.MISSING_NOTIFICATION].amount_fen
+        assert uow.meter_commands.for_payment(payment.id), "the repaired payment buys gas like any other"
+    assert {r.verdict for r in reports} <= {"clean", "repaired", "unclean"}
+    assert any(r.verdict == "unclean" for r in reports)
+    assert check_ledger(sim.system.new_uow()).ok
+
+
+def test_reconciling_the_same_file_again_changes_nothing_and_a_late_notification_books_nothing(faulty_statements):
+    sim, outcome, planted, files = faulty_statements
+    first = reconcile_all(sim.system, files)
+    again = reconcile_all(sim.system, files)
+    assert [r.run_id for r in again] == [r.run_id for r in first] and not any(r.new for r in again)
+    with sim.system.new_uow() as uow:
+        booked_before = uow.payments.totals_by_state()["booked"]
+    lost = planted[DiscrepancyClass.MISSING_NOTIFICATION]
+    sim._wallet_post(lost)  # the wallet's request finally arrives, after the repair
+    assert lost.reached_gasworks
+    with sim.system.new_uow() as uow:
+        assert uow.payments.totals_by_state()["booked"] == booked_before  # the same count and money: it booked nothing
+        assert len([p for p in uow.payments.list_for_account(lost.account_no, 100) if p.channel_txn_id == "WO-LOST-0001"]) == 1
+    assert check_ledger(sim.system.new_uow()).ok
+
+
+def test_an_operator_reverses_a_refunded_payment_and_adjusts_an_amount_with_ledger_transactions(faulty_statements):
+    sim, _, planted, files = faulty_statements
+    reconcile_all(sim.system, files)
+    with sim.system.new_uow() as uow:
+        open_ = {d.klass: d for d in uow.reconciliations.discrepancies(state=DiscrepancyState.OPEN, limit=100)}
+        clearing_before = uow.ledger.totals_by_kind()["clearing"]
+    refunded = reconciliation.decide(open_[DiscrepancyClass.STATUS_MISMATCH].id, "reverse", "refunded at WeChat on the resident's request", sim.system.new_uow(), actor="op:wang")
+    adjusted = reconciliation.decide(open_[DiscrepancyClass.AMOUNT_MISMATCH].id, "adjust", "Alipay's amount is right", sim.system.new_uow(), actor="op:wang")
+    assert refunded.state == adjusted.state == DiscrepancyState.RESOLVED and "ledger transaction" in refunded.resolution
+    with sim.system.new_uow() as uow:
+        clearing_after = uow.ledger.totals_by_kind()["clearing"]
+        audit = {a["action"] for a in uow.audit.list(limit=50)}
+    assert clearing_before - clearing_after == planted[DiscrepancyClass.STATUS_MISMATCH].amount_fen + 100
+    assert {"discrepancy.reverse", "discrepancy.adjust"} <= audit
+    with pytest.raises(Exception, match="DISCREPANCY_NOT_OPEN|is resolved"):
+        reconciliation.decide(open_[DiscrepancyClass.STATUS_MISMATCH].id, "reverse", "again", sim.system.new_uow(), actor="op:wang")
+    assert check_ledger(sim.system.new_uow()).ok
+
+
+@pytest.mark.parametrize(
+    ("mangle", "fmt", "code"),
+    [
+        (lambda raw: raw.decode("gbk").encode("utf-8"), "alipay-business-bill", "STATEMENT_ENCODING"),
+        (lambda raw: raw.replace("应结订单金额".encode(), "金额".encode(), 1), "wechat-trade-bill", "STATEMENT_COLUMNS"),
+        (lambda raw: raw[: raw.rfind("总交易单数".encode())], "wechat-trade-bill", "STATEMENT_TRUNCATED"),
+        (lambda raw: raw.replace(b"# total,", b"# total,9", 1), "plain-csv", "STATEMENT_TOTALS"),
+        (lambda raw: raw.replace("#交易合计：".encode("gbk"), "#交易合计：9".encode("gbk"), 1), "alipay-business-bill", "STATEMENT_TOTALS"),
+    ],
+)
+def test_a_bad_file_is_refused_with_its_reason_and_nothing_is_imported(faulty_statements, mangle, fmt, code):
+    sim, _, _, files = faulty_statements
+    prefix = {"alipay-business-bill": "alipay", "wechat-trade-bill": "wechat", "plain-csv": "wo-wallet"}[fmt]
+    path = next(p for p in files if p.name.startswith(prefix + "-"))
+    raw = mangle(path.read_bytes())
+    with pytest.raises(StatementRefused) as refused:
+        reconciliation.import_statement(channel_id=prefix, statement_date=__import__("datetime").date.fromisoformat(path.stem[-10:]), filename=path.name, raw=raw, uow=sim.system.new_uow(), actor="test")
+    assert refused.value.code == code
+    with sim.system.new_uow() as uow:
+        assert uow.statements.find(prefix, __import__("hashlib").sha256(raw).hexdigest()) is None
