@@ -1,7 +1,8 @@
 """Three-way reconciliation of the simulator's statements: each fault in its class, repairs once, reruns no-ops."""
 
+import hashlib
 from dataclasses import replace
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 
 import pytest
 
@@ -10,7 +11,7 @@ from gasworks.domain.statements import DiscrepancyClass, DiscrepancyState, State
 from gasworks.services import reconciliation
 from gasworks.services.checks import check_ledger
 from gasworks.sim.statements import write_statements
-from gasworks.sim.world import LOCAL
+from gasworks.sim.world import LOCAL, Collected
 from tests.test_simulation import simulate
 
 
@@ -19,7 +20,7 @@ def reconcile_all(system, files):
     for path in files:
         channel_id, day = path.stem.rsplit("-", 3)[0], path.stem[-10:]
         imported = reconciliation.import_statement(
-            channel_id=channel_id, statement_date=__import__("datetime").date.fromisoformat(day), filename=path.name, raw=path.read_bytes(), uow=system.new_uow(), actor="test"
+            channel_id=channel_id, statement_date=date.fromisoformat(day), filename=path.name, raw=path.read_bytes(), uow=system.new_uow(), actor="test"
         )
         reports.append(reconciliation.reconcile(file_id=imported.file_id, uow_factory=system.new_uow, actor="test"))
     return reports
@@ -123,7 +124,41 @@ def test_a_bad_file_is_refused_with_its_reason_and_nothing_is_imported(faulty_st
     path = next(p for p in files if p.name.startswith(prefix + "-"))
     raw = mangle(path.read_bytes())
     with pytest.raises(StatementRefused) as refused:
-        reconciliation.import_statement(channel_id=prefix, statement_date=__import__("datetime").date.fromisoformat(path.stem[-10:]), filename=path.name, raw=raw, uow=sim.system.new_uow(), actor="test")
+        reconciliation.import_statement(channel_id=prefix, statement_date=date.fromisoformat(path.stem[-10:]), filename=path.name, raw=raw, uow=sim.system.new_uow(), actor="test")
     assert refused.value.code == code
     with sim.system.new_uow() as uow:
-        assert uow.statements.find(prefix, __import__("hashlib").sha256(raw).hexdigest()) is None
+        assert uow.statements.find(prefix, date.fromisoformat(path.stem[-10:]), hashlib.sha256(raw).hexdigest()) is None
+
+
+def _wallet_statement(tmp_path, day, payments):
+    from gasworks.sim.statements import plain_statement
+
+    path = tmp_path / f"wo-wallet-{day.isoformat()}.csv"
+    path.write_bytes(plain_statement(day, payments))
+    return path
+
+
+@pytest.mark.parametrize("in_next_file", [True, False])
+def test_a_payment_just_before_midnight_is_carried_over_to_the_next_days_file(system, tmp_path, in_next_file):
+    from gasworks.domain.channels import PaymentNotice
+    from gasworks.services.intake import accept_payment
+    from tests.support import ACCOUNT_NO, set_up
+
+    set_up(system)
+    day = date(2026, 11, 22)
+    late_at = datetime(2026, 11, 22, 23, 50, tzinfo=LOCAL)
+    accept_payment(PaymentNotice("wo-wallet", "WO-2350", 5_000, late_at, account_no=ACCOUNT_NO), system.new_uow())
+    late = Collected("wo-wallet", "WO-2350", ACCOUNT_NO, 5_000, late_at + timedelta(minutes=20))  # the wallet dates it after midnight
+    first = reconcile_all(system, [_wallet_statement(tmp_path, day, [])])[0]
+    [carried] = first.discrepancies
+    assert (carried.klass, carried.state) == (DiscrepancyClass.UNKNOWN_PAYMENT, DiscrepancyState.CARRIED_OVER)
+    assert first.verdict == "clean"  # not missing yet
+    second = reconcile_all(system, [_wallet_statement(tmp_path, day + timedelta(days=1), [late] if in_next_file else [])])[0]
+    with system.new_uow() as uow:
+        assert uow.reconciliations.discrepancies(run_id=first.run_id, limit=10)[0].state == DiscrepancyState.SUPERSEDED
+    if in_next_file:
+        assert second.discrepancies == [] and second.verdict == "clean" and second.matched == 1
+    else:
+        [missing] = second.discrepancies
+        assert (missing.klass, missing.state, missing.channel_txn_id) == (DiscrepancyClass.UNKNOWN_PAYMENT, DiscrepancyState.OPEN, "WO-2350")
+        assert second.verdict == "unclean"

@@ -60,7 +60,7 @@ def import_statement(*, channel_id: str, statement_date: date, filename: str, ra
     with uow:
         channel = require_channel(uow, channel_id)
         format_ = format_ or format_for(channel)
-        existing = uow.statements.find(channel_id, sha256)
+        existing = uow.statements.find(channel_id, statement_date, sha256)
         if existing is not None:
             return Imported(existing.id, False, existing.lines)
     statement = read_statement(format_, raw)  # refuses the whole file, with the line and the reason
@@ -71,7 +71,7 @@ def import_statement(*, channel_id: str, statement_date: date, filename: str, ra
             statement=statement, at=now, actor=actor,
         )  # fmt: skip
         if file_id is None:  # imported by someone else meanwhile
-            existing = uow.statements.find(channel_id, sha256)
+            existing = uow.statements.find(channel_id, statement_date, sha256)
             assert existing is not None
             return Imported(existing.id, False, existing.lines)
         uow.audit.append(

@@ -53,8 +53,9 @@ class Statements:
     def __init__(self, c: Connection) -> None:
         self.c = c
 
-    def find(self, channel_id: str, sha256: str) -> StatementFile | None:
-        row = self.c.execute(select(t.statement_files).where(t.statement_files.c.channel_id == channel_id, t.statement_files.c.sha256 == sha256)).first()
+    def find(self, channel_id: str, statement_date: date, sha256: str) -> StatementFile | None:
+        f = t.statement_files
+        row = self.c.execute(select(f).where(f.c.channel_id == channel_id, f.c.statement_date == statement_date, f.c.sha256 == sha256)).first()
         return StatementFile(**row._mapping) if row else None
 
     def get(self, file_id: int) -> StatementFile | None:

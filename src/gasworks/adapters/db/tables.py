@@ -336,8 +336,9 @@ statement_files = Table(
     Column("fee_total_fen", Fen, nullable=False),
     Column("imported_at", UtcDateTime, nullable=False),
     Column("imported_by", String(120), nullable=False),
-    # The same file imported twice is the same import: re-importing is a no-op.
-    UniqueConstraint("channel_id", "sha256", name="uq_statement_files_channel_sha256"),
+    # The same file imported twice for the same day is the same import: re-importing is a no-op.
+    # (Two days can have identical files, an empty day's for instance: the day is part of the key.)
+    UniqueConstraint("channel_id", "statement_date", "sha256", name="uq_statement_files_channel_date_sha256"),
 )
 
 statement_lines = Table(

@@ -32,7 +32,7 @@ def upgrade() -> None:
     sa.Column('imported_by', sa.String(length=120), nullable=False),
     sa.ForeignKeyConstraint(['channel_id'], ['channels.id'], name=op.f('fk_statement_files_channel_id_channels')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_statement_files')),
-    sa.UniqueConstraint('channel_id', 'sha256', name='uq_statement_files_channel_sha256')
+    sa.UniqueConstraint('channel_id', 'statement_date', 'sha256', name='uq_statement_files_channel_date_sha256')
     )
     op.create_table('reconciliation_runs',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
