@@ -162,3 +162,48 @@ def test_a_payment_just_before_midnight_is_carried_over_to_the_next_days_file(sy
         [missing] = second.discrepancies
         assert (missing.klass, missing.state, missing.channel_txn_id) == (DiscrepancyClass.UNKNOWN_PAYMENT, DiscrepancyState.OPEN, "WO-2350")
         assert second.verdict == "unclean"
+
+
+def test_an_operator_uploads_a_statement_over_http_and_exports_the_run(faulty_statements):
+    from fastapi.testclient import TestClient
+
+    from gasworks.entrypoints.api.app import create_app
+    from gasworks.services.access import Role
+    from tests.support import api_key
+
+    sim, _, planted, files = faulty_statements
+    client = TestClient(create_app(sim.system))
+    operator = {"Authorization": f"Bearer {api_key(sim.system, Role.OPERATOR)}"}
+    auditor = {"Authorization": f"Bearer {api_key(sim.system, Role.AUDITOR)}"}
+    path = next(p for p in files if p.name.startswith("wechat-") and planted[DiscrepancyClass.FEE_MISMATCH].channel_txn_id.encode() in p.read_bytes())
+    params = {"channel_id": "wechat", "date": path.stem[-10:], "filename": path.name}
+    run = client.post("/v1/statements", params=params, content=path.read_bytes(), headers=operator)
+    assert run.status_code == 200, run.text
+    assert any(d["class"] == "fee_mismatch" for d in run.json()["discrepancies"])
+    again = client.post("/v1/statements", params=params, content=path.read_bytes(), headers=operator)
+    assert again.json()["run_id"] == run.json()["run_id"]
+    exported = client.get(f"/v1/reconciliations/{run.json()['run_id']}/discrepancies.csv", headers=auditor)
+    assert exported.status_code == 200 and exported.text.startswith("id,class,state") and "fee_mismatch" in exported.text
+    bad = client.post("/v1/statements", params=params | {"date": "2026-01-01"}, content=b"garbage", headers=operator)
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "STATEMENT_COLUMNS"  # "garbage" has no WeChat header
+    assert client.post("/v1/statements", params=params, content=path.read_bytes(), headers=auditor).status_code == 403
+    held = client.get("/v1/discrepancies", params={"class": "fee_mismatch"}, headers=auditor).json()
+    decided = client.post(f"/v1/discrepancies/{held[0]['id']}/decisions", json={"decision": "accept", "reason": "rate changed on the 1st"}, headers=operator)
+    assert decided.status_code == 200 and decided.json()["state"] == "resolved"
+    refused = client.post(f"/v1/discrepancies/{held[0]['id']}/decisions", json={"decision": "reverse", "reason": "x"}, headers=operator)
+    assert refused.status_code == 409
+
+
+def test_the_command_line_reconciles_a_file_and_says_unclean_with_exit_1(faulty_statements, tmp_path):
+    from typer.testing import CliRunner
+
+    from gasworks.entrypoints.cli.main import app
+
+    sim, _, planted, files = faulty_statements
+    url = sim.system.settings.database_url
+    path = next(p for p in files if p.name.startswith("alipay-") and planted[DiscrepancyClass.AMOUNT_MISMATCH].channel_txn_id.encode() in p.read_bytes())
+    result = CliRunner().invoke(app, ["reconcile", str(path), "--channel", "alipay", "--date", path.stem[-10:], "--csv", str(tmp_path / "out.csv"), "--database-url", url])
+    assert result.exit_code == 1 and "verdict: unclean" in result.output and "amount_mismatch" in result.output
+    assert "amount_mismatch" in (tmp_path / "out.csv").read_text()
+    bad = CliRunner().invoke(app, ["reconcile", str(path), "--channel", "alipay", "--date", "yesterday", "--database-url", url])
+    assert bad.exit_code == 2 and "INVALID_DATE" in bad.output

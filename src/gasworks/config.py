@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     request_body_bytes_max: int = 64 * 1024
     payment_fen_max: int = 5_000_000  # ¥50,000 in one payment; larger needs a counter
     page_size_max: int = 500
+    statement_bytes_max: int = 512 * 1024 * 1024  # an uploaded statement file
 
     # Meter delivery (see domain/delivery.py DeliveryPolicy for what each bound does).
     local_timezone: str = "Asia/Shanghai"  # the tier year and the resident's page use local time

@@ -294,3 +294,32 @@ def decide(discrepancy_id: int, decision: str, reason: str, uow: UnitOfWork, *, 
         uow.commit()
         d.state, d.resolution, d.resolved_by, d.resolved_at = DiscrepancyState.RESOLVED, resolution, actor, now
         return d
+
+
+REPORT_COLUMNS = (
+    "id", "class", "state", "channel_id", "channel_txn_id", "payment_id", "statement_amount_fen", "gasworks_amount_fen", "detail", "proposed_action", "resolution",
+)  # fmt: skip
+
+
+def report_csv(report: RunReport) -> str:
+    """The run as CSV: one line per discrepancy, for spreadsheets and auditors."""
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(REPORT_COLUMNS)
+    for d in report.discrepancies:
+        writer.writerow(
+            (d.id, d.klass.value, d.state.value, d.channel_id, d.channel_txn_id or "", d.payment_id or "", "" if d.statement_amount_fen is None else d.statement_amount_fen,
+             "" if d.gasworks_amount_fen is None else d.gasworks_amount_fen, d.detail, d.proposed_action, d.resolution or "")
+        )  # fmt: skip
+    return out.getvalue()
+
+
+def get_report(run_id: int, uow: UnitOfWork) -> RunReport:
+    with uow:
+        run = uow.reconciliations.get_run(run_id)
+        if run is None:
+            raise NotFound(f"no reconciliation run {run_id}", code="RUN_NOT_FOUND")
+        return _report(uow, run, new=False)

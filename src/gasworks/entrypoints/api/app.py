@@ -22,6 +22,7 @@ from gasworks.domain.money import check_payment_amount
 from gasworks.domain.payments import PaymentState
 from gasworks.entrypoints.api import schemas as s
 from gasworks.entrypoints.api.delivery_routes import delivery_routes, resident_url
+from gasworks.entrypoints.api.reconciliation_routes import reconciliation_routes
 from gasworks.entrypoints.api.resident_page import resident_routes
 from gasworks.observability import intake_refusals, intake_seconds, payments_taken
 from gasworks.services import access, accounts, checks, intake, notifications, orders
@@ -264,4 +265,5 @@ def create_app(system: System) -> FastAPI:
 
     app.include_router(delivery_routes(system, caller, ERROR_RESPONSES))
     app.include_router(resident_routes(system))
+    app.include_router(reconciliation_routes(system, caller, ERROR_RESPONSES, read_body))
     return app

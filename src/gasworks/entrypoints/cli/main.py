@@ -13,6 +13,7 @@ from gasworks.domain.channels import ChannelKind, KeyPurpose
 from gasworks.domain.money import fen_to_yuan_text
 from gasworks.entrypoints.cli.common import DatabaseUrl, cli_actor, cli_errors, err, out, system
 from gasworks.entrypoints.cli.delivery_commands import register as register_delivery
+from gasworks.entrypoints.cli.reconcile_commands import register as register_reconciliation
 from gasworks.services import access, accounts, channels, checks
 from gasworks.services.access import Role
 
@@ -225,3 +226,4 @@ def accounts_show(account_no: str, database_url: DatabaseUrl = None) -> None:
 
 
 register_delivery(app)
+register_reconciliation(app)
