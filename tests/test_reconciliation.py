@@ -68,6 +68,7 @@ def test_every_planted_fault_is_found_in_its_class_and_the_lost_payment_is_booke
         payment = uow.payments.get_by_channel_txn("wo-wallet", "WO-LOST-0001")
         assert payment.state == "booked" and payment.method == "statement" and payment.amount_fen == planted[DiscrepancyClass.MISSING_NOTIFICATION].amount_fen
         assert uow.meter_commands.for_payment(payment.id), "the repaired payment buys gas like any other"
+        assert uow.audit.list(limit=5, subject=f"payment:{payment.id}")[0]["action"] == "payment.booked_from_statement"
     assert {r.verdict for r in reports} <= {"clean", "repaired", "unclean"}
     assert any(r.verdict == "unclean" for r in reports)
     assert check_ledger(sim.system.new_uow()).ok

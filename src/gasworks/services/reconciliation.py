@@ -120,7 +120,7 @@ def reconcile(*, file_id: int, uow_factory: Callable[[], UnitOfWork], actor: str
     step("repairing")
     for discrepancy in found:
         if discrepancy.klass == DiscrepancyClass.MISSING_NOTIFICATION:
-            _book_from_statement(discrepancy, channel, uow_factory, file_id)
+            _book_from_statement(discrepancy, channel, uow_factory, file_id, actor)
     with uow_factory() as uow:
         now = uow.clock.now()
         for old in carried:
@@ -218,7 +218,7 @@ def _match(lines_csv: Path, payments_csv: Path, *, channel: Channel, day_start: 
     return found, int(matched)
 
 
-def _book_from_statement(d: Discrepancy, channel: Channel, uow_factory: Callable[[], UnitOfWork], file_id: int) -> None:
+def _book_from_statement(d: Discrepancy, channel: Channel, uow_factory: Callable[[], UnitOfWork], file_id: int, actor: str) -> None:
     """The repair for a lost notification: the statement line becomes the notification."""
     _, out_trade_no, account_no = d.detail.split("|")
     d.detail = d.detail.split("|")[0]
@@ -231,6 +231,13 @@ def _book_from_statement(d: Discrepancy, channel: Channel, uow_factory: Callable
     d.payment_id = taken.payment_id
     d.state = DiscrepancyState.REPAIRED
     d.detail += f"; booked from statement file {file_id} as {taken.payment_id} ({taken.state})"
+    if not taken.duplicate:
+        with uow_factory() as uow:
+            uow.audit.append(
+                at=uow.clock.now(), actor=actor, action="payment.booked_from_statement", subject=f"payment:{taken.payment_id}",
+                detail={"channel_id": channel.id, "channel_txn_id": d.channel_txn_id, "statement_file": file_id, "amount_fen": d.statement_amount_fen, "state": taken.state.value},
+            )  # fmt: skip
+            uow.commit()
 
 
 # ---- operators' decisions ----------------------------------------------------------------------
