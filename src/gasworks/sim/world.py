@@ -406,16 +406,16 @@ class Simulation:
 
     def _wallet_post(self, c: Collected) -> None:
         path = "/v1/channels/wo-wallet/payments"
-        headers, body = self.wallet.payment(path=path, txn_id=c.channel_txn_id, account_no=c.account_no, amount_fen=c.amount_fen, at=self.clock.now())
+        headers, body = self.wallet.payment(path=path, txn_id=c.channel_txn_id, account_no=c.account_no, amount_fen=c.amount_fen, at=self.clock.now(), paid_at=c.paid_at)
         reply = self.client.post(path, content=body, headers=headers)
         c.reached_gasworks |= reply.status_code == 200
 
     def _notify(self, c: Collected) -> None:
         assert c.out_trade_no is not None
         if c.channel_id == "wechat":
-            headers, body = self.wechat.notification(out_trade_no=c.out_trade_no, transaction_id=c.channel_txn_id, amount_fen=c.amount_fen, at=self.clock.now())
+            headers, body = self.wechat.notification(out_trade_no=c.out_trade_no, transaction_id=c.channel_txn_id, amount_fen=c.amount_fen, at=self.clock.now(), paid_at=c.paid_at)
         else:
-            headers, body = self.alipay.notification(out_trade_no=c.out_trade_no, trade_no=c.channel_txn_id, amount_fen=c.amount_fen, at=self.clock.now())
+            headers, body = self.alipay.notification(out_trade_no=c.out_trade_no, trade_no=c.channel_txn_id, amount_fen=c.amount_fen, at=self.clock.now(), paid_at=c.paid_at)
         reply = self.client.post(f"/v1/channels/{c.channel_id}/notify", content=body, headers=headers)
         c.reached_gasworks |= reply.status_code == 200 and reply.content != b"failure"  # WeChat refuses with 4xx, Alipay with "failure"
 

@@ -126,8 +126,10 @@ class AlipayNotifier:
         at: datetime,
         trade_status: str = "TRADE_SUCCESS",
         extra: dict[str, str] | None = None,
+        paid_at: datetime | None = None,  # when the resident paid, if earlier than this (re)send
     ) -> tuple[dict[str, str], bytes]:
         at_beijing = at.astimezone(BEIJING).strftime("%Y-%m-%d %H:%M:%S")
+        paid_beijing = (paid_at or at).astimezone(BEIJING).strftime("%Y-%m-%d %H:%M:%S")
         params = {
             "notify_time": at_beijing,
             "notify_type": "trade_status_sync",
@@ -140,7 +142,7 @@ class AlipayNotifier:
             "trade_status": trade_status,
             "total_amount": fen_to_yuan_text(amount_fen),
             "receipt_amount": fen_to_yuan_text(amount_fen),
-            "gmt_payment": at_beijing,
+            "gmt_payment": paid_beijing,
             "subject": "燃气费充值",
             **(extra or {}),
         }

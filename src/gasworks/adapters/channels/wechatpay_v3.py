@@ -156,6 +156,7 @@ class WechatPayV3Notifier:
         trade_state: str = "SUCCESS",
         event_type: str = SUCCESS_EVENT,
         nonce: str | None = None,
+        paid_at: datetime | None = None,  # when the resident paid, if earlier than this (re)send
     ) -> tuple[dict[str, str], bytes]:
         transaction = {
             "mchid": self.mchid,
@@ -166,7 +167,7 @@ class WechatPayV3Notifier:
             "trade_state": trade_state,
             "trade_state_desc": "支付成功",
             "bank_type": "OTHERS",
-            "success_time": at.isoformat(timespec="seconds"),
+            "success_time": (paid_at or at).isoformat(timespec="seconds"),
             "payer": {"openid": "oGasworksResident"},
             "amount": {"total": amount_fen, "payer_total": amount_fen, "currency": "CNY", "payer_currency": "CNY"},
         }

@@ -1,6 +1,7 @@
 """`gasworks demo`: a simulated city runs through the real gasworks, then the outcome is shown."""
 
 import time
+from collections import Counter
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
@@ -21,8 +22,9 @@ from gasworks.domain.errors import Conflict, InvalidInput
 from gasworks.domain.money import fen_to_yuan_text
 from gasworks.entrypoints.cli.common import cli_errors, out
 from gasworks.observability import configure_logging
-from gasworks.services import access
+from gasworks.services import access, reconciliation
 from gasworks.services.access import Role
+from gasworks.services.checks import check_ledger
 from gasworks.services.timeline import resident_token
 from gasworks.sim.city import build_city
 from gasworks.sim.outcome import Report, summarise
@@ -110,6 +112,8 @@ def demo(
     show(report)
     files = write_statements(outcome.collected, statements_dir)
     out.print(f"\nthe channels' daily statements: {len(files)} files in {statements_dir}/ (WeChat trade bill, Alipay GBK bill, plain CSV)")
+    if not _reconcile_all(system, files):
+        raise typer.Exit(1)
     out.print(f"\nsimulated {days} days of {households:,} households in {time.perf_counter() - started:.0f} s")
     _next_steps(system, report, database_url)
     if not report.money.holds or report.truth_violations:
@@ -170,6 +174,35 @@ def show(report: Report) -> None:
     out.print(f"money check: {verdict}")
     truth = "[bold green]never[/]" if not report.truth_violations else f"[bold red]{len(report.truth_violations)} times[/]: {report.truth_violations[:3]}"
     out.print(f"'gas available' shown before the meter applied it: {truth} ({report.truth_checks:,} purchases checked as they were applied)")
+
+
+def _reconcile_all(system, files: list[Path]) -> bool:  # noqa: ANN001
+    """Reconcile every statement the channels wrote; True if the ledger still holds afterwards."""
+    verdicts: Counter = Counter()
+    classes: Counter = Counter()
+    repaired_fen = 0
+    for path in files:
+        channel_id, day = path.stem[:-11], date.fromisoformat(path.stem[-10:])
+        imported = reconciliation.import_statement(channel_id=channel_id, statement_date=day, filename=path.name, raw=path.read_bytes(), uow=system.new_uow(), actor="demo")
+        run = reconciliation.reconcile(file_id=imported.file_id, uow_factory=system.new_uow, actor="demo")
+        verdicts[run.verdict] += 1
+        for d in run.discrepancies:
+            classes[(d.klass.value, d.state.value)] += 1
+            if d.state.value == "repaired":
+                repaired_fen += d.statement_amount_fen or 0
+    table = Table(title="three-way reconciliation of those statements", title_justify="left")
+    table.add_column("class")
+    table.add_column("state")
+    table.add_column("count", justify="right")
+    for (klass, state), n in sorted(classes.items()):
+        table.add_row(klass, state, f"{n:,}")
+    out.print(table)
+    ledger = check_ledger(system.new_uow())
+    out.print(
+        f"runs: {', '.join(f'{n} {v}' for v, n in sorted(verdicts.items()))}; booked from statements: {_yuan(repaired_fen)}; "
+        f"ledger after repairs: {'[bold green]holds[/]' if ledger.ok else '[bold red]BROKEN[/]'}"
+    )
+    return ledger.ok
 
 
 def _next_steps(system, report: Report, database_url: str) -> None:  # noqa: ANN001
