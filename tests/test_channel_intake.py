@@ -427,3 +427,16 @@ def test_nonces_are_forgotten_once_their_timestamps_could_no_longer_pass(env):
     assert forget_old_nonces(system.new_uow(), skew_s=system.settings.notification_clock_skew_s) == 0
     system.clock.advance(2)
     assert forget_old_nonces(system.new_uow(), skew_s=system.settings.notification_clock_skew_s) == 1
+
+
+def test_a_kiosk_dates_its_payment_by_its_own_clock_within_bounds(env):
+    system, _, client, auditor = env
+    device = {"Authorization": f"Bearer {api_key(system, Role.DEVICE, channel_id='kiosk')}"}
+    taken_at = system.clock.now() - timedelta(hours=3)  # offline for a while, sending what it took
+    body = {"txn_id": "K-77", "account_no": OTHER_ACCOUNT_NO, "amount_fen": 2000, "method": "cash", "paid_at": taken_at.isoformat()}
+    paid = client.post("/v1/devices/payments", json=body, headers=device)
+    assert paid.status_code == 200, paid.text
+    assert client.get(f"/v1/payments/{paid.json()['payment_id']}", headers=auditor).json()["paid_at"].startswith(taken_at.strftime("%Y-%m-%dT%H:%M"))
+    for bad in (system.clock.now() + timedelta(hours=1), system.clock.now() - timedelta(days=8)):
+        refused = client.post("/v1/devices/payments", json=body | {"txn_id": "K-78", "paid_at": bad.isoformat()}, headers=device)
+        assert refused.status_code == 422 and refused.json()["error"]["code"] == "INVALID_PAID_AT"

@@ -110,13 +110,15 @@ def reconcile(*, file_id: int, uow_factory: Callable[[], UnitOfWork], actor: str
     day_start = datetime.combine(statement_file.statement_date, time(0), tz)
     day_end = day_start + timedelta(days=1)
     with tempfile.TemporaryDirectory(prefix="gasworks-reconcile-") as work:
-        lines_csv, payments_csv = Path(work) / "lines.csv", Path(work) / "payments.csv"
+        lines_csv, payments_csv, near_csv = Path(work) / "lines.csv", Path(work) / "payments.csv", Path(work) / "near.csv"
         step("exporting")
         with uow_factory() as uow:
             uow.statements.export_lines(file_id, lines_csv)
+            day = statement_file.statement_date
+            uow.statements.export_neighbour_txns(channel.id, day - timedelta(days=PAYMENT_WINDOW_DAYS), day + timedelta(days=PAYMENT_WINDOW_DAYS), file_id, near_csv)
             uow.reconciliations.export_payments(channel.id, day_start - timedelta(days=PAYMENT_WINDOW_DAYS), day_end + timedelta(days=PAYMENT_WINDOW_DAYS), payments_csv)
         step("matching")
-        found, matched = _match(lines_csv, payments_csv, channel=channel, day_start=day_start, day_end=day_end, now=started, carried=carried)
+        found, matched = _match(lines_csv, payments_csv, near_csv, channel=channel, day_start=day_start, day_end=day_end, now=started, carried=carried)
     step("repairing")
     for discrepancy in found:
         if discrepancy.klass == DiscrepancyClass.MISSING_NOTIFICATION:
@@ -158,7 +160,7 @@ def _report(uow: UnitOfWork, run: dict, *, new: bool) -> RunReport:
     return RunReport(run["id"], run["channel_id"], run["statement_date"], run["verdict"], run["matched"], run["totals"], found, new)
 
 
-def _match(lines_csv: Path, payments_csv: Path, *, channel: Channel, day_start: datetime, day_end: datetime, now: datetime, carried: list[Discrepancy]) -> tuple[list[Discrepancy], int]:
+def _match(lines_csv: Path, payments_csv: Path, near_csv: Path, *, channel: Channel, day_start: datetime, day_end: datetime, now: datetime, carried: list[Discrepancy]) -> tuple[list[Discrepancy], int]:
     db = duckdb.connect()
     db.execute(
         "CREATE TABLE s AS SELECT * FROM read_csv(?, header=true, columns={'channel_txn_id':'VARCHAR','out_trade_no':'VARCHAR','account_no':'VARCHAR',"
@@ -170,6 +172,7 @@ def _match(lines_csv: Path, payments_csv: Path, *, channel: Channel, day_start: 
         "'state':'VARCHAR','account_no':'VARCHAR','paid_at':'TIMESTAMPTZ','command_id':'BIGINT','command_state':'VARCHAR','route':'VARCHAR','ordered_at':'TIMESTAMPTZ'})",
         [str(payments_csv)],
     )
+    db.execute("CREATE TABLE near AS SELECT * FROM read_csv(?, header=true, columns={'channel_txn_id':'VARCHAR'})", [str(near_csv)])
     found: list[Discrepancy] = []
 
     def add(klass: DiscrepancyClass, txn: str | None, payment_id: str | None, statement_fen: int | None, gasworks_fen: int | None, detail: str, state: DiscrepancyState = DiscrepancyState.OPEN) -> None:
@@ -200,6 +203,7 @@ def _match(lines_csv: Path, payments_csv: Path, *, channel: Channel, day_start: 
     # Times go into DuckDB as ISO text and come back as flags or text: no timezone library needed.
     for payment_id, txn, amount, near_midnight in db.execute(
         "SELECT p.payment_id, p.channel_txn_id, p.amount_fen, p.paid_at >= ?::TIMESTAMPTZ FROM p ANTI JOIN s ON s.channel_txn_id = p.channel_txn_id "
+        "ANTI JOIN near ON near.channel_txn_id = p.channel_txn_id "
         "WHERE p.state IN ('booked', 'held') AND ((p.paid_at >= ?::TIMESTAMPTZ AND p.paid_at < ?::TIMESTAMPTZ) OR p.channel_txn_id IN (SELECT unnest(?::VARCHAR[])))",
         [carry_from.isoformat(), day_start.isoformat(), day_end.isoformat(), sorted(t for t in carried_txns if t)],
     ).fetchall():

@@ -472,7 +472,8 @@ class Simulation:
         self.at(self.clock.now() + timedelta(minutes=self.rng.randrange(10, 12 * 60)), "insert card", lambda: self._insert_card(h))
 
     def _device_pay(self, c: Collected, device: dict) -> None:
-        reply = self.client.post("/v1/devices/payments", headers=device, json={"txn_id": c.channel_txn_id, "account_no": c.account_no, "amount_fen": c.amount_fen, "method": "cash"})
+        body = {"txn_id": c.channel_txn_id, "account_no": c.account_no, "amount_fen": c.amount_fen, "method": "cash", "paid_at": c.paid_at.isoformat()}
+        reply = self.client.post("/v1/devices/payments", headers=device, json=body)
         c.reached_gasworks |= reply.status_code == 200
 
     def _insert_card(self, h: Household) -> None:

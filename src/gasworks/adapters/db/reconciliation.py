@@ -98,6 +98,18 @@ class Statements:
         return _export(self.c, query, path, "channel_txn_id,out_trade_no,account_no,amount_fen,fee_fen,status,line_no")
 
 
+    def export_neighbour_txns(self, channel_id: str, date_from: date, date_to: date, exclude_file_id: int, path: Path) -> int:
+        """Transaction ids in the channel's other statements of nearby days: a payment dated one day
+        by gasworks and the next by the channel is not unknown."""
+        sl, f = t.statement_lines, t.statement_files
+        query = (
+            select(sl.c.channel_txn_id)
+            .join(f, f.c.id == sl.c.file_id)
+            .where(f.c.channel_id == channel_id, f.c.statement_date >= date_from, f.c.statement_date <= date_to, f.c.id != exclude_file_id)
+        )
+        return _export(self.c, query, path, "channel_txn_id")
+
+
 class Reconciliations:
     def __init__(self, c: Connection) -> None:
         self.c = c

@@ -2,6 +2,7 @@
 
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 
 import structlog
 from fastapi import Depends, FastAPI, Query, Request
@@ -17,7 +18,7 @@ from gasworks.adapters.channels import alipay, wechatpay_v3
 from gasworks.adapters.db.repositories import ApiKeyRecord
 from gasworks.bootstrap import System
 from gasworks.domain.channels import Channel, ChannelKind, PaymentNotice
-from gasworks.domain.errors import GasworksError, PayloadTooLarge
+from gasworks.domain.errors import GasworksError, InvalidInput, PayloadTooLarge
 from gasworks.domain.money import check_payment_amount
 from gasworks.domain.payments import PaymentState
 from gasworks.entrypoints.api import schemas as s
@@ -38,6 +39,20 @@ CHANNEL_REPLIES: dict[ChannelKind, tuple[Callable[[], Reply], Callable[[Gasworks
     ChannelKind.WECHATPAY_V3: (wechatpay_v3.success_reply, wechatpay_v3.error_reply),
     ChannelKind.ALIPAY: (alipay.success_reply, alipay.error_reply),
 }
+
+
+DEVICE_PAID_AT_PAST_MAX = timedelta(days=7)  # a device that was offline this long sends what it took since
+
+
+def check_device_time(paid_at: datetime | None, now: datetime) -> datetime | None:
+    """A device's own time for a payment: with an offset, not in the future, not older than a week."""
+    if paid_at is None:
+        return None
+    if paid_at.tzinfo is None:
+        raise InvalidInput("paid_at needs a UTC offset", code="INVALID_PAID_AT")
+    if paid_at > now + timedelta(minutes=5) or paid_at < now - DEVICE_PAID_AT_PAST_MAX:
+        raise InvalidInput(f"paid_at {paid_at.isoformat()} is in the future or more than 7 days ago", code="INVALID_PAID_AT")
+    return paid_at
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
@@ -198,7 +213,7 @@ def create_app(system: System) -> FastAPI:
             channel_id=device.channel_id,
             channel_txn_id=body.txn_id,
             amount_fen=body.amount_fen,
-            paid_at=None,
+            paid_at=check_device_time(body.paid_at, system.clock.now()),
             account_no=body.account_no,
             method=body.method,
         )

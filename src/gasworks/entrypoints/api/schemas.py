@@ -133,6 +133,7 @@ class DevicePaymentIn(Strict):
     account_no: str = Field(pattern=r"^[0-9]{10,12}$")
     amount_fen: StrictInt = Field(gt=0)  # "50" or 50.0 is refused, not coerced
     method: str = Field(pattern=r"^(cash|card|qr)$")
+    paid_at: datetime | None = Field(None, description="when the device took the money (RFC 3339 with offset); reconciliation dates it by this")
 
 
 class TimelineStep(BaseModel):
