@@ -6,7 +6,6 @@ from datetime import date, datetime, timedelta
 
 import pytest
 
-from gasworks.adapters.statements import read_statement
 from gasworks.domain.statements import DiscrepancyClass, DiscrepancyState, StatementRefused
 from gasworks.services import reconciliation
 from gasworks.services.checks import check_ledger

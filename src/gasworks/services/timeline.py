@@ -130,8 +130,8 @@ def _explain(payment: Payment, order: MeterCommand | None, meter: MeterLink | No
             return Status.CARD_WRITTEN, Text("已写卡，请插卡", "Written to your card: insert it in the meter"), Text(
                 "请把燃气卡插入燃气表，表读卡后即可用气。", "Insert the card in your gas meter; gas is available once the meter has read it."
             )
-        places = "、".join(f"{n.kiosk.name}（{n.kiosk.address or n.kiosk.community}{'，约 %d 米' % n.distance_m if n.distance_m is not None else ''}）" for n in nearby)
-        places_en = "; ".join(f"{n.kiosk.name} ({n.kiosk.address or n.kiosk.community}{', about %d m' % n.distance_m if n.distance_m is not None else ''})" for n in nearby)
+        places = "、".join(f"{n.kiosk.name}（{n.kiosk.address or n.kiosk.community}{f'，约 {n.distance_m} 米' if n.distance_m is not None else ''}）" for n in nearby)
+        places_en = "; ".join(f"{n.kiosk.name} ({n.kiosk.address or n.kiosk.community}{f', about {n.distance_m} m' if n.distance_m is not None else ''})" for n in nearby)
         return Status.WAITING_FOR_CARD, Text("待写卡：请到自助机或营业厅圈存", "Waiting for your card: write it at a kiosk or counter"), Text(
             f"您的燃气表是 IC 卡表，需要把购气写入卡中。最近的自助机：{places or '请咨询营业厅'}。",
             f"Your meter is a card meter: the purchase must be written to your card. Nearest kiosks: {places_en or 'ask a service hall'}.",

@@ -271,8 +271,8 @@ class Simulation:
     def _watch(self) -> None:
         self.settle()
         self.worker.watch()
-        for channel_id, notifier in (("wechat", self._query_wechat), ("alipay", self._query_alipay)):
-            self.outcome.recovered_by_query += recover_unnotified_orders(self.system.new_uow, channel_id, notifier, limit=500)
+        for channel_id in ("wechat", "alipay"):
+            self.outcome.recovered_by_query += recover_unnotified_orders(self.system.new_uow, channel_id, _Query(self, channel_id), limit=500)
         self._check_the_truth()
 
     # ---- days, meters, residents -------------------------------------------------------------------
@@ -301,9 +301,8 @@ class Simulation:
 
     def _crash_worker(self) -> None:
         """The worker dies holding frames it had not handled; a new one starts."""
-        lost = 0
         while self.transport.uplinks.get(0) is not None:
-            lost += 1
+            pass
         self.worker = Worker(self.system, self.transport)
         self.outcome.faults_injected["worker crash"] += 1
 
@@ -426,13 +425,6 @@ class Simulation:
                 return PaymentNotice(channel_id, c.channel_txn_id, c.amount_fen, c.paid_at, out_trade_no=out_trade_no)
         return None
 
-    @property
-    def _query_wechat(self):  # noqa: ANN202
-        return _Query(self, "wechat")
-
-    @property
-    def _query_alipay(self):  # noqa: ANN202
-        return _Query(self, "alipay")
 
     # ---- card meters at kiosks ---------------------------------------------------------------
 
@@ -518,6 +510,8 @@ class Simulation:
 
 @dataclass
 class _Query:
+    """The simulated channel's answer to gasworks' order query (services/recovery.py OrderQuery)."""
+
     sim: Simulation
     channel_id: str
 
