@@ -11,6 +11,7 @@ from gasworks.domain.delivery import CommandState
 from gasworks.domain.errors import InvalidInput, NotFound
 from gasworks.entrypoints.api import delivery_schemas as d
 from gasworks.entrypoints.api import schemas as s
+from gasworks.entrypoints.api.schemas import RowId
 from gasworks.services import cards, delivery, kiosks, tariffs, timeline
 from gasworks.services.access import Role, actor_of
 
@@ -82,7 +83,7 @@ def delivery_routes(system: System, caller: Callable[..., Callable[..., ApiKeyRe
             return [d.CommandOut.of(c) for c in uow.meter_commands.recent(limit=limit, states=states, serial=meter_serial)]
 
     @router.get("/v1/commands/{command_id}", tags=["meters"], response_model=d.CommandOut)
-    def get_command(command_id: int, who: ApiKeyRecord = Depends(caller(*READERS))) -> d.CommandOut:
+    def get_command(command_id: RowId, who: ApiKeyRecord = Depends(caller(*READERS))) -> d.CommandOut:
         with new_uow() as uow:
             command = uow.meter_commands.get(command_id)
         if command is None:
@@ -90,12 +91,12 @@ def delivery_routes(system: System, caller: Callable[..., Callable[..., ApiKeyRe
         return d.CommandOut.of(command)
 
     @router.post("/v1/commands/{command_id}/reissue", tags=["meters"], response_model=d.CommandOut)
-    def reissue(command_id: int, body: d.OperatorActionIn, who: ApiKeyRecord = Depends(caller(Role.OPERATOR))) -> d.CommandOut:
+    def reissue(command_id: RowId, body: d.OperatorActionIn, who: ApiKeyRecord = Depends(caller(Role.OPERATOR))) -> d.CommandOut:
         delivery.reissue_command(command_id, new_uow(), actor=actor_of(who), reason=body.reason)
         return get_command(command_id, who)
 
     @router.post("/v1/commands/{command_id}/cancel", tags=["meters"], response_model=d.CommandOut)
-    def cancel(command_id: int, body: d.OperatorActionIn, who: ApiKeyRecord = Depends(caller(Role.OPERATOR))) -> d.CommandOut:
+    def cancel(command_id: RowId, body: d.OperatorActionIn, who: ApiKeyRecord = Depends(caller(Role.OPERATOR))) -> d.CommandOut:
         delivery.cancel_command(command_id, new_uow(), actor=actor_of(who), reason=body.reason)
         return get_command(command_id, who)
 

@@ -13,7 +13,7 @@ from gasworks.adapters.db.repositories import ApiKeyRecord
 from gasworks.bootstrap import System
 from gasworks.domain.errors import InvalidInput
 from gasworks.domain.statements import DiscrepancyClass, DiscrepancyState
-from gasworks.entrypoints.api.schemas import Strict
+from gasworks.entrypoints.api.schemas import RowId, Strict
 from gasworks.services import reconciliation
 from gasworks.services.access import Role, actor_of
 
@@ -77,11 +77,11 @@ def reconciliation_routes(system: System, caller: Callable[..., Callable[..., Ap
         return RunOut.of(report)
 
     @router.get("/v1/reconciliations/{run_id}", response_model=RunOut, response_model_by_alias=True)
-    def get_run(run_id: int, who: ApiKeyRecord = Depends(caller(*readers))) -> RunOut:
+    def get_run(run_id: RowId, who: ApiKeyRecord = Depends(caller(*readers))) -> RunOut:
         return RunOut.of(reconciliation.get_report(run_id, new_uow()))
 
     @router.get("/v1/reconciliations/{run_id}/discrepancies.csv", response_class=Response)
-    def run_csv(run_id: int, who: ApiKeyRecord = Depends(caller(*readers))) -> Response:
+    def run_csv(run_id: RowId, who: ApiKeyRecord = Depends(caller(*readers))) -> Response:
         report = reconciliation.get_report(run_id, new_uow())
         return Response(reconciliation.report_csv(report), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="reconciliation-{run_id}-{report.channel_id}-{report.statement_date}.csv"'})  # fmt: skip
@@ -101,7 +101,7 @@ def reconciliation_routes(system: System, caller: Callable[..., Callable[..., Ap
             return [DiscrepancyOut.of(d) for d in uow.reconciliations.discrepancies(state=state_, klass=klass_, channel_id=channel_id, limit=limit)]
 
     @router.post("/v1/discrepancies/{discrepancy_id}/decisions", response_model=DiscrepancyOut, response_model_by_alias=True)
-    def decide(discrepancy_id: int, body: DecisionIn, who: ApiKeyRecord = Depends(caller(Role.OPERATOR))) -> DiscrepancyOut:
+    def decide(discrepancy_id: RowId, body: DecisionIn, who: ApiKeyRecord = Depends(caller(Role.OPERATOR))) -> DiscrepancyOut:
         """An operator's decision: reverse, adjust or accept; money moves as a ledger transaction, always audited."""
         return DiscrepancyOut.of(reconciliation.decide(discrepancy_id, body.decision, body.reason, new_uow(), actor=actor_of(who)))
 

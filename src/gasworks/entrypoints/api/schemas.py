@@ -2,12 +2,19 @@
 
 from datetime import datetime
 
+from typing import Annotated
+
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from gasworks.domain.accounts import CustomerClass, MeterKind
 from gasworks.domain.payments import Payment, PaymentOrder
 from gasworks.services.accounts import AccountView
 from gasworks.services.intake import Acceptance
+
+
+# A database id in a path: bounded, so a huge number is a 422, not an overflow deep in the driver.
+RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 class Strict(BaseModel):
