@@ -24,8 +24,6 @@ import typer
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from gasworks.adapters.db.engine import make_engine
 from gasworks.adapters.db.migrate import upgrade
@@ -45,7 +43,8 @@ from gasworks.services.intake import accept_payment
 from gasworks.sim.fleet import MqttFleet
 from gasworks.sim.meter import SimulatedMeter
 
-ADMIN_URL = os.environ.get("GASWORKS_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+from fresh_database import fresh_database  # bench/, run as a script
+
 MQTT_URL = os.environ.get("GASWORKS_BENCH_MQTT_URL", "mqtt://127.0.0.1:1883")
 
 
@@ -95,11 +94,11 @@ def applied(system) -> int:  # noqa: ANN001
 def main(payments: int = 2000, rate: float = 50.0, meters: int = 500, concurrency: int = 4, poll_interval_s: float = 0.05) -> None:
     configure_logging(level=40)
     console = Console()
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"gasworks_bench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    with fresh_database() as url:
+        run(url, payments=payments, rate=rate, meters=meters, concurrency=concurrency, poll_interval_s=poll_interval_s, console=console)
+
+
+def run(url: str, *, payments: int, rate: float, meters: int, concurrency: int, poll_interval_s: float, console: Console) -> None:
     prefix = f"bench-{uuid.uuid4().hex[:8]}/meters"
     stop = threading.Event()
     try:
@@ -191,9 +190,6 @@ def main(payments: int = 2000, rate: float = 50.0, meters: int = 500, concurrenc
     finally:
         stop.set()
         time.sleep(0.5)
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 if __name__ == "__main__":

@@ -8,12 +8,10 @@ on the same server; COPY of all rows at once shows the bulk ceiling.
     uv run python bench/intake.py --payments 2000 --concurrency 8
 """
 
-import os
 import socket
 import statistics
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -24,7 +22,6 @@ import uvicorn
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
-from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from gasworks.adapters.channels import BILL_PAYMENT_DECODERS, InboundRequest
@@ -41,26 +38,11 @@ from gasworks.services import accounts, channels
 from gasworks.services.checks import check_ledger
 from gasworks.services.notifications import take_channel_payment
 
-ADMIN_URL = os.environ.get("GASWORKS_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+from fresh_database import fresh_database  # bench/, run as a script
+
 SECRET = "bench-secret-0123456789-0123456789-abc"
 PATH = "/v1/channels/wallet/payments"
 ACCOUNTS = 1000
-
-
-def fresh_database() -> str:
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"gasworks_bench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_database(url: str) -> None:
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def prepared_system(url: str):
@@ -96,8 +78,7 @@ def timed(fn, items, concurrency: int, label: str) -> tuple[float, list[float]]:
 def main(payments: int = 2000, concurrency: int = 8) -> None:
     configure_logging(level=40)
     console = Console()
-    url = fresh_database()
-    try:
+    with fresh_database() as url:
         system = prepared_system(url)
         channel = system.new_uow().__enter__().channels.get("wallet")
         rows = []
@@ -161,8 +142,6 @@ def main(payments: int = 2000, concurrency: int = 8) -> None:
             q = statistics.quantiles(lat, n=100) if len(lat) > 1 else None
             table.add_row(label, f"{rate:,.0f}", f"{q[49] * 1000:.1f}" if q else "-", f"{q[98] * 1000:.1f}" if q else "-", f"{rate / raw_rate:.2f}x")
         console.print(table)
-    finally:
-        drop_database(url)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,9 @@ on the transaction id, nothing else.
     uv run python bench/reconcile.py --rows 1000000
 """
 
-import os
 import random
 import tempfile
 import time
-import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -23,7 +21,6 @@ import psycopg
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from gasworks.adapters.db.engine import make_engine
@@ -36,20 +33,16 @@ from gasworks.observability import configure_logging
 from gasworks.services import channels, reconciliation
 from gasworks.sim.world import LOCAL
 
-ADMIN_URL = os.environ.get("GASWORKS_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+from fresh_database import fresh_database  # bench/, run as a script
+
 DAY = date(2026, 11, 20)
 
 
 def main(rows: int = 1_000_000, faults: int = 100) -> None:
     configure_logging(level=40)
     console = Console()
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"gasworks_bench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    raw_url = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    try:
+    with fresh_database() as url:
+        raw_url = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
         engine = make_engine(url)
         upgrade(engine)
         start = datetime(DAY.year, DAY.month, DAY.day, tzinfo=LOCAL)
@@ -120,10 +113,6 @@ def main(rows: int = 1_000_000, faults: int = 100) -> None:
             table.add_row(label, f"{seconds:.2f}", f"{seconds / t_bare:.1f}x")
         console.print(table)
         console.print(f"found: {report.totals}; verdict {report.verdict}; bare join rows that differ: {bare:,}; rerun returned run {again.run_id} (first {report.run_id})")
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 if __name__ == "__main__":

@@ -1,18 +1,15 @@
 """Exactly once under concurrency, on real PostgreSQL, through a real HTTP server."""
 
-import socket
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import uvicorn
 
 from gasworks.entrypoints.api.app import create_app
 from gasworks.services.checks import check_ledger
 from tests.conftest import make_system
-from tests.support import ACCOUNT_NO, credited_fen, set_up
+from tests.support import ACCOUNT_NO, credited_fen, served_in_thread, set_up
 
 PARALLEL = 16
 
@@ -21,19 +18,8 @@ PARALLEL = 16
 def served(postgres_only_url, clock):
     system = make_system(postgres_only_url, clock)
     notifiers = set_up(system)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(system), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    yield system, notifiers, f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with served_in_thread(create_app(system)) as base_url:
+        yield system, notifiers, base_url
     system.engine.dispose()
 
 

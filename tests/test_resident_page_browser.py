@@ -2,12 +2,8 @@
 
 import re
 import shutil
-import socket
-import threading
-import time
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from gasworks.adapters.db.migrate import upgrade
@@ -16,7 +12,7 @@ from gasworks.entrypoints.api.app import create_app
 from gasworks.services.access import Role
 from tests.conftest import make_system, service_missing
 from tests.delivery_rig import Rig
-from tests.support import api_key, set_up
+from tests.support import api_key, served_in_thread, set_up
 
 CHROMIUM = "/usr/bin/chromium"
 PHONE = {"width": 360, "height": 740}
@@ -39,19 +35,8 @@ def served(tmp_path, clock):
     system = make_system(f"sqlite:///{tmp_path / 'g.db'}", clock)  # the embedded default
     upgrade(system.engine)
     set_up(system)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(system), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    yield system, f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with served_in_thread(create_app(system)) as base_url:
+        yield system, base_url
 
 
 def test_a_resident_follows_a_payment_to_gas_on_a_phone(served, browser):

@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     meter_offline_after_s: int = 25 * 3600
     iot_applied_within_s: int = 600
     meter_overdraft_litres: int = 3_344
-    worker_poll_interval_s: float = 0.05  # seconds between looks for due work (not money)
+    worker_poll_interval_s: float = 0.05  # seconds between looks for due work
     worker_batch_max: int = 200  # uplinks or meters handled per pass
     watchdog_interval_s: int = 30
     service_hotline: str = "12319"

@@ -294,7 +294,7 @@ kiosks = Table(
     Column("channel_id", ForeignKey("channels.id"), nullable=False),
     Column("community", String(100), nullable=False),
     Column("address", String(300), nullable=False, server_default=""),
-    Column("latitude", Double, nullable=False),  # coordinates, not money: floats are right here
+    Column("latitude", Double, nullable=False),  # coordinates: floating point is right here
     Column("longitude", Double, nullable=False),
     Column("status", String(12), nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
