@@ -440,3 +440,39 @@ def test_a_kiosk_dates_its_payment_by_its_own_clock_within_bounds(env):
     for bad in (system.clock.now() + timedelta(hours=1), system.clock.now() - timedelta(days=8)):
         refused = client.post("/v1/devices/payments", json=body | {"txn_id": "K-78", "paid_at": bad.isoformat()}, headers=device)
         assert refused.status_code == 422 and refused.json()["error"]["code"] == "INVALID_PAID_AT"
+
+
+def test_an_operator_credits_a_held_payment_to_the_right_account_and_it_buys_gas(env):
+    system, n, client, auditor = env
+    operator = {"Authorization": f"Bearer {api_key(system, Role.OPERATOR)}"}
+    held = wallet_pay(system, n, client, "WO-0200", account_no="9999999999").json()
+    assert held["status"] == "held" and suspense_fen(system) == 2000
+    decided = client.post(f"/v1/holds/{held['payment_id']}/decisions", json={"decision": "credit", "account_no": ACCOUNT_NO, "reason": "resident typed a wrong digit"}, headers=operator)
+    assert decided.status_code == 200, decided.text
+    assert decided.json()["status"] == "booked" and decided.json()["account_no"] == ACCOUNT_NO
+    assert suspense_fen(system) == 0 and credited_fen(system, ACCOUNT_NO) == 2000
+    shown = client.get(f"/v1/payments/{held['payment_id']}", headers=auditor).json()
+    assert shown["delivery"]["status"] == "WAITING_FOR_METER" and shown["delivery"]["order"]["purchase_seq"] == 1
+    again = client.post(f"/v1/holds/{held['payment_id']}/decisions", json={"decision": "refund", "reason": "twice"}, headers=operator)
+    assert again.status_code == 409 and again.json()["error"]["code"] == "HOLD_NOT_OPEN"
+    assert client.get("/v1/holds", headers=auditor).json() == []
+    assert [a["action"] for a in client.get("/v1/audit", params={"subject": f"payment:{held['payment_id']}"}, headers=auditor).json()] == ["hold.credit"]
+    assert check_ledger(system.new_uow()).ok
+
+
+def test_an_operator_refunds_a_held_payment_through_its_channel(env):
+    system, n, client, auditor = env
+    operator = {"Authorization": f"Bearer {api_key(system, Role.OPERATOR)}"}
+    held = wallet_pay(system, n, client, "WO-0201", account_no="9999999999").json()
+    with system.new_uow() as uow:
+        owed_before = uow.ledger.entries_sum_fen("clearing:wo-wallet")
+    bad = client.post(f"/v1/holds/{held['payment_id']}/decisions", json={"decision": "credit", "account_no": "4309999999", "reason": "x"}, headers=operator)
+    assert bad.status_code == 404 and bad.json()["error"]["code"] == "ACCOUNT_NOT_FOUND"
+    refunded = client.post(f"/v1/holds/{held['payment_id']}/decisions", json={"decision": "refund", "reason": "no such customer"}, headers=operator)
+    assert refunded.status_code == 200 and refunded.json()["status"] == "refunded"
+    with system.new_uow() as uow:
+        assert uow.ledger.entries_sum_fen("clearing:wo-wallet") == owed_before - 2000
+    assert suspense_fen(system) == 0
+    assert client.get(f"/v1/payments/{held['payment_id']}", headers=auditor).json()["delivery"]["status"] == "REFUNDED"
+    assert client.post(f"/v1/holds/{held['payment_id']}/decisions", json={"decision": "refund", "reason": "x"}, headers=auditor).status_code == 403
+    assert check_ledger(system.new_uow()).ok

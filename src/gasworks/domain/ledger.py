@@ -66,6 +66,7 @@ class TransactionKind(StrEnum):
     PURCHASE = "purchase"  # prepaid balance -> delivery: money turned into gas for the meter
     GAS_APPLIED = "gas_applied"  # delivery -> revenue: the meter applied it
     PURCHASE_CANCELLED = "purchase_cancelled"  # delivery -> prepaid balance, by an operator
+    HOLD_RELEASED = "hold_released"  # suspense -> a customer's balance, by an operator
     PAYMENT_REVERSED = "payment_reversed"  # reconciliation: the channel never collected it, or refunded it
     PAYMENT_ADJUSTED = "payment_adjusted"  # reconciliation: booked to the channel's amount
 

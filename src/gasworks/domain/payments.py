@@ -12,13 +12,15 @@ class PaymentState(StrEnum):
     VERIFIED = "verified"
     BOOKED = "booked"  # on the customer's prepaid balance
     HELD = "held"  # in suspense, waiting for an operator: see `hold_reason`
+    REFUNDED = "refunded"  # a hold an operator sent back to the resident through the channel
 
 
 _LEGAL = {
     PaymentState.RECEIVED: {PaymentState.VERIFIED},
     PaymentState.VERIFIED: {PaymentState.BOOKED, PaymentState.HELD},
     PaymentState.BOOKED: set(),
-    PaymentState.HELD: set(),
+    PaymentState.HELD: {PaymentState.BOOKED, PaymentState.REFUNDED},  # an operator's decision
+    PaymentState.REFUNDED: set(),
 }
 
 

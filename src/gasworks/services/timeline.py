@@ -22,6 +22,7 @@ RESIDENT_LINK_SECRET = "resident_links"
 
 class Status:
     HELD = "HELD"
+    REFUNDED = "REFUNDED"
     ON_BALANCE = "ON_BALANCE"
     WAITING_FOR_METER = "WAITING_FOR_METER"
     SENT_TO_METER = "SENT_TO_METER"
@@ -103,6 +104,10 @@ def _explain(payment: Payment, order: MeterCommand | None, meter: MeterLink | No
         return Status.HELD, Text("款项已收到，正在核对", "Payment received, being checked"), Text(
             f"我们收到了您的款项，但暂时无法入账（{payment.hold_reason}）。工作人员会处理；" + call.zh,
             f"We have your money but could not book it yet ({payment.hold_reason}). Staff will resolve it; " + call.en,
+        )
+    if payment.state == PaymentState.REFUNDED:
+        return Status.REFUNDED, Text("已原路退款", "Refunded through the way you paid"), Text(
+            "这笔款项未能入账，已通过原支付渠道退回。", "This payment could not be booked and was sent back through the channel you paid with."
         )
     if order is None:
         return Status.ON_BALANCE, Text("已存入账户余额", "On your account balance"), Text(

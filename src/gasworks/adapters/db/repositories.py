@@ -310,6 +310,7 @@ class Ledger:
             .join(t.ledger_transactions, t.ledger_transactions.c.payment_id == t.payments.c.id)
             .join(t.ledger_entries, t.ledger_entries.c.transaction_id == t.ledger_transactions.c.id)
             .where(
+                t.ledger_transactions.c.kind.in_([TransactionKind.PAYMENT_BOOKED.value, TransactionKind.PAYMENT_HELD.value]),
                 t.ledger_entries.c.account_code.like("clearing:%"),
                 t.ledger_entries.c.amount_fen != t.payments.c.amount_fen,
             )
@@ -445,6 +446,15 @@ class Payments:
                     for i, e in enumerate(new_events, start=1)
                 ],
             )
+
+    def transition(self, payment_id: str, from_state: PaymentState, to_state: PaymentState) -> bool:
+        """Move one payment on only if it is still in `from_state`: two operators cannot both decide it."""
+        return (
+            self.c.execute(
+                update(t.payments).where(t.payments.c.id == payment_id, t.payments.c.state == from_state.value).values(state=to_state.value)
+            ).rowcount
+            == 1
+        )
 
     def get(self, payment_id: str) -> Payment | None:
         row = self.c.execute(select(t.payments).where(t.payments.c.id == payment_id)).first()

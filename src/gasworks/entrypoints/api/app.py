@@ -26,7 +26,7 @@ from gasworks.entrypoints.api.delivery_routes import delivery_routes, resident_u
 from gasworks.entrypoints.api.reconciliation_routes import reconciliation_routes
 from gasworks.entrypoints.api.resident_page import resident_routes
 from gasworks.observability import intake_refusals, intake_seconds, payments_taken
-from gasworks.services import access, accounts, checks, intake, notifications, orders
+from gasworks.services import access, accounts, checks, holds, intake, notifications, orders
 from gasworks.services.access import Role
 
 log = structlog.get_logger(__name__)
@@ -252,6 +252,12 @@ def create_app(system: System) -> FastAPI:
         """Money in suspense: every payment held, with its reason, oldest first."""
         with new_uow() as uow:
             return [s.PaymentOut.of(p) for p in uow.payments.list_in_state(PaymentState.HELD, limit)]
+
+    @app.post("/v1/holds/{payment_id}/decisions", tags=["payments"], response_model=s.PaymentOut, responses=ERROR_RESPONSES)
+    def decide_hold(payment_id: str, body: s.HoldDecisionIn, who: ApiKeyRecord = Depends(caller(Role.OPERATOR))) -> s.PaymentOut:
+        """Money out of suspense: credit it to the right account (it then buys gas), or refund it through the channel."""
+        decided = holds.decide_hold(payment_id, holds.HoldDecision(body.decision), reason=body.reason, account_no=body.account_no, uow=new_uow(), actor=access.actor_of(who))
+        return s.PaymentOut.of(decided)
 
     @app.get("/v1/rejections", tags=["audit"], responses=ERROR_RESPONSES)
     def rejections(

@@ -143,6 +143,12 @@ class DevicePaymentIn(Strict):
     paid_at: datetime | None = Field(None, description="when the device took the money (RFC 3339 with offset); reconciliation dates it by this")
 
 
+class HoldDecisionIn(Strict):
+    decision: str = Field(pattern="^(credit|refund)$")
+    account_no: str | None = Field(None, pattern=r"^[0-9]{10,12}$", description="for credit: the account the money belongs to")
+    reason: str = Field(min_length=1, max_length=200)
+
+
 class TimelineStep(BaseModel):
     state: str
     at: datetime

@@ -1,4 +1,4 @@
-"""`gasworks reconcile` and `gasworks discrepancies`."""
+"""`gasworks reconcile`, `gasworks discrepancies` and `gasworks holds`: money decisions."""
 
 from datetime import date
 from pathlib import Path
@@ -10,16 +10,45 @@ from rich.table import Table
 
 from gasworks.domain.errors import InvalidInput
 from gasworks.domain.money import fen_to_yuan_text
+from gasworks.domain.payments import PaymentState
 from gasworks.domain.statements import DiscrepancyClass, DiscrepancyState
 from gasworks.entrypoints.cli.common import DatabaseUrl, cli_actor, cli_errors, out, system
 from gasworks.services import reconciliation
+from gasworks.services.holds import HoldDecision, decide_hold
 
 discrepancies_app = typer.Typer(help="Differences found by reconciliation: list them, decide them.", no_args_is_help=True)
+holds_app = typer.Typer(help="Payments held in suspense: list them, credit or refund them.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
     app.command()(reconcile)
     app.add_typer(discrepancies_app, name="discrepancies")
+    app.add_typer(holds_app, name="holds")
+
+
+@holds_app.command("list")
+@cli_errors
+def holds_list(limit: int = 100, database_url: DatabaseUrl = None) -> None:
+    with system(database_url).new_uow() as uow:
+        held = uow.payments.list_in_state(PaymentState.HELD, limit)
+    table = Table("payment", "channel", "txn", "amount", "account", "reason")
+    for p in held:
+        table.add_row(p.id, p.channel_id, p.channel_txn_id, f"¥{fen_to_yuan_text(p.amount_fen)}", p.account_no or "", p.events[-1].note)
+    out.print(table)
+
+
+@holds_app.command("decide")
+@cli_errors
+def holds_decide(
+    payment_id: str,
+    decision: HoldDecision,
+    reason: Annotated[str, typer.Option()],
+    account_no: Annotated[str | None, typer.Option(help="For credit: the account the money belongs to.")] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Credit a held payment to an account (it then buys gas) or refund it through its channel."""
+    decided = decide_hold(payment_id, decision, reason=reason, account_no=account_no, uow=system(database_url).new_uow(), actor=cli_actor())
+    out.print(f"payment {decided.id}: {decided.events[-1].note}")
 
 
 @cli_errors
