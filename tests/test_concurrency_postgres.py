@@ -1,6 +1,7 @@
 """Exactly once under concurrency, on real PostgreSQL, through a real HTTP server."""
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -109,3 +110,35 @@ def test_several_workers_deliver_every_purchase_once_in_order(postgres_only_url,
         assert len(meter.frames_seen) == 3, f"{meter.serial} was sent {len(meter.frames_seen)} frames for 3 purchases"
     assert check_ledger(system.new_uow()).ok
     system.engine.dispose()
+
+
+def test_a_booking_wakes_a_listening_worker_at_once_instead_of_at_its_next_poll(postgres_only_url, clock):
+    """The worker polls every 30 s here; only PostgreSQL's NOTIFY from the booking can make it send in time."""
+    from gasworks.adapters.meters.transport import LoopbackTransport
+    from gasworks.bootstrap import bootstrap
+    from gasworks.config import Settings
+    from gasworks.domain.delivery import CommandState
+    from gasworks.entrypoints.workers.worker import Worker
+    from tests.delivery_rig import Rig
+
+    system = bootstrap(Settings(database_url=postgres_only_url, worker_poll_interval_s=30, watchdog_interval_s=10**9), clock=clock)
+    set_up(system)
+    rig = Rig(system, LoopbackTransport())
+    rig.wake()
+    rig.settle()  # the meter reported: it listens for the next 60 s (virtual time stands still)
+    stop = threading.Event()
+    worker = Worker(system, rig.transport)
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        time.sleep(1.0)  # the worker is now waiting, and listening
+        paid = rig.pay(10_000)
+        deadline = time.monotonic() + 5
+        while rig.orders(paid.payment_id)[0].state != CommandState.APPLIED:
+            assert time.monotonic() < deadline, "the worker was not woken by the booking"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        rig.transport.uplinks.nudge()
+        thread.join(timeout=10)
+        system.engine.dispose()

@@ -144,6 +144,8 @@ def buy_gas(uow: UnitOfWork, *, account_no: str, payment_id: str) -> Purchase:
             reason=f"{policy.open_commands_per_meter_max}+ commands waiting for this meter; purchases are kept and queue behind them", at=now,
         )  # fmt: skip
     uow.meter_commands.add(order)
+    if link.kind == MeterKind.IOT:
+        uow.meter_commands.announce(link.serial)  # a listening worker sends at once if the meter is awake
     link.purchase_seq_issued = seq
     link.tier_year = tier_year
     link.litres_bought_tier_year = bought + conversion.litres

@@ -21,6 +21,8 @@ from gasworks.domain.delivery import (
 )
 from gasworks.domain.tariffs import Tariff, Tier
 
+METER_WORK_CHANNEL = "gasworks_meter_work"  # PostgreSQL LISTEN/NOTIFY channel: "a meter has a new command"
+
 _LINK_COLUMNS = (
     "purchase_seq_issued", "tier_year", "litres_bought_tier_year", "applied_seq", "last_report_at", "awake_until",
     "credit_litres", "cumulative_litres", "valve_open", "battery_mv", "alarms", "reopen_needs_button", "card_no",
@@ -283,6 +285,11 @@ class MeterCommands:
             .order_by(p.c.received_at)
         )  # fmt: skip
         return [dict(r._mapping) for r in rows]
+
+    def announce(self, serial: str) -> None:
+        """Tell listening workers, at commit, that this meter has work (PostgreSQL NOTIFY; they poll on SQLite)."""
+        if self.c.dialect.name == "postgresql":
+            self.c.execute(select(func.pg_notify(METER_WORK_CHANNEL, serial)))
 
     def count_open(self, serial: str) -> int:
         mc = t.meter_commands

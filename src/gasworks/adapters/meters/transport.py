@@ -37,6 +37,10 @@ class Uplinks:
     def put(self, serial: str, payload: bytes) -> None:
         self._queue.put((serial, payload))
 
+    def nudge(self) -> None:
+        """Wake a waiting worker without a frame (an empty serial): there is work to look at."""
+        self._queue.put(("", b""))
+
     def get(self, timeout_s: float) -> tuple[str, bytes] | None:
         try:
             return self._queue.get(timeout=timeout_s) if timeout_s > 0 else self._queue.get_nowait()

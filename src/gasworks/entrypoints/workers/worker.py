@@ -4,7 +4,8 @@ Safe to run several at once on PostgreSQL (each meter is locked with FOR UPDATE 
 worker deals with it); on SQLite run one. Work it does, in each pass:
 1. every uplink waiting in the transport's queue (up to `worker_batch_max`): handle it, then send
    that meter its next command while it listens;
-2. meters still awake with a command due (a new purchase, or a resend after the ack wait);
+2. meters still awake with a command due (a new purchase, or a resend after the ack wait); on
+   PostgreSQL a booking's NOTIFY wakes the worker for this at once, elsewhere it polls;
 3. every `watchdog_interval_s`: expiry, offline meters, late purchases, gauges, and forgetting
    channel nonces too old to matter.
 """
@@ -13,8 +14,10 @@ import threading
 import time
 from typing import Protocol
 
+import psycopg
 import structlog
 
+from gasworks.adapters.db.delivery import METER_WORK_CHANNEL
 from gasworks.adapters.meters.transport import LoopbackTransport, MqttTransport, TransportError, Uplinks
 from gasworks.bootstrap import System
 from gasworks.services.delivery import dispatch_meter, handle_uplink, watch_deliveries
@@ -52,6 +55,9 @@ class Worker:
         item = self.transport.uplinks.get(wait_s)
         while item is not None and done < batch_max:
             serial, payload = item
+            if not serial:  # a nudge: new work somewhere, looked for below
+                item = self.transport.uplinks.get(0)
+                continue
             outcome = handle_uplink(serial, payload, self.system.new_uow())
             done += 1
             if outcome.commands_waiting:
@@ -82,8 +88,30 @@ class Worker:
             log.warning("meter_send_failed", meter=serial, reason=str(error))
             return 0
 
+    def listen_for_work(self, stop: threading.Event) -> None:
+        """On PostgreSQL: a booking's NOTIFY wakes this worker at once instead of at its next poll."""
+        url = self.system.engine.url
+        if url.get_backend_name() != "postgresql":
+            return
+        dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+        def listen() -> None:
+            while not stop.is_set():
+                try:
+                    with psycopg.connect(dsn, autocommit=True) as connection:
+                        connection.execute(f"LISTEN {METER_WORK_CHANNEL}")
+                        while not stop.is_set():
+                            for _ in connection.notifies(timeout=1.0, stop_after=1):
+                                self.transport.uplinks.nudge()
+                except psycopg.Error as error:  # the database restarts: polling still covers, listen again
+                    log.warning("listen_failed", reason=str(error))
+                    stop.wait(2.0)
+
+        threading.Thread(target=listen, name="gasworks-listen", daemon=True).start()
+
     def run(self, stop: threading.Event) -> None:
         self.transport.start()
+        self.listen_for_work(stop)
         log.info("worker_started", transport=type(self.transport).__name__)
         try:
             while not stop.is_set():
