@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
+from typing import NamedTuple
 
 from gasworks.domain.errors import GasworksError
 
@@ -24,8 +25,7 @@ class LineStatus(StrEnum):
     REFUNDED = "refunded"
 
 
-@dataclass(frozen=True)
-class StatementLine:
+class StatementLine(NamedTuple):  # a tuple, not a dataclass: a statement can hold millions
     line_no: int
     channel_txn_id: str
     out_trade_no: str | None

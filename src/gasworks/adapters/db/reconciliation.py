@@ -81,8 +81,9 @@ class Statements:
         ]
         if self.c.dialect.name == "postgresql":
             with self.c.connection.driver_connection.cursor().copy(  # type: ignore[union-attr]
-                "COPY statement_lines (file_id, line_no, channel_txn_id, out_trade_no, account_no, amount_fen, fee_fen, status, paid_at) FROM STDIN"
+                "COPY statement_lines (file_id, line_no, channel_txn_id, out_trade_no, account_no, amount_fen, fee_fen, status, paid_at) FROM STDIN (FORMAT BINARY)"
             ) as copy:
+                copy.set_types(["int8", "int4", "text", "text", "text", "int8", "int8", "text", "timestamptz"])
                 for row in rows:
                     copy.write_row(row)
         else:

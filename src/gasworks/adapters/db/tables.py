@@ -346,7 +346,7 @@ statement_lines = Table(
     metadata,
     Column("file_id", ForeignKey("statement_files.id"), primary_key=True),
     Column("line_no", Integer, primary_key=True),
-    Column("channel_txn_id", String(64), nullable=False, index=True),
+    Column("channel_txn_id", String(64), nullable=False),  # matched in DuckDB, not by index lookups
     Column("out_trade_no", String(64)),
     Column("account_no", String(20)),
     Column("amount_fen", Fen, nullable=False),

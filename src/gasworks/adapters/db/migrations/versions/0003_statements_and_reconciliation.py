@@ -63,9 +63,6 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['file_id'], ['statement_files.id'], name=op.f('fk_statement_lines_file_id_statement_files')),
     sa.PrimaryKeyConstraint('file_id', 'line_no', name=op.f('pk_statement_lines'))
     )
-    with op.batch_alter_table('statement_lines', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_statement_lines_channel_txn_id'), ['channel_txn_id'], unique=False)
-
     op.create_table('discrepancies',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('run_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -107,9 +104,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_discrepancies_payment_id'))
 
     op.drop_table('discrepancies')
-    with op.batch_alter_table('statement_lines', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_statement_lines_channel_txn_id'))
-
     op.drop_table('statement_lines')
     op.drop_table('reconciliation_runs')
     op.drop_table('statement_files')
