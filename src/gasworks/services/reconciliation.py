@@ -118,11 +118,11 @@ def reconcile(*, file_id: int, uow_factory: Callable[[], UnitOfWork], actor: str
             uow.statements.export_neighbour_txns(channel.id, day - timedelta(days=PAYMENT_WINDOW_DAYS), day + timedelta(days=PAYMENT_WINDOW_DAYS), file_id, near_csv)
             uow.reconciliations.export_payments(channel.id, day_start - timedelta(days=PAYMENT_WINDOW_DAYS), day_end + timedelta(days=PAYMENT_WINDOW_DAYS), payments_csv)
         step("matching")
-        found, matched = _match(lines_csv, payments_csv, near_csv, channel=channel, day_start=day_start, day_end=day_end, now=started, carried=carried)
+        found, matched, unnotified = _match(lines_csv, payments_csv, near_csv, channel=channel, day_start=day_start, day_end=day_end, now=started, carried=carried)
     step("repairing")
     for discrepancy in found:
         if discrepancy.klass == DiscrepancyClass.MISSING_NOTIFICATION:
-            _book_from_statement(discrepancy, channel, uow_factory, file_id, actor)
+            _book_from_statement(discrepancy, unnotified[discrepancy.channel_txn_id or ""], channel, uow_factory, file_id, actor)
     with uow_factory() as uow:
         now = uow.clock.now()
         for old in carried:
@@ -160,7 +160,10 @@ def _report(uow: UnitOfWork, run: dict, *, new: bool) -> RunReport:
     return RunReport(run["id"], run["channel_id"], run["statement_date"], run["verdict"], run["matched"], run["totals"], found, new)
 
 
-def _match(lines_csv: Path, payments_csv: Path, near_csv: Path, *, channel: Channel, day_start: datetime, day_end: datetime, now: datetime, carried: list[Discrepancy]) -> tuple[list[Discrepancy], int]:
+def _match(
+    lines_csv: Path, payments_csv: Path, near_csv: Path, *, channel: Channel, day_start: datetime, day_end: datetime, now: datetime, carried: list[Discrepancy]
+) -> tuple[list[Discrepancy], int, dict[str, tuple[str | None, str | None]]]:
+    """The discrepancies, the count matched, and what names each unnotified payment: (out_trade_no, account_no)."""
     db = duckdb.connect()
     db.execute(
         "CREATE TABLE s AS SELECT * FROM read_csv(?, header=true, columns={'channel_txn_id':'VARCHAR','out_trade_no':'VARCHAR','account_no':'VARCHAR',"
@@ -174,6 +177,7 @@ def _match(lines_csv: Path, payments_csv: Path, near_csv: Path, *, channel: Chan
     )
     db.execute("CREATE TABLE near AS SELECT * FROM read_csv(?, header=true, columns={'channel_txn_id':'VARCHAR'})", [str(near_csv)])
     found: list[Discrepancy] = []
+    unnotified: dict[str, tuple[str | None, str | None]] = {}
 
     def add(klass: DiscrepancyClass, txn: str | None, payment_id: str | None, statement_fen: int | None, gasworks_fen: int | None, detail: str, state: DiscrepancyState = DiscrepancyState.OPEN) -> None:
         found.append(Discrepancy(None, None, klass, state, channel.id, txn, payment_id, statement_fen, gasworks_fen, detail, PROPOSED_ACTIONS[klass]))
@@ -184,7 +188,8 @@ def _match(lines_csv: Path, payments_csv: Path, near_csv: Path, *, channel: Chan
         "SELECT s.channel_txn_id, any_value(s.out_trade_no), any_value(s.account_no), any_value(s.amount_fen), min(s.line_no) FROM s "
         "ANTI JOIN p ON p.channel_txn_id = s.channel_txn_id WHERE s.status = 'paid' GROUP BY 1"
     ).fetchall():
-        add(DiscrepancyClass.MISSING_NOTIFICATION, txn, None, amount, None, f"line {line_no}: paid at the channel, never notified|{out_trade_no or ''}|{account_no or ''}")
+        add(DiscrepancyClass.MISSING_NOTIFICATION, txn, None, amount, None, f"line {line_no}: paid at the channel, never notified")
+        unnotified[txn] = (out_trade_no, account_no)
     for txn, payment_id, s_fen, p_fen in db.execute(
         "SELECT s.channel_txn_id, p.payment_id, s.amount_fen, p.amount_fen FROM s JOIN p USING (channel_txn_id) WHERE s.status = 'paid' AND s.amount_fen <> p.amount_fen"
     ).fetchall():
@@ -219,13 +224,14 @@ def _match(lines_csv: Path, payments_csv: Path, near_csv: Path, *, channel: Chan
         add(DiscrepancyClass.NOT_DELIVERED, txn, payment_id, None, amount, f"{route} purchase {command_state} since {ordered_at[:16]}")
     matched = db.execute("SELECT count(DISTINCT s.channel_txn_id) FROM s JOIN p USING (channel_txn_id) WHERE s.status = 'paid' AND s.amount_fen = p.amount_fen").fetchone()[0]
     db.close()
-    return found, int(matched)
+    return found, int(matched), unnotified
 
 
-def _book_from_statement(d: Discrepancy, channel: Channel, uow_factory: Callable[[], UnitOfWork], file_id: int, actor: str) -> None:
+def _book_from_statement(
+    d: Discrepancy, names: tuple[str | None, str | None], channel: Channel, uow_factory: Callable[[], UnitOfWork], file_id: int, actor: str
+) -> None:
     """The repair for a lost notification: the statement line becomes the notification."""
-    _, out_trade_no, account_no = d.detail.split("|")
-    d.detail = d.detail.split("|")[0]
+    out_trade_no, account_no = names
     assert d.channel_txn_id is not None and d.statement_amount_fen is not None
     notice = PaymentNotice(
         channel_id=channel.id, channel_txn_id=d.channel_txn_id, amount_fen=d.statement_amount_fen, paid_at=None,
