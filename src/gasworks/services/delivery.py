@@ -89,17 +89,18 @@ class Purchase:
     reason: str  # why there is no order, when there is none
 
 
-def buy_gas(uow: UnitOfWork, *, account_no: str, payment_id: str) -> Purchase:
+def buy_gas(uow: UnitOfWork, link: MeterLink, *, payment_id: str) -> Purchase:
     """Turn the account's whole prepaid balance into a credit order for its meter.
 
     Runs inside the caller's unit of work (the booking's: transactional outbox), after the payment
-    is on the balance. Money that cannot buy a whole litre stays on the balance for next time.
+    is on the balance; `link` is the account's meter, which the caller locked before it touched the
+    balance (meter first, then balance, everywhere). Money that cannot buy a whole litre stays on
+    the balance for next time.
     """
-    now, policy = uow.clock.now(), uow.delivery
-    link = uow.meters.get_for_account(account_no, lock=True)
+    now, policy, account_no = uow.clock.now(), uow.delivery, link.account_no
     customer = uow.customers.get(account_no)
-    if link is None or customer is None:
-        return Purchase(None, f"account {account_no} has no meter")
+    if customer is None:
+        return Purchase(None, f"account {account_no} does not exist")
     today = now.astimezone(ZoneInfo(uow.local_timezone)).date()
     tariff = uow.tariffs.in_force(customer.customer_class, today)
     if tariff is None:

@@ -31,7 +31,8 @@ def decide_hold(payment_id: str, decision: HoldDecision, *, reason: str, uow: Un
         why = reason.strip()[:200]
         if decision == HoldDecision.CREDIT:
             account = check_account_no(account_no or payment.account_no or "")
-            if uow.meters.get_for_account(account, lock=True) is None or not uow.customers.exists(account):
+            meter = uow.meters.get_for_account(account, lock=True)
+            if meter is None:
                 raise NotFound(f"no account {account}", code="ACCOUNT_NOT_FOUND")
             claimed = uow.payments.transition(payment.id, PaymentState.HELD, PaymentState.BOOKED)
             kind, credit, note = TransactionKind.HOLD_RELEASED, prepaid_account(account), f"credited to account {account} by {actor}: {why}"
@@ -46,8 +47,7 @@ def decide_hold(payment_id: str, decision: HoldDecision, *, reason: str, uow: Un
         uow.ledger.post(transfer(kind, debit=SUSPENSE, credit=credit, amount_fen=payment.amount_fen, at=now, payment_id=payment.id, memo=note[:300]))
         uow.payments.save_progress(payment, events_already_saved=saved)
         if decision == HoldDecision.CREDIT:
-            assert payment.account_no is not None
-            buy_gas(uow, account_no=payment.account_no, payment_id=payment.id)
+            buy_gas(uow, meter, payment_id=payment.id)
         uow.audit.append(
             at=now, actor=actor, action=f"hold.{decision.value}", subject=f"payment:{payment.id}",
             detail={"amount_fen": payment.amount_fen, "account_no": payment.account_no, "hold_reason": payment.hold_reason, "reason": why},

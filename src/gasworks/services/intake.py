@@ -86,7 +86,7 @@ def accept_payment(notice: PaymentNotice, uow: UnitOfWork) -> Acceptance:
             assert payment.account_no is not None
             # The meter first, then the balance: every use case that touches both locks them in
             # this order, so two of them can never wait on each other.
-            uow.meters.get_for_account(payment.account_no, lock=True)
+            meter = uow.meters.get_for_account(payment.account_no, lock=True)
             credit, kind = prepaid_account(payment.account_no), TransactionKind.PAYMENT_BOOKED
         else:
             credit, kind = SUSPENSE, TransactionKind.PAYMENT_HELD
@@ -103,8 +103,8 @@ def accept_payment(notice: PaymentNotice, uow: UnitOfWork) -> Acceptance:
         )
         if payment.state == PaymentState.BOOKED:
             # Transactional outbox: the credit order commits with the booking or not at all.
-            assert payment.account_no is not None
-            buy_gas(uow, account_no=payment.account_no, payment_id=payment.id)
+            assert meter is not None, "every account has its meter"
+            buy_gas(uow, meter, payment_id=payment.id)
         uow.payments.save_progress(payment, events_already_saved=0)
         uow.commit()
         log.info(
