@@ -128,7 +128,6 @@ class MeterCommand:
     sends: int = 0  # frames published, over the command's life
     window_sends: int = 0  # frames published since the meter last woke
     next_send_at: datetime | None = None
-    frame_seq: int | None = None
     note: str = ""  # the latest reason, in words, for people
     tier_pieces: tuple[tuple[int, int, int, int], ...] = ()  # (tier no, litres, cost fen, price)
     # Loaded to change it: `events` holds only events not yet saved and `events_saved` counts the
@@ -145,6 +144,11 @@ class MeterCommand:
     @property
     def is_open(self) -> bool:
         return self.state in OPEN_STATES
+
+    @property
+    def frame_seq(self) -> int:
+        """The frame serial (CJ/T 188 SER) this command goes out with: the same on every resend."""
+        return (self.id or 0) % 256
 
     @property
     def valve_target_open(self) -> bool | None:
@@ -246,10 +250,9 @@ def next_step(open_iot_commands: list[MeterCommand], *, awake_until: datetime | 
     return Send(open_iot_commands[0])
 
 
-def mark_sent(command: MeterCommand, *, frame_seq: int, at: datetime, policy: DeliveryPolicy) -> None:
+def mark_sent(command: MeterCommand, *, at: datetime, policy: DeliveryPolicy) -> None:
     command.sends += 1
     command.window_sends += 1
-    command.frame_seq = frame_seq
     command.next_send_at = at + policy.ack_wait(command.window_sends)
     note = "sent to the meter" if command.sends == 1 else f"sent again (attempt {command.sends}), no acknowledgement yet"
     command.move_to(CommandState.SENT, at, note)

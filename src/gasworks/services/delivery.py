@@ -333,7 +333,7 @@ class Publisher:
 
 
 def frame_for(command: MeterCommand) -> bytes:
-    frame_seq = (command.id or 0) % 256
+    frame_seq = command.frame_seq
     if command.kind == CommandKind.CREDIT:
         assert command.purchase_seq is not None and command.volume_litres is not None
         return cjt188.encode(WritePurchase(command.meter_serial, frame_seq, command.purchase_seq, command.volume_litres))
@@ -353,7 +353,7 @@ def dispatch_meter(serial: str, uow: UnitOfWork, publisher: Publisher) -> MeterC
             return None
         command = step.command
         publisher.publish(serial, frame_for(command))  # before commit: a resend is harmless, a lost send is not
-        mark_sent(command, frame_seq=(command.id or 0) % 256, at=now, policy=uow.delivery)
+        mark_sent(command, at=now, policy=uow.delivery)
         uow.meter_commands.save(command, now)
         uow.commit()
     meter_commands_sent.labels(kind=command.kind.value).inc()

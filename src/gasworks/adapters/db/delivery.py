@@ -187,7 +187,6 @@ class MeterCommands:
             "sends": command.sends,
             "window_sends": command.window_sends,
             "next_send_at": command.next_send_at,
-            "frame_seq": command.frame_seq,
             "note": command.note[:300],
             "events_count": command.events_saved + len(command.events),
         }
@@ -338,7 +337,6 @@ def _command(row: Any) -> MeterCommand:
         sends=row.sends,
         window_sends=row.window_sends,
         next_send_at=row.next_send_at,
-        frame_seq=row.frame_seq,
         note=row.note,
         events=[],
         events_saved=row.events_count,

@@ -268,7 +268,6 @@ meter_commands = Table(
     Column("sends", Integer, nullable=False, server_default="0"),
     Column("window_sends", Integer, nullable=False, server_default="0"),
     Column("next_send_at", UtcDateTime),
-    Column("frame_seq", Integer),
     Column("note", String(300), nullable=False, server_default=""),
     Column("events_count", Integer, nullable=False, server_default="0"),
     # A purchase serial is issued once per meter: a second credit order for it cannot exist.

@@ -80,7 +80,6 @@ def upgrade() -> None:
     sa.Column('sends', sa.Integer(), server_default='0', nullable=False),
     sa.Column('window_sends', sa.Integer(), server_default='0', nullable=False),
     sa.Column('next_send_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('frame_seq', sa.Integer(), nullable=True),
     sa.Column('note', sa.String(length=300), server_default='', nullable=False),
     sa.Column('events_count', sa.Integer(), server_default='0', nullable=False),
     sa.ForeignKeyConstraint(['meter_serial'], ['meters.serial'], name=op.f('fk_meter_commands_meter_serial_meters')),
