@@ -59,9 +59,6 @@ class MeterLink:
     card_no: str | None = None
     card_purchase_seq: int = 0
 
-    def is_awake(self, now: datetime) -> bool:
-        return self.awake_until is not None and now < self.awake_until
-
 
 class CommandKind(StrEnum):
     CREDIT = "credit"

@@ -19,7 +19,8 @@ from datetime import date
 from pathlib import Path
 
 from gasworks.domain.money import fen_to_yuan_text
-from gasworks.sim.world import ALIPAY_APP_ID, LOCAL, WECHAT_MCHID, Collected
+from gasworks.adapters.channels.base import BEIJING
+from gasworks.sim.world import ALIPAY_APP_ID, WECHAT_MCHID, Collected
 
 FEE_PER_MILLE = 6  # 0.6 %, a common rate for utilities
 
@@ -44,7 +45,7 @@ ALIPAY_COLUMNS = (
 
 
 def _local(c: Collected) -> str:
-    return c.paid_at.astimezone(LOCAL).strftime("%Y-%m-%d %H:%M:%S")
+    return c.paid_at.astimezone(BEIJING).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _fee(c: Collected) -> int:
@@ -132,7 +133,7 @@ def write_statements(collected: list[Collected], directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     by_file: dict[tuple[str, date], list[Collected]] = defaultdict(list)
     for c in collected:
-        by_file[(c.channel_id, c.paid_at.astimezone(LOCAL).date())].append(c)
+        by_file[(c.channel_id, c.paid_at.astimezone(BEIJING).date())].append(c)
     written = []
     for (channel_id, day), payments in sorted(by_file.items()):
         writer, extension = WRITERS.get(channel_id, (plain_statement, "csv"))

@@ -14,15 +14,14 @@ fresh retry of a booked trade returns the first answer through the exactly-once 
 """
 
 import urllib.parse
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
-from gasworks.adapters.channels.base import InboundRequest, Reply, check_timestamp, require
+from gasworks.adapters.channels.base import BEIJING, InboundRequest, Reply, check_timestamp, require
 from gasworks.adapters.channels.rsa import sign_sha256_rsa, verify_sha256_rsa
 from gasworks.domain.channels import Channel, KeyPurpose, PaymentNotice
 from gasworks.domain.errors import GasworksError, IntakeRefused, InvalidInput
 from gasworks.domain.money import fen_to_yuan_text, yuan_text_to_fen
 
-BEIJING = timezone(timedelta(hours=8))
 PAID_STATUSES = {"TRADE_SUCCESS", "TRADE_FINISHED"}
 PARAMETERS_MAX = 100
 

@@ -2,9 +2,11 @@
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 from gasworks.domain.errors import IntakeRefused
+
+BEIJING = timezone(timedelta(hours=8))  # the wall clock Chinese channels write their times in
 
 
 @dataclass(frozen=True)

@@ -64,10 +64,6 @@ class LoopbackTransport:
         with self._lock:
             self._meters[serial] = on_downlink
 
-    def detach(self, serial: str) -> None:
-        with self._lock:
-            self._meters.pop(serial, None)
-
     def send_uplink(self, serial: str, payload: bytes) -> None:
         self.uplinks.put(serial, payload)
 

@@ -9,14 +9,13 @@ import csv
 import io
 import re
 from collections.abc import Callable
-from datetime import UTC, date, datetime
-from zoneinfo import ZoneInfo
+from datetime import UTC, datetime
 
+from gasworks.adapters.channels.base import BEIJING
 from gasworks.domain.errors import InvalidInput
 from gasworks.domain.money import yuan_text_to_fen
 from gasworks.domain.statements import LineStatus, Statement, StatementLine, StatementRefused
 
-LOCAL = ZoneInfo("Asia/Shanghai")
 LINES_MAX = 5_000_000
 FILE_BYTES_MAX = 2 * 1024 * 1024 * 1024
 
@@ -33,7 +32,7 @@ def _yuan(text: str, line_no: int, column: str) -> int:
 
 def _local_time(text: str, line_no: int, column: str) -> datetime:
     try:
-        return datetime.strptime(text.strip(), "%Y-%m-%d %H:%M:%S").replace(tzinfo=LOCAL).astimezone(UTC)
+        return datetime.strptime(text.strip(), "%Y-%m-%d %H:%M:%S").replace(tzinfo=BEIJING).astimezone(UTC)
     except ValueError:
         raise StatementRefused(f"{column} {text!r} is not a time like 2026-11-01 09:30:00", line_no=line_no) from None
 
@@ -106,7 +105,6 @@ def read_wechat_trade_bill(raw: bytes) -> Statement:
 
 ALIPAY_REQUIRED = ("支付宝交易号", "商户订单号", "业务类型", "完成时间", "订单金额（元）", "商家实收（元）", "服务费（元）", "备注")
 ALIPAY_TOTAL = re.compile(r"^#交易合计：(\d+)笔，商家实收共(-?[0-9.]+)元")
-ALIPAY_REFUND_TOTAL = re.compile(r"^#退款合计：(\d+)笔，商家实收退款共(-?[0-9.]+)元")
 
 
 def read_alipay_business_bill(raw: bytes) -> Statement:
@@ -218,9 +216,3 @@ def read_statement(format_: str, raw: bytes) -> Statement:
     if len(statement.lines) > LINES_MAX:
         raise StatementRefused(f"more than {LINES_MAX} lines", code="STATEMENT_TOO_LARGE")
     return statement
-
-
-def statement_day(path_name: str) -> date | None:
-    """`wechat-2026-11-01.csv` -> 2026-11-01, when a file is named by its day."""
-    found = re.search(r"(\d{4}-\d{2}-\d{2})", path_name)
-    return date.fromisoformat(found.group(1)) if found else None
