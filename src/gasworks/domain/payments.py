@@ -5,6 +5,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from gasworks.domain.errors import InvariantViolated
+from gasworks.domain.ledger import SUSPENSE, prepaid_account
 
 
 class PaymentState(StrEnum):
@@ -91,6 +92,16 @@ class Payment:
         check_transition(self.state, state)
         self.state = state
         self.events.append(PaymentEvent(state, at, note))
+
+    @property
+    def holding_account(self) -> str:
+        """Where this payment's money sits in the ledger: the customer's balance once booked,
+        suspense while held. Booking, reversing and adjusting all move money from or to here."""
+        if self.state == PaymentState.BOOKED and self.account_no is not None:
+            return prepaid_account(self.account_no)
+        if self.state == PaymentState.HELD:
+            return SUSPENSE
+        raise InvariantViolated(f"payment {self.id} is {self.state}: its money is not held anywhere")
 
     def hold(self, reason: HoldReason, at: datetime, note: str) -> None:
         self.hold_reason = reason

@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from gasworks.domain.accounts import check_account_no
 from gasworks.domain.errors import Conflict, InvalidInput, NotFound
-from gasworks.domain.ledger import SUSPENSE, TransactionKind, clearing_account, prepaid_account, transfer
+from gasworks.domain.ledger import TransactionKind, clearing_account, prepaid_account, transfer
 from gasworks.domain.payments import Payment, PaymentState
 from gasworks.services.delivery import buy_gas
 from gasworks.services.unit_of_work import UnitOfWork
@@ -27,7 +27,7 @@ def decide_hold(payment_id: str, decision: HoldDecision, *, reason: str, uow: Un
             raise NotFound(f"no payment {payment_id[:40]!r}", code="PAYMENT_NOT_FOUND")
         if payment.state != PaymentState.HELD:
             raise Conflict(f"payment {payment.id} is {payment.state}, not held", code="HOLD_NOT_OPEN")
-        saved = len(payment.events)
+        saved, held_in = len(payment.events), payment.holding_account
         why = reason.strip()[:200]
         if decision == HoldDecision.CREDIT:
             account = check_account_no(account_no or payment.account_no or "")
@@ -44,7 +44,7 @@ def decide_hold(payment_id: str, decision: HoldDecision, *, reason: str, uow: Un
             payment.move_to(PaymentState.REFUNDED, now, note)
         if not claimed:
             raise Conflict(f"payment {payment.id} was decided meanwhile", code="HOLD_NOT_OPEN")
-        uow.ledger.post(transfer(kind, debit=SUSPENSE, credit=credit, amount_fen=payment.amount_fen, at=now, payment_id=payment.id, memo=note[:300]))
+        uow.ledger.post(transfer(kind, debit=held_in, credit=credit, amount_fen=payment.amount_fen, at=now, payment_id=payment.id, memo=note[:300]))
         uow.payments.save_progress(payment, events_already_saved=saved)
         if decision == HoldDecision.CREDIT:
             buy_gas(uow, meter, payment_id=payment.id)

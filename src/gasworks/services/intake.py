@@ -9,7 +9,7 @@ import structlog
 from gasworks.adapters.db.repositories import DuplicateKey
 from gasworks.domain.channels import PaymentNotice
 from gasworks.domain.errors import IntakeRefused
-from gasworks.domain.ledger import SUSPENSE, TransactionKind, clearing_account, prepaid_account, transfer
+from gasworks.domain.ledger import TransactionKind, clearing_account, transfer
 from gasworks.domain.payments import HoldReason, Payment, PaymentState
 from gasworks.services.delivery import buy_gas
 from gasworks.services.unit_of_work import UnitOfWork
@@ -87,14 +87,12 @@ def accept_payment(notice: PaymentNotice, uow: UnitOfWork) -> Acceptance:
             # The meter first, then the balance: every use case that touches both locks them in
             # this order, so two of them can never wait on each other.
             meter = uow.meters.get_for_account(payment.account_no, lock=True)
-            credit, kind = prepaid_account(payment.account_no), TransactionKind.PAYMENT_BOOKED
-        else:
-            credit, kind = SUSPENSE, TransactionKind.PAYMENT_HELD
+        kind = TransactionKind.PAYMENT_BOOKED if payment.state == PaymentState.BOOKED else TransactionKind.PAYMENT_HELD
         uow.ledger.post(
             transfer(
                 kind,
                 debit=clearing_account(payment.channel_id),
-                credit=credit,
+                credit=payment.holding_account,
                 amount_fen=payment.amount_fen,
                 at=now,
                 payment_id=payment.id,

@@ -26,8 +26,7 @@ from gasworks.adapters.db.reconciliation import Discrepancy
 from gasworks.adapters.statements import read_statement
 from gasworks.domain.channels import Channel, ChannelKind, PaymentNotice
 from gasworks.domain.errors import Conflict, InvalidInput, NotFound
-from gasworks.domain.ledger import TransactionKind, clearing_account, prepaid_account, transfer
-from gasworks.domain.ledger import SUSPENSE
+from gasworks.domain.ledger import TransactionKind, clearing_account, transfer
 from gasworks.domain.payments import PaymentState
 from gasworks.domain.statements import PROPOSED_ACTIONS, DiscrepancyClass, DiscrepancyState
 from gasworks.services.channels import require_channel
@@ -288,10 +287,8 @@ def decide(discrepancy_id: int, decision: str, reason: str, uow: UnitOfWork, *, 
             if payment is None:
                 raise Conflict("the discrepancy names no payment to correct", code="NO_PAYMENT")
             if payment.state == PaymentState.BOOKED and payment.account_no:
-                uow.meters.get_for_account(payment.account_no, lock=True)
-                holder = prepaid_account(payment.account_no)
-            else:
-                holder = SUSPENSE
+                uow.meters.get_for_account(payment.account_no, lock=True)  # the meter first, as everywhere
+            holder = payment.holding_account
             clearing = clearing_account(payment.channel_id)
             if decision == Decision.REVERSE:
                 amount, debit, credit, kind = payment.amount_fen, holder, clearing, TransactionKind.PAYMENT_REVERSED
