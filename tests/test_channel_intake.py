@@ -460,7 +460,9 @@ def test_an_operator_credits_a_held_payment_to_the_right_account_and_it_buys_gas
     assert check_ledger(system.new_uow()).ok
 
 
-def test_an_operator_refunds_a_held_payment_through_its_channel(env):
+def test_a_refund_is_requested_until_the_channel_confirms_it(env):
+    """Changed with the payment life cycle: an operator's refund is "refund requested" (money in
+    refunds in flight, the resident is told so) until the channel confirms; only then "refunded"."""
     system, n, client, auditor = env
     operator = {"Authorization": f"Bearer {api_key(system, Role.OPERATOR)}"}
     held = wallet_pay(system, n, client, "WO-0201", account_no="9999999999").json()
@@ -468,11 +470,25 @@ def test_an_operator_refunds_a_held_payment_through_its_channel(env):
         owed_before = uow.ledger.entries_sum_fen("clearing:wo-wallet")
     bad = client.post(f"/v1/holds/{held['payment_id']}/decisions", json={"decision": "credit", "account_no": "4309999999", "reason": "x"}, headers=operator)
     assert bad.status_code == 404 and bad.json()["error"]["code"] == "ACCOUNT_NOT_FOUND"
-    refunded = client.post(f"/v1/holds/{held['payment_id']}/decisions", json={"decision": "refund", "reason": "no such customer"}, headers=operator)
-    assert refunded.status_code == 200 and refunded.json()["status"] == "refunded"
+    requested = client.post(f"/v1/holds/{held['payment_id']}/decisions", json={"decision": "refund", "reason": "no such customer"}, headers=operator)
+    assert requested.status_code == 200 and requested.json()["status"] == "refund_requested"
+    with system.new_uow() as uow:
+        assert uow.ledger.entries_sum_fen("clearing:wo-wallet") == owed_before  # nothing has gone back yet
+        assert -uow.ledger.entries_sum_fen("refunds") == 2000
+    assert suspense_fen(system) == 0
+    shown = client.get(f"/v1/payments/{held['payment_id']}", headers=auditor).json()["delivery"]
+    assert shown["status"] == "REFUND_REQUESTED" and "Refund requested on" in shown["headline"]["en"]
+    assert check_ledger(system.new_uow()).ok
+    assert client.post(f"/v1/payments/{held['payment_id']}/refunds", json={"kind": "confirmed", "evidence": "x"}, headers=auditor).status_code == 403
+    confirmed = client.post(f"/v1/payments/{held['payment_id']}/refunds", json={"kind": "confirmed", "evidence": "WO refund R-1"}, headers=operator)
+    assert confirmed.status_code == 200 and confirmed.json()["status"] == "refunded"
     with system.new_uow() as uow:
         assert uow.ledger.entries_sum_fen("clearing:wo-wallet") == owed_before - 2000
-    assert suspense_fen(system) == 0
+        assert uow.ledger.entries_sum_fen("refunds") == 0
     assert client.get(f"/v1/payments/{held['payment_id']}", headers=auditor).json()["delivery"]["status"] == "REFUNDED"
-    assert client.post(f"/v1/holds/{held['payment_id']}/decisions", json={"decision": "refund", "reason": "x"}, headers=auditor).status_code == 403
+    again = client.post(f"/v1/payments/{held['payment_id']}/refunds", json={"kind": "confirmed", "evidence": "again"}, headers=operator)
+    assert again.status_code == 409 and again.json()["error"]["code"] == "PAYMENT_ALREADY_REFUNDED"
+    assert "refund confirmed by wo-wallet" in again.json()["error"]["message"]
+    with system.new_uow() as uow:
+        assert uow.ledger.entries_sum_fen("clearing:wo-wallet") == owed_before - 2000
     assert check_ledger(system.new_uow()).ok

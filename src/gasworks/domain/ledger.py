@@ -9,7 +9,9 @@ balanced transaction sums to zero. Ledger accounts:
 - ``delivery``             liability: gas bought and not yet applied at the meter (credit-normal);
                            its balance equals the cost of every credit order still on its way;
 - ``revenue``              gas the meter has applied: sold;
-- ``refunds``              for repair.
+- ``refunds``              liability: refunds requested and not yet confirmed by the channel
+                           (refunds in flight, credit-normal); the confirmation moves the money on
+                           to the channel's clearing account.
 
 Entries are never updated or deleted; a correction is a new transaction.
 """
@@ -40,7 +42,9 @@ class LedgerAccountKind(StrEnum):
 CACHED_BALANCE_KINDS = frozenset({LedgerAccountKind.PREPAID})
 
 # Credit-normal accounts show their balance as the negated sum of their entries.
-CREDIT_NORMAL = {LedgerAccountKind.PREPAID, LedgerAccountKind.SUSPENSE, LedgerAccountKind.DELIVERY, LedgerAccountKind.REVENUE}
+CREDIT_NORMAL = {
+    LedgerAccountKind.PREPAID, LedgerAccountKind.SUSPENSE, LedgerAccountKind.DELIVERY, LedgerAccountKind.REVENUE, LedgerAccountKind.REFUNDS,
+}  # fmt: skip
 
 
 def clearing_account(channel_id: str) -> str:
@@ -65,10 +69,12 @@ class TransactionKind(StrEnum):
     PAYMENT_HELD = "payment_held"
     PURCHASE = "purchase"  # prepaid balance -> delivery: money turned into gas for the meter
     GAS_APPLIED = "gas_applied"  # delivery -> revenue: the meter applied it
-    PURCHASE_CANCELLED = "purchase_cancelled"  # delivery -> prepaid balance, by an operator
     HOLD_RELEASED = "hold_released"  # suspense -> a customer's balance, by an operator
-    PAYMENT_REVERSED = "payment_reversed"  # reconciliation: the channel never collected it, or refunded it
+    PAYMENT_REVERSED = "payment_reversed"  # reconciliation: the channel never collected it
     PAYMENT_ADJUSTED = "payment_adjusted"  # reconciliation: booked to the channel's amount
+    REFUND_REQUESTED = "refund_requested"  # suspense -> refunds in flight, by an operator
+    REFUND_CONFIRMED = "refund_confirmed"  # refunds in flight -> clearing: the channel paid it back
+    REFUND_EXTERNAL = "refund_external"  # balance or suspense -> clearing: the channel refunded on its own
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,15 @@ class LedgerTransaction:
 
     def __post_init__(self) -> None:
         check_balanced(self.entries)
+
+
+@dataclass(frozen=True)
+class LedgerCheckFinding:
+    """One way the books are wrong, naming what is wrong (a transaction, an account, a payment)."""
+
+    code: str
+    subject: str
+    detail: str
 
 
 def check_balanced(entries: tuple[Entry, ...] | list[Entry]) -> None:

@@ -1,9 +1,14 @@
-"""The ledger's invariants, checked on demand (`gasworks check`, GET /v1/checks/ledger)."""
+"""The books' invariants, checked on demand (`gasworks check`, GET /v1/checks/ledger)."""
 
+from collections import Counter
 from dataclasses import dataclass
 
-from gasworks.adapters.db.repositories import LedgerCheckFinding
-from gasworks.domain.ledger import DELIVERY
+from gasworks.domain.ledger import DELIVERY, LedgerCheckFinding, TransactionKind
+from gasworks.domain.payments import (
+    IllegalTransition,
+    PaymentState,
+    expected_ledger_kinds,
+)
 from gasworks.services.unit_of_work import UnitOfWork
 
 FINDINGS_MAX = 1000
@@ -14,6 +19,7 @@ class CheckReport:
     findings: list[LedgerCheckFinding]
     totals_by_kind_fen: dict[str, int]
     payments_by_state: dict[str, tuple[int, int]]
+    arrears: tuple[int, int] = (0, 0)  # accounts below zero, fen they owe
 
     @property
     def ok(self) -> bool:
@@ -21,9 +27,11 @@ class CheckReport:
 
 
 def check_ledger(uow: UnitOfWork) -> CheckReport:
-    """Every transaction balances; every cached balance equals its entries; every booked or held
-    payment has exactly one booking transaction, for its amount; the whole ledger sums to zero; the
-    delivery account holds exactly the cost of the credit orders still on their way."""
+    """Every transaction balances; every cached balance equals its entries; the whole ledger sums to
+    zero; the delivery account holds exactly the cost of the credit orders still on their way; and
+    every payment's state agrees with its money: its timeline is a path of the life cycle, it owns
+    exactly the ledger transactions that path posts (booked: one booking; reversed: the booking and
+    one reversal; refund requested: out of suspense once ...), and its money sits where its state says."""
     with uow:
         findings = uow.ledger.find_violations(FINDINGS_MAX)
         totals = uow.ledger.totals_by_kind()
@@ -39,4 +47,23 @@ def check_ledger(uow: UnitOfWork) -> CheckReport:
                     f"delivery account holds {in_delivery_fen} fen, credit orders not yet applied cost {undelivered_fen} fen",
                 )
             )
-        return CheckReport(findings, totals, uow.payments.totals_by_state())
+        for state, path, owned, count, example in uow.ledger.payment_trails():
+            finding = _trail_finding(state, path, owned)
+            if finding is not None:
+                findings.append(LedgerCheckFinding("PAYMENT_STATE_DIFFERS_FROM_LEDGER", f"payment {example}" + (f" and {count - 1} more" if count > 1 else ""), finding))
+        return CheckReport(findings[:FINDINGS_MAX], totals, uow.payments.totals_by_state(), uow.ledger.accounts_in_arrears())
+
+
+def _trail_finding(state: str, path: str, owned: str) -> str | None:
+    """What is wrong with a payment that is `state`, went through `path` and owns `owned`; None if nothing."""
+    states = [PaymentState(s) for s in path.split(">")] if path else []
+    if not states or states[-1].value != state:
+        return f"{state}, but its timeline ends {states[-1] if states else 'nowhere'}"
+    try:
+        expected = Counter(expected_ledger_kinds(states))
+    except IllegalTransition as illegal:
+        return f"its timeline {path} is not a path of the life cycle ({illegal.message})"
+    actual = Counter(TransactionKind(k) for k in owned.split(",") if k)
+    if actual != expected:
+        return f"{state} via {path}: owns {sorted(actual.elements()) or 'no transaction'}, expected {sorted(expected.elements()) or 'none'}"
+    return None

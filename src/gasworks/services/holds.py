@@ -1,14 +1,19 @@
 """Money in suspense leaves it only by an operator's decision: credit it to the right account, or
 refund it through the channel. Each is one ledger transaction, an event on the payment's timeline,
-and an audit record; a credited payment then buys gas like any other."""
+and an audit record; a credited payment then buys gas like any other. A refund is "requested" (the
+money sits in refunds in flight) until the channel confirms it: `confirm_refund`."""
 
 from enum import StrEnum
 
 from gasworks.domain.accounts import check_account_no
-from gasworks.domain.errors import Conflict, InvalidInput, NotFound
-from gasworks.domain.ledger import TransactionKind, clearing_account, prepaid_account, transfer
-from gasworks.domain.payments import Payment, PaymentState
+from gasworks.domain.errors import InvalidInput, NotFound
+from gasworks.domain.payments import IllegalTransition, Payment, PaymentState
 from gasworks.services.delivery import buy_gas
+from gasworks.services.payment_life_cycle import (
+    already_decided,
+    require_payment,
+    settle,
+)
 from gasworks.services.unit_of_work import UnitOfWork
 
 
@@ -22,35 +27,55 @@ def decide_hold(payment_id: str, decision: HoldDecision, *, reason: str, uow: Un
         raise InvalidInput("say why", code="MISSING_FIELD")
     with uow:
         now = uow.clock.now()
-        payment = uow.payments.get(payment_id)
-        if payment is None:
-            raise NotFound(f"no payment {payment_id[:40]!r}", code="PAYMENT_NOT_FOUND")
+        payment = require_payment(uow, payment_id)
         if payment.state != PaymentState.HELD:
-            raise Conflict(f"payment {payment.id} is {payment.state}, not held", code="HOLD_NOT_OPEN")
-        saved, held_in = len(payment.events), payment.holding_account
+            refused = already_decided(payment, PaymentState.BOOKED if decision == HoldDecision.CREDIT else PaymentState.REFUND_REQUESTED)
+            raise IllegalTransition(refused.message, code="HOLD_NOT_OPEN")
         why = reason.strip()[:200]
+        detail = {"hold_reason": payment.hold_reason, "reason": why}
         if decision == HoldDecision.CREDIT:
             account = check_account_no(account_no or payment.account_no or "")
             meter = uow.meters.get_for_account(account, lock=True)
             if meter is None:
                 raise NotFound(f"no account {account}", code="ACCOUNT_NOT_FOUND")
-            claimed = uow.payments.transition(payment.id, PaymentState.HELD, PaymentState.BOOKED)
-            kind, credit, note = TransactionKind.HOLD_RELEASED, prepaid_account(account), f"credited to account {account} by {actor}: {why}"
-            payment.account_no = account
-            payment.move_to(PaymentState.BOOKED, now, note)
-        else:
-            claimed = uow.payments.transition(payment.id, PaymentState.HELD, PaymentState.REFUNDED)
-            kind, credit, note = TransactionKind.PAYMENT_REVERSED, clearing_account(payment.channel_id), f"refunded through {payment.channel_id} by {actor}: {why}"
-            payment.move_to(PaymentState.REFUNDED, now, note)
-        if not claimed:
-            raise Conflict(f"payment {payment.id} was decided meanwhile", code="HOLD_NOT_OPEN")
-        uow.ledger.post(transfer(kind, debit=held_in, credit=credit, amount_fen=payment.amount_fen, at=now, payment_id=payment.id, memo=note[:300]))
-        uow.payments.save_progress(payment, events_already_saved=saved)
-        if decision == HoldDecision.CREDIT:
+            note = f"credited to account {account} by {actor}: {why}"
+            settle(uow, payment, PaymentState.BOOKED, at=now, note=note, actor=actor, action="hold.credit", detail={**detail, "account_no": account}, account_no=account)
             buy_gas(uow, meter, payment_id=payment.id)
-        uow.audit.append(
-            at=now, actor=actor, action=f"hold.{decision.value}", subject=f"payment:{payment.id}",
-            detail={"amount_fen": payment.amount_fen, "account_no": payment.account_no, "hold_reason": payment.hold_reason, "reason": why},
-        )  # fmt: skip
+        else:
+            # The money waits in refunds in flight until the channel confirms it paid the resident back.
+            note = f"refund through {payment.channel_id} requested by {actor}: {why}"
+            settle(uow, payment, PaymentState.REFUND_REQUESTED, at=now, note=note, actor=actor, action="hold.refund", detail=detail)
+        uow.commit()
+        return payment
+
+
+def confirm_refund(payment_id: str, *, evidence: str, uow: UnitOfWork, actor: str) -> Payment:
+    """The channel says it paid the resident back (its refund notification, its statement, or an
+    operator reading its merchant portal): the money leaves refunds in flight for the channel."""
+    if not evidence.strip():
+        raise InvalidInput("say how the channel confirmed it", code="MISSING_FIELD")
+    with uow:
+        now = uow.clock.now()
+        payment = require_payment(uow, payment_id)
+        why = evidence.strip()[:200]
+        settle(uow, payment, PaymentState.REFUNDED, at=now, note=f"refund confirmed by {payment.channel_id}: {why}", actor=actor, action="refund.confirmed", detail={"evidence": why})
+        uow.commit()
+        return payment
+
+
+def record_external_refund(payment_id: str, *, evidence: str, uow: UnitOfWork, actor: str) -> Payment:
+    """The channel refunded the resident on its own (seen in its refund notification or statement):
+    the payment is refunded with one transaction taking the money back from where it sat. Gas
+    already bought with it cannot be taken back: the balance goes below zero (arrears), and the
+    next payment pays that first."""
+    if not evidence.strip():
+        raise InvalidInput("say where the refund was seen", code="MISSING_FIELD")
+    with uow:
+        now = uow.clock.now()
+        payment = require_payment(uow, payment_id)
+        if payment.state in (PaymentState.BOOKED, PaymentState.ADJUSTED) and payment.account_no:
+            uow.meters.get_for_account(payment.account_no, lock=True)  # the meter first, as everywhere
+        why = evidence.strip()[:200]
+        settle(uow, payment, PaymentState.REFUNDED, at=now, note=f"refunded by {payment.channel_id} on its own: {why}", actor=actor, action="refund.external", detail={"evidence": why})
         uow.commit()
         return payment

@@ -33,6 +33,16 @@ class Acceptance:
         return cls(payment.id, payment.state, payment.hold_reason, payment.amount_fen, payment.account_no, duplicate)
 
 
+@dataclass(frozen=True)
+class AuditNote:
+    """Who took a payment on someone's behalf (a device, a reconciliation, a recovery): written in
+    the booking's own transaction, so a payment is never booked without its audit record."""
+
+    actor: str
+    action: str
+    detail: dict
+
+
 def new_payment_id() -> str:
     return "pay_" + secrets.token_hex(12)
 
@@ -54,7 +64,7 @@ def forget_old_nonces(uow: UnitOfWork, *, skew_s: int) -> int:
         return forgotten
 
 
-def accept_payment(notice: PaymentNotice, uow: UnitOfWork) -> Acceptance:
+def accept_payment(notice: PaymentNotice, uow: UnitOfWork, *, audit: AuditNote | None = None) -> Acceptance:
     with uow:
         now = uow.clock.now()
         if notice.replay_nonce is not None:
@@ -104,6 +114,11 @@ def accept_payment(notice: PaymentNotice, uow: UnitOfWork) -> Acceptance:
             assert meter is not None, "every account has its meter"
             buy_gas(uow, meter, payment_id=payment.id)
         uow.payments.save_progress(payment, events_already_saved=0)
+        if audit is not None:
+            uow.audit.append(
+                at=now, actor=audit.actor, action=audit.action, subject=f"payment:{payment.id}",
+                detail={**audit.detail, "amount_fen": payment.amount_fen, "state": payment.state.value},
+            )  # fmt: skip
         uow.commit()
         log.info(
             "payment_taken",

@@ -26,11 +26,15 @@ from gasworks.adapters.db.reconciliation import Discrepancy
 from gasworks.adapters.statements import read_statement
 from gasworks.domain.channels import Channel, ChannelKind, PaymentNotice
 from gasworks.domain.errors import Conflict, InvalidInput, NotFound
-from gasworks.domain.ledger import TransactionKind, clearing_account, transfer
 from gasworks.domain.payments import PaymentState
-from gasworks.domain.statements import PROPOSED_ACTIONS, DiscrepancyClass, DiscrepancyState
+from gasworks.domain.statements import (
+    PROPOSED_ACTIONS,
+    DiscrepancyClass,
+    DiscrepancyState,
+)
 from gasworks.services.channels import require_channel
-from gasworks.services.intake import accept_payment
+from gasworks.services.intake import AuditNote, accept_payment
+from gasworks.services.payment_life_cycle import settle
 from gasworks.services.unit_of_work import UnitOfWork
 
 log = structlog.get_logger(__name__)
@@ -236,17 +240,11 @@ def _book_from_statement(
         channel_id=channel.id, channel_txn_id=d.channel_txn_id, amount_fen=d.statement_amount_fen, paid_at=None,
         out_trade_no=out_trade_no or None, account_no=None if out_trade_no else (account_no or None), method="statement",
     )  # fmt: skip
-    taken = accept_payment(notice, uow_factory())
+    audit = AuditNote(actor, "payment.booked_from_statement", {"channel_id": channel.id, "channel_txn_id": d.channel_txn_id, "statement_file": file_id})
+    taken = accept_payment(notice, uow_factory(), audit=audit)
     d.payment_id = taken.payment_id
     d.state = DiscrepancyState.REPAIRED
     d.detail += f"; booked from statement file {file_id} as {taken.payment_id} ({taken.state})"
-    if not taken.duplicate:
-        with uow_factory() as uow:
-            uow.audit.append(
-                at=uow.clock.now(), actor=actor, action="payment.booked_from_statement", subject=f"payment:{taken.payment_id}",
-                detail={"channel_id": channel.id, "channel_txn_id": d.channel_txn_id, "statement_file": file_id, "amount_fen": d.statement_amount_fen, "state": taken.state.value},
-            )  # fmt: skip
-            uow.commit()
 
 
 # ---- operators' decisions ----------------------------------------------------------------------
@@ -286,19 +284,20 @@ def decide(discrepancy_id: int, decision: str, reason: str, uow: UnitOfWork, *, 
             payment = uow.payments.get(d.payment_id or "")
             if payment is None:
                 raise Conflict("the discrepancy names no payment to correct", code="NO_PAYMENT")
-            if payment.state == PaymentState.BOOKED and payment.account_no:
+            if payment.state in (PaymentState.BOOKED, PaymentState.ADJUSTED) and payment.account_no:
                 uow.meters.get_for_account(payment.account_no, lock=True)  # the meter first, as everywhere
-            holder = payment.holding_account
-            clearing = clearing_account(payment.channel_id)
+            why = f"discrepancy {d.id} ({d.klass}): {reason.strip()[:200]}"
+            detail = {"discrepancy": d.id, "reason": reason.strip()[:200]}
             if decision == Decision.REVERSE:
-                amount, debit, credit, kind = payment.amount_fen, holder, clearing, TransactionKind.PAYMENT_REVERSED
+                # Refunded at the channel: an external refund. Never collected: a reversal. Either
+                # way gas already bought stays bought; the balance may go below zero (arrears).
+                target = PaymentState.REFUNDED if d.klass == DiscrepancyClass.STATUS_MISMATCH else PaymentState.REVERSED
+                booked = settle(uow, payment, target, at=now, note=why, actor=actor, action=f"payment.{target.value}", detail=detail)
             else:
-                difference = (d.statement_amount_fen or 0) - payment.amount_fen
+                difference = (d.statement_amount_fen or 0) - uow.ledger.payment_net_fen(payment.id)
                 if difference == 0:
                     raise Conflict("no difference to adjust", code="NOTHING_TO_ADJUST")
-                amount, kind = abs(difference), TransactionKind.PAYMENT_ADJUSTED
-                debit, credit = (clearing, holder) if difference > 0 else (holder, clearing)
-            booked = uow.ledger.post(transfer(kind, debit=debit, credit=credit, amount_fen=amount, at=now, payment_id=None, memo=f"discrepancy {d.id}: {decision} payment {payment.id}"))
+                booked = settle(uow, payment, PaymentState.ADJUSTED, at=now, note=why, actor=actor, action="payment.adjusted", detail=detail, amount_fen=difference)
         resolution = f"{decision}: {reason.strip()[:200]}" + (f" (ledger transaction {booked})" if booked else "")
         uow.reconciliations.settle(discrepancy_id, state=DiscrepancyState.RESOLVED, at=now, by=actor, resolution=resolution)
         uow.audit.append(

@@ -13,7 +13,7 @@ from typing import Protocol
 import structlog
 
 from gasworks.domain.channels import PaymentNotice
-from gasworks.services.intake import accept_payment
+from gasworks.services.intake import AuditNote, accept_payment
 from gasworks.services.unit_of_work import UnitOfWork
 
 log = structlog.get_logger(__name__)
@@ -40,15 +40,10 @@ def recover_unnotified_orders(
         notice = query.paid_notice(order.out_trade_no)
         if notice is None or notice.channel_id != channel_id:
             continue
-        taken = accept_payment(notice, uow_factory())
+        audit = AuditNote(actor, "payment.recovered", {"channel_id": channel_id, "out_trade_no": order.out_trade_no, "channel_txn_id": notice.channel_txn_id})
+        taken = accept_payment(notice, uow_factory(), audit=audit)
         if taken.duplicate:
             continue
         recovered += 1
-        with uow_factory() as uow:
-            uow.audit.append(
-                at=uow.clock.now(), actor=actor, action="payment.recovered", subject=f"payment:{taken.payment_id}",
-                detail={"channel_id": channel_id, "out_trade_no": order.out_trade_no, "channel_txn_id": notice.channel_txn_id},
-            )  # fmt: skip
-            uow.commit()
         log.warning("payment_recovered_by_query", channel_id=channel_id, out_trade_no=order.out_trade_no, payment_id=taken.payment_id)
     return recovered

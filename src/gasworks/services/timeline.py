@@ -13,6 +13,8 @@ from gasworks.adapters.db.delivery import Kiosk
 from gasworks.domain.accounts import MeterKind
 from gasworks.domain.delivery import CommandState, LinkState, MeterCommand, MeterLink
 from gasworks.domain.errors import NotFound
+from gasworks.domain.ledger import prepaid_account, presented_balance_fen
+from gasworks.domain.money import fen_to_yuan_text
 from gasworks.domain.payments import Payment, PaymentState
 from gasworks.services.kiosks import nearest_working
 from gasworks.services.unit_of_work import UnitOfWork
@@ -22,7 +24,10 @@ RESIDENT_LINK_SECRET = "resident_links"
 
 class Status:
     HELD = "HELD"
+    REFUND_REQUESTED = "REFUND_REQUESTED"
     REFUNDED = "REFUNDED"
+    REVERSED = "REVERSED"
+    ARREARS = "ARREARS"
     ON_BALANCE = "ON_BALANCE"
     WAITING_FOR_METER = "WAITING_FOR_METER"
     SENT_TO_METER = "SENT_TO_METER"
@@ -80,12 +85,14 @@ def payment_timeline(payment_id: str, uow: UnitOfWork, *, hotline: str) -> Timel
         meter = uow.meters.get_for_account(payment.account_no) if payment.account_no else None
         customer = uow.customers.get(payment.account_no) if payment.account_no else None
         kiosks = uow.kiosks.list() if meter is not None and meter.kind == MeterKind.CARD else []
+        code = prepaid_account(payment.account_no) if customer is not None else None
+        balance_fen = presented_balance_fen(code, uow.ledger.entries_sum_fen(code)) if code is not None else 0
     booked_at = next((e.at for e in payment.events if e.state in (PaymentState.BOOKED, PaymentState.HELD)), None)
     paid_at = payment.paid_at or payment.events[0].at
     applied_at = _first(order, CommandState.APPLIED)
     steps = [
         Step("paid", Text("已付款", "Paid"), paid_at, True),
-        Step("booked", Text("已入账", "Booked to your account"), booked_at, payment.state == PaymentState.BOOKED),
+        Step("booked", Text("已入账", "Booked to your account"), booked_at, payment.state in (PaymentState.BOOKED, PaymentState.ADJUSTED)),
     ]
     nearby: list[NearbyKiosk] = []
     if meter is not None and meter.kind == MeterKind.CARD:
@@ -94,20 +101,41 @@ def payment_timeline(payment_id: str, uow: UnitOfWork, *, hotline: str) -> Timel
     else:
         steps.append(Step("sent", Text("已发送到表", "Sent to your meter"), _first(order, CommandState.SENT), _first(order, CommandState.SENT) is not None))
     steps.append(Step("applied", Text("可以用气", "Gas available"), applied_at, applied_at is not None))
-    status, headline, next_step = _explain(payment, order, meter, nearby, hotline)
+    status, headline, next_step = _explain(payment, order, meter, nearby, hotline, owed_fen=max(0, -balance_fen))
     return Timeline(payment, status, headline, next_step, steps, order, meter, nearby)
 
 
-def _explain(payment: Payment, order: MeterCommand | None, meter: MeterLink | None, nearby: list[NearbyKiosk], hotline: str) -> tuple[str, Text, Text | None]:
+def _explain(
+    payment: Payment, order: MeterCommand | None, meter: MeterLink | None, nearby: list[NearbyKiosk], hotline: str, *, owed_fen: int = 0
+) -> tuple[str, Text, Text | None]:
     call = Text(f"请致电 {hotline}。", f"Please call {hotline}.")
     if payment.state == PaymentState.HELD:
         return Status.HELD, Text("款项已收到，正在核对", "Payment received, being checked"), Text(
             f"我们收到了您的款项，但暂时无法入账（{payment.hold_reason}）。工作人员会处理；" + call.zh,
             f"We have your money but could not book it yet ({payment.hold_reason}). Staff will resolve it; " + call.en,
         )
+    if payment.state == PaymentState.REFUND_REQUESTED:
+        asked = payment.last_event(PaymentState.REFUND_REQUESTED)
+        day = f"{asked.at:%Y-%m-%d}" if asked else ""
+        return Status.REFUND_REQUESTED, Text(f"已于 {day} 申请原路退款", f"Refund requested on {day}"), Text(
+            "这笔款项未能入账，已申请通过原支付渠道退回；渠道确认后显示“已退款”。", "This payment could not be booked; we asked the channel you paid with to send it back. It shows as refunded once the channel confirms."
+        )
     if payment.state == PaymentState.REFUNDED:
-        return Status.REFUNDED, Text("已原路退款", "Refunded through the way you paid"), Text(
-            "这笔款项未能入账，已通过原支付渠道退回。", "This payment could not be booked and was sent back through the channel you paid with."
+        refunded = payment.last_event(PaymentState.REFUNDED)
+        day = f"{refunded.at:%Y-%m-%d}" if refunded else ""
+        return Status.REFUNDED, Text(f"已于 {day} 原路退款", f"Refunded on {day} through the way you paid"), Text(
+            "支付渠道已确认退款。如已用这笔钱购气，所欠金额将从下次缴费中扣除。", "The channel confirmed the refund. Gas already bought with it is owed and taken from your next payment."
+        )
+    if payment.state == PaymentState.REVERSED:
+        return Status.REVERSED, Text("支付渠道未收到这笔款项，已冲正", "The channel never collected this payment: it was reversed"), Text(
+            "如已用这笔钱购气，所欠金额将从下次缴费中扣除。" + call.zh, "Gas already bought with it is owed and taken from your next payment. " + call.en
+        )
+    if order is None and owed_fen > 0:
+        owed = fen_to_yuan_text(owed_fen)
+        return Status.ARREARS, Text(f"账户仍欠款 ¥{owed}", f"Your account still owes ¥{owed}"), Text(
+            "此前一笔已购气的款项被支付渠道退回或冲正，本次缴费先抵扣欠款；还清后才能购气。" + call.zh,
+            "An earlier payment that had already bought gas was refunded or reversed by the channel; this payment paid towards what is owed first. "
+            "Gas is bought once it is paid off. " + call.en,
         )
     if order is None:
         return Status.ON_BALANCE, Text("已存入账户余额", "On your account balance"), Text(

@@ -4,15 +4,50 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Insert, Table, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Insert,
+    Table,
+    and_,
+    case,
+    func,
+    insert,
+    not_,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 
 from gasworks.adapters.db import tables as t
-from gasworks.domain.accounts import Customer, CustomerClass, Meter, MeterKind, MeterStatus
-from gasworks.domain.channels import Channel, ChannelKey, ChannelKind, KeyPurpose, KeyStatus
-from gasworks.domain.ledger import CACHED_BALANCE_KINDS, LedgerAccountKind, LedgerTransaction, TransactionKind, kind_of, prepaid_account
+from gasworks.domain.accounts import (
+    Customer,
+    CustomerClass,
+    Meter,
+    MeterKind,
+    MeterStatus,
+)
+from gasworks.domain.channels import (
+    Channel,
+    ChannelKey,
+    ChannelKind,
+    KeyPurpose,
+    KeyStatus,
+)
+from gasworks.domain.ledger import (
+    CACHED_BALANCE_KINDS,
+    LedgerAccountKind,
+    LedgerCheckFinding,
+    LedgerTransaction,
+    TransactionKind,
+    kind_of,
+    prepaid_account,
+)
 from gasworks.domain.payments import (
+    MONEY_SITS_IN,
+    ONCE_PER_PAYMENT,
     HoldReason,
     OrderState,
     Payment,
@@ -159,13 +194,6 @@ class Channels:
         return [channel for channel_id in ids if (channel := self.get(channel_id)) is not None]
 
 
-@dataclass(frozen=True)
-class LedgerCheckFinding:
-    code: str
-    subject: str
-    detail: str
-
-
 class Ledger:
     def __init__(self, c: Connection) -> None:
         self.c = c
@@ -201,6 +229,26 @@ class Ledger:
                 raise LookupError(f"ledger account {entry.account_code!r} is not open")
         return txn_id
 
+    def post_once(self, txn: LedgerTransaction) -> int | None:
+        """Post a payment's life-cycle transaction unless the payment already owns one of its kind
+        (the unique index decides, also against a concurrent transaction): None then, and nothing
+        of this one is written."""
+        try:
+            with self.c.begin_nested():
+                return self.post(txn)
+        except IntegrityError:
+            return None
+
+    def payment_net_fen(self, payment_id: str) -> int:
+        """What a payment's own life-cycle transactions brought in from its channel and still hold."""
+        e, lt = t.ledger_entries, t.ledger_transactions
+        total = self.c.execute(
+            select(func.coalesce(func.sum(e.c.amount_fen), 0))
+            .join(lt, lt.c.id == e.c.transaction_id)
+            .where(lt.c.payment_id == payment_id, lt.c.kind.in_(_LIFE_CYCLE_KINDS), e.c.account_code.like("clearing:%"))
+        ).scalar_one()
+        return int(total)
+
     def entries_sum_fen(self, code: str) -> int:
         """Cached for customer balances (`check` proves it equals the entries), summed otherwise."""
         if kind_of(code) in CACHED_BALANCE_KINDS:
@@ -216,13 +264,13 @@ class Ledger:
         return int(total)
 
     def purchases_fen(self, account_no: str) -> int:
-        """Money of this account turned into gas (less purchases cancelled), from its entries."""
+        """Money of this account turned into gas, from its entries."""
         total = self.c.execute(
             select(func.coalesce(func.sum(t.ledger_entries.c.amount_fen), 0))
             .join(t.ledger_transactions, t.ledger_transactions.c.id == t.ledger_entries.c.transaction_id)
             .where(
                 t.ledger_entries.c.account_code == prepaid_account(account_no),
-                t.ledger_transactions.c.kind.in_([TransactionKind.PURCHASE.value, TransactionKind.PURCHASE_CANCELLED.value]),
+                t.ledger_transactions.c.kind == TransactionKind.PURCHASE.value,
             )
         ).scalar_one()
         return int(total)
@@ -279,32 +327,6 @@ class Ledger:
                     f"cached {row.entries_sum_fen} fen, entries sum {row.total or 0} fen",
                 )
             )
-        txn_count = (
-            select(t.ledger_transactions.c.payment_id, func.count().label("n"))
-            .where(
-                t.ledger_transactions.c.payment_id.is_not(None),
-                t.ledger_transactions.c.kind.in_([TransactionKind.PAYMENT_BOOKED.value, TransactionKind.PAYMENT_HELD.value]),
-            )
-            .group_by(t.ledger_transactions.c.payment_id)
-            .subquery()
-        )
-        booked_without_one = (
-            select(t.payments.c.id, t.payments.c.state, txn_count.c.n)
-            .outerjoin(txn_count, txn_count.c.payment_id == t.payments.c.id)
-            .where(
-                t.payments.c.state.in_([PaymentState.BOOKED.value, PaymentState.HELD.value]),
-                func.coalesce(txn_count.c.n, 0) != 1,
-            )
-            .limit(limit)
-        )
-        for row in self.c.execute(booked_without_one):
-            findings.append(
-                LedgerCheckFinding(
-                    "PAYMENT_NOT_BOOKED_ONCE",
-                    f"payment {row.id}",
-                    f"{row.state} with {row.n or 0} ledger transactions (expected exactly 1)",
-                )
-            )
         wrong_amount = (
             select(t.payments.c.id, t.payments.c.amount_fen, t.ledger_entries.c.amount_fen.label("booked_fen"))
             .join(t.ledger_transactions, t.ledger_transactions.c.payment_id == t.payments.c.id)
@@ -324,7 +346,76 @@ class Ledger:
                     f"payment {row.amount_fen} fen, clearing debit {row.booked_fen} fen",
                 )
             )
+        nameless = (
+            select(t.ledger_transactions.c.id, t.ledger_transactions.c.kind)
+            .where(t.ledger_transactions.c.payment_id.is_(None), t.ledger_transactions.c.kind.in_(_LIFE_CYCLE_KINDS))
+            .limit(limit)
+        )
+        for row in self.c.execute(nameless):
+            findings.append(LedgerCheckFinding("MONEY_MOVED_FOR_NO_PAYMENT", f"transaction {row.id}", f"{row.kind} names no payment"))
+        findings.extend(self._money_not_where_state_says(limit))
         return findings
+
+    def payment_trails(self) -> list[tuple[str, str, str, int, str]]:
+        """Payments grouped by (state, timeline path, life-cycle transactions owned): a handful of
+        groups however many payments, each with a count and one payment to name. The caller checks
+        each group against the life cycle."""
+        postgres = self.c.dialect.name == "postgresql"
+        kinds = ", ".join(f"'{k}'" for k in _LIFE_CYCLE_KINDS)  # our own enum values, not input
+        if postgres:
+            paths = "SELECT payment_id, string_agg(state, '>' ORDER BY seq) AS path FROM payment_events GROUP BY payment_id"
+            owned = f"SELECT payment_id, string_agg(kind, ',' ORDER BY kind) AS kinds FROM ledger_transactions WHERE payment_id IS NOT NULL AND kind IN ({kinds}) GROUP BY payment_id"
+        else:  # SQLite before 3.44 has no ORDER BY inside an aggregate; it keeps a sorted subquery's order
+            paths = "SELECT payment_id, group_concat(state, '>') AS path FROM (SELECT payment_id, state FROM payment_events ORDER BY payment_id, seq) GROUP BY payment_id"
+            owned = f"SELECT payment_id, group_concat(kind, ',') AS kinds FROM (SELECT payment_id, kind FROM ledger_transactions WHERE payment_id IS NOT NULL AND kind IN ({kinds}) ORDER BY payment_id, kind) GROUP BY payment_id"
+        rows = self.c.exec_driver_sql(
+            f"WITH paths AS ({paths}), owned AS ({owned}) "
+            "SELECT p.state, coalesce(paths.path, ''), coalesce(owned.kinds, ''), count(*), min(p.id) FROM payments p "
+            "LEFT JOIN paths ON paths.payment_id = p.id LEFT JOIN owned ON owned.payment_id = p.id GROUP BY 1, 2, 3"
+        )
+        return [(state, path, kinds_, int(n), example) for state, path, kinds_, n, example in rows]
+
+    def _money_not_where_state_says(self, limit: int) -> list[LedgerCheckFinding]:
+        """Each payment's own transactions leave its money where its state says: all of it on the
+        customer's balance when booked, in suspense when held, in refunds in flight when a refund is
+        requested, none anywhere once reversed or refunded (an adjusted one: what the channel said)."""
+        e, lt, a, p = t.ledger_entries, t.ledger_transactions, t.ledger_accounts, t.payments
+
+        def net(kind: LedgerAccountKind):  # noqa: ANN202
+            return func.coalesce(func.sum(case((a.c.kind == kind.value, e.c.amount_fen), else_=0)), 0)
+
+        clearing, prepaid, suspense, refunds = (net(k) for k in (LedgerAccountKind.CLEARING, LedgerAccountKind.PREPAID, LedgerAccountKind.SUSPENSE, LedgerAccountKind.REFUNDS))
+        nets = {LedgerAccountKind.PREPAID: prepaid, LedgerAccountKind.SUSPENSE: suspense, LedgerAccountKind.REFUNDS: refunds}
+        expected = []
+        for state, holder in MONEY_SITS_IN.items():
+            amount = p.c.amount_fen if state != PaymentState.ADJUSTED else clearing
+            in_clearing = clearing == (0 if holder is None else amount)
+            rest = [n == (0 if k != holder else -amount) for k, n in nets.items()]
+            expected.append(and_(p.c.state == state.value, in_clearing, *rest, *([clearing > 0] if state == PaymentState.ADJUSTED else [])))
+        query = (
+            select(p.c.id, p.c.state, p.c.amount_fen, clearing.label("clearing"), prepaid.label("prepaid"), suspense.label("suspense"), refunds.label("refunds"))
+            .select_from(p.join(lt, and_(lt.c.payment_id == p.c.id, lt.c.kind.in_(_LIFE_CYCLE_KINDS))).join(e, e.c.transaction_id == lt.c.id).join(a, a.c.code == e.c.account_code))
+            .group_by(p.c.id, p.c.state, p.c.amount_fen)
+            .having(not_(or_(*expected)))
+            .limit(limit)
+        )
+        return [
+            LedgerCheckFinding(
+                "PAYMENT_MONEY_NOT_WHERE_STATE_SAYS", f"payment {row.id}",
+                f"{row.state} {row.amount_fen} fen, its transactions net: clearing {row.clearing}, balance {-row.prepaid}, suspense {-row.suspense}, refunds in flight {-row.refunds} fen",
+            )  # fmt: skip
+            for row in self.c.execute(query)
+        ]
+
+    def accounts_in_arrears(self) -> tuple[int, int]:
+        """Customers whose balance is below zero (a reversal after the gas was bought): count, fen owed."""
+        la = t.ledger_accounts
+        row = self.c.execute(
+            select(func.count(), func.coalesce(func.sum(la.c.entries_sum_fen), 0)).where(
+                la.c.kind == LedgerAccountKind.PREPAID.value, la.c.entries_sum_fen > 0
+            )
+        ).one()
+        return int(row[0]), int(row[1])
 
 
 class Orders:
@@ -384,6 +475,9 @@ def _order(row: Any) -> PaymentOrder:
         created_at=row.created_at,
         payment_id=row.payment_id,
     )
+
+
+_LIFE_CYCLE_KINDS = sorted(k.value for k in ONCE_PER_PAYMENT)
 
 
 class DuplicateKey(Exception):

@@ -8,8 +8,8 @@ from sqlalchemy import (
     Boolean,
     Column,
     Date,
-    Double,
     DateTime,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -19,8 +19,11 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.types import TypeDecorator
+
+from gasworks.domain.payments import ONCE_PER_PAYMENT
 
 metadata = MetaData(
     naming_convention={
@@ -30,6 +33,9 @@ metadata = MetaData(
         "pk": "pk_%(table_name)s",
     }
 )
+
+
+_ONCE_PER_PAYMENT_SQL = "kind IN (" + ", ".join(f"'{k.value}'" for k in sorted(ONCE_PER_PAYMENT)) + ")"
 
 
 class UtcDateTime(TypeDecorator):
@@ -138,6 +144,12 @@ ledger_transactions = Table(
     Column("payment_id", String(40), index=True),
     Column("at", UtcDateTime, nullable=False),
     Column("memo", String(300), nullable=False, server_default=""),
+    # A payment's life-cycle transactions (booked, held, reversed, refunded ...) exist at most once
+    # each: two operators deciding at the same moment still move the money once.
+    Index(
+        "uq_ledger_transactions_payment_kind", "payment_id", "kind", unique=True,
+        postgresql_where=text(_ONCE_PER_PAYMENT_SQL), sqlite_where=text(_ONCE_PER_PAYMENT_SQL),
+    ),
 )
 
 ledger_entries = Table(
@@ -172,7 +184,7 @@ payments = Table(
     Column("out_trade_no", String(32)),
     Column("method", String(20), nullable=False, server_default=""),
     Column("paid_at", UtcDateTime),
-    Column("state", String(10), nullable=False),
+    Column("state", String(20), nullable=False),
     Column("hold_reason", String(30)),
     Column("received_at", UtcDateTime, nullable=False),
     # Exactly once: a channel's transaction id books at most one payment.

@@ -217,14 +217,8 @@ def create_app(system: System) -> FastAPI:
             account_no=body.account_no,
             method=body.method,
         )
-        taken = intake.accept_payment(notice, new_uow())
-        if not taken.duplicate:
-            with new_uow() as uow:
-                uow.audit.append(
-                    at=uow.clock.now(), actor=access.actor_of(device), action="payment.take", subject=f"payment:{taken.payment_id}",
-                    detail={"txn_id": body.txn_id, "account_no": body.account_no, "amount_fen": body.amount_fen, "method": body.method},
-                )
-                uow.commit()
+        audit = intake.AuditNote(access.actor_of(device), "payment.take", {"txn_id": body.txn_id, "account_no": body.account_no, "method": body.method})
+        taken = intake.accept_payment(notice, new_uow(), audit=audit)
         payments_taken.labels("device", "duplicate" if taken.duplicate else taken.state.value).inc()
         return s.AcceptanceOut.of(taken, resident_url=resident_url(system, request, taken.payment_id))
 
@@ -259,6 +253,14 @@ def create_app(system: System) -> FastAPI:
         decided = holds.decide_hold(payment_id, holds.HoldDecision(body.decision), reason=body.reason, account_no=body.account_no, uow=new_uow(), actor=access.actor_of(who))
         return s.PaymentOut.of(decided)
 
+    @app.post("/v1/payments/{payment_id}/refunds", tags=["payments"], response_model=s.PaymentOut, responses=ERROR_RESPONSES)
+    def record_refund(payment_id: str, body: s.RefundIn, who: ApiKeyRecord = Depends(caller(Role.OPERATOR))) -> s.PaymentOut:
+        """The channel refunded this payment: `confirmed` closes a refund we requested (money leaves
+        refunds in flight); `external` records a refund the channel made on its own (money leaves
+        the balance or suspense; gas already bought stays bought and the balance may go below zero)."""
+        record = holds.confirm_refund if body.kind == "confirmed" else holds.record_external_refund
+        return s.PaymentOut.of(record(payment_id, evidence=body.evidence, uow=new_uow(), actor=access.actor_of(who)))
+
     @app.get("/v1/rejections", tags=["audit"], responses=ERROR_RESPONSES)
     def rejections(
         channel_id: str | None = None, limit: int = Query(100, ge=1, le=settings.page_size_max), who: ApiKeyRecord = Depends(caller(*READERS))
@@ -282,6 +284,7 @@ def create_app(system: System) -> FastAPI:
             findings=[s.Finding(**f.__dict__) for f in report.findings],
             totals_by_kind_fen=report.totals_by_kind_fen,
             payments_by_state={k: {"count": n, "amount_fen": fen} for k, (n, fen) in report.payments_by_state.items()},
+            arrears={"accounts": report.arrears[0], "amount_fen": report.arrears[1]},
         )
 
     app.include_router(delivery_routes(system, caller, ERROR_RESPONSES))

@@ -149,6 +149,11 @@ class HoldDecisionIn(Strict):
     reason: str = Field(min_length=1, max_length=200)
 
 
+class RefundIn(Strict):
+    kind: str = Field(pattern="^(confirmed|external)$", description="confirmed: the channel paid back a refund we requested; external: the channel refunded on its own")
+    evidence: str = Field(min_length=1, max_length=200, description="where the refund was seen: the channel's refund id, notification or statement line")
+
+
 class TimelineStep(BaseModel):
     state: str
     at: datetime
@@ -196,3 +201,4 @@ class LedgerCheckOut(BaseModel):
     findings: list[Finding]
     totals_by_kind_fen: dict[str, int]
     payments_by_state: dict[str, dict[str, int]]
+    arrears: dict[str, int] = Field(description="customers whose balance is below zero (a reversal after the gas was bought): accounts, fen owed")

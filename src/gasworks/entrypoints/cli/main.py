@@ -84,8 +84,13 @@ def check(database_url: DatabaseUrl = None) -> None:
     out.print(table)
     for state, (n, fen) in sorted(report.payments_by_state.items()):
         out.print(f"payments {state}: {n} (¥{fen_to_yuan_text(fen)})")
+    accounts_owing, owed_fen = report.arrears
+    out.print(f"accounts in arrears: {accounts_owing} (¥{fen_to_yuan_text(owed_fen)} owed, taken from their next payments)")
     if report.ok:
-        out.print("[bold green]ledger holds[/]: every transaction balances, every balance equals its entries, every payment booked once")
+        out.print(
+            "[bold green]ledger holds[/]: every transaction balances, every balance equals its entries, "
+            "every payment's state agrees with its money (booked once, reversed or refunded at most once)"
+        )
         return
     for f in report.findings:
         err.print(f"[red]{f.code}[/] {f.subject}: {f.detail}")

@@ -14,16 +14,46 @@ from gasworks.domain.payments import PaymentState
 from gasworks.domain.statements import DiscrepancyClass, DiscrepancyState
 from gasworks.entrypoints.cli.common import DatabaseUrl, cli_actor, cli_errors, out, system
 from gasworks.services import reconciliation
-from gasworks.services.holds import HoldDecision, decide_hold
+from gasworks.services.holds import HoldDecision, confirm_refund, decide_hold, record_external_refund
 
 discrepancies_app = typer.Typer(help="Differences found by reconciliation: list them, decide them.", no_args_is_help=True)
 holds_app = typer.Typer(help="Payments held in suspense: list them, credit or refund them.", no_args_is_help=True)
+refunds_app = typer.Typer(help="Refunds the channel made: confirm one we requested, or record one it made on its own.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
     app.command()(reconcile)
     app.add_typer(discrepancies_app, name="discrepancies")
     app.add_typer(holds_app, name="holds")
+    app.add_typer(refunds_app, name="refunds")
+
+
+@refunds_app.command("list")
+@cli_errors
+def refunds_list(limit: int = 100, database_url: DatabaseUrl = None) -> None:
+    """Refunds requested and not yet confirmed by the channel: their money is in refunds in flight."""
+    with system(database_url).new_uow() as uow:
+        waiting = uow.payments.list_in_state(PaymentState.REFUND_REQUESTED, limit)
+    table = Table("payment", "channel", "txn", "amount", "requested")
+    for p in waiting:
+        table.add_row(p.id, p.channel_id, p.channel_txn_id, f"¥{fen_to_yuan_text(p.amount_fen)}", p.events[-1].note)
+    out.print(table)
+
+
+@refunds_app.command("confirm")
+@cli_errors
+def refunds_confirm(payment_id: str, evidence: Annotated[str, typer.Option(help="The channel's refund id or notification.")], database_url: DatabaseUrl = None) -> None:
+    """The channel paid back a refund we requested."""
+    done = confirm_refund(payment_id, evidence=evidence, uow=system(database_url).new_uow(), actor=cli_actor())
+    out.print(f"payment {done.id}: {done.events[-1].note}")
+
+
+@refunds_app.command("external")
+@cli_errors
+def refunds_external(payment_id: str, evidence: Annotated[str, typer.Option(help="Where the refund was seen.")], database_url: DatabaseUrl = None) -> None:
+    """The channel refunded this payment on its own."""
+    done = record_external_refund(payment_id, evidence=evidence, uow=system(database_url).new_uow(), actor=cli_actor())
+    out.print(f"payment {done.id}: {done.events[-1].note}")
 
 
 @holds_app.command("list")
