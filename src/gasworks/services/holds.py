@@ -28,23 +28,25 @@ def decide_hold(payment_id: str, decision: HoldDecision, *, reason: str, uow: Un
     with uow:
         now = uow.clock.now()
         payment = require_payment(uow, payment_id)
-        if payment.state != PaymentState.HELD:
-            refused = already_decided(payment, PaymentState.BOOKED if decision == HoldDecision.CREDIT else PaymentState.REFUND_REQUESTED)
-            raise IllegalTransition(refused.message, code="HOLD_NOT_OPEN")
-        why = reason.strip()[:200]
-        detail = {"hold_reason": payment.hold_reason, "reason": why}
-        if decision == HoldDecision.CREDIT:
-            account = check_account_no(account_no or payment.account_no or "")
-            meter = uow.meters.get_for_account(account, lock=True)
-            if meter is None:
-                raise NotFound(f"no account {account}", code="ACCOUNT_NOT_FOUND")
-            note = f"credited to account {account} by {actor}: {why}"
-            settle(uow, payment, PaymentState.BOOKED, at=now, note=note, actor=actor, action="hold.credit", detail={**detail, "account_no": account}, account_no=account)
-            buy_gas(uow, meter, payment_id=payment.id)
-        else:
-            # The money waits in refunds in flight until the channel confirms it paid the resident back.
-            note = f"refund through {payment.channel_id} requested by {actor}: {why}"
-            settle(uow, payment, PaymentState.REFUND_REQUESTED, at=now, note=note, actor=actor, action="hold.refund", detail=detail)
+        try:  # decided already, or by another operator meanwhile: one stable code, with what was decided
+            if payment.state != PaymentState.HELD:
+                raise already_decided(payment, PaymentState.BOOKED if decision == HoldDecision.CREDIT else PaymentState.REFUND_REQUESTED)
+            why = reason.strip()[:200]
+            detail = {"hold_reason": payment.hold_reason, "reason": why}
+            if decision == HoldDecision.CREDIT:
+                account = check_account_no(account_no or payment.account_no or "")
+                meter = uow.meters.get_for_account(account, lock=True)
+                if meter is None:
+                    raise NotFound(f"no account {account}", code="ACCOUNT_NOT_FOUND")
+                note = f"credited to account {account} by {actor}: {why}"
+                settle(uow, payment, PaymentState.BOOKED, at=now, note=note, actor=actor, action="hold.credit", detail={**detail, "account_no": account}, account_no=account)
+                buy_gas(uow, meter, payment_id=payment.id)
+            else:
+                # The money waits in refunds in flight until the channel confirms it paid the resident back.
+                note = f"refund through {payment.channel_id} requested by {actor}: {why}"
+                settle(uow, payment, PaymentState.REFUND_REQUESTED, at=now, note=note, actor=actor, action="hold.refund", detail=detail)
+        except IllegalTransition as refused:
+            raise IllegalTransition(refused.message, code="HOLD_NOT_OPEN") from None
         uow.commit()
         return payment
 

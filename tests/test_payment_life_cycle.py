@@ -1,0 +1,193 @@
+"""A payment owns its life cycle: every decision about its money is a legal transition, posted once,
+and `gasworks check` proves each payment's state against its money."""
+
+import threading
+from datetime import date, timedelta
+
+import pytest
+from sqlalchemy import insert, text, update
+from sqlalchemy.exc import IntegrityError
+
+from gasworks.adapters.db import tables as t
+from gasworks.domain.channels import PaymentNotice
+from gasworks.domain.errors import GasworksError
+from gasworks.domain.ledger import REFUNDS, TransactionKind
+from gasworks.domain.payments import IllegalTransition, PaymentState, check_transition
+from gasworks.services import holds, reconciliation
+from gasworks.services.cards import CardRead, CardWrite, confirm_card_write, read_card
+from gasworks.services.checks import check_ledger
+from gasworks.services.intake import accept_payment
+from gasworks.services.timeline import payment_timeline
+from tests.support import ACCOUNT_NO, OTHER_ACCOUNT_NO, balance_fen, set_up
+
+CARD_NO = "C0000000000002"
+CARD_SERIAL = "00000000000002"
+
+
+@pytest.fixture
+def books(system):
+    set_up(system)
+    return system
+
+
+def pay(system, txn: str, amount_fen: int, account_no: str = ACCOUNT_NO, channel: str = "wo-wallet"):
+    notice = PaymentNotice(channel_id=channel, channel_txn_id=txn, amount_fen=amount_fen, paid_at=system.clock.now() - timedelta(minutes=5), account_no=account_no)
+    return accept_payment(notice, system.new_uow())
+
+
+def ledger_kinds(system, payment_id: str) -> list[str]:
+    with system.engine.connect() as c:
+        return sorted(r.kind for r in c.execute(t.ledger_transactions.select().where(t.ledger_transactions.c.payment_id == payment_id)))
+
+
+def test_the_life_cycle_refuses_what_it_does_not_have():
+    assert check_transition(PaymentState.HELD, PaymentState.REFUND_REQUESTED) == TransactionKind.REFUND_REQUESTED
+    assert check_transition(PaymentState.BOOKED, PaymentState.REVERSED) == TransactionKind.PAYMENT_REVERSED
+    for current, new, code in [
+        (PaymentState.REVERSED, PaymentState.REVERSED, "PAYMENT_ALREADY_REVERSED"),
+        (PaymentState.REFUNDED, PaymentState.REVERSED, "PAYMENT_ALREADY_REFUNDED"),
+        (PaymentState.REFUND_REQUESTED, PaymentState.BOOKED, "PAYMENT_ALREADY_REFUND_REQUESTED"),
+        (PaymentState.BOOKED, PaymentState.REFUND_REQUESTED, "PAYMENT_TRANSITION_ILLEGAL"),
+        (PaymentState.BOOKED, PaymentState.HELD, "PAYMENT_TRANSITION_ILLEGAL"),
+    ]:
+        with pytest.raises(IllegalTransition) as refused:
+            check_transition(current, new)
+        assert refused.value.code == code and refused.value.http_status == 409
+
+
+def plain_statement(lines: list[tuple[str, str, int]], day: date) -> bytes:
+    body = "txn_id,account_no,amount_fen,paid_at,status\n"
+    body += "".join(f"{txn},{account},{fen},{day.isoformat()}T10:00:00+08:00,SUCCESS\n" for txn, account, fen in lines)
+    return (body + f"# total,{len(lines)},{sum(fen for _, _, fen in lines)}\n").encode()
+
+
+def test_importing_a_day_twice_and_reversing_twice_moves_the_money_once(books):
+    """The reported hole: two statement files for one day, "reverse" decided on both: two reversals."""
+    system = books
+    day = system.clock.now().date()
+    lost = pay(system, "WO-NEVER-COLLECTED", 10_000)
+    pay(system, "WO-REAL-1", 3_000)
+    runs = []
+    for lines in ([("WO-REAL-1", ACCOUNT_NO, 3_000)], [("WO-REAL-1", ACCOUNT_NO, 3_000), ("WO-OTHER", OTHER_ACCOUNT_NO, 1)]):
+        imported = reconciliation.import_statement(channel_id="wo-wallet", statement_date=day, filename="s.csv", raw=plain_statement(lines, day), uow=system.new_uow(), actor="test")
+        runs.append(reconciliation.reconcile(file_id=imported.file_id, uow_factory=system.new_uow, actor="test"))
+    unknown = [d for r in runs for d in r.discrepancies if d.payment_id == lost.payment_id]
+    assert len(unknown) == 2, "each import of the day finds the payment the channel never collected"
+    with system.new_uow() as uow:
+        clearing_before = uow.ledger.entries_sum_fen("clearing:wo-wallet")
+    first = reconciliation.decide(unknown[0].id, "reverse", "the wallet never collected it", system.new_uow(), actor="op:wang")
+    assert first.state == "resolved"
+    with pytest.raises(IllegalTransition) as second:
+        reconciliation.decide(unknown[1].id, "reverse", "the wallet never collected it", system.new_uow(), actor="op:li")
+    assert second.value.code == "PAYMENT_ALREADY_REVERSED" and "discrepancy" in second.value.message, "the second answer says what the first did"
+    with system.new_uow() as uow:
+        assert uow.payments.get(lost.payment_id).state == PaymentState.REVERSED
+        assert uow.ledger.entries_sum_fen("clearing:wo-wallet") == clearing_before - 10_000
+    assert ledger_kinds(system, lost.payment_id).count(TransactionKind.PAYMENT_REVERSED) == 1
+    report = check_ledger(system.new_uow())
+    assert report.ok, report.findings
+
+
+def test_a_reversal_after_the_gas_was_bought_leaves_arrears_paid_first_by_the_next_payment(books):
+    system = books
+    first = pay(system, "WO-A-1", 10_000, account_no=OTHER_ACCOUNT_NO)
+    with system.new_uow() as uow:
+        (order,) = uow.meter_commands.for_payment(first.payment_id)
+    remainder = balance_fen(system, OTHER_ACCOUNT_NO)
+    assert order.cost_fen == 10_000 - remainder
+    holds.record_external_refund(first.payment_id, evidence="refund line in the wallet's statement", uow=system.new_uow(), actor="op:wang")
+    assert balance_fen(system, OTHER_ACCOUNT_NO) == remainder - 10_000 < 0, "the gas stays bought: the account owes it"
+    report = check_ledger(system.new_uow())
+    assert report.ok and report.arrears == (1, 10_000 - remainder)
+    small = pay(system, "WO-A-2", 2_000, account_no=OTHER_ACCOUNT_NO)
+    with system.new_uow() as uow:
+        assert uow.meter_commands.for_payment(small.payment_id) == [], "nothing bought while the account owes"
+    shown = payment_timeline(small.payment_id, system.new_uow(), hotline="12319")
+    assert shown.status == "ARREARS" and "owes" in shown.headline.en
+    big = pay(system, "WO-A-3", 20_000, account_no=OTHER_ACCOUNT_NO)
+    with system.new_uow() as uow:
+        (bought,) = uow.meter_commands.for_payment(big.payment_id)
+    owed_before = 10_000 - remainder - 2_000
+    assert bought.cost_fen + balance_fen(system, OTHER_ACCOUNT_NO) == 20_000 - owed_before
+    report = check_ledger(system.new_uow())
+    assert report.ok and report.arrears == (0, 0)
+    with pytest.raises(IllegalTransition):
+        holds.record_external_refund(first.payment_id, evidence="again", uow=system.new_uow(), actor="op:wang")
+
+
+def test_the_database_refuses_a_second_reversal_of_one_payment(books):
+    system = books
+    taken = pay(system, "WO-U-1", 5_000)
+    row = {"kind": TransactionKind.PAYMENT_REVERSED.value, "payment_id": taken.payment_id, "at": system.clock.now(), "memo": "by hand"}
+    with system.engine.begin() as c:
+        c.execute(insert(t.ledger_transactions).values(**row))
+    with pytest.raises(IntegrityError), system.engine.begin() as c:
+        c.execute(insert(t.ledger_transactions).values(**row))
+
+
+def test_check_names_the_payment_whose_state_differs_from_its_money(books):
+    system = books
+    taken = pay(system, "WO-C-1", 5_000)
+    assert check_ledger(system.new_uow()).ok
+    with system.engine.begin() as c:  # someone edits the state behind the life cycle's back
+        c.execute(update(t.payments).where(t.payments.c.id == taken.payment_id).values(state="reversed"))
+    findings = {(f.code, f.subject.split(" and ")[0]) for f in check_ledger(system.new_uow()).findings}
+    assert ("PAYMENT_STATE_DIFFERS_FROM_LEDGER", f"payment {taken.payment_id}") in findings
+    assert ("PAYMENT_MONEY_NOT_WHERE_STATE_SAYS", f"payment {taken.payment_id}") in findings
+
+
+def test_check_finds_money_moved_for_no_payment(books):
+    system = books
+    pay(system, "WO-N-1", 5_000)
+    with system.engine.begin() as c:  # what the old reconciliation "reverse" posted: a reversal naming no payment
+        txn_id = c.execute(insert(t.ledger_transactions).values(kind="payment_reversed", payment_id=None, at=system.clock.now(), memo="")).inserted_primary_key[0]
+        c.execute(insert(t.ledger_entries), [
+            {"transaction_id": txn_id, "account_code": f"prepaid:{ACCOUNT_NO}", "amount_fen": 5_000},
+            {"transaction_id": txn_id, "account_code": "clearing:wo-wallet", "amount_fen": -5_000},
+        ])  # fmt: skip
+        c.execute(text("UPDATE ledger_accounts SET entries_sum_fen = entries_sum_fen + 5000 WHERE code = :code"), {"code": f"prepaid:{ACCOUNT_NO}"})
+    codes = {f.code for f in check_ledger(system.new_uow()).findings}
+    assert "MONEY_MOVED_FOR_NO_PAYMENT" in codes
+
+
+@pytest.mark.postgres
+def test_two_operators_refunding_one_hold_at_once_move_the_money_once(postgres_only_url, clock):
+    from tests.conftest import make_system
+
+    system = make_system(postgres_only_url, clock)
+    set_up(system)
+    held = pay(system, "WO-H-1", 4_000, account_no="9999999999")
+    assert held.state == PaymentState.HELD
+    start, answers = threading.Barrier(4), []
+
+    def decide() -> None:
+        start.wait()
+        try:
+            answers.append(holds.decide_hold(held.payment_id, holds.HoldDecision.REFUND, reason="no such customer", uow=system.new_uow(), actor="op").state)
+        except GasworksError as refused:
+            answers.append(refused.code)
+
+    threads = [threading.Thread(target=decide) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(answers) == ["HOLD_NOT_OPEN"] * 3 + [PaymentState.REFUND_REQUESTED]
+    assert ledger_kinds(system, held.payment_id) == [TransactionKind.PAYMENT_HELD, TransactionKind.REFUND_REQUESTED]
+    with system.new_uow() as uow:
+        assert -uow.ledger.entries_sum_fen(REFUNDS) == 4_000
+    assert check_ledger(system.new_uow()).ok
+    system.engine.dispose()
+
+
+def write_card_and_insert_it(system) -> None:
+    """A kiosk writes every pending purchase to the card; the resident inserts it; the card comes
+    back showing the meter applied them all."""
+    with system.new_uow() as uow:
+        link = uow.meters.get(CARD_SERIAL)
+    seq = link.card_purchase_seq
+    answer = read_card(CardRead(CARD_NO, CARD_SERIAL, seq, min(seq, link.applied_seq)), system.new_uow(), actor="kiosk")
+    for order in answer.to_write:
+        confirm_card_write(CardWrite(CARD_NO, CARD_SERIAL, order.purchase_seq, order.purchase_seq), system.new_uow(), actor="kiosk")
+        seq = order.purchase_seq
+    read_card(CardRead(CARD_NO, CARD_SERIAL, seq, seq), system.new_uow(), actor="kiosk")
