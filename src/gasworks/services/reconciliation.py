@@ -26,13 +26,14 @@ from gasworks.adapters.db.reconciliation import Discrepancy
 from gasworks.adapters.statements import read_statement
 from gasworks.domain.channels import Channel, ChannelKind, PaymentNotice
 from gasworks.domain.errors import Conflict, InvalidInput, NotFound
-from gasworks.domain.payments import PaymentState
+from gasworks.domain.payments import IllegalTransition, PaymentState
 from gasworks.domain.statements import (
     PROPOSED_ACTIONS,
     DiscrepancyClass,
     DiscrepancyState,
 )
 from gasworks.services.channels import require_channel
+from gasworks.services.holds import confirm_refund
 from gasworks.services.intake import AuditNote, accept_payment
 from gasworks.services.payment_life_cycle import settle
 from gasworks.services.unit_of_work import UnitOfWork
@@ -126,6 +127,8 @@ def reconcile(*, file_id: int, uow_factory: Callable[[], UnitOfWork], actor: str
     for discrepancy in found:
         if discrepancy.klass == DiscrepancyClass.MISSING_NOTIFICATION:
             _book_from_statement(discrepancy, unnotified[discrepancy.channel_txn_id or ""], channel, uow_factory, file_id, actor)
+        elif discrepancy.klass == DiscrepancyClass.STATUS_MISMATCH and discrepancy.state == DiscrepancyState.REPAIRED:
+            _confirm_refund_from_statement(discrepancy, uow_factory, file_id, actor)
     with uow_factory() as uow:
         now = uow.clock.now()
         for old in carried:
@@ -201,6 +204,10 @@ def _match(
         "SELECT s.channel_txn_id, p.payment_id, s.amount_fen, p.amount_fen FROM s JOIN p USING (channel_txn_id) WHERE s.status = 'refunded' AND p.state IN ('booked', 'held')"
     ).fetchall():
         add(DiscrepancyClass.STATUS_MISMATCH, txn, payment_id, s_fen, p_fen, f"refunded at the channel ({s_fen} fen), booked here")
+    for txn, payment_id, s_fen, p_fen in db.execute(
+        "SELECT s.channel_txn_id, p.payment_id, s.amount_fen, p.amount_fen FROM s JOIN p USING (channel_txn_id) WHERE s.status = 'refunded' AND p.state = 'refund_requested'"
+    ).fetchall():
+        add(DiscrepancyClass.STATUS_MISMATCH, txn, payment_id, s_fen, p_fen, f"the refund we requested ({s_fen} fen) is in the channel's statement", DiscrepancyState.REPAIRED)
     if channel.fee_ppm:
         for txn, line_no, amount, fee in db.execute(
             "SELECT channel_txn_id, line_no, amount_fen, fee_fen FROM s WHERE status = 'paid' AND fee_fen <> (amount_fen * ? + 500000) // 1000000", [channel.fee_ppm]
@@ -212,7 +219,7 @@ def _match(
     for payment_id, txn, amount, near_midnight in db.execute(
         "SELECT p.payment_id, p.channel_txn_id, p.amount_fen, p.paid_at >= ?::TIMESTAMPTZ FROM p ANTI JOIN s ON s.channel_txn_id = p.channel_txn_id "
         "ANTI JOIN near ON near.channel_txn_id = p.channel_txn_id "
-        "WHERE p.state IN ('booked', 'held') AND ((p.paid_at >= ?::TIMESTAMPTZ AND p.paid_at < ?::TIMESTAMPTZ) OR p.channel_txn_id IN (SELECT unnest(?::VARCHAR[])))",
+        "WHERE p.state IN ('booked', 'held', 'adjusted') AND ((p.paid_at >= ?::TIMESTAMPTZ AND p.paid_at < ?::TIMESTAMPTZ) OR p.channel_txn_id IN (SELECT unnest(?::VARCHAR[])))",
         [carry_from.isoformat(), day_start.isoformat(), day_end.isoformat(), sorted(t for t in carried_txns if t)],
     ).fetchall():
         if near_midnight and txn not in carried_txns:
@@ -245,6 +252,15 @@ def _book_from_statement(
     d.payment_id = taken.payment_id
     d.state = DiscrepancyState.REPAIRED
     d.detail += f"; booked from statement file {file_id} as {taken.payment_id} ({taken.state})"
+
+
+def _confirm_refund_from_statement(d: Discrepancy, uow_factory: Callable[[], UnitOfWork], file_id: int, actor: str) -> None:
+    """A refund we requested shows in the channel's statement: that is the channel's confirmation."""
+    try:
+        confirm_refund(d.payment_id or "", evidence=f"refund line in statement file {file_id}", uow=uow_factory(), actor=actor)
+        d.detail += "; refund confirmed"
+    except IllegalTransition as refused:  # confirmed meanwhile (its notification, another file)
+        d.detail += f"; {refused.message}"
 
 
 # ---- operators' decisions ----------------------------------------------------------------------
