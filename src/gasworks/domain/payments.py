@@ -36,6 +36,7 @@ class HoldReason(StrEnum):
     AMOUNT_MISMATCH = "AMOUNT_MISMATCH"
     ORDER_ALREADY_PAID = "ORDER_ALREADY_PAID"  # a second, different transaction for one order
     CHANNEL_MISMATCH = "CHANNEL_MISMATCH"  # an order created for another channel
+    AMOUNT_ABOVE_LIMIT = "AMOUNT_ABOVE_LIMIT"  # money already taken, above the payment ceiling
 
 
 @dataclass(frozen=True)
