@@ -111,6 +111,8 @@ class Edge:
                 answered = True
                 status = int(message["status"])
                 if status >= 400 or facts.code is not None:
+                    if streamed and not facts.body_complete:
+                        await self._drain(receive, facts)
                     await self._record(scope, facts, status)
             await send(message)
 
@@ -157,6 +159,18 @@ class Edge:
             return await receive()
 
         await self.app(scope, receive_replayed, send_recorded)
+
+    async def _drain(self, receive: Receive, facts: EdgeFacts) -> None:
+        """A streamed body refused before it was read (a statement upload without a key, say) is read
+        on, to record its size and hash, but only up to `body_bytes_max` more: an attacker's large
+        body is recorded as refused unread, with its declared size."""
+        seen_max = facts.body_bytes + self.body_bytes_max
+        while not facts.body_complete and facts.body_bytes <= seen_max:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            facts.take(message.get("body", b""))
+            facts.body_complete = not message.get("more_body", False)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send, facts: EdgeFacts, bytes_max: int) -> None:
         facts.code, facts.message = "BODY_TOO_LARGE", f"request body over {bytes_max} bytes, refused unread"
