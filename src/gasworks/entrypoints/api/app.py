@@ -179,7 +179,7 @@ def create_app(system: System) -> FastAPI:
             return to_response(success())
         return to_response(failure(error))
 
-    @app.post("/v1/channels/{channel_id}/payments", tags=["channels"], response_model=s.AcceptanceOut, responses=ERROR_RESPONSES)
+    @app.post("/v1/channels/{channel_id}/payments", tags=["channels"], response_model=s.AcceptanceOut, responses=ERROR_RESPONSES, openapi_extra=s.WALLET_PAYMENT_BODY)
     async def channel_payment(channel_id: str, request: Request) -> s.AcceptanceOut:
         """Bill payment (代收/销账) by a wallet-hmac channel: the same transaction id always gets the first answer."""
         _, taken, error = await take(channel_id, request, BILL_PAYMENT_DECODERS)

@@ -106,6 +106,28 @@ class CreateOrderIn(Strict):
     holder_phone: str | None = Field(None, pattern=r"^\+?[0-9][0-9 -]{2,19}$", description="without an API key: the account holder's phone, as registered")
 
 
+# The bill payment a wallet posts, read raw (the HMAC covers its exact bytes); documented here.
+WALLET_PAYMENT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["txn_id", "account_no", "amount_fen"],
+                    "properties": {
+                        "txn_id": {"type": "string", "minLength": 1, "maxLength": 64},
+                        "account_no": {"type": "string", "minLength": 1, "maxLength": 12},
+                        "amount_fen": {"type": "integer", "minimum": 1, "description": "above the payment ceiling: 422 AMOUNT_ABOVE_LIMIT"},
+                        "paid_at": {"type": "string", "format": "date-time"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
 class OrderOut(BaseModel):
     out_trade_no: str
     channel_id: str
