@@ -33,14 +33,14 @@ def env(system):
     return system, notifiers, client, keys
 
 
-def refusals_counted(code: str) -> float:
-    return sum(
+def refusals_counted(code: str) -> int:
+    return int(sum(
         sample.value
         for metric in REGISTRY.collect()
         if metric.name == "gasworks_intake_refusals"
         for sample in metric.samples
         if sample.name == "gasworks_intake_refusals_total" and sample.labels["code"] == code
-    )
+    ))
 
 
 def money_taken(system) -> dict:
@@ -178,6 +178,19 @@ def test_a_channel_override_lets_a_kiosk_take_more(system):
     reply = client.post(DEVICE, json=DEVICE_PAYMENT | {"amount_fen": 2_500_000}, headers=device)
     assert reply.status_code == 200 and reply.json()["status"] == "booked"
     assert client.post(DEVICE, json=DEVICE_PAYMENT | {"txn_id": "K-2", "amount_fen": 3_000_001}, headers=device).json()["error"]["code"] == "AMOUNT_ABOVE_LIMIT"
+
+
+def test_a_customer_class_override_bounds_wallet_and_device_payments(system):
+    system.settings.payment_fen_max_by_class = {"residential": 500_000}
+    n = set_up(system)
+    client = TestClient(create_app(system))
+    device = {"Authorization": f"Bearer {api_key(system, Role.DEVICE, channel_id='kiosk')}"}
+    assert client.post(DEVICE, json=DEVICE_PAYMENT | {"amount_fen": 500_001}, headers=device).json()["error"]["code"] == "AMOUNT_ABOVE_LIMIT"
+    headers, body = wallet_request(system, n, amount_fen=500_001)
+    assert client.post(WALLET, content=body, headers=headers).json()["error"]["code"] == "AMOUNT_ABOVE_LIMIT"
+    headers, body = wallet_request(system, n, account_no="9999999999", amount_fen=900_000)  # no account, no class: the default ceiling
+    assert client.post(WALLET, content=body, headers=headers).json()["hold_reason"] == "UNKNOWN_ACCOUNT"
+    assert client.post(DEVICE, json=DEVICE_PAYMENT | {"amount_fen": 500_000}, headers=device).json()["status"] == "booked"
 
 
 # --- wallet authentication --------------------------------------------------------------------------

@@ -6,7 +6,8 @@ Wire format, as Alipay documents it: an ``application/x-www-form-urlencoded`` PO
 ``trade_no`` (Alipay's transaction id), ``out_trade_no``, ``trade_status``, ``total_amount``
 (yuan, 2 decimals), ``gmt_payment``. The signature is SHA256withRSA, base64, over the parameters
 other than ``sign`` and ``sign_type``, sorted by name, joined as ``k=v`` with ``&``, values
-URL-decoded, empty values left out. Reply ``success`` (plain text) to stop the retries (up to 8
+URL-decoded, empty values left out, as the bytes of the declared ``charset`` (utf-8, gbk, gb2312):
+Alipay percent-encodes and signs in it, so both decoding and verifying use it. Reply ``success`` (plain text) to stop the retries (up to 8
 times in 25 h); anything else, by convention ``failure``, makes Alipay retry.
 
 Alipay notifications carry no nonce; the send time is signed, so a stale copy is refused, and a
