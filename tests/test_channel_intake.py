@@ -31,7 +31,8 @@ def env(system):
 
 
 def order(client, channel_id="wechat", account_no=ACCOUNT_NO, amount_fen=5000) -> str:
-    response = client.post("/v1/orders", json={"channel_id": channel_id, "account_no": account_no, "amount_fen": amount_fen})
+    body = {"channel_id": channel_id, "account_no": account_no, "amount_fen": amount_fen, "holder_phone": "13812345678"}  # the resident who bound it
+    response = client.post("/v1/orders", json=body)
     assert response.status_code == 201, response.text
     return response.json()["out_trade_no"]
 
@@ -288,13 +289,14 @@ def test_wallet_retry_returns_the_first_answer(env):
     assert credited_fen(system, ACCOUNT_NO) == 2000
 
 
-def test_wallet_retry_with_a_different_amount_keeps_the_first_and_is_flagged(env):
+def test_wallet_retry_with_a_different_amount_is_a_conflict_and_the_first_stands(env):
     system, n, client, auditor = env
     first = wallet_pay(system, n, client, "WO-0003", amount_fen=2000).json()
-    again = wallet_pay(system, n, client, "WO-0003", amount_fen=9000).json()
-    assert again["payment_id"] == first["payment_id"] and again["amount_fen"] == 2000
+    again = wallet_pay(system, n, client, "WO-0003", amount_fen=9000)
+    assert again.status_code == 409 and again.json()["error"]["code"] == "TXN_ID_CONFLICT"
+    assert wallet_pay(system, n, client, "WO-0003", amount_fen=2000).json()["payment_id"] == first["payment_id"]
     assert credited_fen(system, ACCOUNT_NO) == 2000
-    assert rejections(client, auditor, "wo-wallet") == ["TXN_ID_REUSED_WITH_DIFFERENT_CONTENT"]
+    assert rejections(client, auditor, "wo-wallet") == ["TXN_ID_CONFLICT"]
 
 
 def test_wallet_payment_for_an_unknown_account_is_held(env):
@@ -308,7 +310,7 @@ def test_wallet_reused_nonce_is_refused(env):
     system, n, client, auditor = env
     assert wallet_pay(system, n, client, "WO-0005", nonce="nonce-0005-abcdef").status_code == 200
     reply = wallet_pay(system, n, client, "WO-0006", nonce="nonce-0005-abcdef")
-    assert reply.status_code == 400 and reply.json()["error"]["code"] == "NONCE_REUSED"
+    assert reply.status_code == 401 and reply.json()["error"]["code"] == "NONCE_REUSED"
     assert credited_fen(system, ACCOUNT_NO) == 2000
 
 
@@ -328,7 +330,7 @@ def test_wallet_malformed_bodies_are_refused_with_a_code(env, body, code):
 def test_unsigned_wallet_request_is_refused(env):
     system, _, client, _ = env
     reply = client.post(WALLET_PAYMENTS, json={"txn_id": "x", "account_no": ACCOUNT_NO, "amount_fen": 100})
-    assert reply.status_code == 400 and reply.json()["error"]["code"] == "SIGNATURE_MISSING"
+    assert reply.status_code == 401 and reply.json()["error"]["code"] == "SIGNATURE_MISSING"
 
 
 def test_oversized_body_is_refused_before_it_is_read(env):
@@ -369,10 +371,11 @@ def test_kiosk_payment_for_an_unknown_account_is_refused_not_held(env):
 @pytest.mark.parametrize(
     ("method", "path", "payload", "status", "code"),
     [
-        ("post", "/v1/orders", {"channel_id": "wechat", "account_no": ACCOUNT_NO, "amount_fen": "50"}, 422, "VALIDATION_ERROR"),
-        ("post", "/v1/orders", {"channel_id": "wechat", "account_no": ACCOUNT_NO, "amount_fen": 10**12}, 422, "AMOUNT_OUT_OF_RANGE"),
-        ("post", "/v1/orders", {"channel_id": "wo-wallet", "account_no": ACCOUNT_NO, "amount_fen": 100}, 422, "WRONG_CHANNEL_KIND"),
-        ("post", "/v1/orders", {"channel_id": "wechat", "account_no": "9999999999", "amount_fen": 100}, 404, "ACCOUNT_NOT_FOUND"),
+        ("post", "/v1/orders", {"channel_id": "wechat", "account_no": ACCOUNT_NO, "amount_fen": "50", "holder_name": "张三丰"}, 422, "VALIDATION_ERROR"),
+        ("post", "/v1/orders", {"channel_id": "wechat", "account_no": ACCOUNT_NO, "amount_fen": 10**12, "holder_name": "张三丰"}, 422, "AMOUNT_ABOVE_LIMIT"),
+        ("post", "/v1/orders", {"channel_id": "wo-wallet", "account_no": ACCOUNT_NO, "amount_fen": 100, "holder_name": "张三丰"}, 422, "WRONG_CHANNEL_KIND"),
+        ("post", "/v1/orders", {"channel_id": "wechat", "account_no": "9999999999", "amount_fen": 100, "holder_name": "张三丰"}, 401, "RESIDENT_NOT_VERIFIED"),
+        ("post", "/v1/orders", {"channel_id": "wechat", "account_no": ACCOUNT_NO, "amount_fen": 100}, 401, "AUTHENTICATION_REQUIRED"),
         ("post", "/v1/channels/nope/notify", None, 404, "CHANNEL_NOT_FOUND"),
         ("post", "/v1/channels/wo-wallet/notify", None, 400, "WRONG_ENDPOINT"),
         ("get", "/v1/orders/nope", None, 404, "ORDER_NOT_FOUND"),

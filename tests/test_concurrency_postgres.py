@@ -54,7 +54,7 @@ def test_concurrent_duplicate_wallet_payments_book_exactly_once(served):
 def test_concurrent_wechat_notifications_for_one_order_book_it_once(served):
     system, n, base = served
     with httpx.Client(base_url=base) as client:
-        trade = client.post("/v1/orders", json={"channel_id": "wechat", "account_no": ACCOUNT_NO, "amount_fen": 8800}).json()["out_trade_no"]
+        trade = client.post("/v1/orders", json={"channel_id": "wechat", "account_no": ACCOUNT_NO, "amount_fen": 8800, "holder_name": "张三丰"}).json()["out_trade_no"]
     requests = []
     for i in range(PARALLEL):
         # Half are retries of one transaction, half are other transactions claiming the same order.

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from gasworks.domain.channels import PaymentNotice
 from gasworks.domain.errors import GasworksError
 from gasworks.domain.ledger import SUSPENSE, clearing_account
+from gasworks.domain.money import PaymentCeiling
 from gasworks.services import orders
 from gasworks.services.checks import check_ledger
 from gasworks.services.intake import accept_payment
@@ -39,22 +40,36 @@ def test_ledger_invariants_hold_after_any_sequence(system, ops):
     run = next(RUNS)
     expected = Counter()
     taken_txns: dict[str, int] = {}
+    taken_accounts: dict[str, str] = {}  # a reused transaction id with another amount, account or order is a conflict
+    taken_orders: dict[str, str] = {}
     for i, op in enumerate(ops):
         if op[0] == "bill":
             _, txn, account_no, amount = op
             txn_id = f"B{run}-{txn}"
             notice = PaymentNotice("wo-wallet", txn_id, amount, None, account_no=account_no, replay_nonce=f"n{run}-{i}")
+            if taken_accounts.get(txn_id, account_no) != account_no or taken_txns.get(txn_id, amount) != amount:
+                with pytest.raises(GasworksError) as conflict:  # a reused id with other content books nothing
+                    accept_payment(notice, system.new_uow())
+                assert conflict.value.code == "TXN_ID_CONFLICT"
+                continue
             accepted = accept_payment(notice, system.new_uow())
             if txn_id not in taken_txns:
-                taken_txns[txn_id] = amount
+                taken_txns[txn_id], taken_accounts[txn_id] = amount, account_no
                 expected[account_no if account_no != "9999999999" else "suspense"] += amount
             assert accepted.amount_fen == taken_txns[txn_id]
         elif op[0] == "order":
             _, txn, account_no, amount, drift = op
-            order = orders.create_order(channel_id="wechat", account_no=account_no, amount_fen=amount, payment_fen_max=10**7, uow=system.new_uow())
+            order = orders.create_order(channel_id="wechat", account_no=account_no, amount_fen=amount, ceiling=PaymentCeiling(10**7), uow=system.new_uow())
             paid = max(1, amount + drift)
             txn_id = f"W{run}-{txn}"
-            accepted = accept_payment(PaymentNotice("wechat", txn_id, paid, None, out_trade_no=order.out_trade_no), system.new_uow())
+            notice = PaymentNotice("wechat", txn_id, paid, None, out_trade_no=order.out_trade_no)
+            if txn_id in taken_txns and (taken_txns[txn_id] != paid or taken_orders[txn_id] != order.out_trade_no):
+                with pytest.raises(GasworksError) as conflict:
+                    accept_payment(notice, system.new_uow())
+                assert conflict.value.code == "TXN_ID_CONFLICT"
+                continue
+            accepted = accept_payment(notice, system.new_uow())
+            taken_orders.setdefault(txn_id, order.out_trade_no)
             if txn_id not in taken_txns:
                 assert not accepted.duplicate
                 taken_txns[txn_id] = paid

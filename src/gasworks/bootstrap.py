@@ -10,6 +10,7 @@ from gasworks.adapters.db.unit_of_work import SqlUnitOfWork
 from gasworks.config import Settings
 from gasworks.domain.clock import Clock, SystemClock
 from gasworks.domain.delivery import DeliveryPolicy
+from gasworks.domain.money import PaymentCeiling
 from gasworks.services.delivery import policy_from
 from gasworks.services.timeline import resident_link_secret
 
@@ -21,7 +22,12 @@ class System:
     clock: Clock
 
     def new_uow(self) -> SqlUnitOfWork:
-        return SqlUnitOfWork(self.engine, self.clock, delivery=self.delivery, local_timezone=self.settings.local_timezone)
+        return SqlUnitOfWork(self.engine, self.clock, delivery=self.delivery, local_timezone=self.settings.local_timezone, payment_ceiling=self.payment_ceiling)
+
+    @functools.cached_property
+    def payment_ceiling(self) -> PaymentCeiling:
+        s = self.settings
+        return PaymentCeiling(s.payment_fen_max, s.payment_fen_max_by_channel, s.payment_fen_max_by_class)
 
     @property
     def delivery(self) -> DeliveryPolicy:

@@ -3,6 +3,9 @@
 import os
 from pathlib import Path
 
+from gasworks.domain.money import PAYMENT_FEN_ABSOLUTE_MAX
+
+from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -26,7 +29,13 @@ class Settings(BaseSettings):
     # Limits: every one named, configurable and enforced.
     notification_clock_skew_s: int = 300  # timestamps further than this from now are refused
     request_body_bytes_max: int = 64 * 1024
-    payment_fen_max: int = 5_000_000  # ¥50,000 in one payment; larger needs a counter
+    # One payment ceiling for every channel: synchronous channels (wallet, kiosk, counter, orders)
+    # refuse above it (422 AMOUNT_ABOVE_LIMIT); money a channel already took is held in suspense.
+    payment_fen_max: int = Field(1_000_000, ge=1, le=PAYMENT_FEN_ABSOLUTE_MAX)  # ¥10,000
+    payment_fen_max_by_channel: dict[str, int] = {}  # e.g. {"counter": 5000000}: overrides per channel id
+    payment_fen_max_by_class: dict[str, int] = {}  # e.g. {"commercial": 5000000}: overrides per customer class
+    orders_per_account_max: int = 10  # POST /v1/orders per account per window (429 RATE_LIMITED beyond)
+    orders_per_account_window_s: int = 600
     page_size_max: int = 500
     statement_bytes_max: int = 512 * 1024 * 1024  # an uploaded statement file
 
@@ -46,6 +55,14 @@ class Settings(BaseSettings):
     watchdog_interval_s: int = 30
     service_hotline: str = "12319"
     public_base_url: str = ""  # prefix for resident links, e.g. https://gas.example.cn
+
+    @field_validator("payment_fen_max_by_channel", "payment_fen_max_by_class")
+    @classmethod
+    def _ceilings_in_range(cls, ceilings: dict[str, int]) -> dict[str, int]:
+        for name, fen_max in ceilings.items():
+            if not 0 < fen_max <= PAYMENT_FEN_ABSOLUTE_MAX:
+                raise ValueError(f"payment ceiling for {name} must be 1 to {PAYMENT_FEN_ABSOLUTE_MAX} fen")
+        return ceilings
 
     @classmethod
     def settings_customise_sources(

@@ -47,11 +47,13 @@ class IntakeRefused(GasworksError):
     code = "INTAKE_REFUSED"
     http_status = 400
 
-    def __init__(self, message: str, *, code: str | None = None, acknowledge: bool = False) -> None:
+    def __init__(self, message: str, *, code: str | None = None, acknowledge: bool = False, http_status: int | None = None) -> None:
         super().__init__(message, code=code)
         # A verified message we deliberately ignore (a refund or a closed-trade event, say) is
         # acknowledged so the channel stops retrying; it is still recorded.
         self.acknowledge = acknowledge
+        if http_status is not None:  # 401 when the caller could not be authenticated
+            self.http_status = http_status
 
 
 class Unauthorized(GasworksError):
@@ -62,6 +64,13 @@ class Unauthorized(GasworksError):
 class Forbidden(GasworksError):
     code = "FORBIDDEN"
     http_status = 403
+
+
+class TooManyRequests(GasworksError):
+    """A named bound on how often one caller or account may do something was hit."""
+
+    code = "RATE_LIMITED"
+    http_status = 429
 
 
 class InvariantViolated(Exception):

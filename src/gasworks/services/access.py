@@ -48,12 +48,21 @@ def revoke_api_key(key_id: str, uow: UnitOfWork, *, actor: str) -> None:
 
 
 def authenticate(secret: str | None, allowed: set[Role], uow: UnitOfWork) -> ApiKeyRecord:
+    return authorize(identify(secret, uow), allowed)
+
+
+def identify(secret: str | None, uow: UnitOfWork) -> ApiKeyRecord:
+    """Whose key this is (401 if none, unknown or revoked); what it may do is `authorize`'s question."""
     if not secret:
         raise Unauthorized("an API key is required: Authorization: Bearer <key>", code="API_KEY_MISSING")
     with uow:
         record = uow.api_keys.find_by_secret_sha256(_sha256(secret))
     if record is None or record.revoked_at is not None:
         raise Unauthorized("API key unknown or revoked", code="API_KEY_INVALID")
+    return record
+
+
+def authorize(record: ApiKeyRecord, allowed: set[Role]) -> ApiKeyRecord:
     if Role(record.role) not in allowed:
         raise Forbidden(f"role {record.role} may not do this", code="ROLE_FORBIDDEN")
     return record

@@ -8,9 +8,10 @@ import structlog
 
 from gasworks.adapters.db.repositories import DuplicateKey
 from gasworks.domain.channels import PaymentNotice
-from gasworks.domain.errors import IntakeRefused
-from gasworks.domain.ledger import TransactionKind, clearing_account, transfer
-from gasworks.domain.payments import HoldReason, Payment, PaymentState
+from gasworks.domain.errors import Conflict, IntakeRefused, InvalidInput
+from gasworks.domain.ledger import clearing_account, transfer
+from gasworks.domain.money import PaymentCeiling
+from gasworks.domain.payments import TRANSITIONS, HoldReason, Payment, PaymentState
 from gasworks.services.delivery import buy_gas
 from gasworks.services.unit_of_work import UnitOfWork
 
@@ -52,7 +53,7 @@ def claim_nonce(uow: UnitOfWork, channel_id: str, nonce: str) -> None:
     try:
         uow.nonces.claim(channel_id, nonce, uow.clock.now())
     except DuplicateKey:
-        raise IntakeRefused(f"nonce {nonce[:64]!r} was already used on this channel", code="NONCE_REUSED") from None
+        raise IntakeRefused(f"nonce {nonce[:64]!r} was already used on this channel", code="NONCE_REUSED", http_status=401) from None
 
 
 def forget_old_nonces(uow: UnitOfWork, *, skew_s: int) -> int:
@@ -64,7 +65,13 @@ def forget_old_nonces(uow: UnitOfWork, *, skew_s: int) -> int:
         return forgotten
 
 
-def accept_payment(notice: PaymentNotice, uow: UnitOfWork, *, audit: AuditNote | None = None) -> Acceptance:
+def accept_payment(
+    notice: PaymentNotice, uow: UnitOfWork, *, ceiling: PaymentCeiling | None = None, refuse_above_ceiling: bool = False, audit: AuditNote | None = None
+) -> Acceptance:
+    """Books or holds one payment. Above the ceiling, a synchronous channel (the money is still in
+    the resident's hand or wallet: `refuse_above_ceiling`) is refused and nothing is booked; money a
+    channel already took is held in suspense. The ceiling is the unit of work's (configured once)
+    unless `ceiling` is given. The same transaction id with other content is a 409. `audit` records who took it on someone's behalf, in the booking's own transaction."""
     with uow:
         now = uow.clock.now()
         if notice.replay_nonce is not None:
@@ -87,17 +94,18 @@ def accept_payment(notice: PaymentNotice, uow: UnitOfWork, *, audit: AuditNote |
             first = uow.payments.get_by_channel_txn(notice.channel_id, notice.channel_txn_id)
             if first is None:  # the key taken was not the payment's: impossible unless the schema changed
                 raise
-            _flag_if_retry_differs(uow, first, notice)
+            _refuse_if_retry_differs(first, notice)
             uow.commit()  # keeps the nonce claimed
             return Acceptance.of(first, duplicate=True)
 
-        _place(payment, notice, uow)
+        _place(payment, notice, uow, ceiling or uow.payment_ceiling, refuse_above_ceiling)
         if payment.state == PaymentState.BOOKED:
             assert payment.account_no is not None
             # The meter first, then the balance: every use case that touches both locks them in
             # this order, so two of them can never wait on each other.
             meter = uow.meters.get_for_account(payment.account_no, lock=True)
-        kind = TransactionKind.PAYMENT_BOOKED if payment.state == PaymentState.BOOKED else TransactionKind.PAYMENT_HELD
+        kind = TRANSITIONS[(PaymentState.VERIFIED, payment.state)]
+        assert kind is not None, "booked or held: both move the money in"
         uow.ledger.post(
             transfer(
                 kind,
@@ -131,11 +139,19 @@ def accept_payment(notice: PaymentNotice, uow: UnitOfWork, *, audit: AuditNote |
         return Acceptance.of(payment, duplicate=False)
 
 
-def _place(payment: Payment, notice: PaymentNotice, uow: UnitOfWork) -> None:
+def _place(payment: Payment, notice: PaymentNotice, uow: UnitOfWork, ceiling: PaymentCeiling, refuse_above_ceiling: bool) -> None:
     """Decide where the money goes: the customer's balance, or suspense with a reason."""
     now = uow.clock.now()
+    order = uow.orders.get(notice.out_trade_no) if notice.out_trade_no is not None else None
+    account_no = order.account_no if order is not None else notice.account_no
+    fen_max = payment_fen_max(uow, ceiling, notice.channel_id, account_no)
+    if payment.amount_fen > fen_max:
+        if refuse_above_ceiling:  # rolls back the claim: nothing booked, the channel may not retry it
+            raise InvalidInput(f"amount {payment.amount_fen} fen is above the payment ceiling of {fen_max} fen", code="AMOUNT_ABOVE_LIMIT")
+        payment.account_no = account_no
+        payment.hold(HoldReason.AMOUNT_ABOVE_LIMIT, now, f"{payment.amount_fen} fen is above the ceiling of {fen_max} fen")
+        return
     if notice.out_trade_no is not None:
-        order = uow.orders.get(notice.out_trade_no)
         if order is None:
             payment.hold(HoldReason.UNKNOWN_ORDER, now, f"no order {notice.out_trade_no!r}")
             return
@@ -159,39 +175,56 @@ def _place(payment: Payment, notice: PaymentNotice, uow: UnitOfWork) -> None:
     payment.move_to(PaymentState.BOOKED, now, f"credited to account {payment.account_no}")
 
 
-def _flag_if_retry_differs(uow: UnitOfWork, first: Payment, notice: PaymentNotice) -> None:
-    """Same transaction id, different content: the first answer stands, and someone must look."""
+def payment_fen_max(uow: UnitOfWork, ceiling: PaymentCeiling, channel_id: str, account_no: str | None) -> int:
+    """The ceiling for this channel and this account's customer class (looked up only when a class override exists)."""
+    customer = uow.customers.get(account_no) if ceiling.by_class and account_no else None
+    return ceiling.fen_max_for(channel_id, customer.customer_class.value if customer else None)
+
+
+def _refuse_if_retry_differs(first: Payment, notice: PaymentNotice) -> None:
+    """Same transaction id, different content: refused (409), the first booking stands untouched."""
     differences = []
     if first.amount_fen != notice.amount_fen:
         differences.append(f"amount {notice.amount_fen} fen vs first {first.amount_fen} fen")
     if notice.account_no is not None and first.account_no != notice.account_no:
         differences.append(f"account {notice.account_no!r} vs first {first.account_no!r}")
-    if notice.out_trade_no is not None and first.out_trade_no != notice.out_trade_no:
+    if notice.out_trade_no is not None and first.out_trade_no is not None and first.out_trade_no != notice.out_trade_no:
         differences.append(f"order {notice.out_trade_no!r} vs first {first.out_trade_no!r}")
     if differences:
-        uow.rejections.add(
-            at=uow.clock.now(),
-            channel_id=notice.channel_id,
-            code="TXN_ID_REUSED_WITH_DIFFERENT_CONTENT",
-            message=f"transaction {notice.channel_txn_id}: " + "; ".join(differences) + f"; first answer {first.id} stands",
-            remote_addr="",
-            request_summary={"channel_txn_id": notice.channel_txn_id, "first_payment_id": first.id},
-        )
         log.warning("txn_id_reused_with_different_content", payment_id=first.id, differences=differences)
+        raise Conflict(
+            f"transaction {notice.channel_txn_id[:64]} was already taken with other content: " + "; ".join(differences) + f"; payment {first.id} stands",
+            code="TXN_ID_CONFLICT",
+        )
 
 
-def record_rejection(uow: UnitOfWork, *, channel_id: str, error: IntakeRefused | Exception, request_summary: dict, remote_addr: str) -> None:
-    """Every refusal is kept, in its own transaction, so nothing a channel sent is lost."""
-    code = getattr(error, "code", type(error).__name__)
-    message = getattr(error, "message", str(error))
+@dataclass(frozen=True)
+class Refusal:
+    """One refused request, as it is kept: who (channel or device), why (code), and what (size, hash)."""
+
+    channel_id: str  # the channel, the device's channel, or the endpoint family ("devices", "orders", ...)
+    code: str
+    message: str
+    remote_addr: str = ""
+    caller: str | None = None  # the API key, when one was presented and known
+    body_bytes: int | None = None
+    body_sha256: str | None = None  # of the whole body; None when it was refused unread
+    request_summary: dict | None = None
+
+
+def record_refusal(refusal: Refusal, uow: UnitOfWork) -> None:
+    """Every refusal is kept, in its own transaction, so nothing a caller sent is lost."""
     with uow:
         uow.rejections.add(
             at=uow.clock.now(),
-            channel_id=channel_id,
-            code=code,
-            message=message,
-            remote_addr=remote_addr,
-            request_summary=request_summary,
+            channel_id=refusal.channel_id,
+            code=refusal.code,
+            message=refusal.message,
+            remote_addr=refusal.remote_addr,
+            request_summary=refusal.request_summary or {},
+            caller=refusal.caller,
+            body_bytes=refusal.body_bytes,
+            body_sha256=refusal.body_sha256,
         )
         uow.commit()
-    log.warning("intake_refused", channel_id=channel_id, code=code, reason=message)
+    log.warning("request_refused", channel_id=refusal.channel_id, code=refusal.code, reason=refusal.message[:200], caller=refusal.caller)

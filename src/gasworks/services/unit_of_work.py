@@ -7,11 +7,13 @@ from gasworks.adapters.db import reconciliation as reconciliation_repos
 from gasworks.adapters.db import repositories as repos
 from gasworks.domain.clock import Clock
 from gasworks.domain.delivery import DeliveryPolicy
+from gasworks.domain.money import PaymentCeiling
 
 
 class UnitOfWork(Protocol):
     clock: Clock
     delivery: DeliveryPolicy
+    payment_ceiling: PaymentCeiling  # every booking path is bounded by it, whoever calls
     local_timezone: str
     customers: repos.Customers
     channels: repos.Channels

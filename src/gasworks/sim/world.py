@@ -382,7 +382,8 @@ class Simulation:
             else:
                 self._deliver(collected, lambda: self._wallet_post(collected))
         else:
-            order = self.client.post("/v1/orders", json={"channel_id": channel, "account_no": h.account_no, "amount_fen": h.top_up_fen})
+            # The resident orders in the app where they bound their account (number + holder's name).
+            order = self.client.post("/v1/orders", json={"channel_id": channel, "account_no": h.account_no, "amount_fen": h.top_up_fen, "holder_name": h.name})
             collected.out_trade_no = order.json()["out_trade_no"]
             if rng.random() < f.notification_lost:
                 collected.fault = "channel never notified"

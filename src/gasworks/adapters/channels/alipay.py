@@ -6,7 +6,8 @@ Wire format, as Alipay documents it: an ``application/x-www-form-urlencoded`` PO
 ``trade_no`` (Alipay's transaction id), ``out_trade_no``, ``trade_status``, ``total_amount``
 (yuan, 2 decimals), ``gmt_payment``. The signature is SHA256withRSA, base64, over the parameters
 other than ``sign`` and ``sign_type``, sorted by name, joined as ``k=v`` with ``&``, values
-URL-decoded, empty values left out. Reply ``success`` (plain text) to stop the retries (up to 8
+URL-decoded, empty values left out, as the bytes of the declared ``charset`` (utf-8, gbk, gb2312):
+Alipay percent-encodes and signs in it, so both decoding and verifying use it. Reply ``success`` (plain text) to stop the retries (up to 8
 times in 25 h); anything else, by convention ``failure``, makes Alipay retry.
 
 Alipay notifications carry no nonce; the send time is signed, so a stale copy is refused, and a
@@ -20,38 +21,58 @@ from gasworks.adapters.channels.base import BEIJING, InboundRequest, Reply, chec
 from gasworks.adapters.channels.rsa import sign_sha256_rsa, verify_sha256_rsa
 from gasworks.domain.channels import Channel, KeyPurpose, PaymentNotice
 from gasworks.domain.errors import GasworksError, IntakeRefused, InvalidInput
-from gasworks.domain.money import fen_to_yuan_text, yuan_text_to_fen
+from gasworks.domain.money import PAYMENT_FEN_ABSOLUTE_MAX, fen_to_yuan_text, yuan_text_to_fen
 
 PAID_STATUSES = {"TRADE_SUCCESS", "TRADE_FINISHED"}
 PARAMETERS_MAX = 100
 
 
-def signing_content(params: dict[str, str]) -> bytes:
+# The charsets Alipay declares (the `charset` parameter) and the codec that reads them. Alipay signs
+# the bytes of the declared charset and percent-encodes in it, so both decoding and verifying use it.
+# GB2312 is read as GB18030, its superset: what GB2312 encodes, GB18030 encodes to the same bytes.
+CHARSETS = {"utf-8": "utf-8", "utf8": "utf-8", "gbk": "gbk", "gb2312": "gb18030", "gb18030": "gb18030"}
+
+
+def signing_content(params: dict[str, str], charset: str = "utf-8") -> bytes:
+    """The signed bytes: parameters but sign/sign_type, sorted, `k=v` joined by `&`, empty values
+    left out, encoded in the declared charset (Alipay's own SDKs: `content.encode(charset)`)."""
     pairs = sorted((k, v) for k, v in params.items() if k not in ("sign", "sign_type") and v != "")
-    return "&".join(f"{k}={v}" for k, v in pairs).encode("utf-8")
+    return "&".join(f"{k}={v}" for k, v in pairs).encode(codec_of(charset))
 
 
-def parse_form(body: bytes) -> dict[str, str]:
+def codec_of(charset: str) -> str:
+    codec = CHARSETS.get(charset.strip().lower())
+    if codec is None:
+        raise IntakeRefused(f"charset {charset[:20]!r} is not one of {', '.join(CHARSETS)}", code="MALFORMED")
+    return codec
+
+
+def parse_form(body: bytes) -> tuple[dict[str, str], str]:
+    """The form's parameters, percent-decoded in its declared charset, and that charset."""
     try:
         raw = body.decode("ascii")
     except UnicodeDecodeError:
         raise IntakeRefused("form body must be URL-encoded ASCII", code="MALFORMED") from None
-    charset = dict(urllib.parse.parse_qsl(raw, encoding="latin-1")).get("charset", "utf-8").lower()
-    if charset not in ("utf-8", "gbk"):
-        raise IntakeRefused(f"charset {charset[:20]!r} is not utf-8 or gbk", code="MALFORMED")
+    try:  # latin-1 reads any bytes: only to find the declared charset, itself ASCII
+        declared = urllib.parse.parse_qs(raw, encoding="latin-1", max_num_fields=PARAMETERS_MAX).get("charset", ["utf-8"])
+    except ValueError as error:
+        raise IntakeRefused(f"form body does not parse: {str(error)[:100]}", code="MALFORMED") from None
+    if len(declared) != 1:
+        raise IntakeRefused("parameter 'charset' appears twice", code="MALFORMED")
+    charset = declared[0]
     try:
         pairs = urllib.parse.parse_qsl(
-            raw, keep_blank_values=True, strict_parsing=True, encoding=charset, errors="strict",
+            raw, keep_blank_values=True, strict_parsing=True, encoding=codec_of(charset), errors="strict",
             max_num_fields=PARAMETERS_MAX,
         )
     except (ValueError, UnicodeDecodeError) as error:
-        raise IntakeRefused(f"form body does not parse: {str(error)[:100]}", code="MALFORMED") from None
+        raise IntakeRefused(f"form body does not parse as {charset[:20]}: {str(error)[:100]}", code="MALFORMED") from None
     params: dict[str, str] = {}
     for key, value in pairs:
         if key in params:
             raise IntakeRefused(f"parameter {key[:40]!r} appears twice", code="MALFORMED")
         params[key] = value
-    return params
+    return params, charset
 
 
 def _beijing_time(text: str, name: str) -> datetime:
@@ -62,11 +83,11 @@ def _beijing_time(text: str, name: str) -> datetime:
 
 
 def decode_notification(channel: Channel, request: InboundRequest, now: datetime, skew_s: int) -> PaymentNotice:
-    params = parse_form(request.body)
+    params, charset = parse_form(request.body)
     signature = require(params.get("sign", ""), "sign parameter")
     if params.get("sign_type") != "RSA2":
         raise IntakeRefused(f"sign_type {params.get('sign_type', '')[:10]!r} is not RSA2", code="SIGNATURE_INVALID")
-    content = signing_content(params)
+    content = signing_content(params, charset)
     keys = channel.active_keys(KeyPurpose.VERIFY_PUBLIC_KEY)  # two during a key rollover
     if not any(verify_sha256_rsa(k.material, content, signature) for k in keys):
         raise IntakeRefused("signature does not verify with any active Alipay public key", code="SIGNATURE_INVALID")
@@ -85,6 +106,8 @@ def decode_notification(channel: Channel, request: InboundRequest, now: datetime
         raise IntakeRefused(f"total_amount: {error.message}", code="MALFORMED") from None
     if amount_fen <= 0:
         raise IntakeRefused("total_amount must be positive", code="MALFORMED")
+    if amount_fen > PAYMENT_FEN_ABSOLUTE_MAX:
+        raise IntakeRefused(f"total_amount {amount_fen} fen is beyond any real payment", code="AMOUNT_OUT_OF_RANGE")
     trade_no = params.get("trade_no", "")
     out_trade_no = params.get("out_trade_no", "")
     if not 0 < len(trade_no) <= 64 or not 0 < len(out_trade_no) <= 64:
@@ -126,6 +149,7 @@ class AlipayNotifier:
         trade_status: str = "TRADE_SUCCESS",
         extra: dict[str, str] | None = None,
         paid_at: datetime | None = None,  # when the resident paid, if earlier than this (re)send
+        charset: str = "utf-8",  # utf-8, gbk or gb2312: signed and percent-encoded in it, as Alipay does
     ) -> tuple[dict[str, str], bytes]:
         at_beijing = at.astimezone(BEIJING).strftime("%Y-%m-%d %H:%M:%S")
         paid_beijing = (paid_at or at).astimezone(BEIJING).strftime("%Y-%m-%d %H:%M:%S")
@@ -134,7 +158,7 @@ class AlipayNotifier:
             "notify_type": "trade_status_sync",
             "notify_id": f"ntf{trade_no}",
             "app_id": self.app_id,
-            "charset": "utf-8",
+            "charset": charset,
             "version": "1.0",
             "trade_no": trade_no,
             "out_trade_no": out_trade_no,
@@ -145,7 +169,7 @@ class AlipayNotifier:
             "subject": "燃气费充值",
             **(extra or {}),
         }
-        params["sign"] = sign_sha256_rsa(self.alipay_private_key_pem, signing_content(params))
+        params["sign"] = sign_sha256_rsa(self.alipay_private_key_pem, signing_content(params, params["charset"]))
         params["sign_type"] = "RSA2"
-        body = urllib.parse.urlencode(params, encoding="utf-8").encode("ascii")
-        return {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}, body
+        body = urllib.parse.urlencode(params, encoding=codec_of(params["charset"])).encode("ascii")
+        return {"Content-Type": f"application/x-www-form-urlencoded; charset={params['charset']}"}, body

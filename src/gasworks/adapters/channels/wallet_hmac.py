@@ -23,6 +23,7 @@ from datetime import datetime
 from gasworks.adapters.channels.base import InboundRequest, check_timestamp, require, unix_seconds
 from gasworks.domain.channels import Channel, KeyPurpose, PaymentNotice
 from gasworks.domain.errors import IntakeRefused
+from gasworks.domain.money import PAYMENT_FEN_ABSOLUTE_MAX
 
 TXN_ID_CHARS_MAX = 64
 
@@ -37,7 +38,15 @@ def signature(secret: str, message: bytes) -> str:
 
 
 def verify_request(channel: Channel, request: InboundRequest, now: datetime, skew_s: int) -> str:
-    """Checks key, signature and timestamp; returns the nonce, which the caller claims once."""
+    """Checks key, signature and timestamp; returns the nonce, which the caller claims once.
+    Any failure here means the caller is not authenticated: 401 with the reason's code."""
+    try:
+        return _verify(channel, request, now, skew_s)
+    except IntakeRefused as error:
+        raise IntakeRefused(error.message, code=error.code, http_status=401) from None
+
+
+def _verify(channel: Channel, request: InboundRequest, now: datetime, skew_s: int) -> str:
     key_id = require(request.header("X-Gasworks-Key-Id"), "X-Gasworks-Key-Id header")
     given = require(request.header("X-Gasworks-Signature"), "X-Gasworks-Signature header")
     timestamp = require(request.header("X-Gasworks-Timestamp"), "X-Gasworks-Timestamp header")
@@ -69,6 +78,8 @@ def decode_payment(channel: Channel, request: InboundRequest, now: datetime, ske
         raise IntakeRefused("account_no must be text of 1 to 12 characters", code="MALFORMED")
     if not isinstance(amount_fen, int) or isinstance(amount_fen, bool) or amount_fen <= 0:
         raise IntakeRefused("amount_fen must be a positive integer", code="MALFORMED")
+    if amount_fen > PAYMENT_FEN_ABSOLUTE_MAX:  # e.g. 2**63: never reaches the database
+        raise IntakeRefused(f"amount_fen {str(amount_fen)[:30]} is above any payment ceiling", code="AMOUNT_ABOVE_LIMIT", http_status=422)
     paid_at = None
     if body.get("paid_at") is not None:
         try:

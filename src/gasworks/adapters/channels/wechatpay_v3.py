@@ -26,6 +26,7 @@ from gasworks.adapters.channels.base import InboundRequest, Reply, check_timesta
 from gasworks.adapters.channels.rsa import sign_sha256_rsa, verify_sha256_rsa
 from gasworks.domain.channels import Channel, KeyPurpose, PaymentNotice
 from gasworks.domain.errors import GasworksError, IntakeRefused
+from gasworks.domain.money import PAYMENT_FEN_ABSOLUTE_MAX
 
 SUCCESS_EVENT = "TRANSACTION.SUCCESS"
 
@@ -67,7 +68,9 @@ def decode_notification(channel: Channel, request: InboundRequest, now: datetime
     amount = transaction.get("amount")
     total = amount.get("total") if isinstance(amount, dict) else None
     if not isinstance(total, int) or isinstance(total, bool) or total <= 0:
-        raise IntakeRefused(f"amount.total must be a positive integer of fen, got {total!r}", code="MALFORMED")
+        raise IntakeRefused(f"amount.total must be a positive integer of fen, got {str(total)[:30]!r}", code="MALFORMED")
+    if total > PAYMENT_FEN_ABSOLUTE_MAX:
+        raise IntakeRefused(f"amount.total {str(total)[:30]} fen is beyond any real payment", code="AMOUNT_OUT_OF_RANGE")
     if amount.get("currency", "CNY") != "CNY":
         raise IntakeRefused(f"currency {amount.get('currency')!r} is not CNY", code="MALFORMED")
     return PaymentNotice(

@@ -452,6 +452,10 @@ class Orders:
         )
         return [_order(r) for r in rows]
 
+    def count_created_since(self, account_no: str, since: datetime) -> int:
+        o = t.payment_orders
+        return self.c.execute(select(func.count()).select_from(o).where(o.c.account_no == account_no, o.c.created_at > since)).scalar_one()
+
     def mark_paid(self, out_trade_no: str, payment_id: str) -> bool:
         """True if this payment paid the order; False if another payment already had."""
         result = self.c.execute(
@@ -628,23 +632,29 @@ class Rejections:
         self.c = c
 
     def add(
-        self, *, at: datetime, channel_id: str, code: str, message: str, remote_addr: str, request_summary: dict
-    ) -> None:
+        self, *, at: datetime, channel_id: str, code: str, message: str, remote_addr: str, request_summary: dict,
+        caller: str | None = None, body_bytes: int | None = None, body_sha256: str | None = None,
+    ) -> None:  # fmt: skip
         self.c.execute(
             insert(t.intake_rejections).values(
                 at=at,
-                channel_id=channel_id,
-                code=code,
+                channel_id=channel_id[:40],
+                code=code[:40],
                 message=message[:500],
                 remote_addr=remote_addr[:64],
                 request_summary=request_summary,
+                caller=caller[:140] if caller else None,
+                body_bytes=body_bytes,
+                body_sha256=body_sha256,
             )
         )
 
-    def list(self, *, limit: int, channel_id: str | None = None) -> list[dict]:
+    def list(self, *, limit: int, channel_id: str | None = None, code: str | None = None) -> list[dict]:
         query = select(t.intake_rejections).order_by(t.intake_rejections.c.id.desc()).limit(limit)
         if channel_id:
             query = query.where(t.intake_rejections.c.channel_id == channel_id)
+        if code:
+            query = query.where(t.intake_rejections.c.code == code)
         return [dict(r._mapping) for r in self.c.execute(query)]
 
 

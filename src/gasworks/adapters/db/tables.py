@@ -172,6 +172,7 @@ payment_orders = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("payment_id", String(40)),
 )
+Index("ix_payment_orders_account_created", payment_orders.c.account_no, payment_orders.c.created_at)  # orders per account per window
 
 payments = Table(
     "payments",
@@ -219,6 +220,9 @@ intake_rejections = Table(
     Column("message", String(500), nullable=False),
     Column("remote_addr", String(64), nullable=False, server_default=""),
     Column("request_summary", JSON, nullable=False),
+    Column("caller", String(140)),  # the API key that was refused or refused for (device, operator), when known
+    Column("body_bytes", BigInteger),  # the request body's size as received (or as declared when refused unread)
+    Column("body_sha256", String(64)),  # hex SHA-256 of the whole body; none when it was refused unread
 )
 
 api_keys = Table(

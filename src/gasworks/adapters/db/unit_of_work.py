@@ -9,15 +9,21 @@ from gasworks.adapters.db import reconciliation as reconciliation_repos
 from gasworks.adapters.db import repositories as repos
 from gasworks.domain.clock import Clock
 from gasworks.domain.delivery import DeliveryPolicy
+from gasworks.domain.money import PAYMENT_FEN_ABSOLUTE_MAX, PaymentCeiling
 
 
 class SqlUnitOfWork:
     """Use as `with uow: ...; uow.commit()`. Leaving the block without commit rolls back."""
 
-    def __init__(self, engine: Engine, clock: Clock, *, delivery: DeliveryPolicy | None = None, local_timezone: str = "Asia/Shanghai") -> None:
+    def __init__(
+        self, engine: Engine, clock: Clock, *, delivery: DeliveryPolicy | None = None, local_timezone: str = "Asia/Shanghai",
+        payment_ceiling: PaymentCeiling | None = None,
+    ) -> None:  # fmt: skip
         self.engine = engine
         self.clock = clock
         self.delivery = delivery or DeliveryPolicy()
+        # Unwired (a bare unit of work in a tool), only the absolute bound applies; bootstrap wires the configured one.
+        self.payment_ceiling = payment_ceiling or PaymentCeiling(PAYMENT_FEN_ABSOLUTE_MAX)
         self.local_timezone = local_timezone
         self._connection: Connection | None = None
 

@@ -18,21 +18,24 @@ from gasworks.adapters.channels import alipay, wechatpay_v3
 from gasworks.adapters.db.repositories import ApiKeyRecord
 from gasworks.bootstrap import System
 from gasworks.domain.channels import Channel, ChannelKind, PaymentNotice
-from gasworks.domain.errors import GasworksError, InvalidInput, PayloadTooLarge
-from gasworks.domain.money import check_payment_amount
+from gasworks.domain.errors import GasworksError, InvalidInput, PayloadTooLarge, Unauthorized
+from gasworks.domain.money import PaymentCeiling
 from gasworks.domain.payments import PaymentState
 from gasworks.entrypoints.api import schemas as s
 from gasworks.entrypoints.api.delivery_routes import delivery_routes, resident_url
+from gasworks.entrypoints.api.edge import Edge, facts_of, note_caller, note_refusal
 from gasworks.entrypoints.api.reconciliation_routes import reconciliation_routes
 from gasworks.entrypoints.api.resident_page import resident_routes
-from gasworks.observability import intake_refusals, intake_seconds, payments_taken
+from gasworks.observability import intake_seconds, payments_taken
 from gasworks.services import access, accounts, checks, holds, intake, notifications, orders
 from gasworks.services.access import Role
 
 log = structlog.get_logger(__name__)
 
 READERS = {Role.OPERATOR, Role.AUDITOR}
-ERROR_RESPONSES = {400: {"model": s.ErrorBody}, 401: {"model": s.ErrorBody}, 403: {"model": s.ErrorBody}, 404: {"model": s.ErrorBody}, 409: {"model": s.ErrorBody}, 422: {"model": s.ErrorBody}}
+ERROR_RESPONSES = {
+    status: {"model": s.ErrorBody} for status in (400, 401, 403, 404, 409, 413, 422, 429)
+}
 
 # How each channel kind expects to hear "taken" and "refused".
 CHANNEL_REPLIES: dict[ChannelKind, tuple[Callable[[], Reply], Callable[[GasworksError], Reply]]] = {
@@ -86,28 +89,46 @@ def create_app(system: System) -> FastAPI:
     )
     app.state.system = system
     bearer = HTTPBearer(auto_error=False, description="Operator, auditor or device API key")
+    ceiling = PaymentCeiling(settings.payment_fen_max, settings.payment_fen_max_by_channel, settings.payment_fen_max_by_class)
+    order_rate = orders.OrderRate(settings.orders_per_account_max, settings.orders_per_account_window_s)
+    # Every body bounded, every refusal recorded and counted before it is answered (edge.py).
+    app.add_middleware(
+        Edge,
+        body_bytes_max=settings.request_body_bytes_max,
+        streamed_paths={"/v1/statements": settings.statement_bytes_max},
+        record=lambda refusal: intake.record_refusal(refusal, new_uow()),
+    )
+
+    def identified(request: Request, credentials: HTTPAuthorizationCredentials | None, allowed: set[Role]) -> ApiKeyRecord:
+        record = access.identify(credentials.credentials if credentials else None, new_uow())
+        note_caller(request, record)  # a refusal from here on names the key (and a device's channel)
+        return access.authorize(record, allowed)
 
     def caller(*roles: Role) -> Callable[..., ApiKeyRecord]:
         allowed = set(roles)
 
-        def dependency(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> ApiKeyRecord:
-            return access.authenticate(credentials.credentials if credentials else None, allowed, new_uow())
+        def dependency(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> ApiKeyRecord:
+            return identified(request, credentials, allowed)
 
         return dependency
 
     @app.exception_handler(GasworksError)
-    async def _gasworks_error(_: Request, error: GasworksError) -> JSONResponse:
+    async def _gasworks_error(request: Request, error: GasworksError) -> JSONResponse:
+        note_refusal(request, error.code, error.message)
         return error_response(error.http_status, error.code, error.message)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()[:10])
+    async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {str(e['msg'])[:200]}" for e in error.errors()[:10])
+        note_refusal(request, "VALIDATION_ERROR", problems)
         return error_response(422, "VALIDATION_ERROR", problems)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
-        return error_response(error.status_code, codes.get(error.status_code, "HTTP_ERROR"), str(error.detail))
+    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "BODY_TOO_LARGE"}
+        code = codes.get(error.status_code, "HTTP_ERROR")
+        note_refusal(request, code, str(error.detail))
+        return error_response(error.status_code, code, str(error.detail))
 
     @app.get("/healthz", tags=["system"])
     def healthz() -> dict[str, str]:
@@ -130,25 +151,18 @@ def create_app(system: System) -> FastAPI:
             remote_addr=request.client.host if request.client else "",
         )
 
-    def count(channel: Channel, taken: intake.Acceptance | None, error: GasworksError | None) -> None:
-        if error is not None:
-            intake_refusals.labels(channel.kind.value, error.code).inc()
-        elif taken is not None:
-            outcome = "duplicate" if taken.duplicate else taken.state.value
-            payments_taken.labels(channel.kind.value, outcome).inc()
-
     async def take(channel_id: str, request: Request, decoders: dict) -> tuple[Channel, intake.Acceptance | None, GasworksError | None]:
         raw = await inbound(request)
-        channel = await run_in_threadpool(notifications.load_channel, channel_id, raw, new_uow)
+        channel = await run_in_threadpool(notifications.load_channel, channel_id, new_uow)
         started = time.perf_counter()
         try:
             taken = await run_in_threadpool(
-                notifications.take_channel_payment, channel, raw, decoders, new_uow, skew_s=settings.notification_clock_skew_s
+                lambda: notifications.take_channel_payment(channel, raw, decoders, new_uow, skew_s=settings.notification_clock_skew_s, ceiling=ceiling)
             )
-            count(channel, taken, None)
+            payments_taken.labels(channel.kind.value, "duplicate" if taken.duplicate else taken.state.value).inc()
             return channel, taken, None
-        except GasworksError as error:
-            count(channel, None, error)
+        except GasworksError as error:  # recorded and counted by the edge, whatever the reply's format
+            note_refusal(request, error.code, error.message, channel_kind=channel.kind.value)
             return channel, None, error
         finally:
             intake_seconds.labels(channel.kind.value).observe(time.perf_counter() - started)
@@ -165,7 +179,7 @@ def create_app(system: System) -> FastAPI:
             return to_response(success())
         return to_response(failure(error))
 
-    @app.post("/v1/channels/{channel_id}/payments", tags=["channels"], response_model=s.AcceptanceOut, responses=ERROR_RESPONSES)
+    @app.post("/v1/channels/{channel_id}/payments", tags=["channels"], response_model=s.AcceptanceOut, responses=ERROR_RESPONSES, openapi_extra=s.WALLET_PAYMENT_BODY)
     async def channel_payment(channel_id: str, request: Request) -> s.AcceptanceOut:
         """Bill payment (代收/销账) by a wallet-hmac channel: the same transaction id always gets the first answer."""
         _, taken, error = await take(channel_id, request, BILL_PAYMENT_DECODERS)
@@ -178,7 +192,8 @@ def create_app(system: System) -> FastAPI:
     async def channel_account(channel_id: str, account_no: str, request: Request) -> s.ChannelAccountOut:
         """Bill-payment account query: masked name, balance and meter kind, for the resident to confirm."""
         raw = await inbound(request)
-        channel = await run_in_threadpool(notifications.load_channel, channel_id, raw, new_uow)
+        channel = await run_in_threadpool(notifications.load_channel, channel_id, new_uow)
+        facts_of(request).channel_kind = channel.kind.value
         view = await run_in_threadpool(
             notifications.look_up_account_for_channel, channel, account_no, raw, new_uow, skew_s=settings.notification_clock_skew_s
         )
@@ -187,10 +202,22 @@ def create_app(system: System) -> FastAPI:
     # --- orders: created for a resident before the wallet collects ----------------------------
 
     @app.post("/v1/orders", tags=["orders"], response_model=s.OrderOut, status_code=201, responses=ERROR_RESPONSES)
-    def create_order(body: s.CreateOrderIn) -> s.OrderOut:
+    def create_order(body: s.CreateOrderIn, request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> s.OrderOut:
+        """An order for the resident to pay through WeChat Pay or Alipay. The caller is a device or
+        operator key (Authorization: Bearer), or the resident who bound the account: account number
+        plus the holder's name or phone as registered. At most `orders_per_account_max` orders per
+        account per `orders_per_account_window_s` (429 RATE_LIMITED)."""
+        resident = None
+        if credentials is not None:
+            identified(request, credentials, {Role.OPERATOR, Role.DEVICE})
+        elif body.holder_name or body.holder_phone:
+            resident = orders.ResidentProof(name=body.holder_name, phone=body.holder_phone)
+        else:
+            raise Unauthorized("an API key, or the account holder's name or phone, is required", code="AUTHENTICATION_REQUIRED")
         order = orders.create_order(
-            channel_id=body.channel_id, account_no=body.account_no, amount_fen=body.amount_fen, payment_fen_max=settings.payment_fen_max, uow=new_uow()
-        )
+            channel_id=body.channel_id, account_no=body.account_no, amount_fen=body.amount_fen, ceiling=ceiling, uow=new_uow(),
+            resident=resident, rate=order_rate,
+        )  # fmt: skip
         return s.OrderOut.of(order)
 
     @app.get("/v1/orders/{out_trade_no}", tags=["orders"], response_model=s.OrderOut, responses=ERROR_RESPONSES)
@@ -206,7 +233,6 @@ def create_app(system: System) -> FastAPI:
     @app.post("/v1/devices/payments", tags=["devices"], response_model=s.AcceptanceOut, responses=ERROR_RESPONSES)
     def device_payment(body: s.DevicePaymentIn, request: Request, device: ApiKeyRecord = Depends(caller(Role.DEVICE))) -> s.AcceptanceOut:
         """A kiosk or counter takes cash, card or QR for an account; its own txn id makes retries safe."""
-        check_payment_amount(body.amount_fen, settings.payment_fen_max)
         accounts.get_account(body.account_no, new_uow())  # cash in hand: refuse now, do not hold
         assert device.channel_id is not None
         notice = PaymentNotice(
@@ -218,7 +244,7 @@ def create_app(system: System) -> FastAPI:
             method=body.method,
         )
         audit = intake.AuditNote(access.actor_of(device), "payment.take", {"txn_id": body.txn_id, "account_no": body.account_no, "method": body.method})
-        taken = intake.accept_payment(notice, new_uow(), audit=audit)
+        taken = intake.accept_payment(notice, new_uow(), ceiling=ceiling, refuse_above_ceiling=True, audit=audit)  # 422 above the ceiling
         payments_taken.labels("device", "duplicate" if taken.duplicate else taken.state.value).inc()
         return s.AcceptanceOut.of(taken, resident_url=resident_url(system, request, taken.payment_id))
 
@@ -263,11 +289,14 @@ def create_app(system: System) -> FastAPI:
 
     @app.get("/v1/rejections", tags=["audit"], responses=ERROR_RESPONSES)
     def rejections(
-        channel_id: str | None = None, limit: int = Query(100, ge=1, le=settings.page_size_max), who: ApiKeyRecord = Depends(caller(*READERS))
-    ) -> list[dict]:
-        """Every channel message refused: when, which channel, the code and the reason, newest first."""
+        channel_id: str | None = Query(None, max_length=40), code: str | None = Query(None, max_length=40),
+        limit: int = Query(100, ge=1, le=settings.page_size_max), who: ApiKeyRecord = Depends(caller(*READERS)),
+    ) -> list[dict]:  # fmt: skip
+        """Every refused request, newest first: when, which channel (or device's channel, or endpoint:
+        devices, cards, orders, statements, meters …), the caller's key, the code and the reason, the
+        body's size (`body_bytes`) and SHA-256 (`body_sha256`, none when refused unread)."""
         with new_uow() as uow:
-            return uow.rejections.list(limit=limit, channel_id=channel_id)
+            return uow.rejections.list(limit=limit, channel_id=channel_id, code=code)
 
     @app.get("/v1/audit", tags=["audit"], responses=ERROR_RESPONSES)
     def audit_log(

@@ -93,10 +93,39 @@ class ChannelAccountOut(BaseModel):
         )
 
 
+# An amount in a request body: a 64-bit integer at most (a larger one is a 422, never an overflow);
+# the payment ceiling (GASWORKS_PAYMENT_FEN_MAX) is checked after, with its own code.
+AmountFen = Annotated[StrictInt, Field(gt=0, le=2**63 - 1)]  # "50" or 50.0 is refused, not coerced
+
+
 class CreateOrderIn(Strict):
     channel_id: str = Field(max_length=40)
     account_no: str = Field(pattern=r"^[0-9]{10,12}$")
-    amount_fen: StrictInt = Field(gt=0)  # "50" or 50.0 is refused, not coerced
+    amount_fen: AmountFen
+    holder_name: str | None = Field(None, min_length=1, max_length=100, description="without an API key: the account holder's name, as registered")
+    holder_phone: str | None = Field(None, pattern=r"^\+?[0-9][0-9 -]{2,19}$", description="without an API key: the account holder's phone, as registered")
+
+
+# The bill payment a wallet posts, read raw (the HMAC covers its exact bytes); documented here.
+WALLET_PAYMENT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["txn_id", "account_no", "amount_fen"],
+                    "properties": {
+                        "txn_id": {"type": "string", "minLength": 1, "maxLength": 64},
+                        "account_no": {"type": "string", "minLength": 1, "maxLength": 12},
+                        "amount_fen": {"type": "integer", "minimum": 1, "description": "above the payment ceiling: 422 AMOUNT_ABOVE_LIMIT"},
+                        "paid_at": {"type": "string", "format": "date-time"},
+                    },
+                }
+            }
+        },
+    }
+}
 
 
 class OrderOut(BaseModel):
@@ -138,7 +167,7 @@ class AcceptanceOut(BaseModel):
 class DevicePaymentIn(Strict):
     txn_id: str = Field(min_length=1, max_length=64)
     account_no: str = Field(pattern=r"^[0-9]{10,12}$")
-    amount_fen: StrictInt = Field(gt=0)  # "50" or 50.0 is refused, not coerced
+    amount_fen: AmountFen
     method: str = Field(pattern=r"^(cash|card|qr)$")
     paid_at: datetime | None = Field(None, description="when the device took the money (RFC 3339 with offset); reconciliation dates it by this")
 
