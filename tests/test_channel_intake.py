@@ -15,7 +15,7 @@ from gasworks.services import channels as channel_admin
 from gasworks.services.access import Role
 from gasworks.services.checks import check_ledger
 from gasworks.services.intake import forget_old_nonces
-from tests.support import ACCOUNT_NO, APIV3_KEY, OTHER_ACCOUNT_NO, WECHAT_MCHID, api_key, credited_fen, rsa_private_key, set_up
+from tests.support import ACCOUNT_NO, APIV3_KEY, OTHER_ACCOUNT_NO, WECHAT_MCHID, api_key, balance_fen, credited_fen, rsa_private_key, set_up
 
 NOTIFY_WECHAT = "/v1/channels/wechat/notify"
 NOTIFY_ALIPAY = "/v1/channels/alipay/notify"
@@ -495,3 +495,32 @@ def test_a_refund_is_requested_until_the_channel_confirms_it(env):
     with system.new_uow() as uow:
         assert uow.ledger.entries_sum_fen("clearing:wo-wallet") == owed_before - 2000
     assert check_ledger(system.new_uow()).ok
+
+
+def test_wechat_refund_notification_refunds_the_payment_once_and_leaves_arrears_for_gas_bought(env):
+    """A refund WeChat made on its own (REFUND.SUCCESS) is an external refund: one transaction, the
+    resident's gas stays bought, the account owes it. A retry of the notification moves nothing."""
+    system, n, client, auditor = env
+    trade = order(client)
+    headers, body = n.wechat.notification(out_trade_no=trade, transaction_id="4200000901", amount_fen=5000, at=system.clock.now())
+    assert client.post(NOTIFY_WECHAT, content=body, headers=headers).status_code == 200
+    payment_id = client.get(f"/v1/accounts/{ACCOUNT_NO}/payments", headers=auditor).json()[0]["id"]
+    bought_fen = 5000 - balance_fen(system, ACCOUNT_NO)
+    partial = n.wechat.refund_notification(out_trade_no=trade, transaction_id="4200000901", refund_fen=1000, total_fen=5000, at=system.clock.now())
+    assert client.post(NOTIFY_WECHAT, content=partial[1], headers=partial[0]).status_code == 200  # acknowledged, left to an operator
+    assert "PARTIAL_REFUND" in rejections(client, auditor, "wechat")
+    headers, body = n.wechat.refund_notification(out_trade_no=trade, transaction_id="4200000901", refund_fen=5000, total_fen=5000, at=system.clock.now())
+    reply = client.post(NOTIFY_WECHAT, content=body, headers=headers)
+    assert reply.status_code == 200 and reply.json()["code"] == "SUCCESS"
+    retry = n.wechat.refund_notification(out_trade_no=trade, transaction_id="4200000901", refund_fen=5000, total_fen=5000, at=system.clock.now())
+    assert client.post(NOTIFY_WECHAT, content=retry[1], headers=retry[0]).status_code == 200
+    shown = client.get(f"/v1/payments/{payment_id}", headers=auditor).json()
+    assert shown["status"] == "refunded" and shown["delivery"]["status"] == "REFUNDED"
+    assert balance_fen(system, ACCOUNT_NO) == -bought_fen, "the gas stays bought: the account owes it"
+    with system.new_uow() as uow:
+        assert uow.ledger.entries_sum_fen("clearing:wechat") == 0
+    report = check_ledger(system.new_uow())
+    assert report.ok and report.arrears == (1, bought_fen)
+    unknown = n.wechat.refund_notification(out_trade_no="X", transaction_id="4209999999", refund_fen=100, total_fen=100, at=system.clock.now())
+    assert client.post(NOTIFY_WECHAT, content=unknown[1], headers=unknown[0]).status_code == 400  # WeChat retries: its payment may come first
+    assert "REFUND_FOR_UNKNOWN_PAYMENT" in rejections(client, auditor, "wechat")

@@ -75,3 +75,16 @@ class PaymentNotice:
     account_no: str | None = None
     method: str = ""  # cash, card, qr ... for kiosks and counters
     replay_nonce: str | None = None  # checked once per channel when the wire format carries one
+
+
+@dataclass(frozen=True)
+class RefundNotice:
+    """A channel's verified statement that it paid a payment's money back to the resident: the
+    confirmation of a refund we requested, or a refund it made on its own."""
+
+    channel_id: str
+    channel_txn_id: str  # the payment's transaction at the channel
+    refund_id: str  # the channel's own id for the refund
+    refund_fen: int
+    refunded_at: datetime | None
+    replay_nonce: str | None = None

@@ -6,9 +6,11 @@ money sits in refunds in flight) until the channel confirms it: `confirm_refund`
 from enum import StrEnum
 
 from gasworks.domain.accounts import check_account_no
-from gasworks.domain.errors import InvalidInput, NotFound
+from gasworks.domain.channels import RefundNotice
+from gasworks.domain.errors import IntakeRefused, InvalidInput, NotFound
 from gasworks.domain.payments import IllegalTransition, Payment, PaymentState
 from gasworks.services.delivery import buy_gas
+from gasworks.services.intake import claim_nonce
 from gasworks.services.payment_life_cycle import (
     already_decided,
     require_payment,
@@ -79,5 +81,37 @@ def record_external_refund(payment_id: str, *, evidence: str, uow: UnitOfWork, a
             uow.meters.get_for_account(payment.account_no, lock=True)  # the meter first, as everywhere
         why = evidence.strip()[:200]
         settle(uow, payment, PaymentState.REFUNDED, at=now, note=f"refunded by {payment.channel_id} on its own: {why}", actor=actor, action="refund.external", detail={"evidence": why})
+        uow.commit()
+        return payment
+
+
+def take_channel_refund(notice: RefundNotice, uow: UnitOfWork) -> Payment:
+    """A channel's verified refund notification: confirms a refund we requested, or records one the
+    channel made on its own. Only a refund of all the payment still holds moves money here; a
+    partial refund is refused (recorded) for an operator and reconciliation to decide."""
+    with uow:
+        now = uow.clock.now()
+        if notice.replay_nonce is not None:
+            claim_nonce(uow, notice.channel_id, notice.replay_nonce)
+        payment = uow.payments.get_by_channel_txn(notice.channel_id, notice.channel_txn_id)
+        if payment is None:  # not acknowledged: the channel retries, and its payment may still arrive first
+            raise IntakeRefused(f"refund {notice.refund_id} is for transaction {notice.channel_txn_id}, which gasworks never took", code="REFUND_FOR_UNKNOWN_PAYMENT")
+        if payment.state == PaymentState.REFUNDED:
+            uow.commit()  # a retry of the notification: the first answer stands, the nonce stays used
+            return payment
+        holds_fen = uow.ledger.payment_net_fen(payment.id)
+        if notice.refund_fen != holds_fen:
+            raise IntakeRefused(
+                f"refund {notice.refund_id} is {notice.refund_fen} fen of payment {payment.id} holding {holds_fen} fen: a partial refund is an operator's decision",
+                code="PARTIAL_REFUND", acknowledge=True,
+            )  # fmt: skip
+        if payment.state in (PaymentState.BOOKED, PaymentState.ADJUSTED) and payment.account_no:
+            uow.meters.get_for_account(payment.account_no, lock=True)  # the meter first, as everywhere
+        requested = payment.state == PaymentState.REFUND_REQUESTED
+        note = f"refund {notice.refund_id} " + ("confirmed by the channel" if requested else "made by the channel on its own")
+        settle(
+            uow, payment, PaymentState.REFUNDED, at=now, note=note, actor=f"channel:{notice.channel_id}",
+            action="refund.confirmed" if requested else "refund.external", detail={"refund_id": notice.refund_id},
+        )  # fmt: skip
         uow.commit()
         return payment

@@ -8,11 +8,12 @@ from collections.abc import Callable
 
 from gasworks.adapters.channels import Decoder, InboundRequest
 from gasworks.adapters.channels.wallet_hmac import verify_request
-from gasworks.domain.channels import Channel, ChannelKind
+from gasworks.domain.channels import Channel, ChannelKind, RefundNotice
 from gasworks.domain.errors import IntakeRefused
 from gasworks.domain.money import PaymentCeiling
 from gasworks.services.accounts import AccountView, get_account
 from gasworks.services.channels import require_channel
+from gasworks.services.holds import take_channel_refund
 from gasworks.services.intake import Acceptance, accept_payment, claim_nonce
 from gasworks.services.unit_of_work import UnitOfWork
 
@@ -32,12 +33,15 @@ def take_channel_payment(
     ceiling: PaymentCeiling | None = None,
 ) -> Acceptance:
     """Verify, decode and take one channel message. Merchant-order channels (WeChat Pay, Alipay)
-    notify money already taken: above the ceiling it is held. A bill payment is refused instead."""
+    notify money already taken: above the ceiling it is held. A bill payment is refused instead.
+    A refund notification refunds its payment (see `take_channel_refund`)."""
     decode = decoders.get(channel.kind)
     if decode is None:
         raise IntakeRefused(f"a {channel.kind.value} channel does not post here", code="WRONG_ENDPOINT")
     uow = new_uow()
     notice = decode(channel, request, uow.clock.now(), skew_s)
+    if isinstance(notice, RefundNotice):
+        return Acceptance.of(take_channel_refund(notice, uow), duplicate=False)
     return accept_payment(notice, uow, ceiling=ceiling, refuse_above_ceiling=not channel.kind.uses_merchant_orders)
 
 

@@ -5,9 +5,9 @@ from datetime import datetime
 
 from gasworks.adapters.channels import alipay, wallet_hmac, wechatpay_v3
 from gasworks.adapters.channels.base import InboundRequest, Reply
-from gasworks.domain.channels import Channel, ChannelKind, PaymentNotice
+from gasworks.domain.channels import Channel, ChannelKind, PaymentNotice, RefundNotice
 
-Decoder = Callable[[Channel, InboundRequest, datetime, int], PaymentNotice]
+Decoder = Callable[[Channel, InboundRequest, datetime, int], PaymentNotice | RefundNotice]
 
 # POST /v1/channels/{id}/notify: merchant-order notifications.
 NOTIFY_DECODERS: dict[ChannelKind, Decoder] = {

@@ -24,18 +24,19 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gasworks.adapters.channels.base import InboundRequest, Reply, check_timestamp, require, unix_seconds
 from gasworks.adapters.channels.rsa import sign_sha256_rsa, verify_sha256_rsa
-from gasworks.domain.channels import Channel, KeyPurpose, PaymentNotice
+from gasworks.domain.channels import Channel, KeyPurpose, PaymentNotice, RefundNotice
 from gasworks.domain.errors import GasworksError, IntakeRefused
 from gasworks.domain.money import PAYMENT_FEN_ABSOLUTE_MAX
 
 SUCCESS_EVENT = "TRANSACTION.SUCCESS"
+REFUND_EVENT = "REFUND.SUCCESS"  # refund notification (退款结果通知): resource original_type "refund"
 
 
 def signed_message(timestamp: str, nonce: str, body: bytes) -> bytes:
     return timestamp.encode() + b"\n" + nonce.encode() + b"\n" + body + b"\n"
 
 
-def decode_notification(channel: Channel, request: InboundRequest, now: datetime, skew_s: int) -> PaymentNotice:
+def decode_notification(channel: Channel, request: InboundRequest, now: datetime, skew_s: int) -> PaymentNotice | RefundNotice:
     serial = require(request.header("Wechatpay-Serial"), "Wechatpay-Serial header")
     signature = require(request.header("Wechatpay-Signature"), "Wechatpay-Signature header")
     timestamp = require(request.header("Wechatpay-Timestamp"), "Wechatpay-Timestamp header")
@@ -48,6 +49,8 @@ def decode_notification(channel: Channel, request: InboundRequest, now: datetime
     check_timestamp(unix_seconds(timestamp), now, skew_s)
 
     envelope = _json_object(request.body, "notification body")
+    if envelope.get("event_type") == REFUND_EVENT:
+        return _refund_notice(channel, _json_object(_decrypt_resource(channel, envelope.get("resource")), "decrypted resource"), nonce)
     if envelope.get("event_type") != SUCCESS_EVENT:
         raise IntakeRefused(
             f"event {str(envelope.get('event_type'))[:40]!r} is not a payment; acknowledged, nothing booked",
@@ -82,6 +85,23 @@ def decode_notification(channel: Channel, request: InboundRequest, now: datetime
         method=str(transaction.get("trade_type", ""))[:20],
         replay_nonce=nonce[:64],
     )
+
+
+def _refund_notice(channel: Channel, refund: dict, nonce: str) -> RefundNotice:
+    """The decrypted refund: mchid, out_trade_no, transaction_id, out_refund_no, refund_id,
+    refund_status, success_time, amount {total, refund, payer_total, payer_refund} in fen."""
+    if channel.merchant_id and refund.get("mchid") != channel.merchant_id:
+        raise IntakeRefused(f"mchid {str(refund.get('mchid'))[:32]!r} is not this channel's merchant", code="MERCHANT_MISMATCH")
+    if refund.get("refund_status") != "SUCCESS":
+        raise IntakeRefused(f"refund_status {str(refund.get('refund_status'))[:20]!r}; acknowledged, nothing moved", code="EVENT_IGNORED", acknowledge=True)
+    amount = refund.get("amount")
+    refunded = amount.get("refund") if isinstance(amount, dict) else None
+    if not isinstance(refunded, int) or isinstance(refunded, bool) or not 0 < refunded <= PAYMENT_FEN_ABSOLUTE_MAX:
+        raise IntakeRefused(f"amount.refund must be a positive integer of fen, got {str(refunded)[:30]!r}", code="MALFORMED")
+    return RefundNotice(
+        channel_id=channel.id, channel_txn_id=_text(refund, "transaction_id", 32), refund_id=_text(refund, "refund_id", 64),
+        refund_fen=refunded, refunded_at=_rfc3339(refund.get("success_time")), replay_nonce=nonce[:64],
+    )  # fmt: skip
 
 
 def _decrypt_resource(channel: Channel, resource: object) -> bytes:
@@ -174,9 +194,28 @@ class WechatPayV3Notifier:
             "payer": {"openid": "oGasworksResident"},
             "amount": {"total": amount_fen, "payer_total": amount_fen, "currency": "CNY", "payer_currency": "CNY"},
         }
+        return self._signed(event_type, "transaction", "支付成功", transaction, at=at, nonce=nonce)
+
+    def refund_notification(
+        self, *, out_trade_no: str, transaction_id: str, refund_fen: int, total_fen: int, at: datetime, refund_status: str = "SUCCESS", nonce: str | None = None
+    ) -> tuple[dict[str, str], bytes]:
+        refund = {
+            "mchid": self.mchid,
+            "out_trade_no": out_trade_no,
+            "transaction_id": transaction_id,
+            "out_refund_no": "R" + secrets.token_hex(8),
+            "refund_id": "50000" + secrets.token_hex(10),
+            "refund_status": refund_status,
+            "success_time": at.isoformat(timespec="seconds"),
+            "user_received_account": "支付用户零钱",
+            "amount": {"total": total_fen, "refund": refund_fen, "payer_total": total_fen, "payer_refund": refund_fen},
+        }
+        return self._signed(REFUND_EVENT, "refund", "退款成功", refund, at=at, nonce=nonce)
+
+    def _signed(self, event_type: str, original_type: str, summary: str, resource: dict, *, at: datetime, nonce: str | None) -> tuple[dict[str, str], bytes]:
         resource_nonce = secrets.token_hex(6)
         ciphertext = AESGCM(self.apiv3_key.encode()).encrypt(
-            resource_nonce.encode(), json.dumps(transaction, ensure_ascii=False).encode(), b"transaction"
+            resource_nonce.encode(), json.dumps(resource, ensure_ascii=False).encode(), original_type.encode()
         )
         body = json.dumps(
             {
@@ -184,12 +223,12 @@ class WechatPayV3Notifier:
                 "create_time": at.isoformat(timespec="seconds"),
                 "resource_type": "encrypt-resource",
                 "event_type": event_type,
-                "summary": "支付成功",
+                "summary": summary,
                 "resource": {
-                    "original_type": "transaction",
+                    "original_type": original_type,
                     "algorithm": "AEAD_AES_256_GCM",
                     "ciphertext": base64.b64encode(ciphertext).decode(),
-                    "associated_data": "transaction",
+                    "associated_data": original_type,
                     "nonce": resource_nonce,
                 },
             },
