@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     service_hotline: str = "12319"
     public_base_url: str = ""  # prefix for resident links, e.g. https://gas.example.cn
 
+    # Meter frame security (adapters/meters/frame_security.py). The site key seals meter keys at rest:
+    # 32 bytes as 64 hex digits or base64. Empty: one is generated into the database (development only).
+    site_key: str = ""
+
     @classmethod
     def settings_customise_sources(
         cls,

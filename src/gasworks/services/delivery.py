@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from gasworks.adapters.meters import cjt188
+from gasworks.adapters.meters import cjt188, frame_security
 from gasworks.config import Settings
 from gasworks.domain.accounts import MeterKind
 from gasworks.domain.delivery import (
@@ -35,6 +35,7 @@ from gasworks.domain.delivery import (
     valve_command,
 )
 from gasworks.domain.errors import Conflict, MalformedFrame, NotFound
+from gasworks.domain.meter_security import FrameRefused
 from gasworks.domain.ledger import DELIVERY, REVENUE, TransactionKind, prepaid_account, presented_balance_fen, transfer
 from gasworks.domain.meter_messages import (
     Alarm,
@@ -167,10 +168,10 @@ class UplinkOutcome:
 
 def handle_uplink(topic_serial: str, payload: bytes, uow: UnitOfWork) -> UplinkOutcome:
     """One frame from a meter: a report, an acknowledgement or a refusal. Bad frames are refused and kept."""
-    try:
-        message = cjt188.decode(payload)
-    except MalformedFrame as error:
-        return _refuse(uow, topic_serial, "MALFORMED_FRAME", error.message, payload)
+    try:  # MAC, key version and counter checked first (adapters/meters/frame_security.py)
+        message = frame_security.open_uplink(payload, topic_serial, uow).message
+    except (MalformedFrame, FrameRefused) as error:
+        return _refuse(uow, topic_serial, error.code, error.message, payload)
     if message.serial != topic_serial:
         return _refuse(uow, topic_serial, "FOREIGN_FRAME", f"frame addressed to meter {message.serial} arrived on meter {topic_serial}'s topic", payload)
     if isinstance(message, (WritePurchase, SetValve, ReadCurrentData, ReadPurchaseRecord)):
@@ -332,12 +333,13 @@ class Publisher:
     def publish(self, serial: str, payload: bytes) -> None: ...
 
 
-def frame_for(command: MeterCommand) -> bytes:
+def frame_for(command: MeterCommand, uow: UnitOfWork) -> bytes:
+    """The command sealed for its meter (key, next downlink counter, MAC), in the caller's unit of work."""
     frame_seq = command.frame_seq
     if command.kind == CommandKind.CREDIT:
         assert command.purchase_seq is not None and command.volume_litres is not None
-        return cjt188.encode(WritePurchase(command.meter_serial, frame_seq, command.purchase_seq, command.volume_litres))
-    return cjt188.encode(SetValve(command.meter_serial, frame_seq, command.kind == CommandKind.VALVE_OPEN))
+        return frame_security.seal_downlink(WritePurchase(command.meter_serial, frame_seq, command.purchase_seq, command.volume_litres), uow)
+    return frame_security.seal_downlink(SetValve(command.meter_serial, frame_seq, command.kind == CommandKind.VALVE_OPEN), uow)
 
 
 def dispatch_meter(serial: str, uow: UnitOfWork, publisher: Publisher) -> MeterCommand | None:
@@ -352,7 +354,7 @@ def dispatch_meter(serial: str, uow: UnitOfWork, publisher: Publisher) -> MeterC
         if not isinstance(step, Send):
             return None
         command = step.command
-        publisher.publish(serial, frame_for(command))  # before commit: a resend is harmless, a lost send is not
+        publisher.publish(serial, frame_for(command, uow))  # before commit: a resend is harmless, a lost send is not
         mark_sent(command, at=now, policy=uow.delivery)
         uow.meter_commands.save(command, now)
         uow.commit()

@@ -5,6 +5,7 @@ from types import TracebackType
 from sqlalchemy import Connection, Engine
 
 from gasworks.adapters.db import delivery as delivery_repos
+from gasworks.adapters.db import meter_keys as meter_key_repos
 from gasworks.adapters.db import reconciliation as reconciliation_repos
 from gasworks.adapters.db import repositories as repos
 from gasworks.domain.clock import Clock
@@ -14,11 +15,12 @@ from gasworks.domain.delivery import DeliveryPolicy
 class SqlUnitOfWork:
     """Use as `with uow: ...; uow.commit()`. Leaving the block without commit rolls back."""
 
-    def __init__(self, engine: Engine, clock: Clock, *, delivery: DeliveryPolicy | None = None, local_timezone: str = "Asia/Shanghai") -> None:
+    def __init__(self, engine: Engine, clock: Clock, *, delivery: DeliveryPolicy | None = None, local_timezone: str = "Asia/Shanghai", site_key: bytes | None = None) -> None:
         self.engine = engine
         self.clock = clock
         self.delivery = delivery or DeliveryPolicy()
         self.local_timezone = local_timezone
+        self.site_key = site_key  # None: the development default generated into the database
         self._connection: Connection | None = None
 
     def __enter__(self) -> "SqlUnitOfWork":
@@ -42,6 +44,7 @@ class SqlUnitOfWork:
         self.kiosks = delivery_repos.Kiosks(c)
         self.alerts = delivery_repos.Alerts(c)
         self.site_secrets = delivery_repos.SiteSecrets(c)
+        self.meter_keys = meter_key_repos.MeterKeys(c, site_key=self.site_key, now=self.clock.now)
         self.statements = reconciliation_repos.Statements(c)
         self.reconciliations = reconciliation_repos.Reconciliations(c)
         return self
