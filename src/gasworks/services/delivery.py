@@ -35,7 +35,6 @@ from gasworks.domain.delivery import (
     valve_command,
 )
 from gasworks.domain.errors import Conflict, MalformedFrame, NotFound
-from gasworks.domain.meter_security import FrameRefused
 from gasworks.domain.ledger import DELIVERY, REVENUE, TransactionKind, prepaid_account, presented_balance_fen, transfer
 from gasworks.domain.meter_messages import (
     Alarm,
@@ -50,6 +49,7 @@ from gasworks.domain.meter_messages import (
     ValveAck,
     WritePurchase,
 )
+from gasworks.domain.meter_security import FrameRefused
 from gasworks.domain.tariffs import convert
 from gasworks.observability import (
     alerts_open,
@@ -166,10 +166,11 @@ class UplinkOutcome:
     commands_waiting: bool = False  # the meter has something to be sent while it listens
 
 
-def handle_uplink(topic_serial: str, payload: bytes, uow: UnitOfWork) -> UplinkOutcome:
-    """One frame from a meter: a report, an acknowledgement or a refusal. Bad frames are refused and kept."""
+def handle_uplink(topic_serial: str, payload: bytes, uow: UnitOfWork, *, carrier_authenticated: bool = False) -> UplinkOutcome:
+    """One frame from a meter: a report, an acknowledgement or a refusal. Bad frames are refused and kept.
+    `carrier_authenticated`: it came through an authenticated carrier platform (the only way for models without MAC)."""
     try:  # MAC, key version and counter checked first (adapters/meters/frame_security.py)
-        message = frame_security.open_uplink(payload, topic_serial, uow).message
+        message = frame_security.open_uplink(payload, topic_serial, uow, carrier_authenticated=carrier_authenticated).message
     except (MalformedFrame, FrameRefused) as error:
         return _refuse(uow, topic_serial, error.code, error.message, payload)
     if message.serial != topic_serial:

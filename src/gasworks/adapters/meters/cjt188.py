@@ -1,13 +1,29 @@
 """The meter wire format: a binary frame modelled on CJ/T 188-2018, carried as an MQTT payload.
 
-    [FE FE]  68  T  A0 A1 A2 A3 A4 A5 A6  C  L  DI0 DI1 SER  payload...  CS  16
+A sealed frame (every meter model with a MAC, which is the default) is, byte by byte:
 
-- `FE` wake-up bytes: 0 to 4, ignored.
-- `68` start; `T` meter type, 0x30 for gas; `A0..A6` the 14-digit serial in BCD, low byte first.
-- `C` control code: 0x01 read, 0x04 write; a reply sets bit 7 (0x81, 0x84); an error reply also
-  sets bit 6 (0xC1, 0xC4). `L` is the length of the data field (DI0 .. end of payload), at most 64.
-- `DI` data identifier, low byte first (0x901F is sent `1F 90`); `SER` the frame serial.
-- `CS` sum of every byte from `68` up to the byte before CS, mod 256; `16` end.
+    [FE FE]  68  T  A0 A1 A2 A3 A4 A5 A6  C  L  DI0 DI1 SER  payload...  KV  CTR0 CTR1 CTR2 CTR3  MAC0 .. MAC7  CS  16
+
+| offset (after FE)  | bytes | field                                                                      |
+|--------------------|-------|----------------------------------------------------------------------------|
+| 0                  | 1     | `68` start                                                                 |
+| 1                  | 1     | `T` meter type, 0x30 for gas                                               |
+| 2..8               | 7     | `A0..A6` the 14-digit serial in BCD, low byte first                        |
+| 9                  | 1     | `C` control code: 0x01 read, 0x04 write; a reply sets bit 7 (0x81, 0x84); an error reply also sets bit 6 (0xC1, 0xC4). Bit 7 is the direction: clear gasworks -> meter, set meter -> gasworks |
+| 10                 | 1     | `L` length of the data field, DI0 up to MAC7 (at most 64)                  |
+| 11, 12             | 2     | `DI0 DI1` data identifier, low byte first (0x901F is sent `1F 90`)         |
+| 13                 | 1     | `SER` the frame serial, repeated by the reply                              |
+| 14 ..              | n     | payload, by DI and C (table below)                                         |
+| 14+n               | 1     | `KV` key version: which of the meter's keys sealed the frame (0-255)       |
+| 15+n .. 18+n       | 4     | `CTR` frame counter of this direction, binary, low byte first; each side takes a frame only if its counter is above the last one it took (replays are refused) |
+| 19+n .. 26+n       | 8     | `MAC` first 8 bytes of CMAC(meter key, bytes 0 .. 18+n), i.e. from `68` through CTR3; SM4-CMAC or AES-128-CMAC as the meter model says |
+| 27+n               | 1     | `CS` sum of bytes 0 .. 26+n mod 256 (a transmission check; the MAC is the integrity check) |
+| 28+n               | 1     | `16` end                                                                   |
+
+So L = 3 + n + 13. A plain frame (models without MAC, accepted only through an authenticated
+carrier platform) is the same without KV, CTR and MAC: L = 3 + n.
+
+- `FE` wake-up bytes: 0 to 4, ignored, outside the MAC.
 
 Numbers in payloads are BCD, low byte first, as CJ/T 188 writes them. A signed volume is one sign
 byte (0x00 plus, 0x80 minus) and four BCD bytes. Payloads by DI and control code:
@@ -33,7 +49,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from gasworks.domain.errors import MalformedFrame
-from gasworks.domain.meter_security import COUNTER_BYTES, MAC_BYTES
 from gasworks.domain.meter_messages import (
     Alarm,
     CommandRefused,
@@ -48,6 +63,7 @@ from gasworks.domain.meter_messages import (
     ValveAck,
     WritePurchase,
 )
+from gasworks.domain.meter_security import COUNTER_BYTES, MAC_BYTES
 
 START = 0x68
 END = 0x16
