@@ -12,7 +12,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from fastapi.testclient import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import create_engine, delete, select
 from typer.testing import CliRunner
 
 from gasworks.adapters.db import tables as t
@@ -289,5 +289,13 @@ def test_an_operator_rotates_a_meter_key_from_the_command_line(tmp_path):
     assert "key v2" in run("meters", "keys", "00000000000001").output
     unknown = run("meters", "rotate-key", "00000000000099")
     assert unknown.exit_code == 2 and "METER_NOT_KEYED" in unknown.output
+    engine = create_engine(url)
+    with engine.begin() as c:  # a meter registered before meter keys existed
+        c.execute(delete(t.meter_keys))
+        c.execute(delete(t.meter_frame_security))
+    engine.dispose()
+    assert "METER_NOT_KEYED" in run("meters", "keys", "00000000000001").output
+    first = run("meters", "rotate-key", "00000000000001", "--model", "cjt188-aes")
+    assert first.exit_code == 0 and "key version 1" in first.output and "aes128-cmac" in first.output
     bad_site_key = runner.invoke(cli, ["meters", "export-key", "00000000000001", "--database-url", url], env={"GASWORKS_SITE_KEY": "short"})
     assert bad_site_key.exit_code == 2 and "INVALID_SITE_KEY" in bad_site_key.output

@@ -8,8 +8,9 @@ key (adapters/db/meter_keys.py).
 import secrets
 from dataclasses import dataclass
 
+from gasworks.domain.accounts import MeterKind
 from gasworks.domain.errors import Conflict, NotFound
-from gasworks.domain.meter_security import KEY_BYTES, MacScheme, MeterFrameSecurity, model_profile
+from gasworks.domain.meter_security import DEFAULT_METER_MODEL, KEY_BYTES, MacScheme, MeterFrameSecurity, model_profile
 from gasworks.services.unit_of_work import UnitOfWork
 
 
@@ -62,8 +63,10 @@ def export_key(serial: str, uow: UnitOfWork, *, actor: str) -> MeterKey:
         return key
 
 
-def rotate_key(serial: str, uow: UnitOfWork, *, actor: str) -> MeterKey:
+def rotate_key(serial: str, uow: UnitOfWork, *, actor: str, model: str = DEFAULT_METER_MODEL) -> MeterKey:
     """A new key version for the meter, returned for writing into it.
+
+    An IoT meter registered before meter keys existed gets its first key (version 1, of `model`).
 
     Overlap: until the meter is heard under the new version (or an operator finishes the rotation),
     uplinks under the old and the new version are taken and downlinks stay under the old one, which
@@ -71,6 +74,14 @@ def rotate_key(serial: str, uow: UnitOfWork, *, actor: str) -> MeterKey:
     """
     with uow:
         now = uow.clock.now()
+        link = uow.meters.get(serial, lock=True)
+        if link is not None and link.kind == MeterKind.IOT and uow.meter_keys.get_security(serial) is None:
+            register_meter(uow, serial=serial, model=model)
+            uow.audit.append(at=now, actor=actor, action="meter.key.issue", subject=f"meter:{serial}", detail={"key_version": 1, "model": model})
+            security = _security(uow, serial)
+            key = _key(uow, security, 1)
+            uow.commit()
+            return key
         security = _security(uow, serial)
         version = security.start_rotation()
         uow.meter_keys.add_key(serial, version, secrets.token_bytes(KEY_BYTES), now)

@@ -166,7 +166,7 @@ def open_uplink(payload: bytes, topic_serial: str, uow: "UnitOfWork", *, carrier
         if security is None:
             if uow.meters.get(frame.serial) is None:
                 raise FrameRefused(f"no IoT meter {frame.serial}", code="UNKNOWN_METER")
-            raise FrameRefused(f"meter {frame.serial} has no key: issue one with `gasworks meters rotate-key {frame.serial}`", code="METER_NOT_KEYED")
+            raise FrameRefused(f"meter {frame.serial} has no key: give it one with `gasworks meters rotate-key {frame.serial}`", code="METER_NOT_KEYED")
         profile = security.profile
         if not profile.seals_frames:
             if not carrier_authenticated:

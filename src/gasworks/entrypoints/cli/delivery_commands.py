@@ -14,6 +14,7 @@ from gasworks.adapters.db.delivery import Kiosk
 from gasworks.domain.accounts import CustomerClass
 from gasworks.domain.delivery import CommandState
 from gasworks.domain.errors import InvalidInput, NotFound
+from gasworks.domain.meter_security import DEFAULT_METER_MODEL
 from gasworks.domain.tariffs import milli_fen_to_price_text
 from gasworks.entrypoints.cli.common import DatabaseUrl, cli_actor, cli_errors, out, system
 from gasworks.entrypoints.workers.worker import Worker, make_transport
@@ -179,9 +180,14 @@ def meters_export_key(serial: str, out_file: KeyFile = None, database_url: Datab
 
 @meters_app.command("rotate-key")
 @cli_errors
-def meters_rotate_key(serial: str, out_file: KeyFile = None, database_url: DatabaseUrl = None) -> None:
+def meters_rotate_key(
+    serial: str,
+    out_file: KeyFile = None,
+    model: Annotated[str, typer.Option(help="Only for a meter that has no key yet: its model.")] = DEFAULT_METER_MODEL,
+    database_url: DatabaseUrl = None,
+) -> None:
     """Make a new key version; old and new are both taken until the meter is heard under the new one."""
-    _print_key(meter_keys.rotate_key(serial, system(database_url).new_uow(), actor=cli_actor()), out_file)
+    _print_key(meter_keys.rotate_key(serial, system(database_url).new_uow(), actor=cli_actor(), model=model), out_file)
     out.print("write it into the meter; its first frame under the new version retires the old one (or `gasworks meters finish-rotation`)")
 
 
