@@ -299,3 +299,24 @@ def test_an_operator_rotates_a_meter_key_from_the_command_line(tmp_path):
     assert first.exit_code == 0 and "key version 1" in first.output and "aes128-cmac" in first.output
     bad_site_key = runner.invoke(cli, ["meters", "export-key", "00000000000001", "--database-url", url], env={"GASWORKS_SITE_KEY": "short"})
     assert bad_site_key.exit_code == 2 and "INVALID_SITE_KEY" in bad_site_key.output
+
+
+def test_a_frame_reflected_back_to_its_sender_is_refused_and_blocks_nothing(rig):
+    """Each side's frames carry a valid MAC under the shared key: direction, not the MAC, refuses a reflection."""
+    rig.wake()
+    rig.settle()
+    first = rig.pay(5_000)
+    rig.settle()
+    downlink = rig.meter.frames_seen[-1]  # gasworks' sealed write purchase, replayed on the meter's up topic
+    reflected_up = handle_uplink(IOT_SERIAL, downlink, rig.system.new_uow())
+    assert not reflected_up.accepted and reflected_up.what.startswith("NOT_AN_UPLINK")
+    rig.meter.keyring.counters.uplink_counter_sent += 100  # a meter report with a counter above every downlink's
+    report_frame = report(rig.meter, rig)
+    rig.meter.keyring.counters.uplink_counter_sent -= 100
+    rig.transport.publish(IOT_SERIAL, report_frame)  # ... reflected to the meter's down topic
+    assert rig.meter.refused[-1] == "NOT_A_DOWNLINK"
+    assert security(rig).uplink_counter_seen < 100 and rig.meter.keyring.counters.downlink_counter_seen < 100  # no counter was taken
+    second = rig.pay(5_000)
+    rig.wake()
+    rig.settle()
+    assert [rig.orders(p.payment_id)[0].state for p in (first, second)] == [CommandState.APPLIED, CommandState.APPLIED]

@@ -153,7 +153,8 @@ class OpenedUplink:
 def open_uplink(payload: bytes, topic_serial: str, uow: "UnitOfWork", *, carrier_authenticated: bool = False) -> OpenedUplink:
     """Verify one uplink and take its counter, in a transaction of its own; raise MalformedFrame or FrameRefused.
 
-    Checked in this order: structure and checksum, address = topic, the meter is known and keyed,
+    Checked in this order: structure and checksum, address = topic, direction (a reply, never a
+    command reflected back), the meter is known and keyed,
     key version accepted, MAC, content, counter above the last one taken. Only a frame passing all
     of them moves the counter. (If the process dies after this commit and before the message is
     applied, that one frame is lost, never applied twice: meters report again and acknowledge again.)
@@ -161,6 +162,8 @@ def open_uplink(payload: bytes, topic_serial: str, uow: "UnitOfWork", *, carrier
     frame = cjt188.decode_frame(payload)
     if frame.serial != topic_serial:
         raise FrameRefused(f"frame addressed to meter {frame.serial} arrived on meter {topic_serial}'s topic", code="FOREIGN_FRAME")
+    if not frame.control & cjt188.REPLY:  # a downlink reflected back: its MAC is good, its counter is the other direction's
+        raise FrameRefused(f"control {frame.control:#04x} is something gasworks sends, not a meter", code="NOT_AN_UPLINK")
     with uow:
         security = uow.meter_keys.get_security(frame.serial, lock=True)
         if security is None:
@@ -236,6 +239,8 @@ class MeterKeyring:
     def open(self, raw: bytes) -> MeterMessage:
         """A downlink's message, or MalformedFrame / FrameRefused (unknown key version, bad MAC, replay)."""
         sealed = cjt188.decode_sealed(raw)
+        if sealed.frame.control & cjt188.REPLY:  # the meter's own frame reflected back at it
+            raise FrameRefused(f"control {sealed.frame.control:#04x} is a meter's reply, not a command", code="NOT_A_DOWNLINK")
         if sealed.key_version != self.counters.key_version:
             raise FrameRefused(f"downlink under key version {sealed.key_version}; this meter holds {self.counters.key_version}", code="FRAME_KEY_VERSION_UNKNOWN")
         if not mac_is_valid(self.scheme, self.key, sealed.signed, sealed.mac):
