@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from gasworks.adapters.meters import cjt188
 from gasworks.adapters.meters.transport import TransportError
+from gasworks.domain.accounts import MeterKind
 from gasworks.domain.errors import GasworksError
 from gasworks.domain.meter_messages import MeterMessage
 from gasworks.domain.meter_security import (
@@ -167,7 +168,8 @@ def open_uplink(payload: bytes, topic_serial: str, uow: "UnitOfWork", *, carrier
     with uow:
         security = uow.meter_keys.get_security(frame.serial, lock=True)
         if security is None:
-            if uow.meters.get(frame.serial) is None:
+            link = uow.meters.get(frame.serial)
+            if link is None or link.kind != MeterKind.IOT:
                 raise FrameRefused(f"no IoT meter {frame.serial}", code="UNKNOWN_METER")
             raise FrameRefused(f"meter {frame.serial} has no key: give it one with `gasworks meters rotate-key {frame.serial}`", code="METER_NOT_KEYED")
         profile = security.profile

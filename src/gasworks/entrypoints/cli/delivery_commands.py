@@ -22,7 +22,7 @@ from gasworks.services import delivery, kiosks, meter_keys, tariffs
 
 tariffs_app = typer.Typer(help="Tiered tariffs: versions with effective dates, per customer class.", no_args_is_help=True)
 kiosks_app = typer.Typer(help="Kiosks and counters where card meters' purchases are written.", no_args_is_help=True)
-meters_app = typer.Typer(help="Meters' delivery state.", no_args_is_help=True)
+meters_app = typer.Typer(help="Meters' delivery state and keys.", no_args_is_help=True)
 commands_app = typer.Typer(help="Meter commands (credit orders, valve): list, reissue, cancel.", no_args_is_help=True)
 
 
