@@ -37,7 +37,7 @@ from gasworks.domain.delivery import CommandState
 from gasworks.domain.meter_messages import WritePurchase
 from gasworks.entrypoints.workers.worker import Worker
 from gasworks.observability import configure_logging
-from gasworks.services import accounts, channels
+from gasworks.services import accounts, channels, meter_keys
 from gasworks.services.checks import check_ledger
 from gasworks.services.intake import accept_payment
 from gasworks.sim.fleet import MqttFleet
@@ -115,11 +115,14 @@ def run(url: str, *, payments: int, rate: float, meters: int, concurrency: int, 
         arrived: dict[tuple[str, int], float] = {}
 
         def note_arrival(serial: str, frame: bytes, at: float) -> None:
-            message = cjt188.decode(frame)
+            message = cjt188.message_of(cjt188.decode_sealed(frame).frame)
             if isinstance(message, WritePurchase):
                 arrived.setdefault((serial, message.purchase_seq), at)
 
-        fleet = MqttFleet(MQTT_URL, prefix=prefix, meters=[SimulatedMeter(s, awake=True) for s in serials], on_frame=note_arrival)
+        fleet_meters = [SimulatedMeter(s, awake=True) for s in serials]
+        for meter in fleet_meters:  # each meter holds the key gasworks made at its registration
+            meter.install_key(meter_keys.export_key(meter.serial, system.new_uow(), actor="bench"))
+        fleet = MqttFleet(MQTT_URL, prefix=prefix, meters=fleet_meters, on_frame=note_arrival)
         fleet.start()
         transport = MqttTransport(MQTT_URL, prefix=prefix)
         worker = Worker(system, transport)

@@ -8,6 +8,7 @@ from gasworks.bootstrap import System
 from gasworks.domain.channels import PaymentNotice
 from gasworks.domain.delivery import MeterCommand
 from gasworks.entrypoints.workers.worker import Transport, Worker
+from gasworks.services import meter_keys
 from gasworks.services.intake import Acceptance, accept_payment
 from gasworks.sim.meter import SimulatedMeter
 from tests.support import ACCOUNT_NO
@@ -25,6 +26,8 @@ class Rig:
 
     def __post_init__(self) -> None:
         self.worker = Worker(self.system, self.transport)
+        if self.meter.keyring is None:  # the meter holds the key gasworks made when it was registered
+            self.meter.install_key(meter_keys.export_key(self.meter.serial, self.system.new_uow(), actor="test"))
         if isinstance(self.transport, LoopbackTransport):
             self.transport.attach(self.meter.serial, self.meter.on_downlink)
 

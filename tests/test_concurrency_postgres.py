@@ -77,7 +77,7 @@ def test_several_workers_deliver_every_purchase_once_in_order(postgres_only_url,
     from gasworks.domain.accounts import MeterKind
     from gasworks.domain.channels import PaymentNotice
     from gasworks.entrypoints.workers.worker import Worker
-    from gasworks.services import accounts
+    from gasworks.services import accounts, meter_keys
     from gasworks.services.intake import accept_payment
     from gasworks.sim.meter import SimulatedMeter
 
@@ -89,6 +89,7 @@ def test_several_workers_deliver_every_purchase_once_in_order(postgres_only_url,
         serial = f"{10_000_000_000_000 + i:014d}"
         accounts.open_account(accounts.OpenAccount(f"43020000{i:02d}", "李四", "", "华新苑", "G-02", "13900000000", serial, MeterKind.IOT), system.new_uow(), actor="test")
         meter = SimulatedMeter(serial)
+        meter.install_key(meter_keys.export_key(serial, system.new_uow(), actor="test"))
         transport.attach(serial, meter.on_downlink)
         meters.append(meter)
     for round_ in range(3):

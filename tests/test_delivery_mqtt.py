@@ -188,3 +188,48 @@ def test_a_broker_restart_delays_delivery_but_loses_nothing(mqtt_rig, private_br
     until(rig.worker, lambda: state_of(rig, paid.payment_id) == CommandState.APPLIED, timeout_s=20)
     assert rig.meter.applied == [(1, 33_444)]
     assert check_ledger(rig.system.new_uow()).ok
+
+
+def test_a_spoofed_write_purchase_over_the_broker_credits_nothing_and_a_forged_report_is_refused(mqtt_rig, broker_url):
+    """An anonymous client on the real broker publishes as gasworks and as the meter: nothing moves."""
+    import os
+
+    from gasworks.adapters.meters import cjt188
+    from gasworks.adapters.meters.frame_security import compute_mac
+    from gasworks.adapters.meters.transport import mqtt_client, topic_down, topic_up
+    from gasworks.domain.meter_messages import PurchaseAck, WritePurchase
+    from gasworks.domain.meter_security import MacScheme
+
+    rig = mqtt_rig()
+    rig.mqtt_meter.wake(rig.system.clock.now())
+    until(rig.worker, lambda: _reported(rig))
+    prefix = rig.system.settings.mqtt_topic_prefix
+    fake_key = os.urandom(16)
+
+    def forge(message) -> bytes:
+        return cjt188.encode_sealed(message, key_version=1, counter=50_000, mac=lambda signed: compute_mac(MacScheme.SM4_CMAC, fake_key, signed))
+
+    attacker = mqtt_client(broker_url, f"attacker-{uuid.uuid4().hex[:8]}")
+    host, port = attacker._gasworks_address
+    attacker.connect(host, port)
+    attacker.loop_start()
+    try:
+        spoof = forge(WritePurchase(IOT_SERIAL, 1, 1, 5_000_000))
+        attacker.publish(topic_down(prefix, IOT_SERIAL), spoof, qos=1).wait_for_publish(5)
+        attacker.publish(topic_up(prefix, IOT_SERIAL), forge(PurchaseAck(IOT_SERIAL, 1, 3, 5_000_000)), qos=1).wait_for_publish(5)
+        until(rig.worker, lambda: spoof in rig.meter.frames_seen and "FRAME_MAC_INVALID" in _meter_refusals(rig))
+    finally:
+        attacker.loop_stop()
+        attacker.disconnect()
+    assert rig.meter.refused == ["FRAME_MAC_INVALID"] and rig.meter.applied == []
+    with rig.system.new_uow() as uow:
+        assert uow.meters.get(IOT_SERIAL).applied_seq == 0
+    paid = rig.pay(10_000)  # the real thing still goes through, once
+    until(rig.worker, lambda: state_of(rig, paid.payment_id) == CommandState.APPLIED)
+    assert rig.meter.applied == [(1, 33_444)]
+    assert check_ledger(rig.system.new_uow()).ok
+
+
+def _meter_refusals(rig: Rig) -> list[str]:
+    with rig.system.new_uow() as uow:
+        return [r["code"] for r in uow.rejections.list(limit=20, channel_id="meters")]

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from gasworks.adapters.db.engine import make_engine
+from gasworks.adapters.db.meter_keys import parse_site_key
 from gasworks.adapters.db.unit_of_work import SqlUnitOfWork
 from gasworks.config import Settings
 from gasworks.domain.clock import Clock, SystemClock
@@ -22,7 +23,10 @@ class System:
     clock: Clock
 
     def new_uow(self) -> SqlUnitOfWork:
-        return SqlUnitOfWork(self.engine, self.clock, delivery=self.delivery, local_timezone=self.settings.local_timezone, payment_ceiling=self.payment_ceiling)
+        return SqlUnitOfWork(
+            self.engine, self.clock, delivery=self.delivery, local_timezone=self.settings.local_timezone,
+            payment_ceiling=self.payment_ceiling, site_key=self.site_key,
+        )  # fmt: skip
 
     @functools.cached_property
     def payment_ceiling(self) -> PaymentCeiling:
@@ -32,6 +36,11 @@ class System:
     @property
     def delivery(self) -> DeliveryPolicy:
         return policy_from(self.settings)
+
+    @functools.cached_property
+    def site_key(self) -> bytes | None:
+        """GASWORKS_SITE_KEY, which seals meter keys at rest (None: the development default in the database)."""
+        return parse_site_key(self.settings.site_key)
 
     @functools.cached_property
     def resident_link_secret(self) -> str:

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     watchdog_interval_s: int = 30
     service_hotline: str = "12319"
     public_base_url: str = ""  # prefix for resident links, e.g. https://gas.example.cn
+    # Meter frame security (adapters/meters/frame_security.py). The site key seals meter keys at rest:
+    # 32 bytes as 64 hex digits or base64. Empty: one is generated into the database (development only).
+    site_key: str = ""
 
     @field_validator("payment_fen_max_by_channel", "payment_fen_max_by_class")
     @classmethod

@@ -12,6 +12,8 @@ from gasworks.domain.accounts import (
 )
 from gasworks.domain.errors import Conflict, InvalidInput, NotFound
 from gasworks.domain.ledger import LedgerAccountKind, prepaid_account, presented_balance_fen
+from gasworks.domain.meter_security import DEFAULT_METER_MODEL, model_profile
+from gasworks.services import meter_keys
 from gasworks.services.unit_of_work import UnitOfWork
 
 
@@ -27,6 +29,7 @@ class OpenAccount:
     meter_kind: MeterKind
     customer_class: CustomerClass = CustomerClass.RESIDENTIAL
     location: tuple[float, float] | None = None
+    meter_model: str = DEFAULT_METER_MODEL  # says how its frames are secured (domain/meter_security.py)
 
 
 def open_account(cmd: OpenAccount, uow: UnitOfWork, *, actor: str) -> Customer:
@@ -36,6 +39,7 @@ def open_account(cmd: OpenAccount, uow: UnitOfWork, *, actor: str) -> Customer:
         raise InvalidInput(f"location {cmd.location} is not a latitude and longitude", code="INVALID_LOCATION")
     if not cmd.name.strip() or not cmd.phone.strip():
         raise InvalidInput("name and phone are required", code="MISSING_FIELD")
+    model_profile(cmd.meter_model)  # an unknown model is refused before anything is written
     with uow:
         if uow.customers.exists(cmd.account_no):
             raise Conflict(f"account {cmd.account_no} already exists", code="ACCOUNT_EXISTS")
@@ -55,12 +59,14 @@ def open_account(cmd: OpenAccount, uow: UnitOfWork, *, actor: str) -> Customer:
         )
         uow.customers.add(customer)
         uow.ledger.open_account(prepaid_account(cmd.account_no), LedgerAccountKind.PREPAID)
+        if cmd.meter_kind == MeterKind.IOT:  # its own key, made here (export it for the meter: `gasworks meters export-key`)
+            meter_keys.register_meter(uow, serial=cmd.meter_serial, model=cmd.meter_model)
         uow.audit.append(
             at=uow.clock.now(),
             actor=actor,
             action="account.open",
             subject=f"account:{cmd.account_no}",
-            detail={"meter_serial": cmd.meter_serial, "meter_kind": cmd.meter_kind.value, "community": customer.community},
+            detail={"meter_serial": cmd.meter_serial, "meter_kind": cmd.meter_kind.value, "meter_model": cmd.meter_model, "community": customer.community},
         )
         uow.commit()
         return customer

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from gasworks.adapters.meters import cjt188
+from gasworks.adapters.meters import cjt188, frame_security
 from gasworks.config import Settings
 from gasworks.domain.accounts import MeterKind
 from gasworks.domain.delivery import (
@@ -49,6 +49,7 @@ from gasworks.domain.meter_messages import (
     ValveAck,
     WritePurchase,
 )
+from gasworks.domain.meter_security import FrameRefused
 from gasworks.domain.tariffs import convert
 from gasworks.observability import (
     alerts_open,
@@ -165,12 +166,13 @@ class UplinkOutcome:
     commands_waiting: bool = False  # the meter has something to be sent while it listens
 
 
-def handle_uplink(topic_serial: str, payload: bytes, uow: UnitOfWork) -> UplinkOutcome:
-    """One frame from a meter: a report, an acknowledgement or a refusal. Bad frames are refused and kept."""
-    try:
-        message = cjt188.decode(payload)
-    except MalformedFrame as error:
-        return _refuse(uow, topic_serial, "MALFORMED_FRAME", error.message, payload)
+def handle_uplink(topic_serial: str, payload: bytes, uow: UnitOfWork, *, carrier_authenticated: bool = False) -> UplinkOutcome:
+    """One frame from a meter: a report, an acknowledgement or a refusal. Bad frames are refused and kept.
+    `carrier_authenticated`: it came through an authenticated carrier platform (the only way for models without MAC)."""
+    try:  # MAC, key version and counter checked first (adapters/meters/frame_security.py)
+        message = frame_security.open_uplink(payload, topic_serial, uow, carrier_authenticated=carrier_authenticated).message
+    except (MalformedFrame, FrameRefused) as error:
+        return _refuse(uow, topic_serial, error.code, error.message, payload)
     if message.serial != topic_serial:
         return _refuse(uow, topic_serial, "FOREIGN_FRAME", f"frame addressed to meter {message.serial} arrived on meter {topic_serial}'s topic", payload)
     if isinstance(message, (WritePurchase, SetValve, ReadCurrentData, ReadPurchaseRecord)):
@@ -332,12 +334,13 @@ class Publisher:
     def publish(self, serial: str, payload: bytes) -> None: ...
 
 
-def frame_for(command: MeterCommand) -> bytes:
+def frame_for(command: MeterCommand, uow: UnitOfWork) -> bytes:
+    """The command sealed for its meter (key, next downlink counter, MAC), in the caller's unit of work."""
     frame_seq = command.frame_seq
     if command.kind == CommandKind.CREDIT:
         assert command.purchase_seq is not None and command.volume_litres is not None
-        return cjt188.encode(WritePurchase(command.meter_serial, frame_seq, command.purchase_seq, command.volume_litres))
-    return cjt188.encode(SetValve(command.meter_serial, frame_seq, command.kind == CommandKind.VALVE_OPEN))
+        return frame_security.seal_downlink(WritePurchase(command.meter_serial, frame_seq, command.purchase_seq, command.volume_litres), uow)
+    return frame_security.seal_downlink(SetValve(command.meter_serial, frame_seq, command.kind == CommandKind.VALVE_OPEN), uow)
 
 
 def dispatch_meter(serial: str, uow: UnitOfWork, publisher: Publisher) -> MeterCommand | None:
@@ -352,7 +355,7 @@ def dispatch_meter(serial: str, uow: UnitOfWork, publisher: Publisher) -> MeterC
         if not isinstance(step, Send):
             return None
         command = step.command
-        publisher.publish(serial, frame_for(command))  # before commit: a resend is harmless, a lost send is not
+        publisher.publish(serial, frame_for(command, uow))  # before commit: a resend is harmless, a lost send is not
         mark_sent(command, at=now, policy=uow.delivery)
         uow.meter_commands.save(command, now)
         uow.commit()

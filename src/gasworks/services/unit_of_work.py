@@ -3,6 +3,7 @@
 from typing import Protocol
 
 from gasworks.adapters.db import delivery as delivery_repos
+from gasworks.adapters.db import meter_keys as meter_key_repos
 from gasworks.adapters.db import reconciliation as reconciliation_repos
 from gasworks.adapters.db import repositories as repos
 from gasworks.domain.clock import Clock
@@ -30,6 +31,7 @@ class UnitOfWork(Protocol):
     kiosks: delivery_repos.Kiosks
     alerts: delivery_repos.Alerts
     site_secrets: delivery_repos.SiteSecrets
+    meter_keys: meter_key_repos.MeterKeys
     statements: reconciliation_repos.Statements
     reconciliations: reconciliation_repos.Reconciliations
 

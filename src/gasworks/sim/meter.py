@@ -2,6 +2,11 @@
 
 It applies purchase n only when its last applied serial is n - 1, acknowledges a replay without
 applying it again, refuses a gap, and reports on waking. Used by tests and by the city simulator.
+
+With a key installed (`install_key`, from gasworks' registration or rotation), it seals every frame
+it sends and takes only downlinks sealed under the key it holds, with a MAC that verifies and a
+counter above the last one it took: anything else is refused silently (no reply) and noted in
+`refused`, so a spoofed "write purchase" credits nothing.
 """
 
 import threading
@@ -11,8 +16,10 @@ from datetime import datetime
 import paho.mqtt.client as mqtt
 
 from gasworks.adapters.meters import cjt188
+from gasworks.adapters.meters.frame_security import MeterKeyring
 from gasworks.adapters.meters.transport import mqtt_client, topic_down, topic_up
 from gasworks.domain.errors import MalformedFrame
+from gasworks.domain.meter_security import FrameRefused, MeterFrameCounters
 from gasworks.domain.meter_messages import (
     Alarm,
     CommandRefused,
@@ -21,11 +28,13 @@ from gasworks.domain.meter_messages import (
     PurchaseAck,
     PurchaseRecord,
     ReadCurrentData,
+    MeterMessage,
     ReadPurchaseRecord,
     SetValve,
     ValveAck,
     WritePurchase,
 )
+from gasworks.services.meter_keys import MeterKey
 
 
 @dataclass
@@ -43,13 +52,26 @@ class SimulatedMeter:
     acks_to_lose: int = 0  # fault injection: swallow this many replies
     frames_seen: list[bytes] = field(default_factory=list)
     applied: list[tuple[int, int]] = field(default_factory=list)  # (serial, litres) in order applied
+    keyring: MeterKeyring | None = None  # None: a model without MAC (plain frames)
+    refused: list[str] = field(default_factory=list)  # codes of downlinks refused (bad MAC, unknown key, replay, malformed)
     _frame_seq: int = 0
+
+    def install_key(self, key: MeterKey) -> None:
+        """Write a key into the meter (at the factory, or on site during a rotation); counters carry on."""
+        if self.keyring is None:
+            self.keyring = MeterKeyring(key.scheme, key.key, MeterFrameCounters(key.key_version))
+        else:
+            self.keyring.scheme = key.scheme
+            self.keyring.install(key.key_version, key.key)
+
+    def _encode(self, message: MeterMessage) -> bytes:
+        return self.keyring.seal(message) if self.keyring is not None else cjt188.encode(message)
 
     def report(self, clock: datetime) -> bytes:
         """Wake up and say how things are (the daily report); the meter listens after this."""
         self.awake = True
         self._frame_seq = (self._frame_seq + 1) % 256
-        return cjt188.encode(self._current_data(self._frame_seq, clock))
+        return self._encode(self._current_data(self._frame_seq, clock))
 
     def _current_data(self, frame_seq: int, clock: datetime) -> CurrentData:
         return CurrentData(
@@ -79,8 +101,9 @@ class SimulatedMeter:
             return []
         self.frames_seen.append(payload)
         try:
-            message = cjt188.decode(payload)
-        except MalformedFrame:
+            message = self.keyring.open(payload) if self.keyring is not None else cjt188.decode(payload)
+        except (MalformedFrame, FrameRefused) as error:
+            self.refused.append(error.code)
             return []
         if message.serial != self.serial:
             return []
@@ -90,7 +113,7 @@ class SimulatedMeter:
         if self.acks_to_lose > 0:
             self.acks_to_lose -= 1
             return []
-        return [cjt188.encode(reply)]
+        return [self._encode(reply)]
 
     def apply_purchase(self, purchase_seq: int, volume_litres: int) -> bool:
         """Apply purchase n only if it is the next one; True if it was applied now."""

@@ -38,7 +38,7 @@ from gasworks.domain.clock import FixedClock
 from gasworks.domain.meter_messages import Alarm
 from gasworks.entrypoints.api.app import create_app
 from gasworks.entrypoints.workers.worker import Worker
-from gasworks.services import access, accounts, channels, kiosks
+from gasworks.services import access, accounts, channels, kiosks, meter_keys
 from gasworks.services.access import Role
 from gasworks.services.recovery import recover_unnotified_orders
 from gasworks.sim.city import City, Household, season_factor_percent
@@ -225,6 +225,8 @@ class Simulation:
                 accounts.OpenAccount(h.account_no, h.name, f"{h.community.name} {int(h.account_no) % 30 + 1} 栋", h.community.name, "G-01", "13800000000", h.serial, h.kind, location=h.location),
                 new_uow(), actor=actor,
             )  # fmt: skip
+            if h.kind == MeterKind.IOT:  # the installer writes the key gasworks made at registration into the meter
+                h.meter.install_key(meter_keys.export_key(h.serial, new_uow(), actor=actor))
 
     # ---- the event loop --------------------------------------------------------------------------
 

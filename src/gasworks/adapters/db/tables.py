@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -334,6 +335,32 @@ site_secrets = Table(
     Column("name", String(40), primary_key=True),
     Column("value", String(200), nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
+)
+
+# Meter frame security: each meter's model, key versions and per-direction frame counters (the
+# counters are what refuse a replayed frame, also after a worker restarts).
+meter_frame_security = Table(
+    "meter_frame_security",
+    metadata,
+    Column("serial", ForeignKey("meters.serial"), primary_key=True),
+    Column("model", String(40), nullable=False),
+    Column("active_key_version", Integer),  # NULL for a model without MAC
+    Column("pending_key_version", Integer),  # a rotation in progress
+    Column("uplink_counter_seen", BigInteger, nullable=False, server_default="0"),
+    Column("downlink_counter_sent", BigInteger, nullable=False, server_default="0"),
+    Column("rotated_at", UtcDateTime),
+)
+
+# Each meter key, AES-256-GCM under the site key (nonce 12 bytes + ciphertext + tag 16 bytes).
+meter_keys = Table(
+    "meter_keys",
+    metadata,
+    Column("serial", ForeignKey("meters.serial"), primary_key=True),
+    Column("key_version", Integer, primary_key=True),
+    Column("key_sealed", LargeBinary(64), nullable=False),
+    Column("site_key_id", String(16), nullable=False),  # which site key sealed it (SHA-256 prefix)
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("retired_at", UtcDateTime),  # refused from then on
 )
 
 

@@ -5,6 +5,7 @@ from types import TracebackType
 from sqlalchemy import Connection, Engine
 
 from gasworks.adapters.db import delivery as delivery_repos
+from gasworks.adapters.db import meter_keys as meter_key_repos
 from gasworks.adapters.db import reconciliation as reconciliation_repos
 from gasworks.adapters.db import repositories as repos
 from gasworks.domain.clock import Clock
@@ -17,7 +18,7 @@ class SqlUnitOfWork:
 
     def __init__(
         self, engine: Engine, clock: Clock, *, delivery: DeliveryPolicy | None = None, local_timezone: str = "Asia/Shanghai",
-        payment_ceiling: PaymentCeiling | None = None,
+        payment_ceiling: PaymentCeiling | None = None, site_key: bytes | None = None,
     ) -> None:  # fmt: skip
         self.engine = engine
         self.clock = clock
@@ -25,6 +26,7 @@ class SqlUnitOfWork:
         # Unwired (a bare unit of work in a tool), only the absolute bound applies; bootstrap wires the configured one.
         self.payment_ceiling = payment_ceiling or PaymentCeiling(PAYMENT_FEN_ABSOLUTE_MAX)
         self.local_timezone = local_timezone
+        self.site_key = site_key  # None: the development default generated into the database
         self._connection: Connection | None = None
 
     def __enter__(self) -> "SqlUnitOfWork":
@@ -48,6 +50,7 @@ class SqlUnitOfWork:
         self.kiosks = delivery_repos.Kiosks(c)
         self.alerts = delivery_repos.Alerts(c)
         self.site_secrets = delivery_repos.SiteSecrets(c)
+        self.meter_keys = meter_key_repos.MeterKeys(c, site_key=self.site_key, now=self.clock.now)
         self.statements = reconciliation_repos.Statements(c)
         self.reconciliations = reconciliation_repos.Reconciliations(c)
         return self

@@ -1,13 +1,29 @@
 """The meter wire format: a binary frame modelled on CJ/T 188-2018, carried as an MQTT payload.
 
-    [FE FE]  68  T  A0 A1 A2 A3 A4 A5 A6  C  L  DI0 DI1 SER  payload...  CS  16
+A sealed frame (every meter model with a MAC, which is the default) is, byte by byte:
 
-- `FE` wake-up bytes: 0 to 4, ignored.
-- `68` start; `T` meter type, 0x30 for gas; `A0..A6` the 14-digit serial in BCD, low byte first.
-- `C` control code: 0x01 read, 0x04 write; a reply sets bit 7 (0x81, 0x84); an error reply also
-  sets bit 6 (0xC1, 0xC4). `L` is the length of the data field (DI0 .. end of payload), at most 64.
-- `DI` data identifier, low byte first (0x901F is sent `1F 90`); `SER` the frame serial.
-- `CS` sum of every byte from `68` up to the byte before CS, mod 256; `16` end.
+    [FE FE]  68  T  A0 A1 A2 A3 A4 A5 A6  C  L  DI0 DI1 SER  payload...  KV  CTR0 CTR1 CTR2 CTR3  MAC0 .. MAC7  CS  16
+
+| offset (after FE)  | bytes | field                                                                      |
+|--------------------|-------|----------------------------------------------------------------------------|
+| 0                  | 1     | `68` start                                                                 |
+| 1                  | 1     | `T` meter type, 0x30 for gas                                               |
+| 2..8               | 7     | `A0..A6` the 14-digit serial in BCD, low byte first                        |
+| 9                  | 1     | `C` control code: 0x01 read, 0x04 write; a reply sets bit 7 (0x81, 0x84); an error reply also sets bit 6 (0xC1, 0xC4). Bit 7 is the direction: clear gasworks -> meter, set meter -> gasworks |
+| 10                 | 1     | `L` length of the data field, DI0 up to MAC7 (at most 64)                  |
+| 11, 12             | 2     | `DI0 DI1` data identifier, low byte first (0x901F is sent `1F 90`)         |
+| 13                 | 1     | `SER` the frame serial, repeated by the reply                              |
+| 14 ..              | n     | payload, by DI and C (table below)                                         |
+| 14+n               | 1     | `KV` key version: which of the meter's keys sealed the frame (0-255)       |
+| 15+n .. 18+n       | 4     | `CTR` frame counter of this direction, binary, low byte first; each side takes a frame only if its counter is above the last one it took (replays are refused) |
+| 19+n .. 26+n       | 8     | `MAC` first 8 bytes of CMAC(meter key, bytes 0 .. 18+n), i.e. from `68` through CTR3; SM4-CMAC or AES-128-CMAC as the meter model says |
+| 27+n               | 1     | `CS` sum of bytes 0 .. 26+n mod 256 (a transmission check; the MAC is the integrity check) |
+| 28+n               | 1     | `16` end                                                                   |
+
+So L = 3 + n + 13. A plain frame (models without MAC, accepted only through an authenticated
+carrier platform) is the same without KV, CTR and MAC: L = 3 + n.
+
+- `FE` wake-up bytes: 0 to 4, ignored, outside the MAC.
 
 Numbers in payloads are BCD, low byte first, as CJ/T 188 writes them. A signed volume is one sign
 byte (0x00 plus, 0x80 minus) and four BCD bytes. Payloads by DI and control code:
@@ -28,6 +44,7 @@ byte (0x00 plus, 0x80 minus) and four BCD bytes. Payloads by DI and control code
 | any    | 0xC1/0xC4 | meter → gasworks | error code (1), see `MeterErrorCode`                              |
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -46,6 +63,7 @@ from gasworks.domain.meter_messages import (
     ValveAck,
     WritePurchase,
 )
+from gasworks.domain.meter_security import COUNTER_BYTES, MAC_BYTES
 
 START = 0x68
 END = 0x16
@@ -193,7 +211,11 @@ def _from_clock(raw: bytes) -> datetime:
 
 
 def encode(message: MeterMessage) -> bytes:
-    """A message as the bytes of one frame."""
+    """A message as the bytes of one plain frame (no security trailer: models without MAC, and tests)."""
+    return encode_frame(_frame_of(message))
+
+
+def _frame_of(message: MeterMessage) -> Frame:
     s, q = message.serial, message.frame_seq
     match message:
         case ReadCurrentData():
@@ -227,7 +249,7 @@ def encode(message: MeterMessage) -> bytes:
             frame = Frame(s, control, _data(message.refused_di, q, bytes([message.error])))
         case _:
             raise MalformedFrame(f"no frame for {type(message).__name__}")
-    return encode_frame(frame)
+    return frame
 
 
 _PAYLOAD_BYTES = {
@@ -243,8 +265,12 @@ _PAYLOAD_BYTES = {
 
 
 def decode(raw: bytes) -> MeterMessage:
-    """The message in one frame, or MalformedFrame saying exactly what is wrong with it."""
-    frame = decode_frame(raw)
+    """The message in one plain frame, or MalformedFrame saying exactly what is wrong with it."""
+    return message_of(decode_frame(raw))
+
+
+def message_of(frame: Frame) -> MeterMessage:
+    """The message in a frame's data field (DI0 DI1 SER payload, security trailer already removed)."""
     if len(frame.data) < 3:
         raise MalformedFrame(f"data field of {len(frame.data)} bytes has no DI and SER")
     di = frame.data[0] | frame.data[1] << 8
@@ -290,3 +316,58 @@ def decode(raw: bytes) -> MeterMessage:
             return ReadPurchaseRecord(s, q)
         case _:  # (0x81, 0x8105), the only one left in _PAYLOAD_BYTES
             return PurchaseRecord(s, q, from_bcd(p[0:4]), from_bcd(p[4:8]), from_bcd(p[8:13]))
+
+
+# ---- sealed frames -----------------------------------------------------------------------------
+
+TRAILER_BYTES = 1 + COUNTER_BYTES + MAC_BYTES  # KV, CTR0..CTR3, MAC0..MAC7
+
+
+@dataclass(frozen=True)
+class SealedFrame:
+    """A frame split into what it says and how it is sealed; nothing here is verified yet."""
+
+    frame: Frame  # data = DI0 DI1 SER payload, the security trailer removed
+    key_version: int
+    counter: int
+    mac: bytes
+    signed: bytes  # the bytes the MAC covers: from 68 up to and including CTR3
+
+
+def _header(serial: str, control: int, length: int) -> bytes:
+    return bytes([START, GAS_METER]) + serial_to_address(serial) + bytes([control, length])
+
+
+def encode_sealed(message: MeterMessage, *, key_version: int, counter: int, mac: Callable[[bytes], bytes], wake_bytes: int = 2) -> bytes:
+    """A message as one sealed frame: `mac` computes the MAC over the bytes from 68 to CTR3."""
+    if not 0 <= key_version <= 0xFF:
+        raise MalformedFrame(f"key version {key_version} outside 0-255")
+    if not 0 <= counter < 2 ** (8 * COUNTER_BYTES):
+        raise MalformedFrame(f"frame counter {counter} does not fit {COUNTER_BYTES} bytes")
+    frame = _frame_of(message)
+    data = frame.data + bytes([key_version]) + counter.to_bytes(COUNTER_BYTES, "little")
+    length = len(data) + MAC_BYTES
+    if length > DATA_BYTES_MAX:
+        raise MalformedFrame(f"data field of {length} bytes exceeds {DATA_BYTES_MAX}")
+    signed = _header(frame.serial, frame.control, length) + data
+    tag = mac(signed)
+    if len(tag) != MAC_BYTES:
+        raise MalformedFrame(f"a MAC is {MAC_BYTES} bytes, got {len(tag)}")
+    body = signed + tag
+    return bytes([WAKE] * wake_bytes) + body + bytes([checksum(body), END])
+
+
+def decode_sealed(raw: bytes) -> SealedFrame:
+    """Split a sealed frame (structure and checksum checked); the caller verifies key, MAC and counter."""
+    frame = decode_frame(raw)
+    if len(frame.data) < 3 + TRAILER_BYTES:
+        raise MalformedFrame(f"data field of {len(frame.data)} bytes has no DI, SER and security trailer ({TRAILER_BYTES} bytes)")
+    inner, trailer = frame.data[:-TRAILER_BYTES], frame.data[-TRAILER_BYTES:]
+    signed = _header(frame.serial, frame.control, len(frame.data)) + frame.data[:-MAC_BYTES]
+    return SealedFrame(
+        frame=Frame(frame.serial, frame.control, inner),
+        key_version=trailer[0],
+        counter=int.from_bytes(trailer[1 : 1 + COUNTER_BYTES], "little"),
+        mac=trailer[1 + COUNTER_BYTES :],
+        signed=signed,
+    )

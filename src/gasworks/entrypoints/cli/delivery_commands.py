@@ -1,8 +1,10 @@
 """`gasworks worker`, `tariffs`, `kiosks`, `meters`, `commands` and `alerts`."""
 
+import os
 import signal
 import threading
 from datetime import date
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,14 +14,15 @@ from gasworks.adapters.db.delivery import Kiosk
 from gasworks.domain.accounts import CustomerClass
 from gasworks.domain.delivery import CommandState
 from gasworks.domain.errors import InvalidInput, NotFound
+from gasworks.domain.meter_security import DEFAULT_METER_MODEL
 from gasworks.domain.tariffs import milli_fen_to_price_text
 from gasworks.entrypoints.cli.common import DatabaseUrl, cli_actor, cli_errors, out, system
 from gasworks.entrypoints.workers.worker import Worker, make_transport
-from gasworks.services import delivery, kiosks, tariffs
+from gasworks.services import delivery, kiosks, meter_keys, tariffs
 
 tariffs_app = typer.Typer(help="Tiered tariffs: versions with effective dates, per customer class.", no_args_is_help=True)
 kiosks_app = typer.Typer(help="Kiosks and counters where card meters' purchases are written.", no_args_is_help=True)
-meters_app = typer.Typer(help="Meters' delivery state.", no_args_is_help=True)
+meters_app = typer.Typer(help="Meters' delivery state and keys.", no_args_is_help=True)
 commands_app = typer.Typer(help="Meter commands (credit orders, valve): list, reissue, cancel.", no_args_is_help=True)
 
 
@@ -142,6 +145,58 @@ def meters_show(serial: str, database_url: DatabaseUrl = None) -> None:
     out.print(f"meter {link.serial} ({link.kind.value}) account {link.account_no}: {link.link_state.value}, last report {link.last_report_at or 'never'}")
     out.print(f"purchases issued #{link.purchase_seq_issued}, applied #{link.applied_seq}; credit {link.credit_litres} L; valve {'open' if link.valve_open else 'closed' if link.valve_open is False else '?'}")
     _commands_table(commands)
+
+
+def _print_key(key: meter_keys.MeterKey, out_file: Path | None) -> None:
+    text = f"{key.serial} {key.model} {key.scheme.value} v{key.key_version} {key.key.hex()}\n"
+    if out_file is None:
+        out.print(f"key version {key.key_version} of meter {key.serial} ({key.scheme.value}), for writing into the meter; keep it secret:")
+        out.print(key.key.hex(), highlight=False, soft_wrap=True)
+        return
+    with os.fdopen(os.open(out_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(text)
+    out.print(f"key version {key.key_version} of meter {key.serial} ({key.scheme.value}) written to {out_file} (mode 600)")
+
+
+KeyFile = Annotated[Path | None, typer.Option("--out", help="Write the key to this new file (mode 600) instead of the terminal.")]
+
+
+@meters_app.command("keys")
+@cli_errors
+def meters_keys(serial: str, database_url: DatabaseUrl = None) -> None:
+    """A meter's model, MAC scheme, key versions and frame counters (never the key)."""
+    status = meter_keys.key_status(serial, system(database_url).new_uow())
+    rotating = f", rotating to v{status.pending_key_version} (both taken until the meter uses it)" if status.pending_key_version else ""
+    out.print(f"meter {status.serial}: model {status.model} ({status.scheme.value}), key v{status.active_key_version}{rotating}")
+    out.print(f"frame counters: last uplink taken {status.uplink_counter_seen}, last downlink sent {status.downlink_counter_sent}")
+
+
+@meters_app.command("export-key")
+@cli_errors
+def meters_export_key(serial: str, out_file: KeyFile = None, database_url: DatabaseUrl = None) -> None:
+    """The key the meter should hold (the new one during a rotation), for the installer's tool. Audited."""
+    _print_key(meter_keys.export_key(serial, system(database_url).new_uow(), actor=cli_actor()), out_file)
+
+
+@meters_app.command("rotate-key")
+@cli_errors
+def meters_rotate_key(
+    serial: str,
+    out_file: KeyFile = None,
+    model: Annotated[str, typer.Option(help="Only for a meter that has no key yet: its model.")] = DEFAULT_METER_MODEL,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Make a new key version; old and new are both taken until the meter is heard under the new one."""
+    _print_key(meter_keys.rotate_key(serial, system(database_url).new_uow(), actor=cli_actor(), model=model), out_file)
+    out.print("write it into the meter; its first frame under the new version retires the old one (or `gasworks meters finish-rotation`)")
+
+
+@meters_app.command("finish-rotation")
+@cli_errors
+def meters_finish_rotation(serial: str, database_url: DatabaseUrl = None) -> None:
+    """The meter holds the new key (confirmed on site): refuse the old version from now on."""
+    version = meter_keys.finish_rotation(serial, system(database_url).new_uow(), actor=cli_actor())
+    out.print(f"meter {serial}: key v{version} active, older versions refused")
 
 
 def _commands_table(commands: list) -> None:

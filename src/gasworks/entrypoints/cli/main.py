@@ -10,6 +10,7 @@ from rich.table import Table
 from gasworks.adapters.db.migrate import current_revision, upgrade
 from gasworks.domain.accounts import CustomerClass, MeterKind
 from gasworks.domain.channels import ChannelKind, KeyPurpose
+from gasworks.domain.meter_security import DEFAULT_METER_MODEL
 from gasworks.domain.money import fen_to_yuan_text
 from gasworks.entrypoints.cli.common import DatabaseUrl, cli_actor, cli_errors, err, out, system
 from gasworks.entrypoints.cli.delivery_commands import register as register_delivery
@@ -210,11 +211,12 @@ def accounts_add(
     community: Annotated[str, typer.Option()] = "",
     grid: Annotated[str, typer.Option()] = "",
     customer_class: Annotated[CustomerClass, typer.Option()] = CustomerClass.RESIDENTIAL,
+    meter_model: Annotated[str, typer.Option(help="IoT meters: cjt188-sm4 (SM4-CMAC, default), cjt188-aes (AES-128-CMAC), carrier-plain (no MAC).")] = DEFAULT_METER_MODEL,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Open a customer account with its meter."""
+    """Open a customer account with its meter (an IoT meter gets its own key: `gasworks meters export-key`)."""
     customer = accounts.open_account(
-        accounts.OpenAccount(account_no, name, address, community, grid, phone, meter_serial, meter_kind, customer_class),
+        accounts.OpenAccount(account_no, name, address, community, grid, phone, meter_serial, meter_kind, customer_class, meter_model=meter_model),
         system(database_url).new_uow(),
         actor=cli_actor(),
     )

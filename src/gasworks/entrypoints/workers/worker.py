@@ -18,8 +18,10 @@ import psycopg
 import structlog
 
 from gasworks.adapters.db.delivery import METER_WORK_CHANNEL
+from gasworks.adapters.meters.frame_security import require_schemes_in_use
 from gasworks.adapters.meters.transport import LoopbackTransport, MqttTransport, TransportError, Uplinks
 from gasworks.bootstrap import System
+from gasworks.domain.meter_security import DEFAULT_METER_MODEL
 from gasworks.services.delivery import dispatch_meter, handle_uplink, watch_deliveries
 from gasworks.services.intake import forget_old_nonces
 
@@ -45,6 +47,8 @@ class Worker:
     def __init__(self, system: System, transport: Transport) -> None:
         self.system = system
         self.transport = transport
+        # Refuse to start if a MAC scheme some meter model needs cannot be computed here (never fall back).
+        require_schemes_in_use(system.new_uow(), also_models=[DEFAULT_METER_MODEL])
         self._last_watch = float("-inf")
 
     def run_once(self, *, wait_s: float = 0.0, due_meters: bool = True) -> int:
