@@ -25,11 +25,15 @@ from gasworks.adapters.meters.broker import mosquitto_hash, password_for, read_s
 from gasworks.adapters.meters.transport import Backoff, MqttTransport, topic_down, topic_up
 from gasworks.bootstrap import bootstrap
 from gasworks.config import Settings
+from gasworks.domain.clock import FixedClock
 from gasworks.domain.delivery import CommandState
 from gasworks.entrypoints.cli.main import app
 from gasworks.observability import mqtt_connection_attempts
 from gasworks.services.checks import check_ledger
+from gasworks.sim.city import build_city
 from gasworks.sim.meter import MqttMeter, SimulatedMeter
+from gasworks.sim.outcome import summarise
+from gasworks.sim.world import FaultRates, Simulation, simulation_start
 from tests.broker_rig import METERS, Client, ClosedBroker, closed_broker, free_port  # noqa: F401 - the fixture
 from tests.delivery_rig import IOT_SERIAL, Rig
 from tests.support import set_up
@@ -157,6 +161,23 @@ def test_a_payment_reaches_a_meter_on_the_closed_broker_with_its_own_credentials
         meter.stop()
         rig.transport.stop()
         system.engine.dispose()
+
+
+def test_the_simulated_city_runs_on_the_closed_broker_through_its_fleet_gateway(closed_broker, postgres_only_url):
+    start = simulation_start()
+    system = bootstrap(Settings(database_url=postgres_only_url, watchdog_interval_s=10**9), clock=FixedClock(start))
+    sim = Simulation(
+        system, build_city(40, seed=5), faults=FaultRates.preset("default"), start=start,
+        mqtt_url=closed_broker.worker_url, fleet_mqtt_url=closed_broker.fleet_url, mqtt_topic_prefix=closed_broker.prefix,
+    )  # fmt: skip
+    try:
+        outcome = sim.run(3)
+    finally:
+        sim.close()
+    report = summarise(sim, outcome, hotline="12319")
+    system.engine.dispose()
+    assert report.money.holds and report.truth_violations == []
+    assert sum(len(meter.applied) for meter in sim.fleet.meters.values()) > 0  # IoT purchases went over the closed broker
 
 
 # ---- shared uplinks -------------------------------------------------------------------------------
