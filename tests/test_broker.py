@@ -387,6 +387,63 @@ def test_a_worker_with_a_wrong_password_is_refused_logged_once_and_reconnects_on
     assert recorded.events.count("mqtt_lost") == 1 and recorded.events.count("mqtt_connected") == 2, recorded.events
 
 
+def test_during_an_outage_the_worker_neither_retries_each_pass_nor_floods_the_log(closed_broker, postgres_only_url, clock, monkeypatch):
+    import gasworks.entrypoints.workers.worker as worker_module
+
+    recorded = RecordingLog()
+    monkeypatch.setattr(transport_module, "log", recorded)
+    monkeypatch.setattr(worker_module, "log", recorded)
+    system = bootstrap(Settings(database_url=postgres_only_url), clock=clock)
+    set_up(system)
+    backoff = Backoff(delay_s_min=0.05, delay_s_max=0.4)
+    rig = Rig(system, transport(closed_broker.worker_url, closed_broker.prefix, backoff=backoff), meter=SimulatedMeter(IOT_SERIAL))
+    meter = MqttMeter(rig.meter, closed_broker.meter_url(IOT_SERIAL), prefix=closed_broker.prefix)
+    meter.start()
+    try:
+        meter.wake(clock.now())
+        deadline = time.monotonic() + 10
+        while not _reported(rig):
+            assert time.monotonic() < deadline
+            rig.worker.run_once(wait_s=0.05)
+        closed_broker.stop()
+        while rig.transport.connected:
+            assert time.monotonic() < deadline + 10, "the worker did not notice the broker going away"
+            time.sleep(0.02)
+        paid = rig.pay(10_000)  # due for an awake meter, with no broker to send it through
+        for _ in range(40):
+            rig.worker.run_once(wait_s=0.05)
+        assert recorded.events.count("meter_send_failed") <= 1 and recorded.events.count("mqtt_lost") == 1, recorded.events
+        assert recorded.events.count("mqtt_unreachable") == 1, recorded.events  # one line for the whole outage
+        assert rig.orders(paid.payment_id)[0].state == CommandState.PENDING
+        closed_broker.start()
+        deadline = time.monotonic() + 20
+        while not (rig.transport.subscribed and meter.listening):
+            assert time.monotonic() < deadline, "clients did not reconnect"
+            time.sleep(0.05)
+        rig.advance(seconds=1)  # still inside the meter's window
+        while rig.orders(paid.payment_id)[0].state != CommandState.APPLIED:
+            assert time.monotonic() < deadline, "not delivered after the broker came back"
+            rig.worker.run_once(wait_s=0.05)
+        assert rig.meter.applied == [(1, 33_444)]
+    finally:
+        meter.stop()
+        rig.transport.stop()
+        system.engine.dispose()
+
+
+def _reported(rig: Rig) -> bool:
+    with rig.system.new_uow() as uow:
+        return uow.meters.get(rig.meter.serial).last_report_at is not None
+
+
+def test_the_worker_command_refuses_bad_options_with_exit_2(tmp_path):
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    bad = CliRunner().invoke(app, ["worker", "--database-url", url, "--mqtt-url", "mqtt://127.0.0.1:1", "--metrics-port", "70000"])
+    assert bad.exit_code == 2 and "INVALID_WORKER_OPTION" in bad.output
+    never = CliRunner().invoke(app, ["worker", "--database-url", url, "--mqtt-url", "mqtt://127.0.0.1:1", "--watchdog-interval-s", "0"])
+    assert never.exit_code == 2 and "INVALID_WORKER_OPTION" in never.output
+
+
 # ---- the provisioning command ----------------------------------------------------------------------
 
 
