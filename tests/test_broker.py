@@ -267,7 +267,10 @@ def test_a_worker_process_killed_holds_no_uplink_its_survivor_hears_all_at_once(
     try:
         _until_the_process_hears_its_share(process, metrics_port, survivor, fleet, _reports(meter, clock.now(), 200), closed_broker.prefix)
         assert _metric(metrics_port, "gasworks_mqtt_connected") == 1.0
-        assert (_metric(metrics_port, "gasworks_watchdog_runs_total") or 0) >= 1  # the worker's own /metrics
+        deadline = time.monotonic() + 10
+        while (_metric(metrics_port, "gasworks_watchdog_runs_total") or 0) < 1:  # the worker's own /metrics
+            assert time.monotonic() < deadline, "the worker's watchdog never ran"
+            time.sleep(0.05)
         process.send_signal(signal.SIGKILL)
         process.wait(10)
         killed_at = time.monotonic()

@@ -230,6 +230,8 @@ class MqttTransport:
     def _keep_connected(self) -> None:
         """Connect, run the network loop while connected, wait per the backoff, again, until stopped."""
         host, port = self._client._gasworks_address  # type: ignore[attr-defined]
+        # As loop_start() does: publishes from other threads only queue and wake this loop, which alone writes.
+        self._client._thread = threading.current_thread()  # type: ignore[attr-defined]
         self._client.connect_async(host, port, keepalive=self.keepalive_s)
         attempt = 0
         while not self._stopping.is_set():
@@ -241,9 +243,12 @@ class MqttTransport:
                     self._lost_at = time.monotonic()
                 self._change_state("unreachable", host=host, port=port, reason=str(error))
             else:
-                while not self._stopping.is_set() and self._client.loop(timeout=LOOP_TIMEOUT_S) == mqtt.MQTT_ERR_SUCCESS:
+                # Until the connection ends (stop() sends DISCONNECT, which this loop writes out).
+                while self._client.loop(timeout=LOOP_TIMEOUT_S) == mqtt.MQTT_ERR_SUCCESS:
                     if self._connected.is_set():
                         attempt = 0
+                    elif self._stopping.is_set():
+                        break
             if self._stopping.is_set():
                 break
             self._stopping.wait(self.backoff.delay_s(attempt, self._rng))
@@ -259,8 +264,7 @@ class MqttTransport:
 
     def stop(self) -> None:
         self._stopping.set()
-        if self._connected.is_set():
-            self._client.disconnect()
+        self._client.disconnect()
         if self._thread is not None:
             self._thread.join(LOOP_TIMEOUT_S * 4 + 5)
             self._thread = None
