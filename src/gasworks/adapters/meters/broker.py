@@ -147,7 +147,7 @@ def read_site_secret(path: Path) -> bytes:
     return read_or_create_site_secret(path)
 
 
-def _write_private(path: Path, text: str) -> None:
+def _write_whole(path: Path, text: str) -> None:
     """Written whole then renamed, so a broker reloading (SIGHUP) never reads half a file."""
     temporary = path.with_name(path.name + ".new")
     temporary.write_text(text)
@@ -168,9 +168,9 @@ def provision(directory: Path, *, prefix: str, serials: list[str], port: int, bi
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
     secret = read_or_create_site_secret(directory / "site-secret")
-    _write_private(directory / "passwd", "\n".join(passwd_lines(secret, serials)) + "\n")
-    _write_private(directory / "acl", acl_text(prefix))
-    _write_private(directory / "mosquitto.conf", mosquitto_conf_text(directory, port=port, bind=bind, persistence=persistence))
+    _write_whole(directory / "passwd", "\n".join(passwd_lines(secret, serials)) + "\n")
+    _write_whole(directory / "acl", acl_text(prefix))
+    _write_whole(directory / "mosquitto.conf", mosquitto_conf_text(directory, port=port, bind=bind, persistence=persistence))
     return Provisioned(directory, prefix, port, password_for(secret, WORKER_USER), password_for(secret, FLEET_USER), len(set(serials)))
 
 
@@ -181,5 +181,5 @@ def add_meter(directory: Path, serial: str) -> str:
     passwd = directory / "passwd"
     lines = [line for line in (passwd.read_text().splitlines() if passwd.exists() else []) if line and not line.startswith(f"{serial}:")]
     password = password_for(secret, serial)
-    _write_private(passwd, "\n".join([*lines, f"{serial}:{mosquitto_hash(password)}"]) + "\n")
+    _write_whole(passwd, "\n".join([*lines, f"{serial}:{mosquitto_hash(password)}"]) + "\n")
     return password

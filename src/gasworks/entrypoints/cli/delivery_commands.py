@@ -54,6 +54,10 @@ def worker(
         )
     if not 0 <= settings.worker_metrics_port < 65536 or settings.watchdog_interval_s < 1:
         raise InvalidInput("metrics port must be 0-65535 and the watchdog interval at least 1 s", code="INVALID_WORKER_OPTION")
+    try:
+        transport = make_transport(sys_)
+    except ValueError as error:  # a malformed URL, reconnect delays out of order
+        raise InvalidInput(str(error), code="INVALID_MQTT_SETTING") from None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -62,7 +66,7 @@ def worker(
     metrics = f"http://{settings.worker_metrics_host}:{settings.worker_metrics_port}/metrics" if settings.worker_metrics_port else "off"
     out.print(f"worker on {sys_.engine.url.render_as_string(hide_password=True)}, broker {settings.mqtt_url.split('@')[-1]}; Ctrl-C stops")
     out.print(f"  metrics: {metrics}; watchdog every {settings.watchdog_interval_s} s")
-    Worker(sys_, make_transport(sys_)).run(stop)
+    Worker(sys_, transport).run(stop)
 
 
 @cli_errors
