@@ -20,7 +20,7 @@ class Settings(BaseSettings):
     mqtt_topic_prefix: str = "gasworks/meters"
     mqtt_client_id: str = ""  # empty: a random one per process; unique per worker (clean sessions)
     mqtt_shared_subscription: bool = True  # workers share uplinks ($share/gasworks/...): each goes to one
-    mqtt_keepalive_s: int = 15  # a worker gone silent with its socket open leaves the share within 2.5 x this
+    mqtt_keepalive_s: int = 15  # a worker gone silent with its socket open leaves the share 1.5 x this after its last packet
     mqtt_reconnect_delay_s_min: float = 0.5  # backoff between attempts doubles from this ...
     mqtt_reconnect_delay_s_max: float = 30.0  # ... up to this, each with jitter (half to all of it)
     host: str = "127.0.0.1"

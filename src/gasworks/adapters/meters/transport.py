@@ -29,7 +29,7 @@ log = structlog.get_logger(__name__)
 
 UPLINK_QUEUE_MAX = 10_000
 PUBLISH_WAIT_S = 5.0
-KEEPALIVE_S = 15  # a worker gone silent without closing its connection leaves the share within 2.5 x this
+KEEPALIVE_S = 15  # a worker gone silent without closing its connection leaves the share 1.5 x this after its last packet
 RECONNECT_DELAY_S_MIN = 0.5
 RECONNECT_DELAY_S_MAX = 30.0
 LOOP_TIMEOUT_S = 0.5  # the network loop looks at `stop` at least this often
