@@ -21,7 +21,11 @@ class Settings(BaseSettings):
     # Meter transport: None runs the in-process loopback; mqtt://user:password@host:1883 a broker.
     mqtt_url: str | None = None
     mqtt_topic_prefix: str = "gasworks/meters"
-    mqtt_client_id: str = ""  # empty: a random one per process
+    mqtt_client_id: str = ""  # empty: a random one per process; unique per worker (clean sessions)
+    mqtt_shared_subscription: bool = True  # workers share uplinks ($share/gasworks/...): each goes to one
+    mqtt_keepalive_s: int = 15  # a worker gone silent with its socket open leaves the share 1.5 x this after its last packet
+    mqtt_reconnect_delay_s_min: float = 0.5  # backoff between attempts doubles from this ...
+    mqtt_reconnect_delay_s_max: float = 30.0  # ... up to this, each with jitter (half to all of it)
     host: str = "127.0.0.1"
     port: int = 8000
     log_json: bool = False
@@ -52,7 +56,9 @@ class Settings(BaseSettings):
     meter_overdraft_litres: int = 3_344
     worker_poll_interval_s: float = 0.05  # seconds between looks for due work
     worker_batch_max: int = 200  # uplinks or meters handled per pass
-    watchdog_interval_s: int = 30
+    watchdog_interval_s: int = 30  # seconds between watchdog passes in each worker
+    worker_metrics_host: str = "127.0.0.1"  # where `gasworks worker` serves /metrics
+    worker_metrics_port: int = 9150  # 0: no metrics server; one port per worker on a host
     service_hotline: str = "12319"
     public_base_url: str = ""  # prefix for resident links, e.g. https://gas.example.cn
     # Meter frame security (adapters/meters/frame_security.py). The site key seals meter keys at rest:

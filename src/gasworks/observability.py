@@ -36,6 +36,16 @@ deliveries_open = Gauge(
 alerts_open = Gauge("gasworks_alerts_open", "Open alerts by kind (set by the watchdog).", ["kind"])
 meters_by_link_state = Gauge("gasworks_iot_meters", "IoT meters by link state: online, offline, unknown.", ["state"])
 
+mqtt_connected = Gauge("gasworks_mqtt_connected", "1 while this process's worker transport is connected to the broker.")
+mqtt_connection_attempts = Counter(
+    "gasworks_mqtt_connection_attempts_total", "Connection attempts to the broker by outcome: connected, refused, failed.", ["outcome"]
+)
+mqtt_disconnects = Counter("gasworks_mqtt_disconnects_total", "Connections to the broker lost (not counting our own stop).")
+mqtt_uplinks_received = Counter("gasworks_mqtt_uplinks_received_total", "Uplink frames this process's share of the broker handed it.")
+uplinks_waiting = Gauge("gasworks_uplinks_waiting", "Uplinks received but not yet handled by this worker (its queue).")
+watchdog_runs = Counter("gasworks_watchdog_runs_total", "Watchdog passes (expiry, offline meters, late purchases, gauges).")
+watchdog_last_run = Gauge("gasworks_watchdog_last_run_timestamp_seconds", "When the watchdog last finished a pass (Unix time).")
+
 
 class _CurrentStderr:
     """Writes to whatever sys.stderr is now (test runners and daemons swap it), not at set-up."""

@@ -2,6 +2,8 @@
 
 Subscribes to every meter's downlink topic, lets the meter handle each frame, and publishes its
 replies on the meter's uplink topic, as thousands of NB-IoT meters would through a platform.
+On a closed broker it connects as the `fleet` user (`gasworks broker provision` prints its URL):
+the simulator's gateway, allowed every meter's topics, which no real device is ever given.
 """
 
 import threading

@@ -144,7 +144,12 @@ QUIET_S = 0.05  # over MQTT, this long without a frame means the meters and the 
 
 
 class Simulation:
-    def __init__(self, system: System, city: City, *, faults: FaultRates, start: datetime, mqtt_url: str | None = None) -> None:
+    def __init__(
+        self, system: System, city: City, *, faults: FaultRates, start: datetime, mqtt_url: str | None = None,
+        fleet_mqtt_url: str | None = None, mqtt_topic_prefix: str | None = None,
+    ) -> None:
+        """`mqtt_url` is gasworks' (the worker's) connection; on a closed broker the simulated meters
+        speak through `fleet_mqtt_url` (the `fleet` user) under the broker's `mqtt_topic_prefix`."""
         if not isinstance(system.clock, FixedClock):
             raise TypeError("the simulator needs a FixedClock it can move")
         self.system = system
@@ -174,9 +179,9 @@ class Simulation:
                 loopback.attach(h.serial, h.meter.on_downlink)
             self.transport = FlakyTransport(loopback, self.clock)
         else:
-            prefix = f"sim-{uuid.uuid4().hex[:10]}/meters"  # a run of its own on a shared broker
+            prefix = mqtt_topic_prefix or f"sim-{uuid.uuid4().hex[:10]}/meters"  # default: a run of its own on a shared broker
             self.transport = FlakyTransport(MqttTransport(mqtt_url, prefix=prefix, client_id=f"gasworks-sim-{uuid.uuid4().hex[:8]}"), self.clock)
-            self.fleet = MqttFleet(mqtt_url, prefix=prefix, meters=[h.meter for h in iot])
+            self.fleet = MqttFleet(fleet_mqtt_url or mqtt_url, prefix=prefix, meters=[h.meter for h in iot])
             self.transport.start()
             self.fleet.start()
         self.worker = Worker(system, self.transport)

@@ -7,21 +7,33 @@ Topic layout (MQTT, QoS 1 both ways), with the prefix from `mqtt_topic_prefix`:
 
 Every payload is one CJ/T 188-style frame (adapters/meters/cjt188.py). A transport hands uplinks
 to the worker through a bounded queue; the worker does the database work on its own thread.
+Workers subscribe to `$share/gasworks/<prefix>/+/up`, so each uplink reaches one worker. Who may
+publish and read which topic on a closed broker: adapters/meters/broker.py.
 """
 
 import queue
+import random
 import threading
+import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
 import paho.mqtt.client as mqtt
 import structlog
 
+from gasworks.observability import mqtt_connected, mqtt_connection_attempts, mqtt_disconnects, mqtt_uplinks_received
+
 log = structlog.get_logger(__name__)
 
 UPLINK_QUEUE_MAX = 10_000
 PUBLISH_WAIT_S = 5.0
+KEEPALIVE_S = 15  # a worker gone silent without closing its connection leaves the share 1.5 x this after its last packet
+RECONNECT_DELAY_S_MIN = 0.5
+RECONNECT_DELAY_S_MAX = 30.0
+LOOP_TIMEOUT_S = 0.5  # the network loop looks at `stop` at least this often
+SHARE_GROUP = "gasworks"  # workers share uplinks as $share/gasworks/<prefix>/+/up
 
 
 class TransportError(Exception):
@@ -90,12 +102,12 @@ def topic_down(prefix: str, serial: str) -> str:
     return f"{prefix}/{serial}/down"
 
 
-def mqtt_client(url: str, client_id: str) -> mqtt.Client:
+def mqtt_client(url: str, client_id: str, *, clean_session: bool = False) -> mqtt.Client:
     """A paho client for mqtt://[user:password@]host[:port] (credentials from the URL, i.e. config)."""
     parsed = urlparse(url)
     if parsed.scheme not in ("mqtt", "tcp") or not parsed.hostname:
         raise ValueError(f"MQTT URL must look like mqtt://user:password@host:1883, got {url!r}")
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"gasworks-{uuid.uuid4().hex[:12]}", clean_session=False)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"gasworks-{uuid.uuid4().hex[:12]}", clean_session=clean_session)
     if parsed.username:
         client.username_pw_set(unquote(parsed.username), unquote(parsed.password or ""))
     client.reconnect_delay_set(min_delay=1, max_delay=10)
@@ -103,55 +115,171 @@ def mqtt_client(url: str, client_id: str) -> mqtt.Client:
     return client
 
 
-class MqttTransport:
-    """gasworks' side on a broker: subscribes to every meter's uplink, publishes downlinks with QoS 1.
+@dataclass(frozen=True)
+class Backoff:
+    """Capped exponential backoff with jitter between connection attempts to the broker.
 
-    A persistent session (clean_session=False, fixed client id) makes the broker keep QoS 1 uplinks
-    that arrive while the worker is down, so a restarted worker still hears them.
+    Attempt n (0, 1, 2 ...) after a lost or failed connection waits a random time in
+    [cap/2, cap], cap = min(delay_s_max, delay_s_min * 2**n): workers that lost the same broker do
+    not all knock at once when it comes back, and none waits longer than `delay_s_max`.
     """
 
-    def __init__(self, url: str, *, prefix: str, client_id: str = "") -> None:
+    delay_s_min: float = RECONNECT_DELAY_S_MIN
+    delay_s_max: float = RECONNECT_DELAY_S_MAX
+
+    def __post_init__(self) -> None:
+        if not 0 < self.delay_s_min <= self.delay_s_max:
+            raise ValueError(f"reconnect delays need 0 < min <= max, got {self.delay_s_min}, {self.delay_s_max}")
+
+    def delay_s(self, attempt: int, rng: random.Random) -> float:
+        cap = min(self.delay_s_max, self.delay_s_min * 2 ** min(attempt, 32))
+        return cap / 2 + rng.uniform(0, cap / 2)
+
+
+class MqttTransport:
+    """gasworks' side on a broker: hears meters' uplinks, publishes downlinks with QoS 1.
+
+    Uplinks are shared among workers by the broker: every worker subscribes to
+    `$share/gasworks/<prefix>/+/up`, and the broker hands each uplink to exactly one of them. Each
+    worker has a clean session: when it dies the broker forgets it at once and gives its share to
+    the others (a persistent member would have 1/N of the uplinks queued for it while dead). An
+    uplink lost in flight with a dying worker is not lost to the meter: its next report says the
+    same again. Set `shared=False` to hear every uplink (one worker alone, or a broker without
+    shared subscriptions).
+
+    The connection is kept by this transport's own thread: after a lost or failed connection it
+    waits per `Backoff` (capped, jittered), logs once per change of state (connected, lost,
+    unreachable, back with how long it was away), and counts every attempt.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str,
+        client_id: str = "",
+        shared: bool = True,
+        keepalive_s: int = KEEPALIVE_S,
+        backoff: Backoff | None = None,
+    ) -> None:
         self.prefix = prefix
         self.uplinks = Uplinks()
+        self.subscription = f"$share/{SHARE_GROUP}/{prefix}/+/up" if shared else topic_up(prefix, "+")
+        self.keepalive_s = keepalive_s
+        self.backoff = backoff or Backoff()
+        self._rng = random.Random()
         self._connected = threading.Event()
-        self._client = mqtt_client(url, client_id)
+        self._subscribed = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._state = "new"  # new, connected, lost, unreachable: logged when it changes
+        self._lost_at: float | None = None
+        self._client = mqtt_client(url, client_id, clean_session=True)
         self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason_code: object, properties: object) -> None:
         if getattr(reason_code, "is_failure", False):
-            log.warning("mqtt_connect_refused", reason=str(reason_code))
+            mqtt_connection_attempts.labels("refused").inc()
+            self._change_state("refused", reason=str(reason_code))
             return
-        client.subscribe(topic_up(self.prefix, "+"), qos=1)
+        mqtt_connection_attempts.labels("connected").inc()
+        client.subscribe(self.subscription, qos=1)
         self._connected.set()
-        log.info("mqtt_connected", prefix=self.prefix)
+        mqtt_connected.set(1)
+        away_s = None if self._lost_at is None else round(time.monotonic() - self._lost_at, 3)
+        self._lost_at = None
+        self._change_state("connected", subscription=self.subscription, away_s=away_s)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, reason_codes: list, properties: object) -> None:
+        if any(getattr(code, "is_failure", False) for code in reason_codes):
+            log.error("mqtt_subscribe_refused", subscription=self.subscription, reason=[str(c) for c in reason_codes])
+            return
+        self._subscribed.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason_code: object, properties: object) -> None:
+        was_connected = self._connected.is_set()
         self._connected.clear()
-        log.warning("mqtt_disconnected", reason=str(reason_code))
+        self._subscribed.clear()
+        mqtt_connected.set(0)
+        if was_connected and not self._stopping.is_set():
+            mqtt_disconnects.inc()
+            self._lost_at = time.monotonic()
+            self._change_state("lost", reason=str(reason_code))
+
+    def _change_state(self, state: str, **fields: object) -> None:
+        """One log line per change of state, never one per attempt."""
+        if state == self._state:
+            return
+        self._state = state
+        if state == "connected":
+            log.info("mqtt_connected", **fields)
+        else:
+            log.warning(f"mqtt_{state}", **fields)
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         parts = message.topic.split("/")
         if len(parts) < 3 or parts[-1] != "up":
             log.warning("mqtt_unexpected_topic", topic=message.topic)
             return
+        mqtt_uplinks_received.inc()
         self.uplinks.put(parts[-2], bytes(message.payload))
 
-    def start(self, connect_timeout_s: float = 10.0) -> None:
+    def _keep_connected(self) -> None:
+        """Connect, run the network loop while connected, wait per the backoff, again, until stopped."""
         host, port = self._client._gasworks_address  # type: ignore[attr-defined]
-        self._client.connect_async(host, port, keepalive=30)
-        self._client.loop_start()
-        if not self._connected.wait(connect_timeout_s):
+        # As loop_start() does: publishes from other threads only queue and wake this loop, which alone writes.
+        self._client._thread = threading.current_thread()  # type: ignore[attr-defined]
+        self._client.connect_async(host, port, keepalive=self.keepalive_s)
+        attempt = 0
+        while not self._stopping.is_set():
+            try:
+                self._client.reconnect()
+            except OSError as error:
+                mqtt_connection_attempts.labels("failed").inc()
+                if self._lost_at is None:
+                    self._lost_at = time.monotonic()
+                self._change_state("unreachable", host=host, port=port, reason=str(error))
+            else:
+                # Until the connection ends (stop() sends DISCONNECT, which this loop writes out).
+                while self._client.loop(timeout=LOOP_TIMEOUT_S) == mqtt.MQTT_ERR_SUCCESS:
+                    if self._connected.is_set():
+                        attempt = 0
+                    elif self._stopping.is_set():
+                        break
+            if self._stopping.is_set():
+                break
+            self._stopping.wait(self.backoff.delay_s(attempt, self._rng))
+            attempt += 1
+
+    def start(self, connect_timeout_s: float = 10.0) -> None:
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._keep_connected, name="gasworks-mqtt", daemon=True)
+        self._thread.start()
+        if not self._subscribed.wait(connect_timeout_s):
+            host, port = self._client._gasworks_address  # type: ignore[attr-defined]
             log.warning("mqtt_not_connected_yet", host=host, port=port)
 
     def stop(self) -> None:
+        self._stopping.set()
         self._client.disconnect()
-        self._client.loop_stop()
+        if self._thread is not None:
+            self._thread.join(LOOP_TIMEOUT_S * 4 + 5)
+            self._thread = None
+        self._connected.clear()
+        self._subscribed.clear()
+        mqtt_connected.set(0)
 
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def subscribed(self) -> bool:
+        """Connected and hearing its share of the uplinks."""
+        return self._subscribed.is_set()
 
     def publish(self, serial: str, payload: bytes) -> None:
         if not self._connected.is_set():

@@ -39,19 +39,37 @@ def register(app: typer.Typer) -> None:
 
 
 @cli_errors
-def worker(database_url: DatabaseUrl = None, mqtt_url: Annotated[str | None, typer.Option(help="Overrides GASWORKS_MQTT_URL.")] = None) -> None:
+def worker(
+    database_url: DatabaseUrl = None,
+    mqtt_url: Annotated[str | None, typer.Option(help="Overrides GASWORKS_MQTT_URL.")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus /metrics here; 0 for none (GASWORKS_WORKER_METRICS_PORT).")] = None,
+    watchdog_interval_s: Annotated[int | None, typer.Option(help="Seconds between watchdog passes (GASWORKS_WATCHDOG_INTERVAL_S).")] = None,
+) -> None:
     """Deliver purchases to IoT meters over MQTT and watch every delivery (runs until stopped)."""
-    sys_ = system(database_url, mqtt_url=mqtt_url)
-    if not sys_.settings.mqtt_url:
+    from prometheus_client import start_http_server
+
+    sys_ = system(database_url, mqtt_url=mqtt_url, worker_metrics_port=metrics_port, watchdog_interval_s=watchdog_interval_s)
+    settings = sys_.settings
+    if not settings.mqtt_url:
         raise InvalidInput(
             "no broker configured (GASWORKS_MQTT_URL or --mqtt-url); with the in-process transport the worker runs inside `gasworks serve`",
             code="NO_BROKER",
         )
+    if not 0 <= settings.worker_metrics_port < 65536 or settings.watchdog_interval_s < 1:
+        raise InvalidInput("metrics port must be 0-65535 and the watchdog interval at least 1 s", code="INVALID_WORKER_OPTION")
+    try:
+        transport = make_transport(sys_)
+    except ValueError as error:  # a malformed URL, reconnect delays out of order
+        raise InvalidInput(str(error), code="INVALID_MQTT_SETTING") from None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    out.print(f"worker on {sys_.engine.url.render_as_string(hide_password=True)}, broker {sys_.settings.mqtt_url.split('@')[-1]}; Ctrl-C stops")
-    Worker(sys_, make_transport(sys_)).run(stop)
+    if settings.worker_metrics_port:
+        start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)  # a port in use: OSError, one clear line
+    metrics = f"http://{settings.worker_metrics_host}:{settings.worker_metrics_port}/metrics" if settings.worker_metrics_port else "off"
+    out.print(f"worker on {sys_.engine.url.render_as_string(hide_password=True)}, broker {settings.mqtt_url.split('@')[-1]}; Ctrl-C stops")
+    out.print(f"  metrics: {metrics}; watchdog every {settings.watchdog_interval_s} s")
+    Worker(sys_, transport).run(stop)
 
 
 @cli_errors

@@ -80,6 +80,8 @@ def demo(
     database_url: Annotated[str, typer.Option("--database-url", help="Where the city's records go.")] = DEMO_DATABASE,
     statements_dir: Annotated[Path, typer.Option(help="Where the channels' daily statement files go.")] = Path("gasworks-demo-statements"),
     mqtt_url: Annotated[str | None, typer.Option("--mqtt-url", help="Meters talk through this broker instead of in-process.")] = None,
+    fleet_mqtt_url: Annotated[str | None, typer.Option("--fleet-mqtt-url", help="On a closed broker: the simulated meters' `fleet` URL (--mqtt-url is the worker's).")] = None,
+    mqtt_topic_prefix: Annotated[str | None, typer.Option("--mqtt-topic-prefix", help="On a closed broker: the prefix it was provisioned for (default: a random one).")] = None,
 ) -> None:
     """Simulate a city for a month through the real gasworks and show what reached the meters."""
     try:
@@ -101,7 +103,7 @@ def demo(
     out.print(f"  records: {make_url(database_url).render_as_string(hide_password=True)}; meters: {meters}; time: virtual")
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=out) as progress:
         setting_up = progress.add_task("opening accounts", total=None)
-        sim = Simulation(system, city, faults=rates, start=begin, mqtt_url=mqtt_url)
+        sim = Simulation(system, city, faults=rates, start=begin, mqtt_url=mqtt_url, fleet_mqtt_url=fleet_mqtt_url, mqtt_topic_prefix=mqtt_topic_prefix)
         progress.remove_task(setting_up)
         task = progress.add_task("simulating days", total=days)
         try:

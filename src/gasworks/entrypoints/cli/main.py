@@ -12,6 +12,7 @@ from gasworks.domain.accounts import CustomerClass, MeterKind
 from gasworks.domain.channels import ChannelKind, KeyPurpose
 from gasworks.domain.meter_security import DEFAULT_METER_MODEL
 from gasworks.domain.money import fen_to_yuan_text
+from gasworks.entrypoints.cli.broker_commands import register as register_broker
 from gasworks.entrypoints.cli.common import DatabaseUrl, cli_actor, cli_errors, err, out, system
 from gasworks.entrypoints.cli.delivery_commands import register as register_delivery
 from gasworks.entrypoints.cli.reconcile_commands import register as register_reconciliation
@@ -234,3 +235,4 @@ def accounts_show(account_no: str, database_url: DatabaseUrl = None) -> None:
 
 register_delivery(app)
 register_reconciliation(app)
+register_broker(app)

@@ -19,9 +19,10 @@ import structlog
 
 from gasworks.adapters.db.delivery import METER_WORK_CHANNEL
 from gasworks.adapters.meters.frame_security import require_schemes_in_use
-from gasworks.adapters.meters.transport import LoopbackTransport, MqttTransport, TransportError, Uplinks
+from gasworks.adapters.meters.transport import Backoff, LoopbackTransport, MqttTransport, TransportError, Uplinks
 from gasworks.bootstrap import System
 from gasworks.domain.meter_security import DEFAULT_METER_MODEL
+from gasworks.observability import uplinks_waiting, watchdog_last_run, watchdog_runs
 from gasworks.services.delivery import dispatch_meter, handle_uplink, watch_deliveries
 from gasworks.services.intake import forget_old_nonces
 
@@ -39,7 +40,14 @@ class Transport(Protocol):
 def make_transport(system: System) -> Transport:
     settings = system.settings
     if settings.mqtt_url:
-        return MqttTransport(settings.mqtt_url, prefix=settings.mqtt_topic_prefix, client_id=settings.mqtt_client_id)
+        return MqttTransport(
+            settings.mqtt_url,
+            prefix=settings.mqtt_topic_prefix,
+            client_id=settings.mqtt_client_id,
+            shared=settings.mqtt_shared_subscription,
+            keepalive_s=settings.mqtt_keepalive_s,
+            backoff=Backoff(settings.mqtt_reconnect_delay_s_min, settings.mqtt_reconnect_delay_s_max),
+        )
     return LoopbackTransport()
 
 
@@ -69,7 +77,8 @@ class Worker:
             item = self.transport.uplinks.get(0) if done < batch_max else None
         if item is not None:  # the batch bound was hit: put it back for the next pass
             self.transport.uplinks.put(*item)
-        if due_meters:
+        uplinks_waiting.set(self.transport.uplinks.pending())
+        if due_meters and getattr(self.transport, "connected", True):  # no broker: nothing can be sent, nor tried
             with self.system.new_uow() as uow:
                 due = uow.meters.awake_with_work(uow.clock.now(), batch_max)
             for serial in due:
@@ -82,6 +91,8 @@ class Worker:
         report = watch_deliveries(self.system.new_uow, batch_max=self.system.settings.worker_batch_max)
         forget_old_nonces(self.system.new_uow(), skew_s=self.system.settings.notification_clock_skew_s)
         self._last_watch = time.monotonic()
+        watchdog_runs.inc()
+        watchdog_last_run.set_to_current_time()
         if report.expired or report.offline or report.overdue:
             log.warning("deliveries_need_attention", expired=report.expired, offline=report.offline, overdue=report.overdue)
 
