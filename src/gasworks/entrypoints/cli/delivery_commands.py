@@ -64,12 +64,19 @@ def worker(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    worker = Worker(sys_, transport)  # refuses first if a meter model's MAC scheme cannot be computed here
     if settings.worker_metrics_port:
-        start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)  # a port in use: OSError, one clear line
+        try:
+            start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)
+        except OSError as error:
+            raise InvalidInput(
+                f"cannot serve metrics on {settings.worker_metrics_host}:{settings.worker_metrics_port} ({error.strerror}); "
+                "give each worker on a host its own --metrics-port", code="METRICS_PORT_UNAVAILABLE",
+            ) from None  # fmt: skip
     metrics = f"http://{settings.worker_metrics_host}:{settings.worker_metrics_port}/metrics" if settings.worker_metrics_port else "off"
     out.print(f"worker on {sys_.engine.url.render_as_string(hide_password=True)}, broker {settings.mqtt_url.split('@')[-1]}; Ctrl-C stops")
     out.print(f"  metrics: {metrics}; watchdog every {settings.watchdog_interval_s} s")
-    Worker(sys_, transport).run(stop)
+    worker.run(stop)
 
 
 @cli_errors
