@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 from gasworks.adapters.db.repositories import LedgerCheckFinding
+from gasworks.domain.delivery import AlertKind
 from gasworks.domain.ledger import DELIVERY
 from gasworks.services.unit_of_work import UnitOfWork
 
@@ -23,7 +24,8 @@ class CheckReport:
 def check_ledger(uow: UnitOfWork) -> CheckReport:
     """Every transaction balances; every cached balance equals its entries; every booked or held
     payment has exactly one booking transaction, for its amount; the whole ledger sums to zero; the
-    delivery account holds exactly the cost of the credit orders still on their way."""
+    delivery account holds exactly the cost of the credit orders still on their way; every applied
+    purchase is proved against a serial issued to its meter."""
     with uow:
         findings = uow.ledger.find_violations(FINDINGS_MAX)
         totals = uow.ledger.totals_by_kind()
@@ -39,4 +41,24 @@ def check_ledger(uow: UnitOfWork) -> CheckReport:
                     f"delivery account holds {in_delivery_fen} fen, credit orders not yet applied cost {undelivered_fen} fen",
                 )
             )
+        findings.extend(_meters_believed_no_further_than_issued(uow))
         return CheckReport(findings, totals, uow.payments.totals_by_state())
+
+
+def _meters_believed_no_further_than_issued(uow: UnitOfWork) -> list[LedgerCheckFinding]:
+    """Every applied purchase is proved by an issued serial that its meter's record covers; no
+    meter stands above what was issued; a meter that claimed a purchase never issued is listed
+    until a person records what it was."""
+    findings = [
+        LedgerCheckFinding("PURCHASE_APPLIED_WITHOUT_PROOF", f"meter:{serial}", f"purchase #{seq} is applied; the meter has applied #{applied}, highest issued #{issued}")
+        for serial, seq, applied, issued in uow.meter_commands.applied_without_proof(FINDINGS_MAX)
+    ]
+    findings += [
+        LedgerCheckFinding("METER_APPLIED_BEYOND_ISSUED", f"meter:{serial}", f"meter stands at purchase #{applied}; highest issued #{issued}")
+        for serial, applied, issued in uow.meters.claimed_beyond_issued(FINDINGS_MAX)
+    ]
+    findings += [
+        LedgerCheckFinding(AlertKind.METER_CLAIMS_UNISSUED.value, alert.subject, f"{alert.reason} (alert {alert.id}, open since {alert.raised_at:%Y-%m-%d %H:%M} UTC)")
+        for alert in uow.alerts.open_of_kind(AlertKind.METER_CLAIMS_UNISSUED, FINDINGS_MAX)
+    ]
+    return findings

@@ -384,17 +384,19 @@ def _keep_valve_right(link: MeterLink, commands: list[MeterCommand], uow: UnitOf
     """Closed while any reason is left (credit below minus the overdraft, arrears, leak or tamper,
     hazard stop, operator); reopened when none is, after the credit is back; never reopened
     remotely on a safety alarm or for a meter that needs the resident's button."""
-    if link.valve_open is None or link.credit_litres is None:
-        return
     open_kinds = {c.kind for c in commands if c.is_open}
     credit_on_its_way = CommandKind.CREDIT in open_kinds
-    if credit_past_overdraft(link.credit_litres, policy) and not credit_on_its_way:
+    if link.credit_litres is not None and credit_past_overdraft(link.credit_litres, policy) and not credit_on_its_way:
         link.valve_reasons |= ValveReason.CREDIT
     reasons = ValveReason(link.valve_reasons)
+    unwanted = CommandKind.VALVE_OPEN if reasons else CommandKind.VALVE_CLOSE
+    for command in commands:  # a command not sent yet that no longer agrees with the reasons goes
+        if command.kind == unwanted and command.state == CommandState.PENDING:
+            command.move_to(CommandState.CANCELLED, now, f"not reopened: {', '.join(valve_reason_names(reasons))}" if reasons else "no reason is left to close the valve")
+            open_kinds = {c.kind for c in commands if c.is_open}
+    if link.valve_open is None or link.credit_litres is None:
+        return
     if reasons:
-        for command in commands:
-            if command.kind == CommandKind.VALVE_OPEN and command.state == CommandState.PENDING:
-                command.move_to(CommandState.CANCELLED, now, f"not reopened: {', '.join(valve_reason_names(reasons))}")
         if link.valve_open and CommandKind.VALVE_CLOSE not in open_kinds:
             why = f"close the valve: {', '.join(valve_reason_names(reasons))}"
             if reasons & ValveReason.CREDIT:
