@@ -387,3 +387,52 @@ def test_the_residents_page_on_a_leak_says_closed_for_safety_and_gives_the_hotli
     assert html.index("燃气已因安全原因关闭") < html.index("Gas closed for safety")  # Chinese first
     assert f"致电 {hotline}" in html and f"call {hotline}" in html
     assert "可以用气" not in html and "Gas available" not in html and "gas available" not in html
+
+
+# ---- the command line, and the valve rules on their own ----------------------------------------
+
+
+@given(reasons=st.integers(0, 0x1F), credit=st.one_of(st.none(), st.integers(-10**7, 10**7)))
+def test_a_top_up_never_clears_a_leak_or_a_hazard_stop(reasons, credit):
+    from gasworks.domain.delivery import SAFETY_REASONS, ValveReason, clear_by_top_up
+
+    after = clear_by_top_up(reasons, credit_litres=credit)
+    assert after & SAFETY_REASONS == reasons & SAFETY_REASONS
+    assert after & ValveReason.OPERATOR == reasons & ValveReason.OPERATOR
+    assert not after & ValveReason.ARREARS
+
+
+def test_operators_set_models_buttons_and_valve_reasons_from_the_command_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from gasworks.entrypoints.cli.main import app
+
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+
+    def run(*args):
+        return CliRunner().invoke(app, [*args, "--database-url", url], env={"COLUMNS": "400"})
+
+    assert run("db", "upgrade").exit_code == 0
+    assert run("accounts", "add", "4301000001", "--name", "张三", "--phone", "13812345678", "--meter-serial", IOT_SERIAL, "--meter-kind", "iot").exit_code == 0
+    assert run("meters", "models", "add", "money-1b", "--serial-bytes", "1", "--reopen-needs-button").exit_code == 0
+    assert "money-1b" in run("meters", "models", "list").output
+    assert "needs the button: yes" in run("meters", "set", IOT_SERIAL, "--model", "money-1b").output
+    assert "needs the button: no" in run("meters", "set", IOT_SERIAL, "--no-reopen-needs-button").output
+    assert "(1 meters)" in run("meters", "models", "set", "money-1b", "--reopen-needs-button").output
+    closed = run("meters", "close-valve", IOT_SERIAL, "--reason", "hazard_stop", "--note", "works on the main")
+    assert closed.exit_code == 0 and "hazard_stop" in closed.output
+    shown = run("meters", "show", IOT_SERIAL)
+    assert "model money-1b" in shown.output and "hazard_stop" in shown.output
+    alerts = run("alerts")
+    assert alerts.exit_code == 0 and "VALVE_CLOSED_FOR_SAFETY" in alerts.output
+    resolved = run("meters", "resolve", IOT_SERIAL, "--reason", "hazard_stop", "--note", "works done")
+    assert resolved.exit_code == 0 and "nothing any more" in resolved.output
+    for args, code in (
+        (("meters", "close-valve", IOT_SERIAL, "--reason", "credit", "--note", "x"), "INVALID_VALVE_REASON"),
+        (("meters", "resolve", IOT_SERIAL, "--reason", "credit", "--note", "x"), "CLEARED_BY_TOP_UP"),
+        (("meters", "models", "add", "two", "--serial-bytes", "2"), "INVALID_SERIAL_WIDTH"),
+        (("meters", "set", "00000000000099", "--model", "money-1b"), "METER_NOT_FOUND"),
+        (("alerts", "resolve", "1", "--note", "x"), "ALERT_NOT_OPEN"),
+    ):
+        bad = run(*args)
+        assert bad.exit_code == 2 and code in bad.output and "Traceback" not in bad.output, (args, bad.output)
