@@ -316,9 +316,12 @@ def test_a_hazard_stop_holds_through_a_top_up_and_only_its_resolution_reopens(ri
     paid = rig.pay(10_000)
     rig.settle()
     assert rig.orders(paid.payment_id)[0].state == CommandState.APPLIED and rig.meter.valve_open is False
+    shown = client.get(f"/v1/payments/{paid.payment_id}", headers=operator).json()["delivery"]
+    assert shown["status"] == "CLOSED_FOR_SAFETY" and "stopped gas for safety" in shown["next_step"]["en"]
     assert client.post(f"/v1/meters/{IOT_SERIAL}/valve/resolutions", headers=operator, json={"reason": "hazard_stop", "note": "works done"}).status_code == 200
     rig.settle()
     assert rig.meter.valve_open is True
+    assert client.get(f"/v1/payments/{paid.payment_id}", headers=operator).json()["delivery"]["status"] == "GAS_AVAILABLE"
     kinds = [(c.kind, c.state) for c in rig.commands()]
     assert kinds == [(CommandKind.VALVE_CLOSE, CommandState.APPLIED), (CommandKind.CREDIT, CommandState.APPLIED), (CommandKind.VALVE_OPEN, CommandState.APPLIED)]
 
@@ -385,7 +388,7 @@ def test_the_residents_page_on_a_leak_says_closed_for_safety_and_gives_the_hotli
     hotline = rig.system.settings.service_hotline
     assert "燃气已因安全原因关闭" in html and "Gas closed for safety" in html
     assert html.index("燃气已因安全原因关闭") < html.index("Gas closed for safety")  # Chinese first
-    assert f"致电 {hotline}" in html and f"call {hotline}" in html
+    assert f"致电 {hotline}" in html and f"call {hotline}" in html and "leak" in html
     assert "可以用气" not in html and "Gas available" not in html and "gas available" not in html
 
 

@@ -128,13 +128,16 @@ def _explain(payment: Payment, order: MeterCommand | None, meter: MeterLink | No
         )
     litres = litres_as_m3_text(order.volume_litres or 0)
     if closed_for_safety(meter):
+        assert meter is not None
         on_meter = order.state == CommandState.APPLIED
+        leak = bool(meter.valve_reasons & ValveReason.LEAK_OR_TAMPER or Alarm(meter.alarms) & SAFETY_ALARMS)
+        why = Text("燃气表报告了泄漏或异常" if leak else "燃气公司因安全原因暂停供气", "the meter reported a leak or tampering" if leak else "the gas company stopped gas for safety")
         return Status.CLOSED_FOR_SAFETY, Text("燃气已因安全原因关闭", "Gas closed for safety"), Text(
-            ("您购买的 " + litres + " 立方米已到表，" if on_meter else "您的购气已保存，") + f"但燃气表报告了泄漏或异常，阀门已关闭。请勿自行开阀，请开窗通风并致电 {hotline}，"
-            "由维修人员上门检查后恢复供气。钱不会丢失。",
+            ("您购买的 " + litres + " 立方米已到表，" if on_meter else "您的购气已保存，") + f"但{why.zh}，阀门已关闭。请勿自行开阀"
+            + ("，请开窗通风" if leak else "") + f"；请致电 {hotline}，由维修人员检查后恢复供气。钱不会丢失。",
             (f"Your {litres} m³ is on your meter, but " if on_meter else "Your purchase is kept, but ")
-            + f"the meter reported a leak or tampering and the valve is closed. Do not reopen it yourself: open the windows and call {hotline}; "
-            "a technician will check and restore gas. Your money is safe.",
+            + f"{why.en} and the valve is closed. Do not reopen it yourself"
+            + ("; open the windows" if leak else "") + f". Please call {hotline}: a technician will check and restore gas. Your money is safe.",
         )
     if order.state == CommandState.APPLIED:
         if meter is not None and meter.valve_open is not True and meter.valve_reasons & (ValveReason.ARREARS | ValveReason.OPERATOR):
