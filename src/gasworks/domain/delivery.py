@@ -24,7 +24,7 @@ report tells, by its last applied serial or its valve state, whether it arrived.
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from enum import StrEnum
+from enum import IntFlag, StrEnum
 
 from gasworks.domain.accounts import MeterKind
 from gasworks.domain.errors import InvariantViolated
@@ -58,6 +58,192 @@ class MeterLink:
     reopen_needs_button: bool = False
     card_no: str | None = None
     card_purchase_seq: int = 0
+    model: str | None = None  # the meter model (see MeterModel); None: a plain model with 4-byte serials
+    seq_modulus: int | None = None  # from the model: 256 when its purchase serial is one byte; None: no wrap
+    last_report_clock: datetime | None = None  # the meter's own clock in the newest report taken (naive)
+    valve_reasons: int = 0  # ValveReason bits: why gasworks wants this meter's valve closed
+
+
+@dataclass(frozen=True)
+class MeterModel:
+    """What gasworks must know of a meter model's firmware to believe it no further than it should."""
+
+    name: str
+    purchase_seq_bytes: int = 4  # 1: the serial on the wire wraps at 255 (money meters' 0xA013)
+    reopen_needs_button: bool = False  # the resident presses the meter's button to reopen the valve
+
+    @property
+    def seq_modulus(self) -> int | None:
+        return 256 if self.purchase_seq_bytes == 1 else None
+
+
+# ---- what a meter may claim ---------------------------------------------------------------------
+
+SEQ_UNWRAP_WINDOW = 128  # a one-byte serial is read as the one within 128 of the highest issued
+
+
+def seq_on_wire(purchase_seq: int, modulus: int | None) -> int:
+    """The purchase serial as this model's firmware carries it."""
+    return purchase_seq if modulus is None else purchase_seq % modulus
+
+
+def unwrap_seq(wire_seq: int, *, highest_issued: int, modulus: int | None) -> int:
+    """The full purchase serial a meter means by `wire_seq`.
+
+    A model whose serial is one byte counts 254, 255, 0, 1 ...: the serial meant is the one with
+    that remainder nearest the highest issued, from 128 below it to 127 above it. A claim above the
+    highest issued stays above it after unwrapping, so it can be refused.
+    """
+    if modulus is None:
+        return wire_seq
+    if not 0 <= wire_seq < modulus:
+        return highest_issued + modulus  # no firmware of this model can say it: beyond anything issued
+    distance = (wire_seq - highest_issued) % modulus
+    if distance >= SEQ_UNWRAP_WINDOW:
+        distance -= modulus
+    return highest_issued + distance
+
+
+class ClaimVerdict(StrEnum):
+    IN_RANGE = "in_range"  # at or above what it had applied, at or below what was issued: believed
+    BEYOND_ISSUED = "beyond_issued"  # a purchase gasworks never issued: forged, or another meter's
+    BACKWARDS = "backwards"  # below what it had applied: reset or replaced meter, or an old frame
+
+
+def judge_claim(claimed_seq: int, *, applied_seq: int, highest_issued: int) -> ClaimVerdict:
+    """Nothing from outside is believed beyond what we issued, and a meter does not un-apply gas."""
+    if claimed_seq > highest_issued:
+        return ClaimVerdict.BEYOND_ISSUED
+    if claimed_seq < applied_seq:
+        return ClaimVerdict.BACKWARDS
+    return ClaimVerdict.IN_RANGE
+
+
+@dataclass(frozen=True)
+class ReportKey:
+    """What orders one meter's reports in time: the meter's clock now; its frame counter when frames
+    carry one (then the counter decides, the clock only between reports without one)."""
+
+    meter_clock: datetime
+    counter: int | None = None
+
+
+class ReportOrder(StrEnum):
+    OLDER = "older"
+    SAME = "same"
+    NEWER = "newer"
+
+
+def report_order(report: ReportKey, newest_taken: ReportKey | None) -> ReportOrder:
+    """Where a report stands against the newest one taken for its meter: the one comparison.
+    An older report is not news: it changes nothing. The same moment again is a duplicate."""
+    if newest_taken is None:
+        return ReportOrder.NEWER
+    if report.counter is not None and newest_taken.counter is not None:
+        mine, theirs = report.counter, newest_taken.counter
+    else:
+        mine, theirs = report.meter_clock, newest_taken.meter_clock  # type: ignore[assignment]
+    if mine < theirs:
+        return ReportOrder.OLDER
+    return ReportOrder.SAME if mine == theirs else ReportOrder.NEWER
+
+
+# ---- the valve ---------------------------------------------------------------------------------
+
+
+class ValveReason(IntFlag):
+    """Why gasworks wants a meter's valve closed. The valve reopens only when none is left."""
+
+    CREDIT = 0x01  # credit below minus the overdraft
+    ARREARS = 0x02  # the account owes money (an operator's close)
+    LEAK_OR_TAMPER = 0x04  # the meter reported a leak, tampering or a magnetic attack
+    HAZARD_STOP = 0x08  # an operator stopped gas for a hazard (works on the main, a gas smell nearby)
+    OPERATOR = 0x10  # an operator closed it for another reason, in words in the audit log
+
+
+CLEARED_BY_TOP_UP = ValveReason.CREDIT | ValveReason.ARREARS
+CLEARED_BY_TECHNICIAN = ValveReason.LEAK_OR_TAMPER | ValveReason.HAZARD_STOP
+SAFETY_REASONS = CLEARED_BY_TECHNICIAN
+OPERATOR_CLOSE_REASONS = ValveReason.ARREARS | ValveReason.HAZARD_STOP | ValveReason.OPERATOR
+
+
+def valve_reason_names(reasons: int) -> list[str]:
+    return [r.name.lower() for r in ValveReason if r & reasons]
+
+
+def credit_past_overdraft(credit_litres: int, policy: "DeliveryPolicy") -> bool:
+    """The one valve threshold: credit *below* minus the overdraft closes the valve; at it, not yet."""
+    return credit_litres < -policy.overdraft_litres
+
+
+def clear_by_top_up(reasons: int, *, credit_litres: int | None) -> int:
+    """A purchase applied clears arrears, and the credit reason once the credit is above zero again.
+    Nothing else: a leak or a hazard stop waits for a technician."""
+    cleared = ValveReason.ARREARS
+    if credit_litres is not None and credit_litres > 0:
+        cleared |= ValveReason.CREDIT
+    return reasons & ~cleared
+
+
+def clear_by_person(reasons: int, reason: ValveReason) -> int:
+    """A person's recorded resolution clears one reason. The credit reason is cleared only by gas
+    bought: refused here."""
+    if reason & ValveReason.CREDIT:
+        raise InvariantViolated("the credit reason is cleared by a top-up, not by a person")
+    return reasons & ~reason
+
+
+# ---- alerts ------------------------------------------------------------------------------------
+
+
+class ClearedBy(StrEnum):
+    NEWER_REPORT = "a newer report from the meter that no longer shows it"
+    DELIVERY = "the command applied, reissued or cancelled"
+    PERSON = "a person's recorded resolution (POST /v1/alerts/{id}/resolution, gasworks alerts resolve)"
+    TECHNICIAN = "a technician's recorded resolution on the meter (POST /v1/meters/{serial}/valve/resolutions, gasworks meters resolve)"
+
+
+class AlertKind(StrEnum):
+    """Every alert gasworks raises, each with what clears it."""
+
+    NO_TARIFF = "NO_TARIFF"
+    METER_BACKLOG = "METER_BACKLOG"
+    METER_OFFLINE = "METER_OFFLINE"
+    METER_SEQUENCE_BACKWARDS = "METER_SEQUENCE_BACKWARDS"  # a newer report with a lower serial: reset or replaced meter?
+    METER_CLAIMS_UNISSUED = "METER_CLAIMS_UNISSUED"  # a report or acknowledgement claiming a purchase never issued
+    COMMAND_EXPIRED = "COMMAND_EXPIRED"
+    COMMAND_REFUSED = "COMMAND_REFUSED"
+    PURCHASE_NOT_APPLIED = "PURCHASE_NOT_APPLIED"
+    CARD_COUNTER_AHEAD = "CARD_COUNTER_AHEAD"
+    VALVE_CLOSED_FOR_SAFETY = "VALVE_CLOSED_FOR_SAFETY"
+    METER_VALVE_FAULT = "METER_VALVE_FAULT"
+    METER_LOW_BATTERY = "METER_LOW_BATTERY"
+    METER_LEAK = "METER_LEAK"
+    METER_TAMPER = "METER_TAMPER"
+    METER_MAGNETIC_ATTACK = "METER_MAGNETIC_ATTACK"
+    METER_CREDIT_LOW = "METER_CREDIT_LOW"
+    METER_CREDIT_EXHAUSTED = "METER_CREDIT_EXHAUSTED"
+
+    @property
+    def cleared_by(self) -> ClearedBy:
+        return _CLEARED_BY.get(self, ClearedBy.NEWER_REPORT)
+
+    @classmethod
+    def for_alarm(cls, alarm_name: str) -> "AlertKind":
+        return cls(f"METER_{alarm_name}")
+
+
+_CLEARED_BY = {
+    AlertKind.NO_TARIFF: ClearedBy.PERSON,
+    AlertKind.METER_BACKLOG: ClearedBy.PERSON,
+    AlertKind.METER_SEQUENCE_BACKWARDS: ClearedBy.PERSON,
+    AlertKind.METER_CLAIMS_UNISSUED: ClearedBy.PERSON,
+    AlertKind.CARD_COUNTER_AHEAD: ClearedBy.PERSON,
+    AlertKind.COMMAND_EXPIRED: ClearedBy.DELIVERY,
+    AlertKind.COMMAND_REFUSED: ClearedBy.DELIVERY,
+    AlertKind.PURCHASE_NOT_APPLIED: ClearedBy.DELIVERY,
+    AlertKind.VALVE_CLOSED_FOR_SAFETY: ClearedBy.TECHNICIAN,
+}  # the rest (offline, the meter's own alarms) clear with a newer report
 
 
 class CommandKind(StrEnum):

@@ -17,29 +17,47 @@ from gasworks.config import Settings
 from gasworks.domain.accounts import MeterKind
 from gasworks.domain.delivery import (
     OPEN_STATES,
+    OPERATOR_CLOSE_REASONS,
+    SAFETY_REASONS,
     STOPPED_STATES,
+    AlertKind,
+    ClaimVerdict,
+    ClearedBy,
     CommandKind,
     CommandState,
     DeliveryPolicy,
     LinkState,
     MeterCommand,
     MeterLink,
+    MeterModel,
+    ReportKey,
+    ReportOrder,
     Send,
+    ValveReason,
+    clear_by_person,
+    clear_by_top_up,
     credit_order,
+    credit_past_overdraft,
     expire_due,
+    judge_claim,
     mark_sent,
     new_wake_window,
     next_step,
+    report_order,
     revive_on_return,
+    seq_on_wire,
     settle_by_meter,
+    unwrap_seq,
     valve_command,
+    valve_reason_names,
 )
-from gasworks.domain.errors import Conflict, MalformedFrame, NotFound
+from gasworks.domain.errors import Conflict, InvalidInput, MalformedFrame, NotFound
 from gasworks.domain.ledger import DELIVERY, REVENUE, TransactionKind, prepaid_account, presented_balance_fen, transfer
 from gasworks.domain.meter_messages import (
     Alarm,
     CommandRefused,
     CurrentData,
+    MeterErrorCode,
     MeterMessage,
     PurchaseAck,
     PurchaseRecord,
@@ -64,7 +82,8 @@ from gasworks.services.unit_of_work import UnitOfWork
 log = structlog.get_logger(__name__)
 
 METERS_CHANNEL = "meters"  # how refused meter frames are filed among intake rejections
-SAFETY_ALARMS = Alarm.LEAK | Alarm.TAMPER | Alarm.MAGNETIC_ATTACK | Alarm.VALVE_FAULT
+SAFETY_ALARMS = Alarm.LEAK | Alarm.TAMPER | Alarm.MAGNETIC_ATTACK | Alarm.VALVE_FAULT  # never reopened remotely
+LEAK_OR_TAMPER_ALARMS = Alarm.LEAK | Alarm.TAMPER | Alarm.MAGNETIC_ATTACK  # the valve closes until a technician resolves it
 
 
 def policy_from(settings: Settings) -> DeliveryPolicy:
@@ -105,7 +124,7 @@ def buy_gas(uow: UnitOfWork, link: MeterLink, *, payment_id: str) -> Purchase:
     today = now.astimezone(ZoneInfo(uow.local_timezone)).date()
     tariff = uow.tariffs.in_force(customer.customer_class, today)
     if tariff is None:
-        uow.alerts.raise_once(kind="NO_TARIFF", subject=customer.customer_class.value, reason=f"no tariff in force on {today} for {customer.customer_class}; payments stay on balances", at=now)
+        uow.alerts.raise_once(kind=AlertKind.NO_TARIFF, subject=customer.customer_class.value, reason=f"no tariff in force on {today} for {customer.customer_class}; payments stay on balances", at=now)
         return Purchase(None, "no tariff in force: the money stays on the balance")
     code = prepaid_account(account_no)
     balance_fen = presented_balance_fen(code, uow.ledger.entries_sum_fen(code))
@@ -142,7 +161,7 @@ def buy_gas(uow: UnitOfWork, link: MeterLink, *, payment_id: str) -> Purchase:
     )
     if uow.meter_commands.count_open(link.serial) >= policy.open_commands_per_meter_max:
         uow.alerts.raise_once(
-            kind="METER_BACKLOG", subject=f"meter:{link.serial}",
+            kind=AlertKind.METER_BACKLOG, subject=f"meter:{link.serial}",
             reason=f"{policy.open_commands_per_meter_max}+ commands waiting for this meter; purchases are kept and queue behind them", at=now,
         )  # fmt: skip
     uow.meter_commands.add(order)
@@ -167,7 +186,8 @@ class UplinkOutcome:
 
 
 def handle_uplink(topic_serial: str, payload: bytes, uow: UnitOfWork, *, carrier_authenticated: bool = False) -> UplinkOutcome:
-    """One frame from a meter: a report, an acknowledgement or a refusal. Bad frames are refused and kept.
+    """One frame from a meter: a report, an acknowledgement or a refusal. Bad frames are refused and
+    kept; so are stale reports, replies matching nothing sent, and claims beyond what was issued.
     `carrier_authenticated`: it came through an authenticated carrier platform (the only way for models without MAC)."""
     try:  # MAC, key version and counter checked first (adapters/meters/frame_security.py)
         message = frame_security.open_uplink(payload, topic_serial, uow, carrier_authenticated=carrier_authenticated).message
@@ -182,22 +202,42 @@ def handle_uplink(topic_serial: str, payload: bytes, uow: UnitOfWork, *, carrier
         link = uow.meters.get(message.serial, lock=True)
         if link is not None and link.kind == MeterKind.IOT:
             commands = uow.meter_commands.for_meter(link.serial, states=OPEN_STATES | STOPPED_STATES, route=MeterKind.IOT)
-            what = _apply_message(message, link, commands, uow, uow.delivery, now)
+            taken = _apply_message(message, link, commands, uow, uow.delivery, now)
+            if taken.refusal is not None:
+                _record_refusal(uow, link.serial, *taken.refusal, payload)
             for command in commands:
                 if command.events:
                     uow.meter_commands.save(command, now)
             uow.meters.save(link)
             uow.commit()
+            if taken.refusal is not None:
+                _count_refusal(link.serial, *taken.refusal)
+                return UplinkOutcome(link.serial, False, f"{taken.refusal[0]}: {taken.refusal[1]}")
             waiting = any(c.state in OPEN_STATES for c in commands)
-            return UplinkOutcome(link.serial, True, what, commands_waiting=waiting)
+            return UplinkOutcome(link.serial, True, taken.what, commands_waiting=waiting)
     return _refuse(uow, topic_serial, "UNKNOWN_METER", f"no IoT meter {message.serial}", payload)
 
 
-def _apply_message(message: MeterMessage, link: MeterLink, commands: list[MeterCommand], uow: UnitOfWork, policy: DeliveryPolicy, now: datetime) -> str:
+@dataclass(frozen=True)
+class _Taken:
+    what: str
+    refusal: tuple[str, str] | None = None  # (code, reason): the frame changed nothing and is kept among rejections
+
+
+def _apply_message(message: MeterMessage, link: MeterLink, commands: list[MeterCommand], uow: UnitOfWork, policy: DeliveryPolicy, now: datetime) -> _Taken:
     settled: list[MeterCommand] = []
     match message:
         case CurrentData():
-            _take_report(message, link, uow, now, policy)
+            order = report_order(ReportKey(message.meter_clock), ReportKey(link.last_report_clock) if link.last_report_clock else None)
+            if order == ReportOrder.OLDER:
+                return _Taken("stale report", ("STALE_REPORT", f"report of {message.meter_clock:%Y-%m-%d %H:%M:%S} (meter clock) is older than the newest taken, of {link.last_report_clock:%Y-%m-%d %H:%M:%S}: ignored"))
+            claimed = unwrap_seq(message.last_applied_seq, highest_issued=link.purchase_seq_issued, modulus=link.seq_modulus)
+            verdict = judge_claim(claimed, applied_seq=link.applied_seq, highest_issued=link.purchase_seq_issued)
+            if verdict == ClaimVerdict.BEYOND_ISSUED:
+                return _claims_unissued(uow, link, claimed, "report", now)
+            if verdict == ClaimVerdict.BACKWARDS and order == ReportOrder.SAME:
+                return _Taken("stale report", ("STALE_REPORT", f"a report of the same moment as the newest taken claims purchase #{claimed}, below #{link.applied_seq}: ignored"))
+            _take_report(message, link, uow, now, policy, claimed=claimed, backwards=verdict == ClaimVerdict.BACKWARDS)
             new_wake_window([c for c in commands if c.state in (CommandState.SENT, CommandState.DELIVERED)])
             settled = settle_by_meter(commands, applied_seq=link.applied_seq, valve_open=link.valve_open, at=now, source="meter report")
             expired = [c for c in commands if c.state == CommandState.EXPIRED]
@@ -206,42 +246,76 @@ def _apply_message(message: MeterMessage, link: MeterLink, commands: list[MeterC
                 clear_command_alerts(uow, command, now)
             what = "report"
         case PurchaseAck():
-            link.applied_seq = max(link.applied_seq, message.applied_seq)
+            if _outstanding(commands, message.frame_seq, CommandKind.CREDIT) is None:
+                return _unmatched(message.frame_seq, "purchase acknowledgement")
+            claimed = unwrap_seq(message.applied_seq, highest_issued=link.purchase_seq_issued, modulus=link.seq_modulus)
+            verdict = judge_claim(claimed, applied_seq=link.applied_seq, highest_issued=link.purchase_seq_issued)
+            if verdict == ClaimVerdict.BEYOND_ISSUED:
+                return _claims_unissued(uow, link, claimed, "acknowledgement", now)
+            if verdict == ClaimVerdict.BACKWARDS:
+                return _Taken("acknowledgement", ("SERIAL_BACKWARDS", f"acknowledgement says the meter has applied purchase #{claimed}; it had applied #{link.applied_seq}: not taken"))
+            link.applied_seq = claimed
             link.credit_litres = message.credit_litres
             settled = settle_by_meter(commands, applied_seq=link.applied_seq, valve_open=None, at=now, source="acknowledged")
             what = "purchase acknowledged"
         case PurchaseRecord():
-            link.applied_seq = max(link.applied_seq, message.last_applied_seq)
-            settled = settle_by_meter(commands, applied_seq=link.applied_seq, valve_open=None, at=now, source="purchase record")
-            what = "purchase record"
+            return _Taken("purchase record", ("UNSOLICITED_REPLY", f"a purchase record (frame serial {message.frame_seq}) gasworks never asked for: nothing settled"))
         case ValveAck():
+            if _outstanding(commands, message.frame_seq, CommandKind.VALVE_OPEN, CommandKind.VALVE_CLOSE) is None:
+                return _unmatched(message.frame_seq, "valve acknowledgement")
             link.valve_open = message.valve_open
             settled = settle_by_meter(commands, applied_seq=link.applied_seq, valve_open=message.valve_open, at=now, source="acknowledged")
             what = "valve acknowledged"
         case CommandRefused():
-            what = _take_refusal(message, link, commands, uow, now)
+            taken = _take_refusal(message, link, commands, uow, policy, now)
+            if taken.refusal is not None:
+                return taken
+            what = taken.what
         case _:
             what = "ignored"
+    if any(c.kind == CommandKind.CREDIT for c in settled):
+        link.valve_reasons = clear_by_top_up(link.valve_reasons, credit_litres=link.credit_litres)
     for command in settled:
         if command.kind == CommandKind.CREDIT:
             book_applied(uow, command, now)
         else:
             clear_command_alerts(uow, command, now)
     _keep_valve_right(link, commands, uow, policy, now)
-    return what
+    return _Taken(what)
 
 
-def _take_report(report: CurrentData, link: MeterLink, uow: UnitOfWork, now: datetime, policy: DeliveryPolicy) -> None:
-    if report.last_applied_seq < link.applied_seq:
+def _outstanding(commands: list[MeterCommand], frame_seq: int, *kinds: CommandKind) -> MeterCommand | None:
+    """The command a reply answers: sent, of its kind, with the frame serial the reply repeats."""
+    answerable = (CommandState.SENT, CommandState.DELIVERED, *STOPPED_STATES)
+    return next((c for c in commands if c.kind in kinds and c.sends > 0 and c.state in answerable and c.frame_seq == frame_seq), None)
+
+
+def _unmatched(frame_seq: int, what: str) -> _Taken:
+    return _Taken(what, ("UNMATCHED_REPLY", f"{what} with frame serial {frame_seq} answers no command in flight: nothing settled"))
+
+
+def _claims_unissued(uow: UnitOfWork, link: MeterLink, claimed: int, source: str, now: datetime) -> _Taken:
+    """Nothing from outside is believed beyond what we issued: the claim settles nothing, books
+    nothing, and a person must look (`gasworks check` lists it until then)."""
+    reason = f"meter {link.serial} claims purchase #{claimed}; highest issued #{link.purchase_seq_issued} (in a {source}): nothing settled"
+    uow.alerts.raise_once(kind=AlertKind.METER_CLAIMS_UNISSUED, subject=f"meter:{link.serial}", reason=reason, at=now)
+    log.warning("meter_claims_unissued", meter=link.serial, claimed=claimed, issued=link.purchase_seq_issued, source=source)
+    return _Taken(source, ("SERIAL_NOT_ISSUED", reason))
+
+
+def _take_report(report: CurrentData, link: MeterLink, uow: UnitOfWork, now: datetime, policy: DeliveryPolicy, *, claimed: int, backwards: bool) -> None:
+    if backwards:  # a newer report with a lower serial: the meter was reset or replaced, or lies
         uow.alerts.raise_once(
-            kind="METER_SEQUENCE_BACKWARDS", subject=f"meter:{link.serial}",
-            reason=f"meter reports last purchase #{report.last_applied_seq}, it had applied #{link.applied_seq}: replaced or reset meter?", at=now,
+            kind=AlertKind.METER_SEQUENCE_BACKWARDS, subject=f"meter:{link.serial}",
+            reason=f"meter reports last purchase #{claimed} in a newer report, it had applied #{link.applied_seq}: replaced or reset meter?", at=now,
         )  # fmt: skip
-    link.applied_seq = max(link.applied_seq, report.last_applied_seq)
+    else:
+        link.applied_seq = claimed
+    link.last_report_clock = report.meter_clock
     link.last_report_at = now
     link.awake_until = now + timedelta(seconds=policy.wake_window_s)
     if link.link_state == LinkState.OFFLINE:
-        uow.alerts.clear(kind="METER_OFFLINE", subject=f"meter:{link.serial}", at=now)
+        uow.alerts.clear(kind=AlertKind.METER_OFFLINE, subject=f"meter:{link.serial}", at=now)
     link.link_state = LinkState.ONLINE
     link.credit_litres = report.credit_litres
     link.cumulative_litres = report.cumulative_litres
@@ -250,27 +324,43 @@ def _take_report(report: CurrentData, link: MeterLink, uow: UnitOfWork, now: dat
     before, link.alarms = Alarm(link.alarms), int(report.alarms)
     for alarm in Alarm:  # only changes touch the alerts table: a daily report is one row's worth of work
         if alarm in report.alarms and alarm not in before:
-            uow.alerts.raise_once(kind=f"METER_{alarm.name}", subject=f"meter:{link.serial}", reason=f"meter {link.serial} reports {alarm.name.lower().replace('_', ' ')}", at=now)
+            uow.alerts.raise_once(kind=AlertKind.for_alarm(alarm.name), subject=f"meter:{link.serial}", reason=f"meter {link.serial} reports {alarm.name.lower().replace('_', ' ')}", at=now)
         elif alarm in before and alarm not in report.alarms:
-            uow.alerts.clear(kind=f"METER_{alarm.name}", subject=f"meter:{link.serial}", at=now)
+            uow.alerts.clear(kind=AlertKind.for_alarm(alarm.name), subject=f"meter:{link.serial}", at=now)
+    if report.alarms & LEAK_OR_TAMPER_ALARMS and not link.valve_reasons & ValveReason.LEAK_OR_TAMPER:
+        _add_valve_reason(uow, link, ValveReason.LEAK_OR_TAMPER, f"meter reports {', '.join(a.name.lower() for a in Alarm if a in report.alarms & LEAK_OR_TAMPER_ALARMS)}", now)
 
 
-def _take_refusal(refusal: CommandRefused, link: MeterLink, commands: list[MeterCommand], uow: UnitOfWork, now: datetime) -> str:
+def _add_valve_reason(uow: UnitOfWork, link: MeterLink, reason: ValveReason, why: str, now: datetime) -> None:
+    link.valve_reasons |= reason
+    if reason & SAFETY_REASONS:
+        uow.alerts.raise_once(
+            kind=AlertKind.VALVE_CLOSED_FOR_SAFETY, subject=f"meter:{link.serial}",
+            reason=f"meter {link.serial}: gas closed for safety ({why}); it reopens only after {ClearedBy.TECHNICIAN.value}", at=now,
+        )  # fmt: skip
+
+
+def _take_refusal(refusal: CommandRefused, link: MeterLink, commands: list[MeterCommand], uow: UnitOfWork, policy: DeliveryPolicy, now: datetime) -> _Taken:
     di_of = {CommandKind.CREDIT: cjt188.DI_WRITE_PURCHASE, CommandKind.VALVE_OPEN: cjt188.DI_VALVE, CommandKind.VALVE_CLOSE: cjt188.DI_VALVE}
-    in_flight = next((c for c in commands if c.state == CommandState.SENT and di_of[c.kind] == refusal.refused_di), None)
+    in_flight = next((c for c in commands if c.state == CommandState.SENT and di_of[c.kind] == refusal.refused_di and c.frame_seq == refusal.frame_seq), None)
     if in_flight is None:
-        return f"refusal {refusal.error.name} matched no command in flight"
+        return _unmatched(refusal.frame_seq, f"refusal ({refusal.error.name})")
+    if refusal.error == MeterErrorCode.BUSY:  # not a no: the same frame again after a backoff, within this wake
+        wait = policy.ack_wait(in_flight.window_sends)
+        in_flight.next_send_at = now + wait
+        in_flight.move_to(CommandState.SENT, now, f"the meter is busy: sent again in {int(wait.total_seconds())} s")
+        return _Taken("meter busy")
     in_flight.move_to(CommandState.FAILED, now, f"the meter refused it: {refusal.error.name}")
     uow.alerts.raise_once(
-        kind="COMMAND_REFUSED", subject=f"meter:{link.serial}",
+        kind=AlertKind.COMMAND_REFUSED, subject=f"command:{in_flight.id}",
         reason=f"meter {link.serial} refused {in_flight.kind} #{in_flight.id} ({refusal.error.name}); reissue or cancel it", at=now,
     )  # fmt: skip
-    return f"command refused: {refusal.error.name}"
+    return _Taken(f"command refused: {refusal.error.name}")
 
 
 def clear_command_alerts(uow: UnitOfWork, command: MeterCommand, at: datetime) -> None:
     """A command settled, sent again or cancelled is no longer late or expired."""
-    for kind in ("PURCHASE_NOT_APPLIED", "COMMAND_EXPIRED"):
+    for kind in (AlertKind.PURCHASE_NOT_APPLIED, AlertKind.COMMAND_EXPIRED, AlertKind.COMMAND_REFUSED):
         uow.alerts.clear(kind=kind, subject=f"command:{command.id}", at=at)
 
 
@@ -293,35 +383,58 @@ def book_applied(uow: UnitOfWork, order: MeterCommand, at: datetime) -> None:
 
 
 def _keep_valve_right(link: MeterLink, commands: list[MeterCommand], uow: UnitOfWork, policy: DeliveryPolicy, now: datetime) -> None:
-    """Close on exhausted credit past the overdraft; reopen after a purchase; never reopen on a safety alarm."""
+    """Closed while any reason is left (credit below minus the overdraft, arrears, leak or tamper,
+    hazard stop, operator); reopened when none is, after the credit is back; never reopened
+    remotely on a safety alarm or for a meter that needs the resident's button."""
     open_kinds = {c.kind for c in commands if c.is_open}
     credit_on_its_way = CommandKind.CREDIT in open_kinds
-    if link.valve_open is None or link.credit_litres is None or credit_on_its_way:
+    if link.credit_litres is not None and credit_past_overdraft(link.credit_litres, policy) and not credit_on_its_way:
+        link.valve_reasons |= ValveReason.CREDIT
+    reasons = ValveReason(link.valve_reasons)
+    unwanted = CommandKind.VALVE_OPEN if reasons else CommandKind.VALVE_CLOSE
+    for command in commands:  # a command not sent yet that no longer agrees with the reasons goes
+        if command.kind == unwanted and command.state == CommandState.PENDING:
+            command.move_to(CommandState.CANCELLED, now, f"not reopened: {', '.join(valve_reason_names(reasons))}" if reasons else "no reason is left to close the valve")
+            open_kinds = {c.kind for c in commands if c.is_open}
+    if link.valve_open is None or link.credit_litres is None:
         return
-    if not link.valve_open and link.credit_litres > 0 and CommandKind.VALVE_OPEN not in open_kinds:
+    if reasons:
+        if link.valve_open and CommandKind.VALVE_CLOSE not in open_kinds:
+            why = f"close the valve: {', '.join(valve_reason_names(reasons))}"
+            if reasons & ValveReason.CREDIT:
+                why += f" (credit {link.credit_litres} L is below the {policy.overdraft_litres} L overdraft)"
+            _add_valve_command(uow, link, commands, open_=False, why=why, policy=policy, now=now)
+        return
+    if not link.valve_open and link.credit_litres > 0 and not credit_on_its_way and CommandKind.VALVE_OPEN not in open_kinds:
         if Alarm(link.alarms) & SAFETY_ALARMS or link.reopen_needs_button:
             return  # a person must reopen it: the timeline says so
-        command = valve_command(meter_serial=link.serial, account_no=link.account_no, open_=True, at=now, ttl_s=policy.ttl_s, why="credit is back: reopen the valve")
-        uow.meter_commands.add(command)
-        commands.append(command)
-    elif link.valve_open and link.credit_litres <= -policy.overdraft_litres and CommandKind.VALVE_CLOSE not in open_kinds:
-        command = valve_command(
-            meter_serial=link.serial, account_no=link.account_no, open_=False, at=now, ttl_s=policy.ttl_s,
-            why=f"credit {link.credit_litres} L is past the {policy.overdraft_litres} L overdraft: close the valve",
-        )  # fmt: skip
-        uow.meter_commands.add(command)
-        commands.append(command)
+        _add_valve_command(uow, link, commands, open_=True, why="credit is back and no reason is left: reopen the valve", policy=policy, now=now)
+
+
+def _add_valve_command(uow: UnitOfWork, link: MeterLink, commands: list[MeterCommand], *, open_: bool, why: str, policy: DeliveryPolicy, now: datetime) -> None:
+    command = valve_command(meter_serial=link.serial, account_no=link.account_no, open_=open_, at=now, ttl_s=policy.ttl_s, why=why)
+    uow.meter_commands.add(command)
+    uow.meter_commands.announce(link.serial)
+    commands.append(command)
+
+
+def _record_refusal(uow: UnitOfWork, serial: str, code: str, reason: str, payload: bytes) -> None:
+    uow.rejections.add(
+        at=uow.clock.now(), channel_id=METERS_CHANNEL, code=code, message=reason[:500], remote_addr="",
+        request_summary={"topic_serial": serial[:20], "frame_hex": payload[:96].hex()},
+    )  # fmt: skip
+
+
+def _count_refusal(serial: str, code: str, reason: str) -> None:
+    meter_frames_refused.labels(code=code).inc()
+    log.warning("meter_frame_refused", topic_serial=serial, code=code, reason=reason)
 
 
 def _refuse(uow: UnitOfWork, serial: str, code: str, reason: str, payload: bytes) -> UplinkOutcome:
     with uow:
-        uow.rejections.add(
-            at=uow.clock.now(), channel_id=METERS_CHANNEL, code=code, message=reason[:500], remote_addr="",
-            request_summary={"topic_serial": serial[:20], "frame_hex": payload[:96].hex()},
-        )  # fmt: skip
+        _record_refusal(uow, serial, code, reason, payload)
         uow.commit()
-    meter_frames_refused.labels(code=code).inc()
-    log.warning("meter_frame_refused", topic_serial=serial, code=code, reason=reason)
+    _count_refusal(serial, code, reason)
     return UplinkOutcome(serial, False, f"{code}: {reason}")
 
 
@@ -334,12 +447,13 @@ class Publisher:
     def publish(self, serial: str, payload: bytes) -> None: ...
 
 
-def frame_for(command: MeterCommand, uow: UnitOfWork) -> bytes:
+def frame_for(command: MeterCommand, uow: UnitOfWork, seq_modulus: int | None = None) -> bytes:
     """The command sealed for its meter (key, next downlink counter, MAC), in the caller's unit of work."""
     frame_seq = command.frame_seq
     if command.kind == CommandKind.CREDIT:
         assert command.purchase_seq is not None and command.volume_litres is not None
-        return frame_security.seal_downlink(WritePurchase(command.meter_serial, frame_seq, command.purchase_seq, command.volume_litres), uow)
+        wire_seq = seq_on_wire(command.purchase_seq, seq_modulus)  # a one-byte model counts 254, 255, 0, 1 ...
+        return frame_security.seal_downlink(WritePurchase(command.meter_serial, frame_seq, wire_seq, command.volume_litres), uow)
     return frame_security.seal_downlink(SetValve(command.meter_serial, frame_seq, command.kind == CommandKind.VALVE_OPEN), uow)
 
 
@@ -355,7 +469,7 @@ def dispatch_meter(serial: str, uow: UnitOfWork, publisher: Publisher) -> MeterC
         if not isinstance(step, Send):
             return None
         command = step.command
-        publisher.publish(serial, frame_for(command, uow))  # before commit: a resend is harmless, a lost send is not
+        publisher.publish(serial, frame_for(command, uow, link.seq_modulus))  # before commit: a resend is harmless, a lost send is not
         mark_sent(command, at=now, policy=uow.delivery)
         uow.meter_commands.save(command, now)
         uow.commit()
@@ -388,7 +502,7 @@ def watch_deliveries(uow_factory: Callable[[], UnitOfWork], *, batch_max: int) -
             commands = uow.meter_commands.for_meter(serial, route=MeterKind.IOT)
             for command in expire_due(commands, now):
                 uow.meter_commands.save(command, now)
-                uow.alerts.raise_once(kind="COMMAND_EXPIRED", subject=f"command:{command.id}", reason=f"{command.kind} #{command.id} for meter {serial}: {command.note}", at=now)
+                uow.alerts.raise_once(kind=AlertKind.COMMAND_EXPIRED, subject=f"command:{command.id}", reason=f"{command.kind} #{command.id} for meter {serial}: {command.note}", at=now)
                 expired += 1
             uow.commit()
     for serial in silent:
@@ -399,7 +513,7 @@ def watch_deliveries(uow_factory: Callable[[], UnitOfWork], *, batch_max: int) -
                 continue
             link.link_state = LinkState.OFFLINE
             uow.meters.save(link)
-            uow.alerts.raise_once(kind="METER_OFFLINE", subject=f"meter:{serial}", reason=f"meter {serial} silent since {link.last_report_at:%Y-%m-%d %H:%M} UTC", at=now)
+            uow.alerts.raise_once(kind=AlertKind.METER_OFFLINE, subject=f"meter:{serial}", reason=f"meter {serial} silent since {link.last_report_at:%Y-%m-%d %H:%M} UTC", at=now)
             uow.commit()
             offline += 1
     with uow_factory() as uow:
@@ -413,7 +527,7 @@ def watch_deliveries(uow_factory: Callable[[], UnitOfWork], *, batch_max: int) -
             if now - link.last_report_at < timedelta(seconds=policy.iot_applied_within_s):
                 continue
             if uow.alerts.raise_once(
-                kind="PURCHASE_NOT_APPLIED", subject=f"command:{order.id}",
+                kind=AlertKind.PURCHASE_NOT_APPLIED, subject=f"command:{order.id}",
                 reason=f"purchase #{order.purchase_seq} for meter {order.meter_serial} not applied {policy.iot_applied_within_s} s after the meter reported: {order.note}", at=now,
             ):  # fmt: skip
                 overdue += 1
@@ -484,3 +598,145 @@ def _command_for_operator(uow: UnitOfWork, command_id: int) -> MeterCommand:
     command = uow.meter_commands.get(command_id, with_events=False)
     assert command is not None
     return command
+
+
+# ---- the valve, meter models and alerts: people's decisions, each audited ----------------------
+
+
+def _meter_for_operator(uow: UnitOfWork, serial: str) -> MeterLink:
+    link = uow.meters.get(serial, lock=True)
+    if link is None:
+        raise NotFound(f"no meter {serial[:20]!r}", code="METER_NOT_FOUND")
+    return link
+
+
+def _valve_reason(name: str) -> ValveReason:
+    try:
+        return ValveReason[name.strip().upper()]
+    except KeyError:
+        raise InvalidInput(f"valve reason must be one of {', '.join(valve_reason_names(~ValveReason(0)))}", code="INVALID_VALVE_REASON") from None
+
+
+def close_valve(serial: str, reason_name: str, uow: UnitOfWork, *, actor: str, note: str) -> MeterLink:
+    """An operator closes a meter's valve for arrears, a hazard stop or another reason in words.
+    It stays closed until that reason is cleared (a hazard stop: by a technician's resolution)."""
+    reason = _valve_reason(reason_name)
+    if not reason & OPERATOR_CLOSE_REASONS:
+        raise InvalidInput(f"an operator closes a valve for {', '.join(valve_reason_names(OPERATOR_CLOSE_REASONS))}", code="INVALID_VALVE_REASON")
+    with uow:
+        now = uow.clock.now()
+        link = _meter_for_operator(uow, serial)
+        if link.kind != MeterKind.IOT:
+            raise Conflict(f"meter {serial} is a card meter: its valve is not remote", code="NO_REMOTE_VALVE")
+        _add_valve_reason(uow, link, reason, f"{reason.name.lower()}: {note.strip()[:120]}", now)
+        commands = uow.meter_commands.for_meter(link.serial, states=OPEN_STATES | STOPPED_STATES, route=MeterKind.IOT)
+        open_kinds = {c.kind for c in commands if c.is_open}
+        for command in commands:
+            if command.kind == CommandKind.VALVE_OPEN and command.state == CommandState.PENDING:
+                command.move_to(CommandState.CANCELLED, now, f"not reopened: closed by {actor} ({reason.name.lower()})")
+                uow.meter_commands.save(command, now)
+        if link.valve_open is not False and CommandKind.VALVE_CLOSE not in open_kinds:
+            why = f"closed by {actor}: {reason.name.lower()}: {note.strip()[:120]}"
+            _add_valve_command(uow, link, commands, open_=False, why=why, policy=uow.delivery, now=now)
+        uow.meters.save(link)
+        uow.audit.append(at=now, actor=actor, action="valve.close", subject=f"meter:{serial}", detail={"reason": reason.name.lower(), "note": note.strip()[:200]})
+        uow.commit()
+        return link
+
+
+def resolve_valve_reason(serial: str, reason_name: str, uow: UnitOfWork, *, actor: str, note: str) -> MeterLink:
+    """A person's recorded resolution of one reason the valve is closed: a technician's for a leak,
+    tampering or a hazard stop; an operator's for arrears or their own close. The credit reason is
+    cleared only by gas bought. The valve reopens when no reason is left."""
+    reason = _valve_reason(reason_name)
+    if reason & ValveReason.CREDIT:
+        raise Conflict("the credit reason is cleared by a top-up, not by a person", code="CLEARED_BY_TOP_UP")
+    with uow:
+        now = uow.clock.now()
+        link = _meter_for_operator(uow, serial)
+        if not link.valve_reasons & reason:
+            raise Conflict(f"meter {serial}'s valve is not closed for {reason.name.lower()} (reasons: {', '.join(valve_reason_names(link.valve_reasons)) or 'none'})", code="VALVE_REASON_NOT_SET")
+        if reason & ValveReason.LEAK_OR_TAMPER and Alarm(link.alarms) & LEAK_OR_TAMPER_ALARMS:
+            raise Conflict(f"meter {serial} still reports {', '.join(a.name.lower() for a in Alarm if a in Alarm(link.alarms) & LEAK_OR_TAMPER_ALARMS)}: resolve it after a report without it", code="METER_STILL_ALARMED")
+        link.valve_reasons = clear_by_person(link.valve_reasons, reason)
+        if not link.valve_reasons & SAFETY_REASONS:
+            uow.alerts.clear(kind=AlertKind.VALVE_CLOSED_FOR_SAFETY, subject=f"meter:{serial}", at=now, resolved_by=actor, resolution=note.strip())
+        commands = uow.meter_commands.for_meter(link.serial, states=OPEN_STATES | STOPPED_STATES, route=MeterKind.IOT)
+        if link.kind == MeterKind.IOT:
+            _keep_valve_right(link, commands, uow, uow.delivery, now)
+        for command in commands:
+            if command.events:
+                uow.meter_commands.save(command, now)
+        uow.meters.save(link)
+        uow.audit.append(at=now, actor=actor, action="valve.resolve", subject=f"meter:{serial}", detail={"reason": reason.name.lower(), "note": note.strip()[:200]})
+        uow.commit()
+        return link
+
+
+def add_meter_model(model: MeterModel, uow: UnitOfWork, *, actor: str) -> MeterModel:
+    if model.purchase_seq_bytes not in (1, 4):
+        raise InvalidInput("a purchase serial is 1 byte (wraps at 255) or 4 BCD bytes", code="INVALID_SERIAL_WIDTH")
+    with uow:
+        now = uow.clock.now()
+        if not uow.meter_models.add(model, now):
+            raise Conflict(f"meter model {model.name!r} exists already", code="METER_MODEL_EXISTS")
+        uow.audit.append(at=now, actor=actor, action="meter_model.add", subject=f"meter_model:{model.name}", detail=model.__dict__)
+        uow.commit()
+        return model
+
+
+def set_model_reopen_needs_button(name: str, value: bool, uow: UnitOfWork, *, actor: str) -> int:
+    """Every meter of this model (now and later) needs, or no longer needs, the resident's button to
+    reopen; a single meter can still be set otherwise afterwards. Returns the meters changed."""
+    with uow:
+        now = uow.clock.now()
+        if uow.meter_models.get(name) is None:
+            raise NotFound(f"no meter model {name[:40]!r}", code="METER_MODEL_NOT_FOUND")
+        uow.meter_models.set_reopen_needs_button(name, value)
+        changed = uow.meters.set_reopen_needs_button(model=name, value=value)
+        uow.audit.append(at=now, actor=actor, action="meter_model.reopen_needs_button", subject=f"meter_model:{name}", detail={"value": value, "meters": changed})
+        uow.commit()
+        return changed
+
+
+def set_meter(serial: str, uow: UnitOfWork, *, actor: str, model: str | None = None, reopen_needs_button: bool | None = None) -> MeterLink:
+    """A meter's model (its serial width; the model's button setting comes with it) and whether
+    its valve needs the resident's button to reopen."""
+    if model is None and reopen_needs_button is None:
+        raise InvalidInput("nothing to set: give a model or reopen_needs_button", code="NOTHING_TO_SET")
+    with uow:
+        now = uow.clock.now()
+        link = _meter_for_operator(uow, serial)
+        if model is not None:
+            found = uow.meter_models.get(model)
+            if found is None:
+                raise NotFound(f"no meter model {model[:40]!r}", code="METER_MODEL_NOT_FOUND")
+            link.model, link.seq_modulus, link.reopen_needs_button = found.name, found.seq_modulus, found.reopen_needs_button
+        if reopen_needs_button is not None:
+            link.reopen_needs_button = reopen_needs_button
+        uow.meters.save(link)
+        uow.audit.append(at=now, actor=actor, action="meter.set", subject=f"meter:{serial}", detail={"model": model, "reopen_needs_button": reopen_needs_button})
+        uow.commit()
+        return link
+
+
+def resolve_alert(alert_id: int, uow: UnitOfWork, *, actor: str, note: str):  # noqa: ANN201 - the repository's Alert
+    """A person's recorded resolution closes an alert that only a person can close."""
+    with uow:
+        now = uow.clock.now()
+        alert = uow.alerts.get(alert_id)
+        if alert is None:
+            raise NotFound(f"no alert {alert_id}", code="ALERT_NOT_FOUND")
+        if alert.cleared_at is not None:
+            raise Conflict(f"alert {alert_id} was cleared at {alert.cleared_at:%Y-%m-%d %H:%M} UTC", code="ALERT_NOT_OPEN")
+        try:
+            cleared_by = AlertKind(alert.kind).cleared_by
+        except ValueError:
+            cleared_by = ClearedBy.PERSON
+        if cleared_by != ClearedBy.PERSON:
+            raise Conflict(f"a {alert.kind} alert is cleared by {cleared_by.value}", code="NOT_CLEARED_BY_A_PERSON")
+        uow.alerts.clear(kind=alert.kind, subject=alert.subject, at=now, resolved_by=actor, resolution=note.strip())
+        uow.audit.append(at=now, actor=actor, action="alert.resolve", subject=f"alert:{alert_id}", detail={"kind": alert.kind, "subject": alert.subject, "note": note.strip()[:200]})
+        resolved = uow.alerts.get(alert_id)
+        uow.commit()
+        return resolved

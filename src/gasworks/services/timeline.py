@@ -11,7 +11,8 @@ from datetime import datetime
 
 from gasworks.adapters.db.delivery import Kiosk
 from gasworks.domain.accounts import MeterKind
-from gasworks.domain.delivery import CommandState, LinkState, MeterCommand, MeterLink
+from gasworks.domain.delivery import SAFETY_REASONS, CommandState, ValveReason, LinkState, MeterCommand, MeterLink
+from gasworks.domain.meter_messages import Alarm
 from gasworks.domain.errors import NotFound
 from gasworks.domain.ledger import prepaid_account, presented_balance_fen
 from gasworks.domain.money import fen_to_yuan_text
@@ -34,7 +35,16 @@ class Status:
     WAITING_FOR_CARD = "WAITING_FOR_CARD"
     CARD_WRITTEN = "CARD_WRITTEN"
     GAS_AVAILABLE = "GAS_AVAILABLE"
+    CLOSED_FOR_SAFETY = "CLOSED_FOR_SAFETY"
     STUCK = "STUCK"
+
+
+SAFETY_ALARMS = Alarm.LEAK | Alarm.TAMPER | Alarm.MAGNETIC_ATTACK
+
+
+def closed_for_safety(meter: MeterLink | None) -> bool:
+    """A leak, tampering or a hazard stop: gas is off until a technician has been, whatever was paid."""
+    return meter is not None and bool(meter.valve_reasons & SAFETY_REASONS or Alarm(meter.alarms) & SAFETY_ALARMS)
 
 
 @dataclass(frozen=True)
@@ -100,7 +110,10 @@ def payment_timeline(payment_id: str, uow: UnitOfWork, *, hotline: str) -> Timel
         nearby = [NearbyKiosk(k, d) for k, d in nearest_working(kiosks, home=customer.location if customer else None, community=customer.community if customer else "")]
     else:
         steps.append(Step("sent", Text("已发送到表", "Sent to your meter"), _first(order, CommandState.SENT), _first(order, CommandState.SENT) is not None))
-    steps.append(Step("applied", Text("可以用气", "Gas available"), applied_at, applied_at is not None))
+    if closed_for_safety(meter):
+        steps.append(Step("applied", Text("已到表（燃气已因安全原因关闭）", "On your meter (gas closed for safety)"), applied_at, applied_at is not None))
+    else:
+        steps.append(Step("applied", Text("可以用气", "Gas available"), applied_at, applied_at is not None))
     status, headline, next_step = _explain(payment, order, meter, nearby, hotline, owed_fen=max(0, -balance_fen))
     return Timeline(payment, status, headline, next_step, steps, order, meter, nearby)
 
@@ -142,7 +155,23 @@ def _explain(
             "金额已存入余额，将在下次购气时一并使用。", "The money is on your balance and goes with your next purchase."
         )
     litres = litres_as_m3_text(order.volume_litres or 0)
+    if closed_for_safety(meter):
+        assert meter is not None
+        on_meter = order.state == CommandState.APPLIED
+        leak = bool(meter.valve_reasons & ValveReason.LEAK_OR_TAMPER or Alarm(meter.alarms) & SAFETY_ALARMS)
+        why = Text("燃气表报告了泄漏或异常" if leak else "燃气公司因安全原因暂停供气", "the meter reported a leak or tampering" if leak else "the gas company stopped gas for safety")
+        return Status.CLOSED_FOR_SAFETY, Text("燃气已因安全原因关闭", "Gas closed for safety"), Text(
+            ("您购买的 " + litres + " 立方米已到表，" if on_meter else "您的购气已保存，") + f"但{why.zh}，阀门已关闭。请勿自行开阀"
+            + ("，请开窗通风" if leak else "") + f"；请致电 {hotline}，由维修人员检查后恢复供气。钱不会丢失。",
+            (f"Your {litres} m³ is on your meter, but " if on_meter else "Your purchase is kept, but ")
+            + f"{why.en} and the valve is closed. Do not reopen it yourself"
+            + ("; open the windows" if leak else "") + f". Please call {hotline}: a technician will check and restore gas. Your money is safe.",
+        )
     if order.state == CommandState.APPLIED:
+        if meter is not None and meter.valve_open is not True and meter.valve_reasons & (ValveReason.ARREARS | ValveReason.OPERATOR):
+            return Status.STUCK, Text(f"{litres} 立方米已到表，阀门由燃气公司关闭", f"{litres} m³ is on your meter; the gas company has closed the valve"), Text(
+                "阀门因欠费或工作人员操作而关闭。" + call.zh, "The valve was closed for arrears or by our staff. " + call.en
+            )
         if meter is not None and meter.valve_open is False and meter.reopen_needs_button:
             return Status.GAS_AVAILABLE, Text(f"{litres} 立方米已到表", f"{litres} m³ is on your meter"), Text(
                 "阀门仍关闭：请按住表上的红色按钮 3 秒开阀。", "The valve is still closed: press and hold the red button on the meter for 3 s."

@@ -26,6 +26,7 @@ class UnitOfWork(Protocol):
     api_keys: repos.ApiKeys
     audit: repos.AuditLog
     meters: delivery_repos.Meters
+    meter_models: delivery_repos.MeterModels
     tariffs: delivery_repos.Tariffs
     meter_commands: delivery_repos.MeterCommands
     kiosks: delivery_repos.Kiosks

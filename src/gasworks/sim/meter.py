@@ -50,6 +50,8 @@ class SimulatedMeter:
     last_volume_litres: int = 0
     awake: bool = False
     acks_to_lose: int = 0  # fault injection: swallow this many replies
+    busy_replies: int = 0  # fault injection: answer this many purchase writes with BUSY
+    seq_modulus: int | None = None  # 256 for a model whose purchase serial is one byte (counts 254, 255, 0, 1 ...)
     frames_seen: list[bytes] = field(default_factory=list)
     applied: list[tuple[int, int]] = field(default_factory=list)  # (serial, litres) in order applied
     keyring: MeterKeyring | None = None  # None: a model without MAC (plain frames)
@@ -115,9 +117,19 @@ class SimulatedMeter:
             return []
         return [self._encode(reply)]
 
+    def _next_seq(self) -> int:
+        return self.applied_seq + 1 if self.seq_modulus is None else (self.applied_seq + 1) % self.seq_modulus
+
+    def _is_gap(self, purchase_seq: int) -> bool:
+        """Beyond the next serial (a one-byte model: up to 128 ahead; further back is a replay)."""
+        if self.seq_modulus is None:
+            return purchase_seq > self.applied_seq + 1
+        ahead = (purchase_seq - self.applied_seq) % self.seq_modulus
+        return 1 < ahead < self.seq_modulus // 2
+
     def apply_purchase(self, purchase_seq: int, volume_litres: int) -> bool:
         """Apply purchase n only if it is the next one; True if it was applied now."""
-        if purchase_seq != self.applied_seq + 1:
+        if purchase_seq != self._next_seq():
             return False
         self.applied_seq = purchase_seq
         self.credit_litres += volume_litres
@@ -130,7 +142,10 @@ class SimulatedMeter:
         q = message.frame_seq
         match message:
             case WritePurchase():
-                if message.purchase_seq > self.applied_seq + 1:
+                if self.busy_replies > 0:
+                    self.busy_replies -= 1
+                    return CommandRefused(self.serial, q, cjt188.DI_WRITE_PURCHASE, MeterErrorCode.BUSY)
+                if self._is_gap(message.purchase_seq):
                     return CommandRefused(self.serial, q, cjt188.DI_WRITE_PURCHASE, MeterErrorCode.SEQUENCE_GAP)
                 self.apply_purchase(message.purchase_seq, message.volume_litres)
                 return PurchaseAck(self.serial, q, self.applied_seq, self.credit_litres)

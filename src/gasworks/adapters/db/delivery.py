@@ -15,9 +15,11 @@ from gasworks.domain.delivery import (
     CommandEvent,
     CommandKind,
     CommandState,
+    AlertKind,
     LinkState,
     MeterCommand,
     MeterLink,
+    MeterModel,
 )
 from gasworks.domain.tariffs import Tariff, Tier
 
@@ -26,7 +28,7 @@ METER_WORK_CHANNEL = "gasworks_meter_work"  # PostgreSQL LISTEN/NOTIFY channel: 
 _LINK_COLUMNS = (
     "purchase_seq_issued", "tier_year", "litres_bought_tier_year", "applied_seq", "last_report_at", "awake_until",
     "credit_litres", "cumulative_litres", "valve_open", "battery_mv", "alarms", "reopen_needs_button", "card_no",
-    "card_purchase_seq",
+    "card_purchase_seq", "model", "last_report_clock", "valve_reasons",
 )  # fmt: skip
 
 
@@ -35,7 +37,8 @@ class Meters:
         self.c = c
 
     def _select(self, *, lock: bool, skip_locked: bool = False):  # noqa: ANN202
-        query = select(t.meters)
+        bytes_ = select(t.meter_models.c.purchase_seq_bytes).where(t.meter_models.c.name == t.meters.c.model).scalar_subquery()
+        query = select(t.meters, bytes_.label("purchase_seq_bytes"))
         if lock and self.c.dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=skip_locked)
         return query
@@ -93,6 +96,18 @@ class Meters:
         )
         return [r.serial for r in rows]
 
+    def set_reopen_needs_button(self, *, serial: str | None = None, model: str | None = None, value: bool) -> int:
+        """For one meter, or for every meter of a model; returns how many meters changed."""
+        query = update(t.meters).values(reopen_needs_button=value)
+        query = query.where(t.meters.c.serial == serial) if serial is not None else query.where(t.meters.c.model == model)
+        return self.c.execute(query).rowcount
+
+    def claimed_beyond_issued(self, limit: int) -> list[tuple[str, int, int]]:
+        """(serial, applied, issued) for meters whose applied serial is above what was ever issued."""
+        m = t.meters
+        rows = self.c.execute(select(m.c.serial, m.c.applied_seq, m.c.purchase_seq_issued).where(m.c.applied_seq > m.c.purchase_seq_issued).limit(limit))
+        return [(r.serial, r.applied_seq, r.purchase_seq_issued) for r in rows]
+
     def count_by_link_state(self) -> dict[str, int]:
         rows = self.c.execute(
             select(t.meters.c.link_state, func.count()).where(t.meters.c.kind == MeterKind.IOT.value).group_by(t.meters.c.link_state)
@@ -106,8 +121,33 @@ def _link(row: Any) -> MeterLink:
         account_no=row.account_no,
         kind=MeterKind(row.kind),
         link_state=LinkState(row.link_state),
+        seq_modulus=MeterModel("", row.purchase_seq_bytes).seq_modulus if row.purchase_seq_bytes else None,
         **{name: getattr(row, name) for name in _LINK_COLUMNS},
     )
+
+
+class MeterModels:
+    def __init__(self, c: Connection) -> None:
+        self.c = c
+
+    def add(self, model: MeterModel, at: datetime) -> bool:
+        inserted = self.c.execute(
+            insert_unless_taken(self.c, t.meter_models)
+            .values(name=model.name, purchase_seq_bytes=model.purchase_seq_bytes, reopen_needs_button=model.reopen_needs_button, created_at=at)
+            .returning(t.meter_models.c.name)
+        ).first()
+        return inserted is not None
+
+    def get(self, name: str) -> MeterModel | None:
+        row = self.c.execute(select(t.meter_models).where(t.meter_models.c.name == name)).first()
+        return MeterModel(row.name, row.purchase_seq_bytes, row.reopen_needs_button) if row else None
+
+    def set_reopen_needs_button(self, name: str, value: bool) -> None:
+        self.c.execute(update(t.meter_models).where(t.meter_models.c.name == name).values(reopen_needs_button=value))
+
+    def list(self) -> list[MeterModel]:
+        rows = self.c.execute(select(t.meter_models).order_by(t.meter_models.c.name))
+        return [MeterModel(r.name, r.purchase_seq_bytes, r.reopen_needs_button) for r in rows]
 
 
 class Tariffs:
@@ -246,6 +286,22 @@ class MeterCommands:
         )
         return [_command(r) for r in rows]
 
+    def applied_without_proof(self, limit: int) -> list[tuple[str, int, int, int]]:
+        """Applied credit orders their meter's record does not cover: (serial, purchase serial,
+        meter's applied serial, highest issued). Every applied purchase must be at or below both."""
+        mc, m = t.meter_commands, t.meters
+        rows = self.c.execute(
+            select(mc.c.meter_serial, mc.c.purchase_seq, m.c.applied_seq, m.c.purchase_seq_issued)
+            .join(m, m.c.serial == mc.c.meter_serial)
+            .where(
+                mc.c.kind == CommandKind.CREDIT.value, mc.c.state == CommandState.APPLIED.value,
+                or_(mc.c.purchase_seq > m.c.applied_seq, mc.c.purchase_seq > m.c.purchase_seq_issued),
+            )
+            .order_by(mc.c.meter_serial, mc.c.purchase_seq)
+            .limit(limit)
+        )  # fmt: skip
+        return [(r.meter_serial, r.purchase_seq, r.applied_seq, r.purchase_seq_issued) for r in rows]
+
     def meters_with_due_expiry(self, now: datetime, limit: int) -> list[str]:
         mc = t.meter_commands
         rows = self.c.execute(
@@ -383,14 +439,25 @@ class Alert:
     reason: str
     raised_at: datetime
     cleared_at: datetime | None
+    resolved_by: str | None = None
+    resolution: str | None = None
+
+    @property
+    def cleared_by(self) -> str:
+        """What clears an alert of this kind, in words."""
+        try:
+            return AlertKind(self.kind).cleared_by.value
+        except ValueError:
+            return "a person's recorded resolution"
 
 
 class Alerts:
     def __init__(self, c: Connection) -> None:
         self.c = c
 
-    def raise_once(self, *, kind: str, subject: str, reason: str, at: datetime) -> bool:
+    def raise_once(self, *, kind: AlertKind | str, subject: str, reason: str, at: datetime) -> bool:
         """Open an alert unless one is open for the same kind and subject; True if it is new."""
+        kind = str(kind)
         inserted = self.c.execute(
             insert_unless_taken(self.c, t.alerts)
             .values(kind=kind, subject=subject, reason=reason[:500], raised_at=at, open_key=f"{kind}:{subject}")
@@ -398,10 +465,20 @@ class Alerts:
         ).first()
         return inserted is not None
 
-    def clear(self, *, kind: str, subject: str, at: datetime) -> int:
+    def clear(self, *, kind: AlertKind | str, subject: str, at: datetime, resolved_by: str | None = None, resolution: str | None = None) -> int:
         return self.c.execute(
-            update(t.alerts).where(t.alerts.c.open_key == f"{kind}:{subject}").values(cleared_at=at, open_key=None)
+            update(t.alerts)
+            .where(t.alerts.c.open_key == f"{kind}:{subject}")
+            .values(cleared_at=at, open_key=None, resolved_by=resolved_by, resolution=resolution[:300] if resolution else None)
         ).rowcount
+
+    def get(self, alert_id: int) -> Alert | None:
+        row = self.c.execute(select(t.alerts).where(t.alerts.c.id == alert_id)).first()
+        return _alert(row) if row else None
+
+    def open_of_kind(self, kind: AlertKind | str, limit: int) -> list[Alert]:
+        rows = self.c.execute(select(t.alerts).where(t.alerts.c.kind == str(kind), t.alerts.c.cleared_at.is_(None)).order_by(t.alerts.c.id).limit(limit))
+        return [_alert(r) for r in rows]
 
     def list(self, *, limit: int, open_only: bool = True, subject: str | None = None) -> list[Alert]:
         query = select(t.alerts).order_by(t.alerts.c.id.desc()).limit(limit)
@@ -409,11 +486,15 @@ class Alerts:
             query = query.where(t.alerts.c.cleared_at.is_(None))
         if subject:
             query = query.where(t.alerts.c.subject == subject)
-        return [Alert(r.id, r.kind, r.subject, r.reason, r.raised_at, r.cleared_at) for r in self.c.execute(query)]
+        return [_alert(r) for r in self.c.execute(query)]
 
     def count_open_by_kind(self) -> dict[str, int]:
         rows = self.c.execute(select(t.alerts.c.kind, func.count()).where(t.alerts.c.cleared_at.is_(None)).group_by(t.alerts.c.kind))
         return {kind: int(n) for kind, n in rows}
+
+
+def _alert(r: Any) -> Alert:
+    return Alert(r.id, r.kind, r.subject, r.reason, r.raised_at, r.cleared_at, r.resolved_by, r.resolution)
 
 
 class SiteSecrets:

@@ -101,6 +101,20 @@ meters = Table(
     # Card meters: the card in use and the last purchase serial written to it.
     Column("card_no", String(20), unique=True),
     Column("card_purchase_seq", Integer, nullable=False, server_default="0"),
+    # Its model (serial width, valve reopening); the meter clock of the newest report taken (naive,
+    # as the meter keeps it); why gasworks wants its valve closed (ValveReason bits).
+    Column("model", String(40)),
+    Column("last_report_clock", DateTime),
+    Column("valve_reasons", Integer, nullable=False, server_default="0"),
+)
+
+meter_models = Table(
+    "meter_models",
+    metadata,
+    Column("name", String(40), primary_key=True),
+    Column("purchase_seq_bytes", Integer, nullable=False, server_default="4"),
+    Column("reopen_needs_button", Boolean, nullable=False, server_default=false()),
+    Column("created_at", UtcDateTime, nullable=False),
 )
 
 channels = Table(
@@ -327,6 +341,9 @@ alerts = Table(
     Column("cleared_at", UtcDateTime),
     # kind:subject while the alert is open, NULL once cleared: one open alert per thing at a time.
     Column("open_key", String(130), unique=True),
+    # A person's recorded resolution, when a person cleared it (also in the audit log).
+    Column("resolved_by", String(120)),
+    Column("resolution", String(300)),
 )
 
 site_secrets = Table(

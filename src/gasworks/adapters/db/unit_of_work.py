@@ -45,6 +45,7 @@ class SqlUnitOfWork:
         self.api_keys = repos.ApiKeys(c)
         self.audit = repos.AuditLog(c)
         self.meters = delivery_repos.Meters(c)
+        self.meter_models = delivery_repos.MeterModels(c)
         self.tariffs = delivery_repos.Tariffs(c)
         self.meter_commands = delivery_repos.MeterCommands(c)
         self.kiosks = delivery_repos.Kiosks(c)

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from gasworks.adapters.db.delivery import Kiosk
 from gasworks.adapters.db.repositories import ApiKeyRecord
 from gasworks.bootstrap import System
-from gasworks.domain.delivery import CommandState
+from gasworks.domain.delivery import CommandState, MeterModel
 from gasworks.domain.errors import InvalidInput, NotFound
 from gasworks.entrypoints.api import delivery_schemas as d
 from gasworks.entrypoints.api import schemas as s
@@ -69,6 +69,42 @@ def delivery_routes(system: System, caller: Callable[..., Callable[..., ApiKeyRe
                 raise NotFound(f"no meter {serial[:20]!r}", code="METER_NOT_FOUND")
             return d.MeterOut.of(link, uow.meter_commands.for_meter(serial))
 
+    @router.patch("/v1/meters/{serial}", tags=["meters"], response_model=d.MeterOut)
+    def set_meter(serial: str, body: d.MeterSettingsIn, who: ApiKeyRecord = Depends(caller(Role.OPERATOR))) -> d.MeterOut:
+        """A meter's model (its serial width and button setting come with it) and whether its valve needs the resident's button to reopen."""
+        delivery.set_meter(serial, new_uow(), actor=actor_of(who), model=body.model, reopen_needs_button=body.reopen_needs_button)
+        return get_meter(serial, who)
+
+    @router.post("/v1/meters/{serial}/valve/close", tags=["meters"], response_model=d.MeterOut)
+    def close_valve(serial: str, body: d.ValveCloseIn, who: ApiKeyRecord = Depends(caller(Role.OPERATOR))) -> d.MeterOut:
+        """Close a valve for arrears, a hazard stop or another reason; it reopens only when every reason is cleared."""
+        delivery.close_valve(serial, body.reason, new_uow(), actor=actor_of(who), note=body.note)
+        return get_meter(serial, who)
+
+    @router.post("/v1/meters/{serial}/valve/resolutions", tags=["meters"], response_model=d.MeterOut)
+    def resolve_valve(serial: str, body: d.ValveResolutionIn, who: ApiKeyRecord = Depends(caller(Role.OPERATOR))) -> d.MeterOut:
+        """A technician's (or operator's) recorded resolution of one reason the valve is closed; audited."""
+        delivery.resolve_valve_reason(serial, body.reason, new_uow(), actor=actor_of(who), note=body.note)
+        return get_meter(serial, who)
+
+    @router.get("/v1/meter-models", tags=["meters"], response_model=list[d.MeterModelOut])
+    def list_meter_models(who: ApiKeyRecord = Depends(caller(*READERS))) -> list[d.MeterModelOut]:
+        with new_uow() as uow:
+            return [d.MeterModelOut.of(m) for m in uow.meter_models.list()]
+
+    @router.post("/v1/meter-models", tags=["meters"], response_model=d.MeterModelOut, status_code=201)
+    def add_meter_model(body: d.MeterModelIn, who: ApiKeyRecord = Depends(caller(Role.OPERATOR))) -> d.MeterModelOut:
+        return d.MeterModelOut.of(delivery.add_meter_model(MeterModel(**body.model_dump()), new_uow(), actor=actor_of(who)))
+
+    @router.patch("/v1/meter-models/{name}", tags=["meters"], response_model=d.MeterModelOut)
+    def set_meter_model(name: str, body: d.MeterModelSettingsIn, who: ApiKeyRecord = Depends(caller(Role.OPERATOR))) -> d.MeterModelOut:
+        """Every meter of the model follows (a single meter can be set otherwise afterwards)."""
+        changed = delivery.set_model_reopen_needs_button(name, body.reopen_needs_button, new_uow(), actor=actor_of(who))
+        with new_uow() as uow:
+            model = uow.meter_models.get(name)
+        assert model is not None
+        return d.MeterModelOut.of(model, changed)
+
     @router.get("/v1/commands", tags=["meters"], response_model=list[d.CommandOut])
     def list_commands(
         state: list[str] = Query(default=[]), meter_serial: str | None = None,
@@ -108,6 +144,11 @@ def delivery_routes(system: System, caller: Callable[..., Callable[..., ApiKeyRe
         """Deliveries and meters that need a person: expired or refused commands, late purchases, offline meters, alarms."""
         with new_uow() as uow:
             return [d.AlertOut.of(a) for a in uow.alerts.list(limit=limit, open_only=open_only, subject=subject)]
+
+    @router.post("/v1/alerts/{alert_id}/resolution", tags=["meters"], response_model=d.AlertOut)
+    def resolve_alert(alert_id: RowId, body: d.AlertResolutionIn, who: ApiKeyRecord = Depends(caller(Role.OPERATOR))) -> d.AlertOut:
+        """A person's recorded resolution closes an alert only a person can close (see its cleared_by); audited."""
+        return d.AlertOut.of(delivery.resolve_alert(alert_id, new_uow(), actor=actor_of(who), note=body.note))
 
     # --- tariffs and kiosks ---------------------------------------------------------------------
 

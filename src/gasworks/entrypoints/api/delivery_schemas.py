@@ -6,7 +6,7 @@ from pydantic import BaseModel, Field, StrictInt
 
 from gasworks.adapters.db.delivery import Alert, Kiosk
 from gasworks.domain.accounts import CustomerClass
-from gasworks.domain.delivery import MeterCommand, MeterLink
+from gasworks.domain.delivery import MeterCommand, MeterLink, MeterModel, valve_reason_names
 from gasworks.domain.tariffs import Tariff, milli_fen_to_price_text
 from gasworks.entrypoints.api.schemas import PaymentOut, Strict
 from gasworks.services.timeline import Text, Timeline
@@ -90,7 +90,7 @@ class DeliveryStepOut(BaseModel):
 
 
 class DeliveryOut(BaseModel):
-    status: str = Field(description="HELD, REFUND_REQUESTED, REFUNDED, REVERSED, ARREARS, ON_BALANCE, WAITING_FOR_METER, SENT_TO_METER, WAITING_FOR_CARD, CARD_WRITTEN, GAS_AVAILABLE or STUCK")
+    status: str = Field(description="HELD, REFUND_REQUESTED, REFUNDED, REVERSED, ARREARS, ON_BALANCE, WAITING_FOR_METER, SENT_TO_METER, WAITING_FOR_CARD, CARD_WRITTEN, GAS_AVAILABLE, CLOSED_FOR_SAFETY or STUCK")
     headline: TextOut
     next_step: TextOut | None
     steps: list[DeliveryStepOut]
@@ -129,15 +129,59 @@ class MeterOut(BaseModel):
     reopen_needs_button: bool
     card_no: str | None
     card_purchase_seq: int
+    model: str | None = None
+    last_report_clock: datetime | None = Field(None, description="the meter's own clock in the newest report taken (as the meter keeps it)")
+    valve_reasons: list[str] = Field(default_factory=list, description="why gasworks keeps the valve closed: credit, arrears, leak_or_tamper, hazard_stop, operator")
     open_commands: list[CommandOut]
 
     @classmethod
     def of(cls, m: MeterLink, commands: list[MeterCommand]) -> "MeterOut":
         return cls(
             **{k: getattr(m, k) for k in ("serial", "account_no", "last_report_at", "purchase_seq_issued", "applied_seq", "credit_litres", "cumulative_litres",
-                                          "valve_open", "battery_mv", "alarms", "reopen_needs_button", "card_no", "card_purchase_seq")},
+                                          "valve_open", "battery_mv", "alarms", "reopen_needs_button", "card_no", "card_purchase_seq", "model", "last_report_clock")},
             kind=m.kind.value, link_state=m.link_state.value, open_commands=[CommandOut.of(c) for c in commands],
+            valve_reasons=valve_reason_names(m.valve_reasons),
         )  # fmt: skip
+
+
+class MeterSettingsIn(Strict):
+    model: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,40}$")
+    reopen_needs_button: bool | None = None
+
+
+class MeterModelIn(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,40}$")
+    purchase_seq_bytes: int = Field(4, description="1: the purchase serial wraps at 255 (money meters' 0xA013); 4: BCD, no wrap")
+    reopen_needs_button: bool = False
+
+
+class MeterModelSettingsIn(Strict):
+    reopen_needs_button: bool
+
+
+class MeterModelOut(BaseModel):
+    name: str
+    purchase_seq_bytes: int
+    reopen_needs_button: bool
+    meters_changed: int | None = None
+
+    @classmethod
+    def of(cls, m: MeterModel, meters_changed: int | None = None) -> "MeterModelOut":
+        return cls(name=m.name, purchase_seq_bytes=m.purchase_seq_bytes, reopen_needs_button=m.reopen_needs_button, meters_changed=meters_changed)
+
+
+class ValveCloseIn(Strict):
+    reason: str = Field(pattern=r"^(arrears|hazard_stop|operator)$")
+    note: str = Field(min_length=1, max_length=200)
+
+
+class ValveResolutionIn(Strict):
+    reason: str = Field(pattern=r"^(arrears|leak_or_tamper|hazard_stop|operator)$", description="the reason cleared; a leak or a hazard stop by a technician's resolution")
+    note: str = Field(min_length=1, max_length=200, description="what the technician or operator found and did")
+
+
+class AlertResolutionIn(Strict):
+    note: str = Field(min_length=1, max_length=200)
 
 
 class CardReadIn(Strict):
@@ -244,10 +288,13 @@ class AlertOut(BaseModel):
     reason: str
     raised_at: datetime
     cleared_at: datetime | None
+    cleared_by: str = Field(description="what clears an alert of this kind")
+    resolved_by: str | None = None
+    resolution: str | None = None
 
     @classmethod
     def of(cls, a: Alert) -> "AlertOut":
-        return cls(**a.__dict__)
+        return cls(**a.__dict__, cleared_by=a.cleared_by)
 
 
 class OperatorActionIn(Strict):

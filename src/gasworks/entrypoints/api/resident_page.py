@@ -23,7 +23,7 @@ li:before{content:"";position:absolute;left:-.45rem;top:.75rem;width:.8rem;heigh
 li.done{border-color:#0a7d32}li.done:before{background:#0a7d32}.time{color:#6b7280;font-size:.85rem}
 """
 
-_TONE = {Status.GAS_AVAILABLE: "ok", Status.STUCK: "bad", Status.HELD: "bad"}
+_TONE = {Status.GAS_AVAILABLE: "ok", Status.STUCK: "bad", Status.HELD: "bad", Status.CLOSED_FOR_SAFETY: "bad"}
 
 
 def _both(text: Text, tag: str = "p") -> str:

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from gasworks.adapters.db.delivery import Kiosk
 from gasworks.domain.accounts import CustomerClass
-from gasworks.domain.delivery import CommandState
+from gasworks.domain.delivery import CommandState, MeterModel, valve_reason_names
 from gasworks.domain.errors import InvalidInput, NotFound
 from gasworks.domain.meter_security import DEFAULT_METER_MODEL
 from gasworks.domain.tariffs import milli_fen_to_price_text
@@ -24,6 +24,8 @@ tariffs_app = typer.Typer(help="Tiered tariffs: versions with effective dates, p
 kiosks_app = typer.Typer(help="Kiosks and counters where card meters' purchases are written.", no_args_is_help=True)
 meters_app = typer.Typer(help="Meters' delivery state and keys.", no_args_is_help=True)
 commands_app = typer.Typer(help="Meter commands (credit orders, valve): list, reissue, cancel.", no_args_is_help=True)
+models_app = typer.Typer(help="Meter models: purchase serial width, whether the valve needs the resident's button.", no_args_is_help=True)
+alerts_app = typer.Typer(help="Alerts: list them (each says what clears it), resolve the ones a person must.", invoke_without_command=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -31,7 +33,10 @@ def register(app: typer.Typer) -> None:
 
     app.command()(demo)
     app.command()(worker)
-    app.command()(alerts)
+    alerts_app.callback()(alerts)
+    alerts_app.command("resolve")(alerts_resolve)
+    app.add_typer(alerts_app, name="alerts")
+    meters_app.add_typer(models_app, name="models")
     app.add_typer(tariffs_app, name="tariffs")
     app.add_typer(kiosks_app, name="kiosks")
     app.add_typer(meters_app, name="meters")
@@ -80,14 +85,26 @@ def worker(
 
 
 @cli_errors
-def alerts(database_url: DatabaseUrl = None, all_: Annotated[bool, typer.Option("--all", help="Cleared ones too.")] = False, limit: int = 100) -> None:
-    """Open alerts: late or stuck purchases, offline meters, alarms."""
+def alerts(
+    ctx: typer.Context, database_url: DatabaseUrl = None, all_: Annotated[bool, typer.Option("--all", help="Cleared ones too.")] = False, limit: int = 100,
+) -> None:  # fmt: skip
+    """Open alerts: late or stuck purchases, offline meters, alarms, claims beyond what was issued."""
+    if ctx.invoked_subcommand is not None:
+        return
     with system(database_url).new_uow() as uow:
         found = uow.alerts.list(limit=limit, open_only=not all_)
-    table = Table("raised (UTC)", "kind", "subject", "reason", "cleared")
+    table = Table("id", "raised (UTC)", "kind", "subject", "reason", "cleared by", "cleared")
     for a in found:
-        table.add_row(a.raised_at.isoformat(timespec="seconds"), a.kind, a.subject, a.reason, a.cleared_at.isoformat(timespec="seconds") if a.cleared_at else "")
+        cleared = f"{a.cleared_at.isoformat(timespec='seconds')}{f' by {a.resolved_by}: {a.resolution}' if a.resolved_by else ''}" if a.cleared_at else ""
+        table.add_row(str(a.id), a.raised_at.isoformat(timespec="seconds"), a.kind, a.subject, a.reason, a.cleared_by, cleared)
     out.print(table)
+
+
+@cli_errors
+def alerts_resolve(alert_id: int, note: Annotated[str, typer.Option(help="What was found and done (audited).")], database_url: DatabaseUrl = None) -> None:
+    """Record a person's resolution of an alert only a person can clear."""
+    alert = delivery.resolve_alert(alert_id, system(database_url).new_uow(), actor=cli_actor(), note=note)
+    out.print(f"alert {alert.id} ({alert.kind} {alert.subject}) resolved")
 
 
 @tariffs_app.command("add")
@@ -169,6 +186,8 @@ def meters_show(serial: str, database_url: DatabaseUrl = None) -> None:
         commands = uow.meter_commands.for_meter(serial)
     out.print(f"meter {link.serial} ({link.kind.value}) account {link.account_no}: {link.link_state.value}, last report {link.last_report_at or 'never'}")
     out.print(f"purchases issued #{link.purchase_seq_issued}, applied #{link.applied_seq}; credit {link.credit_litres} L; valve {'open' if link.valve_open else 'closed' if link.valve_open is False else '?'}")
+    reasons = ", ".join(valve_reason_names(link.valve_reasons)) or "none"
+    out.print(f"model {link.model or '-'}; valve kept closed for: {reasons}; reopening needs the resident's button: {'yes' if link.reopen_needs_button else 'no'}")
     _commands_table(commands)
 
 
@@ -222,6 +241,81 @@ def meters_finish_rotation(serial: str, database_url: DatabaseUrl = None) -> Non
     """The meter holds the new key (confirmed on site): refuse the old version from now on."""
     version = meter_keys.finish_rotation(serial, system(database_url).new_uow(), actor=cli_actor())
     out.print(f"meter {serial}: key v{version} active, older versions refused")
+
+
+@meters_app.command("set")
+@cli_errors
+def meters_set(
+    serial: str,
+    model: Annotated[str | None, typer.Option(help="The meter's model (see `gasworks meters models`); its button setting comes with it.")] = None,
+    reopen_needs_button: Annotated[
+        bool | None, typer.Option("--reopen-needs-button/--no-reopen-needs-button", help="The resident presses the meter's button to reopen the valve.")
+    ] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Set a meter's model and whether its valve needs the resident's button to reopen."""
+    link = delivery.set_meter(serial, system(database_url).new_uow(), actor=cli_actor(), model=model, reopen_needs_button=reopen_needs_button)
+    out.print(f"meter {link.serial}: model {link.model or '-'}, reopening needs the button: {'yes' if link.reopen_needs_button else 'no'}")
+
+
+@meters_app.command("close-valve")
+@cli_errors
+def meters_close_valve(
+    serial: str,
+    reason: Annotated[str, typer.Option(help="arrears, hazard_stop or operator")],
+    note: Annotated[str, typer.Option(help="Why, in words (audited).")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Close a meter's valve; it reopens only when every reason is cleared."""
+    link = delivery.close_valve(serial, reason, system(database_url).new_uow(), actor=cli_actor(), note=note)
+    out.print(f"meter {link.serial}: valve kept closed for {', '.join(valve_reason_names(link.valve_reasons))}")
+
+
+@meters_app.command("resolve")
+@cli_errors
+def meters_resolve(
+    serial: str,
+    reason: Annotated[str, typer.Option(help="leak_or_tamper or hazard_stop (a technician's resolution), arrears or operator")],
+    note: Annotated[str, typer.Option(help="What the technician found and did (audited).")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Record the resolution of one reason a meter's valve is closed; it reopens when none is left."""
+    link = delivery.resolve_valve_reason(serial, reason, system(database_url).new_uow(), actor=cli_actor(), note=note)
+    out.print(f"meter {link.serial}: valve kept closed for {', '.join(valve_reason_names(link.valve_reasons)) or 'nothing any more'}")
+
+
+@models_app.command("add")
+@cli_errors
+def models_add(
+    name: str,
+    serial_bytes: Annotated[int, typer.Option(help="1: the purchase serial wraps at 255; 4: BCD, no wrap.")] = 4,
+    reopen_needs_button: Annotated[bool, typer.Option(help="The resident presses the meter's button to reopen the valve.")] = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    model = delivery.add_meter_model(MeterModel(name, serial_bytes, reopen_needs_button), system(database_url).new_uow(), actor=cli_actor())
+    out.print(f"meter model {model.name} added")
+
+
+@models_app.command("set")
+@cli_errors
+def models_set(
+    name: str,
+    reopen_needs_button: Annotated[bool, typer.Option("--reopen-needs-button/--no-reopen-needs-button", help="Every meter of the model follows.")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    changed = delivery.set_model_reopen_needs_button(name, reopen_needs_button, system(database_url).new_uow(), actor=cli_actor())
+    out.print(f"meter model {name}: reopening needs the button: {'yes' if reopen_needs_button else 'no'} ({changed} meters)")
+
+
+@models_app.command("list")
+@cli_errors
+def models_list(database_url: DatabaseUrl = None) -> None:
+    with system(database_url).new_uow() as uow:
+        found = uow.meter_models.list()
+    table = Table("model", "serial bytes", "reopen needs button")
+    for m in found:
+        table.add_row(m.name, str(m.purchase_seq_bytes), "yes" if m.reopen_needs_button else "no")
+    out.print(table)
 
 
 def _commands_table(commands: list) -> None:
