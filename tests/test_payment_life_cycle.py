@@ -1,6 +1,7 @@
 """A payment owns its life cycle: every decision about its money is a legal transition, posted once,
 and `gasworks check` proves each payment's state against its money."""
 
+import sqlite3
 import threading
 from datetime import date, timedelta
 
@@ -212,3 +213,106 @@ def test_a_requested_refund_is_confirmed_by_the_refund_line_in_the_channels_stat
         assert uow.payments.get(held.payment_id).state == PaymentState.REFUNDED
         assert uow.ledger.entries_sum_fen(REFUNDS) == 0
     assert report.verdict == "repaired" and check_ledger(system.new_uow()).ok
+
+
+def test_check_finds_money_on_another_account_and_transactions_of_a_deleted_payment(books):
+    system = books
+    moved = pay(system, "WO-M-1", 5_000)
+    gone = pay(system, "WO-M-2", 3_000, account_no="9999999999")
+    assert check_ledger(system.new_uow()).ok
+    with system.engine.begin() as c:  # behind the life cycle's back: the payment now names another account
+        c.execute(update(t.payments).where(t.payments.c.id == moved.payment_id).values(account_no=OTHER_ACCOUNT_NO))
+    findings = {(f.code, f.subject) for f in check_ledger(system.new_uow()).findings}
+    assert ("PAYMENT_MONEY_NOT_WHERE_STATE_SAYS", f"payment {moved.payment_id}") in findings
+    if system.engine.dialect.name == "postgresql":  # refused outright: its timeline refers to it
+        with pytest.raises(IntegrityError), system.engine.begin() as c:
+            c.execute(t.payments.delete().where(t.payments.c.id == gone.payment_id))
+        return
+    shell = sqlite3.connect(system.engine.url.database)  # the sqlite3 shell: foreign keys off by default
+    with shell:
+        shell.execute("DELETE FROM payments WHERE id = ?", (gone.payment_id,))
+    shell.close()
+    findings = {f.code for f in check_ledger(system.new_uow()).findings}
+    assert "MONEY_MOVED_FOR_NO_PAYMENT" in findings
+
+
+def test_a_statement_line_that_cannot_be_booked_leaves_the_day_unclean_and_the_rest_reconciled(books):
+    """Found from outside: a line reusing a known transaction id with other content aborted the run
+    after booking earlier lines, and the day could never be reconciled; a held repair said "repaired"."""
+    system = books
+    day = system.clock.now().date()
+    known = pay(system, "WO-K-1", 100)
+    with system.engine.begin() as c:  # booked long before this statement's days
+        c.execute(update(t.payments).where(t.payments.c.id == known.payment_id).values(received_at=system.clock.now() - timedelta(days=30)))
+    lines = [("WO-NEW-1", ACCOUNT_NO, 400), ("WO-K-1", OTHER_ACCOUNT_NO, 100), ("WO-NEW-2", "9999999999", 700)]
+    imported = reconciliation.import_statement(channel_id="wo-wallet", statement_date=day, filename="s.csv", raw=plain_statement(lines, day), uow=system.new_uow(), actor="test")
+    report = reconciliation.reconcile(file_id=imported.file_id, uow_factory=system.new_uow, actor="test")
+    by_txn = {d.channel_txn_id: d for d in report.discrepancies}
+    assert by_txn["WO-NEW-1"].state == "repaired"
+    assert by_txn["WO-K-1"].state == "open" and "TXN_ID_CONFLICT" in by_txn["WO-K-1"].detail
+    assert by_txn["WO-NEW-2"].state == "open" and "decide the hold" in by_txn["WO-NEW-2"].detail
+    assert report.verdict == "unclean"
+    with system.new_uow() as uow:
+        assert uow.payments.get_by_channel_txn("wo-wallet", "WO-NEW-2").state == PaymentState.HELD
+    closed = reconciliation.decide(by_txn["WO-NEW-2"].id, "accept", "hold credited after a call", system.new_uow(), actor="op")
+    assert closed.state == "resolved"
+    assert check_ledger(system.new_uow()).ok
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [(",4301000001,100,", "transaction id"), ("WO-BIG,4301000001,18446744073709551616,", "beyond any real payment"), ("WO-BIG,4301000001,10000000001,", "beyond any real payment")],
+)
+def test_a_statement_line_without_a_transaction_or_with_impossible_money_refuses_the_file(books, line, reason):
+    system = books
+    day = system.clock.now().date()
+    amount = int(line.split(",")[2])
+    raw = f"txn_id,account_no,amount_fen,paid_at,status\n{line}{day}T10:00:00+08:00,SUCCESS\n# total,1,{amount}\n".encode()
+    with pytest.raises(GasworksError) as refused:
+        reconciliation.import_statement(channel_id="wo-wallet", statement_date=day, filename="s.csv", raw=raw, uow=system.new_uow(), actor="test")
+    assert "line 2" in refused.value.message and reason in refused.value.message
+    with system.new_uow() as uow:
+        assert uow.statements.find("wo-wallet", day, __import__("hashlib").sha256(raw).hexdigest()) is None
+
+
+def test_a_refund_is_confirmed_only_when_one_was_requested_and_external_only_when_none_was(books):
+    system = books
+    booked = pay(system, "WO-F-1", 2_000)
+    with pytest.raises(IllegalTransition) as refused:
+        holds.confirm_refund(booked.payment_id, evidence="x", uow=system.new_uow(), actor="op")
+    assert refused.value.code == "REFUND_NOT_REQUESTED"
+    held = pay(system, "WO-F-2", 2_000, account_no="9999999999")
+    holds.decide_hold(held.payment_id, holds.HoldDecision.REFUND, reason="unknown", uow=system.new_uow(), actor="op")
+    with pytest.raises(IllegalTransition) as refused:
+        holds.record_external_refund(held.payment_id, evidence="x", uow=system.new_uow(), actor="op")
+    assert refused.value.code == "REFUND_REQUESTED_CONFIRM_IT"
+    assert ledger_kinds(system, booked.payment_id) == [TransactionKind.PAYMENT_BOOKED, TransactionKind.PURCHASE]
+    assert check_ledger(system.new_uow()).ok
+
+
+@pytest.mark.postgres
+def test_racing_decisions_on_one_payment_answer_409_never_500(postgres_only_url, clock):
+    from tests.conftest import make_system
+
+    system = make_system(postgres_only_url, clock)
+    set_up(system)
+    booked = pay(system, "WO-RACE-1", 6_000)
+    start, answers = threading.Barrier(6), []
+
+    def refund() -> None:
+        start.wait()
+        try:
+            answers.append(holds.record_external_refund(booked.payment_id, evidence="statement", uow=system.new_uow(), actor="op").state)
+        except GasworksError as refused:
+            answers.append(refused.code)
+
+    threads = [threading.Thread(target=refund) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert answers.count(PaymentState.REFUNDED) == 1 and len(answers) == 6
+    assert set(answers) - {PaymentState.REFUNDED} <= {"PAYMENT_ALREADY_REFUNDED", "PAYMENT_DECIDED_MEANWHILE"}
+    assert ledger_kinds(system, booked.payment_id).count(TransactionKind.REFUND_EXTERNAL) == 1
+    assert check_ledger(system.new_uow()).ok
+    system.engine.dispose()

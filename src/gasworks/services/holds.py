@@ -61,6 +61,10 @@ def confirm_refund(payment_id: str, *, evidence: str, uow: UnitOfWork, actor: st
     with uow:
         now = uow.clock.now()
         payment = require_payment(uow, payment_id)
+        if payment.state == PaymentState.REFUNDED:
+            raise already_decided(payment, PaymentState.REFUNDED)
+        if payment.state != PaymentState.REFUND_REQUESTED:  # nothing was asked of the channel: not a confirmation
+            raise IllegalTransition(f"payment {payment.id} is {payment.state}: no refund was requested to confirm", code="REFUND_NOT_REQUESTED")
         why = evidence.strip()[:200]
         settle(uow, payment, PaymentState.REFUNDED, at=now, note=f"refund confirmed by {payment.channel_id}: {why}", actor=actor, action="refund.confirmed", detail={"evidence": why})
         uow.commit()
@@ -77,6 +81,8 @@ def record_external_refund(payment_id: str, *, evidence: str, uow: UnitOfWork, a
     with uow:
         now = uow.clock.now()
         payment = require_payment(uow, payment_id)
+        if payment.state == PaymentState.REFUND_REQUESTED:
+            raise IllegalTransition(f"payment {payment.id} has a refund requested: confirm it instead", code="REFUND_REQUESTED_CONFIRM_IT")
         if payment.state in (PaymentState.BOOKED, PaymentState.ADJUSTED) and payment.account_no:
             uow.meters.get_for_account(payment.account_no, lock=True)  # the meter first, as everywhere
         why = evidence.strip()[:200]

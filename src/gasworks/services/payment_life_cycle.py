@@ -49,11 +49,13 @@ def settle(
     before, saved = payment.state, len(payment.events)
     if (before, state) not in TRANSITIONS:
         raise already_decided(payment, state)
-    held_fen = uow.ledger.payment_net_fen(payment.id) if amount_fen is None else amount_fen
-    txn = payment.settle(state, at=at, note=note, amount_fen=held_fen, account_no=account_no)
+    # Compare and set first: from here the payment's row is ours until commit, so what its
+    # transactions hold cannot change under us (another decision waits, then finds it moved on).
     if not uow.payments.transition(payment.id, before, state):
         fresh = uow.payments.get(payment.id)
         raise already_decided(fresh or payment, state)
+    held_fen = uow.ledger.payment_net_fen(payment.id) if amount_fen is None else amount_fen
+    txn = payment.settle(state, at=at, note=note, amount_fen=held_fen, account_no=account_no)
     txn_id = uow.ledger.post_once(txn)
     if txn_id is None:  # another operator's transaction won the unique index meanwhile
         fresh = uow.payments.get(payment.id)

@@ -25,7 +25,7 @@ import structlog
 from gasworks.adapters.db.reconciliation import Discrepancy
 from gasworks.adapters.statements import read_statement
 from gasworks.domain.channels import Channel, ChannelKind, PaymentNotice
-from gasworks.domain.errors import Conflict, InvalidInput, NotFound
+from gasworks.domain.errors import Conflict, GasworksError, InvalidInput, NotFound
 from gasworks.domain.payments import IllegalTransition, PaymentState
 from gasworks.domain.statements import (
     PROPOSED_ACTIONS,
@@ -34,7 +34,7 @@ from gasworks.domain.statements import (
 )
 from gasworks.services.channels import require_channel
 from gasworks.services.holds import confirm_refund
-from gasworks.services.intake import AuditNote, accept_payment
+from gasworks.services.intake import AuditNote, accept_payment, payment_fen_max
 from gasworks.services.payment_life_cycle import settle
 from gasworks.services.unit_of_work import UnitOfWork
 
@@ -248,10 +248,17 @@ def _book_from_statement(
         out_trade_no=out_trade_no or None, account_no=None if out_trade_no else (account_no or None), method="statement",
     )  # fmt: skip
     audit = AuditNote(actor, "payment.booked_from_statement", {"channel_id": channel.id, "channel_txn_id": d.channel_txn_id, "statement_file": file_id})
-    taken = accept_payment(notice, uow_factory(), audit=audit)
+    try:
+        taken = accept_payment(notice, uow_factory(), audit=audit)
+    except GasworksError as refused:  # e.g. the id is known here with other content: a person must look
+        d.detail += f"; not booked: {refused.code}: {refused.message}"
+        return
     d.payment_id = taken.payment_id
-    d.state = DiscrepancyState.REPAIRED
     d.detail += f"; booked from statement file {file_id} as {taken.payment_id} ({taken.state})"
+    if taken.state == PaymentState.HELD:  # in suspense, not placed: the day is not clean until the hold is decided
+        d.detail += f" for {taken.hold_reason}: decide the hold"
+        return
+    d.state = DiscrepancyState.REPAIRED
 
 
 def _confirm_refund_from_statement(d: Discrepancy, uow_factory: Callable[[], UnitOfWork], file_id: int, actor: str) -> None:
@@ -277,6 +284,7 @@ ALLOWED = {
     DiscrepancyClass.STATUS_MISMATCH: {Decision.REVERSE, Decision.ACCEPT},
     DiscrepancyClass.AMOUNT_MISMATCH: {Decision.ADJUST, Decision.ACCEPT},
     DiscrepancyClass.DUPLICATE: {Decision.ACCEPT},
+    DiscrepancyClass.MISSING_NOTIFICATION: {Decision.ACCEPT},  # one that could not be booked, or was held: once that is decided
     DiscrepancyClass.FEE_MISMATCH: {Decision.ACCEPT},
     DiscrepancyClass.NOT_DELIVERED: {Decision.ACCEPT},
 }
@@ -310,6 +318,9 @@ def decide(discrepancy_id: int, decision: str, reason: str, uow: UnitOfWork, *, 
                 target = PaymentState.REFUNDED if d.klass == DiscrepancyClass.STATUS_MISMATCH else PaymentState.REVERSED
                 booked = settle(uow, payment, target, at=now, note=why, actor=actor, action=f"payment.{target.value}", detail=detail)
             else:
+                fen_max = payment_fen_max(uow, uow.payment_ceiling, payment.channel_id, payment.account_no)
+                if (d.statement_amount_fen or 0) > fen_max:
+                    raise InvalidInput(f"the channel's {d.statement_amount_fen} fen is above the payment ceiling of {fen_max} fen: not adjusted", code="AMOUNT_ABOVE_LIMIT")
                 difference = (d.statement_amount_fen or 0) - uow.ledger.payment_net_fen(payment.id)
                 if difference == 0:
                     raise Conflict("no difference to adjust", code="NOTHING_TO_ADJUST")

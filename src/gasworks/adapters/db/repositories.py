@@ -12,6 +12,7 @@ from sqlalchemy import (
     case,
     func,
     insert,
+    literal,
     not_,
     or_,
     select,
@@ -346,13 +347,16 @@ class Ledger:
                     f"payment {row.amount_fen} fen, clearing debit {row.booked_fen} fen",
                 )
             )
+        lt = t.ledger_transactions
         nameless = (
-            select(t.ledger_transactions.c.id, t.ledger_transactions.c.kind)
-            .where(t.ledger_transactions.c.payment_id.is_(None), t.ledger_transactions.c.kind.in_(_LIFE_CYCLE_KINDS))
+            select(lt.c.id, lt.c.kind, lt.c.payment_id)
+            .outerjoin(t.payments, t.payments.c.id == lt.c.payment_id)
+            .where(lt.c.kind.in_(_LIFE_CYCLE_KINDS + [TransactionKind.PURCHASE.value]), t.payments.c.id.is_(None))
             .limit(limit)
         )
         for row in self.c.execute(nameless):
-            findings.append(LedgerCheckFinding("MONEY_MOVED_FOR_NO_PAYMENT", f"transaction {row.id}", f"{row.kind} names no payment"))
+            named = f"names payment {row.payment_id}, which does not exist" if row.payment_id else "names no payment"
+            findings.append(LedgerCheckFinding("MONEY_MOVED_FOR_NO_PAYMENT", f"transaction {row.id}", f"{row.kind} {named}"))
         findings.extend(self._money_not_where_state_says(limit))
         return findings
 
@@ -385,13 +389,19 @@ class Ledger:
             return func.coalesce(func.sum(case((a.c.kind == kind.value, e.c.amount_fen), else_=0)), 0)
 
         clearing, prepaid, suspense, refunds = (net(k) for k in (LedgerAccountKind.CLEARING, LedgerAccountKind.PREPAID, LedgerAccountKind.SUSPENSE, LedgerAccountKind.REFUNDS))
+        # Money on a balance is on the payment's own account's balance, its clearing on its own channel's.
+        elsewhere = func.coalesce(func.sum(case(
+            (and_(a.c.kind == LedgerAccountKind.PREPAID.value, e.c.account_code != literal("prepaid:") + p.c.account_no), 1),
+            (and_(a.c.kind == LedgerAccountKind.CLEARING.value, e.c.account_code != literal("clearing:") + p.c.channel_id), 1),
+            else_=0,
+        )), 0)  # fmt: skip
         nets = {LedgerAccountKind.PREPAID: prepaid, LedgerAccountKind.SUSPENSE: suspense, LedgerAccountKind.REFUNDS: refunds}
         expected = []
         for state, holder in MONEY_SITS_IN.items():
             amount = p.c.amount_fen if state != PaymentState.ADJUSTED else clearing
             in_clearing = clearing == (0 if holder is None else amount)
             rest = [n == (0 if k != holder else -amount) for k, n in nets.items()]
-            expected.append(and_(p.c.state == state.value, in_clearing, *rest, *([clearing > 0] if state == PaymentState.ADJUSTED else [])))
+            expected.append(and_(p.c.state == state.value, in_clearing, elsewhere == 0, *rest, *([clearing > 0] if state == PaymentState.ADJUSTED else [])))
         query = (
             select(p.c.id, p.c.state, p.c.amount_fen, clearing.label("clearing"), prepaid.label("prepaid"), suspense.label("suspense"), refunds.label("refunds"))
             .select_from(p.join(lt, and_(lt.c.payment_id == p.c.id, lt.c.kind.in_(_LIFE_CYCLE_KINDS))).join(e, e.c.transaction_id == lt.c.id).join(a, a.c.code == e.c.account_code))

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from gasworks.adapters.channels.base import BEIJING
 from gasworks.domain.errors import InvalidInput
-from gasworks.domain.money import yuan_text_to_fen
+from gasworks.domain.money import PAYMENT_FEN_ABSOLUTE_MAX, yuan_text_to_fen
 from gasworks.domain.statements import LineStatus, Statement, StatementLine, StatementRefused
 
 LINES_MAX = 5_000_000
@@ -215,4 +215,24 @@ def read_statement(format_: str, raw: bytes) -> Statement:
     statement = reader(raw)
     if len(statement.lines) > LINES_MAX:
         raise StatementRefused(f"more than {LINES_MAX} lines", code="STATEMENT_TOO_LARGE")
+    for line in statement.lines:
+        _check_bounds(line)
     return statement
+
+
+# What a statement line may name, as wide as what gasworks itself keeps (payments' columns).
+TXN_ID_CHARS_MAX, ORDER_NO_CHARS_MAX, ACCOUNT_NO_CHARS_MAX = 64, 32, 12
+
+
+def _check_bounds(line: StatementLine) -> None:
+    """A line naming no transaction, or more money than any real payment, refuses the whole file."""
+    if not 0 < len(line.channel_txn_id) <= TXN_ID_CHARS_MAX:
+        raise StatementRefused(f"transaction id must be 1 to {TXN_ID_CHARS_MAX} characters, got {len(line.channel_txn_id)}", line_no=line.line_no)
+    if not 0 < line.amount_fen <= PAYMENT_FEN_ABSOLUTE_MAX:
+        raise StatementRefused(f"amount {str(line.amount_fen)[:30]} fen is beyond any real payment (1 to {PAYMENT_FEN_ABSOLUTE_MAX})", line_no=line.line_no)
+    if abs(line.fee_fen) > line.amount_fen:
+        raise StatementRefused(f"fee {str(line.fee_fen)[:30]} fen is more than the amount", line_no=line.line_no)
+    if line.out_trade_no is not None and len(line.out_trade_no) > ORDER_NO_CHARS_MAX:
+        raise StatementRefused(f"order number over {ORDER_NO_CHARS_MAX} characters", line_no=line.line_no)
+    if line.account_no is not None and len(line.account_no) > ACCOUNT_NO_CHARS_MAX:
+        raise StatementRefused(f"account number over {ACCOUNT_NO_CHARS_MAX} characters", line_no=line.line_no)
