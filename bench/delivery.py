@@ -14,17 +14,18 @@ same broker, and the worker's poll interval.
 
 import os
 import statistics
-from datetime import datetime
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 
 import typer
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from fresh_database import fresh_database  # bench/, run as a script
 from gasworks.adapters.db.engine import make_engine
 from gasworks.adapters.db.migrate import upgrade
 from gasworks.adapters.meters import cjt188
@@ -42,8 +43,6 @@ from gasworks.services.checks import check_ledger
 from gasworks.services.intake import accept_payment
 from gasworks.sim.fleet import MqttFleet
 from gasworks.sim.meter import SimulatedMeter
-
-from fresh_database import fresh_database  # bench/, run as a script
 
 MQTT_URL = os.environ.get("GASWORKS_BENCH_MQTT_URL", "mqtt://127.0.0.1:1883")
 

@@ -24,6 +24,7 @@ from rich.progress import track
 from rich.table import Table
 from sqlalchemy.engine import make_url
 
+from fresh_database import fresh_database  # bench/, run as a script
 from gasworks.adapters.channels import BILL_PAYMENT_DECODERS, InboundRequest
 from gasworks.adapters.channels.wallet_hmac import WalletClient
 from gasworks.adapters.db.engine import make_engine
@@ -37,8 +38,6 @@ from gasworks.observability import configure_logging
 from gasworks.services import accounts, channels
 from gasworks.services.checks import check_ledger
 from gasworks.services.notifications import take_channel_payment
-
-from fresh_database import fresh_database  # bench/, run as a script
 
 SECRET = "bench-secret-0123456789-0123456789-abc"
 PATH = "/v1/channels/wallet/payments"

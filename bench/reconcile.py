@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import make_url
 
+from fresh_database import fresh_database  # bench/, run as a script
 from gasworks.adapters.db.engine import make_engine
 from gasworks.adapters.db.migrate import upgrade
 from gasworks.bootstrap import bootstrap
@@ -32,8 +33,6 @@ from gasworks.domain.clock import FixedClock
 from gasworks.observability import configure_logging
 from gasworks.services import channels, reconciliation
 from gasworks.sim.world import LOCAL
-
-from fresh_database import fresh_database  # bench/, run as a script
 
 DAY = date(2026, 11, 20)
 

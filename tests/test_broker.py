@@ -16,7 +16,6 @@ import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 from typer.testing import CliRunner
 

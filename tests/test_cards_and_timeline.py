@@ -210,7 +210,8 @@ def test_an_operator_adds_a_tariff_version_and_later_purchases_use_it(env):
     assert order["tiers"] == [{"tier_no": 1, "litres": 35_310, "cost_fen": 10_000, "price_yuan_per_m3": "2.832"}]
     again = client.post("/v1/tariffs", headers=operator, json={"customer_class": "residential", "effective_from": "2026-11-01", "tiers": [{"upto_m3": None, "price_yuan_per_m3": "3"}]})
     assert (again.status_code, again.json()["error"]["code"]) == (409, "TARIFF_EXISTS")
-    falling = client.post("/v1/tariffs", headers=operator, json={"customer_class": "residential", "effective_from": "2026-12-01", "tiers": [{"upto_m3": 400, "price_yuan_per_m3": "3"}, {"upto_m3": 300, "price_yuan_per_m3": "3"}, {"upto_m3": None, "price_yuan_per_m3": "3"}]})
+    tiers = [{"upto_m3": 400, "price_yuan_per_m3": "3"}, {"upto_m3": 300, "price_yuan_per_m3": "3"}, {"upto_m3": None, "price_yuan_per_m3": "3"}]
+    falling = client.post("/v1/tariffs", headers=operator, json={"customer_class": "residential", "effective_from": "2026-12-01", "tiers": tiers})
     assert (falling.status_code, falling.json()["error"]["code"]) == (422, "INVALID_TARIFF")
     assert client.post("/v1/tariffs", headers=auditor, json={}).status_code == 403
 

@@ -68,7 +68,7 @@ def test_wechat_notification_books_the_order_and_shows_the_timeline(env):
 def test_duplicate_notification_books_nothing_more(env):
     system, n, client, auditor = env
     trade = order(client)
-    for attempt in range(3):  # WeChat Pay retries, each attempt freshly signed
+    for _ in range(3):  # WeChat Pay retries, each attempt freshly signed
         system.clock.advance(15)
         headers, body = n.wechat.notification(out_trade_no=trade, transaction_id="4200000002", amount_fen=5000, at=system.clock.now())
         assert client.post(NOTIFY_WECHAT, content=body, headers=headers).status_code == 200

@@ -5,9 +5,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from gasworks.adapters.db.migrate import current_revision, upgrade
-from gasworks.domain.channels import KeyPurpose
+from gasworks.domain.channels import KeyPurpose, PaymentNotice
 from gasworks.domain.errors import Conflict
-from gasworks.domain.channels import PaymentNotice
 from gasworks.services import channels
 from gasworks.services.intake import accept_payment
 from tests.support import ACCOUNT_NO, WALLET_SECRET, set_up

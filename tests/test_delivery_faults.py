@@ -2,14 +2,13 @@
 a meter is believed no further than what was issued to it, stale reports are not news, BUSY is
 retried, a valve closure carries its reasons, and a leak is shown to the resident as a leak."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gasworks.adapters.meters import cjt188
 from gasworks.adapters.meters.transport import LoopbackTransport
 from gasworks.domain.delivery import (
     AlertKind,

@@ -27,7 +27,6 @@ from tests.delivery_rig import IOT_SERIAL, Rig
 from tests.support import set_up
 
 
-
 class PrivateBroker:
     """A Mosquitto of this test's own, with persistence, that can be restarted."""
 

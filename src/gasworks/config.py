@@ -3,8 +3,6 @@
 import os
 from pathlib import Path
 
-from gasworks.domain.money import PAYMENT_FEN_ABSOLUTE_MAX
-
 from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -12,6 +10,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from gasworks.domain.money import PAYMENT_FEN_ABSOLUTE_MAX
 
 
 class Settings(BaseSettings):

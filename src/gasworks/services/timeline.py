@@ -11,10 +11,10 @@ from datetime import datetime
 
 from gasworks.adapters.db.delivery import Kiosk
 from gasworks.domain.accounts import MeterKind
-from gasworks.domain.delivery import SAFETY_REASONS, CommandState, ValveReason, LinkState, MeterCommand, MeterLink
-from gasworks.domain.meter_messages import Alarm
+from gasworks.domain.delivery import SAFETY_REASONS, CommandState, LinkState, MeterCommand, MeterLink, ValveReason
 from gasworks.domain.errors import NotFound
 from gasworks.domain.ledger import prepaid_account, presented_balance_fen
+from gasworks.domain.meter_messages import Alarm
 from gasworks.domain.money import fen_to_yuan_text
 from gasworks.domain.payments import Payment, PaymentState
 from gasworks.services.kiosks import nearest_working

@@ -19,21 +19,21 @@ from gasworks.adapters.meters import cjt188
 from gasworks.adapters.meters.frame_security import MeterKeyring
 from gasworks.adapters.meters.transport import mqtt_client, topic_down, topic_up
 from gasworks.domain.errors import MalformedFrame
-from gasworks.domain.meter_security import FrameRefused, MeterFrameCounters
 from gasworks.domain.meter_messages import (
     Alarm,
     CommandRefused,
     CurrentData,
     MeterErrorCode,
+    MeterMessage,
     PurchaseAck,
     PurchaseRecord,
     ReadCurrentData,
-    MeterMessage,
     ReadPurchaseRecord,
     SetValve,
     ValveAck,
     WritePurchase,
 )
+from gasworks.domain.meter_security import FrameRefused, MeterFrameCounters
 from gasworks.services.meter_keys import MeterKey
 
 

@@ -18,8 +18,8 @@ from collections import defaultdict
 from datetime import date
 from pathlib import Path
 
-from gasworks.domain.money import fen_to_yuan_text
 from gasworks.adapters.channels.base import BEIJING
+from gasworks.domain.money import fen_to_yuan_text
 from gasworks.sim.world import ALIPAY_APP_ID, WECHAT_MCHID, Collected
 
 FEE_PER_MILLE = 6  # 0.6 %, a common rate for utilities

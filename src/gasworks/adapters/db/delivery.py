@@ -12,10 +12,10 @@ from gasworks.adapters.db.repositories import insert_unless_taken
 from gasworks.domain.accounts import CustomerClass, MeterKind
 from gasworks.domain.delivery import (
     OPEN_STATES,
+    AlertKind,
     CommandEvent,
     CommandKind,
     CommandState,
-    AlertKind,
     LinkState,
     MeterCommand,
     MeterLink,

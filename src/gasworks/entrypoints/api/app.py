@@ -13,8 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gasworks.adapters.channels import BILL_PAYMENT_DECODERS, NOTIFY_DECODERS, InboundRequest, Reply
-from gasworks.adapters.channels import alipay, wechatpay_v3
+from gasworks.adapters.channels import BILL_PAYMENT_DECODERS, NOTIFY_DECODERS, InboundRequest, Reply, alipay, wechatpay_v3
 from gasworks.adapters.db.repositories import ApiKeyRecord
 from gasworks.bootstrap import System
 from gasworks.domain.channels import Channel, ChannelKind, PaymentNotice

@@ -1,7 +1,6 @@
 """Request and response bodies of the HTTP API. Money in integer fen, times in UTC RFC 3339."""
 
 from datetime import datetime
-
 from typing import Annotated
 
 from fastapi import Path
@@ -11,7 +10,6 @@ from gasworks.domain.accounts import CustomerClass, MeterKind
 from gasworks.domain.payments import Payment, PaymentOrder
 from gasworks.services.accounts import AccountView
 from gasworks.services.intake import Acceptance
-
 
 # A database id in a path: bounded, so a huge number is a 422, not an overflow deep in the driver.
 RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]

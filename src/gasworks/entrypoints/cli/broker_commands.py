@@ -9,10 +9,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gasworks.adapters.db.tables import meters
 from gasworks.adapters.meters import broker
+from gasworks.config import Settings
 from gasworks.domain.accounts import MeterKind
 from gasworks.domain.errors import InvalidInput
 from gasworks.entrypoints.cli.common import DatabaseUrl, cli_errors, out, system
-from gasworks.config import Settings
 
 broker_app = typer.Typer(help="A closed MQTT broker for the meters: users, passwords, ACL, Mosquitto config.", no_args_is_help=True)
 

@@ -1,14 +1,13 @@
 """customers, channels, ledger, payments, audit
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-23 18:41:04.665816
 """
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 from gasworks.adapters.db.migrations.append_only import forbid_update_and_delete
-
 
 revision = '0001'
 down_revision = None

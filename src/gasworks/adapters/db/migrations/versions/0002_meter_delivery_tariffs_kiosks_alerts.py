@@ -6,11 +6,10 @@ Create Date: 2026-11-23 19:25:26.977814
 """
 from datetime import UTC, date, datetime
 
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 from gasworks.adapters.db.migrations.append_only import forbid_update_and_delete
-
 
 revision = '0002'
 down_revision = '0001'

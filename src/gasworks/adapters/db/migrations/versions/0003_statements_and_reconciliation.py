@@ -4,11 +4,10 @@ Revision ID: 0003
 Revises: 0002
 Create Date: 2026-11-23 20:17:11.003994
 """
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 from gasworks.adapters.db.migrations.append_only import forbid_update_and_delete
-
 
 revision = '0003'
 down_revision = '0002'

@@ -4,9 +4,8 @@ Revision ID: 0005
 Revises: 0003
 Create Date: 2026-11-24 12:30:00.000000
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0005'
 down_revision = '0004'
