@@ -316,3 +316,18 @@ def test_racing_decisions_on_one_payment_answer_409_never_500(postgres_only_url,
     assert ledger_kinds(system, booked.payment_id).count(TransactionKind.REFUND_EXTERNAL) == 1
     assert check_ledger(system.new_uow()).ok
     system.engine.dispose()
+
+
+def test_a_hold_above_the_ceiling_is_not_credited_whole(books):
+    system = books
+    above = pay(system, "WO-CEIL-1", 5_000)  # below the ceiling: booked
+    assert above.state == PaymentState.BOOKED
+    notice = PaymentNotice(channel_id="wechat", channel_txn_id="4200777", amount_fen=system.payment_ceiling.fen_max + 1, paid_at=None, out_trade_no="GW-NONE")
+    held = accept_payment(notice, system.new_uow())  # money WeChat already took: held, never refused
+    assert held.state == PaymentState.HELD
+    with pytest.raises(GasworksError) as refused:
+        holds.decide_hold(held.payment_id, holds.HoldDecision.CREDIT, reason="found", account_no=ACCOUNT_NO, uow=system.new_uow(), actor="op")
+    assert refused.value.code == "AMOUNT_ABOVE_LIMIT"
+    with system.new_uow() as uow:
+        assert uow.payments.get(held.payment_id).state == PaymentState.HELD
+    assert check_ledger(system.new_uow()).ok

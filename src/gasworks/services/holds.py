@@ -10,7 +10,7 @@ from gasworks.domain.channels import RefundNotice
 from gasworks.domain.errors import IntakeRefused, InvalidInput, NotFound
 from gasworks.domain.payments import IllegalTransition, Payment, PaymentState
 from gasworks.services.delivery import buy_gas
-from gasworks.services.intake import claim_nonce
+from gasworks.services.intake import claim_nonce, payment_fen_max
 from gasworks.services.payment_life_cycle import (
     already_decided,
     require_payment,
@@ -40,6 +40,12 @@ def decide_hold(payment_id: str, decision: HoldDecision, *, reason: str, uow: Un
                 meter = uow.meters.get_for_account(account, lock=True)
                 if meter is None:
                     raise NotFound(f"no account {account}", code="ACCOUNT_NOT_FOUND")
+                fen_max = payment_fen_max(uow, uow.payment_ceiling, payment.channel_id, account)
+                if payment.amount_fen > fen_max:  # more gas than one purchase may carry: not credited whole
+                    raise InvalidInput(
+                        f"{payment.amount_fen} fen is above the payment ceiling of {fen_max} fen for this account: refund it, "
+                        "or raise the ceiling for its channel or class first", code="AMOUNT_ABOVE_LIMIT",
+                    )  # fmt: skip
                 note = f"credited to account {account} by {actor}: {why}"
                 settle(uow, payment, PaymentState.BOOKED, at=now, note=note, actor=actor, action="hold.credit", detail={**detail, "account_no": account}, account_no=account)
                 buy_gas(uow, meter, payment_id=payment.id)
