@@ -89,8 +89,6 @@ def record_external_refund(payment_id: str, *, evidence: str, uow: UnitOfWork, a
         payment = require_payment(uow, payment_id)
         if payment.state == PaymentState.REFUND_REQUESTED:
             raise IllegalTransition(f"payment {payment.id} has a refund requested: confirm it instead", code="REFUND_REQUESTED_CONFIRM_IT")
-        if payment.state in (PaymentState.BOOKED, PaymentState.ADJUSTED) and payment.account_no:
-            uow.meters.get_for_account(payment.account_no, lock=True)  # the meter first, as everywhere
         why = evidence.strip()[:200]
         settle(uow, payment, PaymentState.REFUNDED, at=now, note=f"refunded by {payment.channel_id} on its own: {why}", actor=actor, action="refund.external", detail={"evidence": why})
         uow.commit()
@@ -117,8 +115,6 @@ def take_channel_refund(notice: RefundNotice, uow: UnitOfWork) -> Payment:
                 f"refund {notice.refund_id} is {notice.refund_fen} fen of payment {payment.id} holding {holds_fen} fen: a partial refund is an operator's decision",
                 code="PARTIAL_REFUND", acknowledge=True,
             )  # fmt: skip
-        if payment.state in (PaymentState.BOOKED, PaymentState.ADJUSTED) and payment.account_no:
-            uow.meters.get_for_account(payment.account_no, lock=True)  # the meter first, as everywhere
         requested = payment.state == PaymentState.REFUND_REQUESTED
         note = f"refund {notice.refund_id} " + ("confirmed by the channel" if requested else "made by the channel on its own")
         settle(

@@ -10,7 +10,9 @@ first did.
 from datetime import datetime
 
 from gasworks.domain.errors import NotFound
+from gasworks.domain.ledger import LedgerAccountKind
 from gasworks.domain.payments import (
+    MONEY_SITS_IN,
     TRANSITIONS,
     IllegalTransition,
     Payment,
@@ -49,6 +51,8 @@ def settle(
     before, saved = payment.state, len(payment.events)
     if (before, state) not in TRANSITIONS:
         raise already_decided(payment, state)
+    if MONEY_SITS_IN.get(before) == LedgerAccountKind.PREPAID and payment.account_no:
+        uow.meters.get_for_account(payment.account_no, lock=True)  # the meter first, then the balance, as everywhere
     # Compare and set first: from here the payment's row is ours until commit, so what its
     # transactions hold cannot change under us (another decision waits, then finds it moved on).
     if not uow.payments.transition(payment.id, before, state):

@@ -308,8 +308,6 @@ def decide(discrepancy_id: int, decision: str, reason: str, uow: UnitOfWork, *, 
             payment = uow.payments.get(d.payment_id or "")
             if payment is None:
                 raise Conflict("the discrepancy names no payment to correct", code="NO_PAYMENT")
-            if payment.state in (PaymentState.BOOKED, PaymentState.ADJUSTED) and payment.account_no:
-                uow.meters.get_for_account(payment.account_no, lock=True)  # the meter first, as everywhere
             why = f"discrepancy {d.id} ({d.klass}): {reason.strip()[:200]}"
             detail = {"discrepancy": d.id, "reason": reason.strip()[:200]}
             if decision == Decision.REVERSE:
