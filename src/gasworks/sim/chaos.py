@@ -29,8 +29,8 @@ import httpx
 import paho.mqtt.client as mqtt
 
 from gasworks.adapters.channels.alipay import AlipayNotifier
-from gasworks.adapters.channels.wallet_hmac import WalletClient
 from gasworks.adapters.channels.rsa import sign_sha256_rsa
+from gasworks.adapters.channels.wallet_hmac import WalletClient
 from gasworks.adapters.channels.wechatpay_v3 import WechatPayV3Notifier, signed_message
 from gasworks.adapters.meters import cjt188
 from gasworks.adapters.meters.transport import mqtt_client, topic_down, topic_up

@@ -21,9 +21,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 from sqlalchemy import select
 
@@ -51,11 +50,19 @@ from gasworks.sim.chaos import (
     Books,
     ChannelKeys,
     ChaoticFleet,
+    Forged,
     FrameChaos,
     Sent,
 )
 from gasworks.sim.meter import SimulatedMeter
-from gasworks.sim.soak_rig import GasworksProcess, PrivateBroker, PrivatePostgres, free_port, gasworks_env, new_run_directory
+from gasworks.sim.soak_rig import (
+    GasworksProcess,
+    PrivateBroker,
+    PrivatePostgres,
+    free_port,
+    gasworks_env,
+    new_run_directory,
+)
 from gasworks.sim.world import ALIPAY_APP_ID, APIV3_KEY, WALLET_SECRET, WECHAT_MCHID
 
 ROUND_S = 10.0
@@ -135,7 +142,8 @@ def make_plan(options: SoakOptions) -> list[Round]:
 class KindCount:
     injected: int = 0
     refused: int = 0
-    recorded: int = 0
+    recorded: int = 0  # forgeries with at least one rejection record
+    rows: int = 0  # rejection records they left (one per worker that heard a forged frame)
 
 
 @dataclass
@@ -161,6 +169,65 @@ class SoakReport:
         return not self.findings and self.gasworks_check_exit == 0 and all(h == n for h, n in self.invariants.values())
 
 
+@dataclass(frozen=True)
+class BookedPayment:
+    payment_id: str
+    amount_fen: int
+    state: str
+
+
+@dataclass(frozen=True)
+class IssuedPurchase:
+    volume_litres: int
+    state: str
+
+
+@dataclass
+class Snapshot:
+    """What the soak knows, what gasworks' database says and what the meters hold, at one moment."""
+
+    sent: dict[tuple[str, str], int]  # honest (channel, txn id) -> fen
+    answered: dict[tuple[str, str], str]  # -> the payment id in the answer ("(notified)": WeChat and Alipay give none)
+    honest_refused: list[str]
+    forged: list[Forged]
+    ledger_findings: list[str]
+    payments: dict[tuple[str, str], BookedPayment]
+    orders: dict[tuple[str, int], IssuedPurchase]  # (meter serial, purchase serial)
+    rejections: list[dict]
+    applied_before: dict[str, list[tuple[int, int]]]  # meter serial -> (purchase serial, litres) applied
+    applied_after: dict[str, list[tuple[int, int]]]
+    final: bool = False
+
+
+def judge(s: Snapshot) -> dict[str, list[str]]:
+    """Each invariant and what breaks it (empty: it holds)."""
+    booked = {k: p for k, p in s.payments.items() if p.state == "booked"}
+    at_meters = {(serial, seq) for serial, done in s.applied_after.items() for seq, _ in done}
+    found = {name: [] for name in INVARIANTS}
+    found["gasworks check passes"] = list(s.ledger_findings)
+    found["0 fen lost"] = [f"{k} answered, {s.sent[k]} fen, not booked for it" for k in s.answered if k not in booked or booked[k].amount_fen != s.sent[k]]
+    found["0 fen doubled"] = [f"{k}: {p.amount_fen} fen taken that nobody paid" for k, p in s.payments.items() if k not in s.sent] + [
+        f"{k}: booked as {p.payment_id}, the channel was told {s.answered[k]}" for k, p in s.payments.items() if s.answered.get(k, "(notified)") not in ("(notified)", p.payment_id)
+    ]
+    found["0 purchases applied without an issued serial"] = [
+        f"meter {serial} applied #{seq} ({litres} L)" for serial, done in s.applied_before.items() for seq, litres in done
+        if (serial, seq) not in s.orders or s.orders[(serial, seq)].volume_litres != litres
+    ]  # fmt: skip
+    found["nothing shown applied that the meter has not applied"] = [
+        f"meter {serial} #{seq} shown applied" for (serial, seq), o in s.orders.items() if o.state == "applied" and (serial, seq) not in at_meters
+    ]
+    found["every forgery refused"] = [f"{f.kind} was not refused" for f in s.forged if not f.refused]
+    found["every forgery recorded (injected = rejections)"] = [
+        f"{f.kind} left no rejection record" for f in s.forged if FORGERIES[f.kind].recorded_today and not any(f.matches(r) for r in s.rejections)
+    ]
+    unbooked = list(s.honest_refused)
+    if s.final:
+        unbooked += [f"{k} sent, never answered" for k in s.sent if k not in s.answered]
+        unbooked += [f"{k} sent, not booked" for k in s.sent if k not in booked]
+    found["every honest payment booked once"] = unbooked
+    return found
+
+
 class Soak:
     def __init__(self, options: SoakOptions, *, say: Callable[[str], None] = lambda _: None) -> None:
         self.options = options
@@ -175,6 +242,7 @@ class Soak:
         self.stop = threading.Event()
         self.fleet: ChaoticFleet | None = None
         self.processes: list[GasworksProcess] = []
+        self.checks_run = 0
         self._orders: dict[str, str] = {}  # txn id -> the resident's order for it
         self._orders_lock = threading.Lock()
 
@@ -482,18 +550,11 @@ class Soak:
 
     # ---- the invariants --------------------------------------------------------------------------------------
 
-    def _held(self, name: str, broken: list[str], at: str) -> None:
-        self.invariants[name][1] += 1
-        if not broken:
-            self.invariants[name][0] += 1
-        else:
-            self.findings.extend(f"{at}: {name}: {b}" for b in broken[:5])
-
     def _check(self, at: str, *, final: bool = False) -> None:
-        """Every invariant on one snapshot. What the soak knows is read before the snapshot (so
-        everything it was told is in it) and what the meters hold both before and after."""
+        """Every invariant on one snapshot: what the soak was told is read before the database (so
+        all of it must be there), what the meters hold both before and after it."""
         assert self.fleet is not None
-        self.checks_run = getattr(self, "checks_run", 0) + 1
+        self.checks_run += 1
         with self.books.lock:
             sent, answered, refused, forged = dict(self.books.honest_sent), dict(self.books.honest_answered), list(self.books.honest_refused), list(self.books.forged)
         applied_before = self.fleet.applied()
@@ -501,54 +562,46 @@ class Soak:
         with self.audit_engine.connect() as c, c.begin():
             payments = c.execute(select(t.payments.c.channel_id, t.payments.c.channel_txn_id, t.payments.c.amount_fen, t.payments.c.state, t.payments.c.id)).all()
             orders = c.execute(
-                select(t.meter_commands.c.meter_serial, t.meter_commands.c.purchase_seq, t.meter_commands.c.volume_litres, t.meter_commands.c.state).where(t.meter_commands.c.kind == "credit")
+                select(t.meter_commands.c.meter_serial, t.meter_commands.c.purchase_seq, t.meter_commands.c.volume_litres, t.meter_commands.c.state)
+                .where(t.meter_commands.c.kind == "credit")
             ).all()
             rejections = [dict(r._mapping) for r in c.execute(select(t.intake_rejections.c.channel_id, t.intake_rejections.c.code, t.intake_rejections.c.request_summary))]
-        applied_after = self.fleet.applied()
-
-        self._held("gasworks check passes", [f"{f.code} {f.subject}: {f.detail}" for f in ledger.findings], at)
-        booked = {(p.channel_id, p.channel_txn_id): p for p in payments}
-        lost = [f"{k} answered, {sent[k]} fen, not booked" for k in answered if k not in booked or booked[k].state != "booked" or booked[k].amount_fen != sent[k]]
-        doubled = [f"{k} booked {p.amount_fen} fen, nobody paid it" for k, p in booked.items() if k not in sent]
-        doubled += [f"{k} booked as {p.id}, the channel was told {answered[k]}" for k, p in booked.items() if answered.get(k, "(notified)") not in ("(notified)", p.id)]
-        self._held("0 fen lost", lost, at)
-        self._held("0 fen doubled", doubled, at)
-        issued = {(o.meter_serial, o.purchase_seq): o for o in orders}
-        unissued = [f"meter {s} applied #{seq} ({litres} L)" for s, done in applied_before.items() for seq, litres in done if (s, seq) not in issued or issued[(s, seq)].volume_litres != litres]
-        self._held("0 purchases applied without an issued serial", unissued, at)
-        at_meters = {(s, seq) for s, done in applied_after.items() for seq, _ in done}
-        untrue = [f"meter {o.meter_serial} #{o.purchase_seq} shown applied" for o in orders if o.state == "applied" and (o.meter_serial, o.purchase_seq) not in at_meters]
-        self._held("nothing shown applied that the meter has not applied", untrue, at)
-        self._held("every forgery refused", [f"{f.kind} was not refused" for f in forged if not f.refused], at)
-        unrecorded = [f"{f.kind} has no rejection record" for f in forged if FORGERIES[f.kind].recorded_today and not any(f.matches(r) for r in rejections)]
-        self._held("every forgery recorded (injected = rejections)", unrecorded, at)
-        unbooked = list(refused)
+        snapshot = Snapshot(
+            sent=sent, answered=answered, honest_refused=refused, forged=forged, ledger_findings=[f"{f.code} {f.subject}: {f.detail}" for f in ledger.findings],
+            payments={(p.channel_id, p.channel_txn_id): BookedPayment(p.id, p.amount_fen, p.state) for p in payments},
+            orders={(o.meter_serial, o.purchase_seq): IssuedPurchase(o.volume_litres, o.state) for o in orders},
+            rejections=rejections, applied_before=applied_before, applied_after=self.fleet.applied(), final=final,
+        )  # fmt: skip
+        for name, broken in judge(snapshot).items():
+            self.invariants[name][1] += 1
+            if broken:
+                self.findings.extend(f"{at}: {name}: {b}" for b in broken[:5])
+            else:
+                self.invariants[name][0] += 1
         if final:
-            unbooked += [f"{k} sent, never answered" for k in sent if k not in answered]
-            unbooked += [f"{k} sent, not booked" for k in sent if k not in booked or booked[k].state != "booked"]
-        self._held("every honest payment booked once", unbooked, at)
-        if final:
-            self._final = (sent, booked, orders, forged, rejections)
+            self._final = snapshot
 
     def _report(self) -> SoakReport:
         forgeries = {name: KindCount() for name, k in FORGERIES.items()}
         faults = Counter(self.books.faults)
         if self.fleet is not None:
             faults.update(self.fleet.faults)
-        report = SoakReport(self.options, faults, forgeries, self.invariants, self.findings, checks_run=getattr(self, "checks_run", 0), gasworks_check_exit=getattr(self, "gasworks_check_exit", None))
-        final = getattr(self, "_final", None)
+        report = SoakReport(self.options, faults, forgeries, self.invariants, self.findings, checks_run=self.checks_run, gasworks_check_exit=getattr(self, "gasworks_check_exit", None))
+        final: Snapshot | None = getattr(self, "_final", None)
         if final is None:
             return report
-        sent, booked, orders, forged, rejections = final
-        for f in forged:
+        for f in final.forged:
             count = forgeries[f.kind]
             count.injected += 1
             count.refused += f.refused
-            count.recorded += any(f.matches(r) for r in rejections)
-        report.honest_sent = len(sent)
-        report.honest_fen = sum(sent.values())
-        report.honest_booked = sum(1 for k in sent if k in booked and booked[k].state == "booked")
-        report.booked_fen = sum(p.amount_fen for p in booked.values() if p.state == "booked")
-        report.purchases_issued = len(orders)
-        report.purchases_applied = sum(1 for o in orders if o.state == "applied")
+            rows = sum(1 for r in final.rejections if f.matches(r))
+            count.recorded += rows > 0
+            count.rows += rows
+        booked = {k: p for k, p in final.payments.items() if p.state == "booked"}
+        report.honest_sent = len(final.sent)
+        report.honest_fen = sum(final.sent.values())
+        report.honest_booked = sum(1 for k in final.sent if k in booked)
+        report.booked_fen = sum(p.amount_fen for p in booked.values())
+        report.purchases_issued = len(final.orders)
+        report.purchases_applied = sum(1 for o in final.orders.values() if o.state == "applied")
         return report

@@ -48,7 +48,7 @@ def reachable(port: int) -> bool:
         return False
 
 
-def wait_until(condition, what: str, timeout_s: float = SERVICE_START_WAIT_S) -> None:  # noqa: ANN001
+def wait_until(condition, what: str, timeout_s: float = SERVICE_START_WAIT_S) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:

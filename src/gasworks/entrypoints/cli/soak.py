@@ -25,7 +25,10 @@ def soak(
 ) -> None:
     """Run real `gasworks serve` and workers on a private PostgreSQL and Mosquitto, kill and restart
     them at random, harm and forge messages, and prove the invariants after every fault."""
-    from gasworks.sim.soak import Soak, SoakOptions  # the simulator's imports only when soaking
+    from gasworks.sim.soak import (  # the simulator's imports only when soaking
+        Soak,
+        SoakOptions,
+    )
 
     configure_logging(level=40)
     options = SoakOptions(minutes, seed, households, payments_per_minute, forgeries_per_minute, keep)
