@@ -13,7 +13,16 @@ from typer.testing import CliRunner
 
 from gasworks.entrypoints.cli.main import app
 from gasworks.sim.chaos import FORGERIES, PROCESS_FAULTS, Forged
-from gasworks.sim.soak import INVARIANTS, BookedPayment, IssuedPurchase, Snapshot, Soak, SoakOptions, judge, make_plan
+from gasworks.sim.soak import (
+    INVARIANTS,
+    BookedPayment,
+    IssuedPurchase,
+    Snapshot,
+    Soak,
+    SoakOptions,
+    judge,
+    make_plan,
+)
 from gasworks.sim.soak_rig import SoakSetupFailed, postgres_bin_dir
 from tests.conftest import service_missing
 

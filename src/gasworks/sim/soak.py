@@ -33,7 +33,7 @@ from gasworks.adapters.channels.wechatpay_v3 import WechatPayV3Notifier
 from gasworks.adapters.db import tables as t
 from gasworks.adapters.db.engine import make_engine
 from gasworks.adapters.db.migrate import upgrade
-from gasworks.bootstrap import bootstrap
+from gasworks.bootstrap import System, bootstrap
 from gasworks.config import Settings
 from gasworks.domain.accounts import MeterKind
 from gasworks.domain.channels import ChannelKind, KeyPurpose
@@ -109,6 +109,7 @@ class PlannedPayment:
 @dataclass(frozen=True)
 class Round:
     fault: str
+    fault_at_s: float  # after the round's start
     payments: list[PlannedPayment]
     forgeries: list[str]
 
@@ -134,7 +135,7 @@ def make_plan(options: SoakOptions) -> list[Round]:
             account = f"43{rng.randrange(options.households):08d}"
             payments.append(PlannedPayment(rng.uniform(0, ROUND_S * 0.8), channel, f"SK{options.seed:04d}{txn:07d}", account, rng.choice(TOP_UPS_FEN), fate))
         first, last = forgeries_total * r // n_rounds, forgeries_total * (r + 1) // n_rounds
-        rounds.append(Round(fault_names[r % len(fault_names)], payments, [forgery_names[i % len(forgery_names)] for i in range(first, last)]))
+        rounds.append(Round(fault_names[r % len(fault_names)], rng.uniform(0.1, 0.5) * ROUND_S, payments, [forgery_names[i % len(forgery_names)] for i in range(first, last)]))
     return rounds
 
 
@@ -228,6 +229,16 @@ def judge(s: Snapshot) -> dict[str, list[str]]:
     return found
 
 
+def install_meter_key(meter: SimulatedMeter, system: System) -> None:
+    """The installer writes the key gasworks made at registration into the meter. Frame MACs
+    (services/meter_keys) are being added in parallel: until they land, meters speak plain frames."""
+    try:
+        from gasworks.services import meter_keys  # type: ignore[attr-defined]
+    except ImportError:
+        return
+    meter.install_key(meter_keys.export_key(meter.serial, system.new_uow(), actor="soak"))  # type: ignore[attr-defined]
+
+
 class Soak:
     def __init__(self, options: SoakOptions, *, say: Callable[[str], None] = lambda _: None) -> None:
         self.options = options
@@ -256,6 +267,7 @@ class Soak:
             self._run_rounds()
             self._drain()
             self._check("the end", final=True)
+            self.say("running `gasworks check`")
             self.gasworks_check_exit = self._gasworks_check()
         finally:
             self._tear_down()
@@ -288,6 +300,7 @@ class Soak:
         common = {
             "database_url": self.postgres.url, "mqtt_url": self.broker.url(self.broker.access.gasworks), "mqtt_topic_prefix": PREFIX,
             "meter_ack_wait_s": "1", "meter_ack_wait_s_max": "2", "watchdog_interval_s": "5", "log_json": "true",
+            "orders_per_account_max": "1000000",  # the soak's residents order far more often than real ones
         }  # fmt: skip
         self.serve = GasworksProcess("gasworks serve", ["serve", "--no-worker", "--port", str(self.api_port)], gasworks_env(**common), self.directory / "serve.log")
         self.serve.ready_port = self.api_port
@@ -300,8 +313,11 @@ class Soak:
         for p in self.processes:
             p.start()
         self.serve.wait_ready()
+        self.say("gasworks serve answers; meters connecting")
         self.api = Api(f"http://127.0.0.1:{self.api_port}")
         meters = [SimulatedMeter(f"{31_000_000_000_000 + i:014d}", credit_litres=5_000) for i in range(self.options.households)]
+        for meter in meters:
+            install_meter_key(meter, self.system)
         self.serials = [m.serial for m in meters]
         self.fleet = ChaoticFleet(self.broker.url(self.broker.access.meters), prefix=PREFIX, meters=meters, chaos=FrameChaos(), rng=random.Random(self.options.seed))
         self.fleet.start()
@@ -355,7 +371,7 @@ class Soak:
         threading.Thread(target=self._dispatch, args=(schedule,), name="soak-dispatch", daemon=True).start()
         for r, plan in enumerate(self.plan):
             round_start = begin + r * ROUND_S
-            time.sleep(max(0.0, round_start + ROUND_S * 0.3 - time.monotonic()))
+            time.sleep(max(0.0, round_start + plan.fault_at_s - time.monotonic()))
             what = PROCESS_FAULTS[plan.fault].inject(self, self.rng)
             self.books.faults[plan.fault] += 1
             self.say(f"round {r + 1}/{len(self.plan)}: {what}")
@@ -400,8 +416,11 @@ class Soak:
             payment_id = json.loads(sent.reply).get("payment_id") if ok else None
         else:
             out_trade_no = self._order_for(p)
-            sent = self.api.until_answered(lambda: self._notify_attempt(p, out_trade_no))
-            ok = sent.status == 200 and sent.reply != b"failure"
+            if out_trade_no is None:
+                sent, ok = Sent({}, b"", None, b"no order could be created"), False
+            else:
+                sent = self.api.until_answered(lambda: self._notify_attempt(p, out_trade_no))
+                ok = sent.status == 200 and sent.reply != b"failure"
             payment_id = "(notified)"
         with self.books.lock:
             if ok:
@@ -409,13 +428,17 @@ class Soak:
             else:
                 self.books.honest_refused.append(f"{p.channel_id} {p.txn_id}: HTTP {sent.status} {sent.reply[:200]!r}")
 
-    def _order_for(self, p: PlannedPayment) -> str:
-        """The resident's order, created once per payment (a duplicate notification reuses it)."""
+    def _order_for(self, p: PlannedPayment) -> str | None:
+        """The resident's order, created once per payment (a duplicate notification reuses it), at
+        the kiosk's key (a device may create orders)."""
         with self._orders_lock:
             if p.txn_id in self._orders:
                 return self._orders[p.txn_id]
         body = {"channel_id": p.channel_id, "account_no": p.account_no, "amount_fen": p.amount_fen}
-        sent = self.api.until_answered(lambda: Sent({}, b"", *self.api.once("POST", "/v1/orders", json_body=body)))
+        headers = {"Authorization": f"Bearer {self.keys.device_key}"}
+        sent = self.api.until_answered(lambda: Sent(headers, b"", *self.api.once("POST", "/v1/orders", headers=headers, json_body=body)))
+        if sent.status != 201:
+            return None
         out_trade_no = json.loads(sent.reply)["out_trade_no"]
         with self._orders_lock:
             return self._orders.setdefault(p.txn_id, out_trade_no)

@@ -1,5 +1,6 @@
 """`gasworks soak`: real gasworks processes under chaos, and the proof that nothing was lost."""
 
+import time
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -33,7 +34,8 @@ def soak(
     configure_logging(level=40)
     options = SoakOptions(minutes, seed, households, payments_per_minute, forgeries_per_minute, keep)
     out.print(f"[bold]gasworks soak[/]: {minutes} min, seed {seed}, {households} meters, {payments_per_minute} payments and {forgeries_per_minute} forgeries a minute")
-    report = Soak(options, say=lambda line: out.print(f"  {line}")).run()
+    started = time.monotonic()
+    report = Soak(options, say=lambda line: out.print(f"  {time.monotonic() - started:5.1f} s  {line}")).run()
     show(report)
     if not report.ok:
         raise typer.Exit(1)
