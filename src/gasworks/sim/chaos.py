@@ -70,8 +70,9 @@ class Sent:
 class Api:
     """HTTP to the soak's `gasworks serve`, retrying while it is away (killed, or its database is)."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, *, stop: threading.Event | None = None) -> None:
         self.base_url = base_url
+        self.stop = stop or threading.Event()  # set: give up retrying (the soak is over)
         self._local = threading.local()
 
     @property
@@ -88,16 +89,16 @@ class Api:
             self._local.client = None  # a killed server leaves broken keep-alive connections behind
             return None, b""
 
-    def until_answered(self, attempt: Callable[[], Sent], *, stop: threading.Event | None = None) -> Sent:
-        """Repeat a (re-signed) attempt until gasworks answers with anything but 5xx or silence."""
+    def until_answered(self, attempt: Callable[[], Sent]) -> Sent:
+        """Repeat a (re-signed) attempt until gasworks answers with anything but 5xx or silence,
+        for at most `ANSWER_WAIT_S_MAX`."""
         deadline = time.monotonic() + ANSWER_WAIT_S_MAX
         while True:
             sent = attempt()
             if sent.status is not None and sent.status < 500:
                 return sent
-            if time.monotonic() > deadline or (stop is not None and stop.is_set()):
+            if time.monotonic() > deadline or self.stop.wait(RETRY_PAUSE_S):
                 return sent
-            time.sleep(RETRY_PAUSE_S)
 
 
 # ---- forgeries --------------------------------------------------------------------------------------
@@ -197,10 +198,7 @@ def forge_wallet_oversized_body(ctx: ForgeryContext) -> Forged:
 def forge_wallet_replayed_nonce(ctx: ForgeryContext) -> Forged:
     """An honest, answered request sent again byte for byte (a captured message replayed)."""
     original = ctx.honest_wallet_payment()
-    status, _ = ctx.api.once("POST", WALLET_PATH, headers=original.headers, body=original.body)
-    while status is None or status >= 500:
-        time.sleep(RETRY_PAUSE_S)
-        status, _ = ctx.api.once("POST", WALLET_PATH, headers=original.headers, body=original.body)
+    status = ctx.api.until_answered(lambda: Sent(original.headers, original.body, *ctx.api.once("POST", WALLET_PATH, headers=original.headers, body=original.body))).status
     nonce = original.headers["X-Gasworks-Nonce"]
     return Forged("wallet_replayed_nonce", _refused(status), leaves_any(nonce))
 
@@ -481,7 +479,7 @@ class Books:
 
     honest_sent: dict[tuple[str, str], int] = field(default_factory=dict)  # (channel, txn id) -> fen
     honest_answered: dict[tuple[str, str], str] = field(default_factory=dict)  # -> payment id in the answer
-    honest_refused: list[str] = field(default_factory=list)
+    honest_refused: list[str] = field(default_factory=list)  # refused, or a retry answered with another payment
     forged: list[Forged] = field(default_factory=list)
     faults: Counter = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)

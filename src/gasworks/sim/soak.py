@@ -314,7 +314,7 @@ class Soak:
             p.start()
         self.serve.wait_ready()
         self.say("gasworks serve answers; meters connecting")
-        self.api = Api(f"http://127.0.0.1:{self.api_port}")
+        self.api = Api(f"http://127.0.0.1:{self.api_port}", stop=self.stop)
         meters = [SimulatedMeter(f"{31_000_000_000_000 + i:014d}", credit_litres=5_000) for i in range(self.options.households)]
         for meter in meters:
             install_meter_key(meter, self.system)
@@ -405,7 +405,7 @@ class Soak:
 
     def _pay(self, p: PlannedPayment) -> None:
         if p.channel_id == "wo-wallet":
-            sent = self.api.until_answered(lambda: self._wallet_attempt(p.txn_id, p.account_no, p.amount_fen), stop=None)
+            sent = self.api.until_answered(lambda: self._wallet_attempt(p.txn_id, p.account_no, p.amount_fen))
             ok = sent.status == 200
             payment_id = json.loads(sent.reply).get("payment_id") if ok else None
         elif p.channel_id == "kiosk":
@@ -423,8 +423,11 @@ class Soak:
                 ok = sent.status == 200 and sent.reply != b"failure"
             payment_id = "(notified)"
         with self.books.lock:
-            if ok:
-                self.books.honest_answered.setdefault((p.channel_id, p.txn_id), payment_id or "")
+            first = self.books.honest_answered.get((p.channel_id, p.txn_id))
+            if ok and first is not None and first != payment_id:
+                self.books.honest_refused.append(f"{p.channel_id} {p.txn_id}: a retry was answered with {payment_id}, the first with {first}")
+            elif ok:
+                self.books.honest_answered[(p.channel_id, p.txn_id)] = payment_id or ""
             else:
                 self.books.honest_refused.append(f"{p.channel_id} {p.txn_id}: HTTP {sent.status} {sent.reply[:200]!r}")
 
