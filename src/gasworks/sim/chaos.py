@@ -113,6 +113,8 @@ class ForgeryContext(Protocol):
     def honest_wallet_payment(self) -> Sent: ...
     def publish_up(self, serial: str, payload: bytes) -> None: ...
     def next_id(self) -> str: ...
+    def meter(self, serial: str) -> SimulatedMeter: ...
+    def last_uplink(self, serial: str) -> bytes | None: ...
 
 
 @dataclass
@@ -290,6 +292,31 @@ def forge_unknown_meter(ctx: ForgeryContext) -> Forged:
     return Forged("unknown_meter", True, _frame_marks(payload))
 
 
+def _as_meter_sends(meter: SimulatedMeter, message: CurrentData) -> bytes:
+    """Encoded as this meter encodes (sealed with its key where meters hold keys): a forgery that
+    passes every check but the one it probes."""
+    encode = getattr(meter, "_encode", None) or cjt188.encode
+    return encode(message)
+
+
+def forge_serial_above_issued(ctx: ForgeryContext) -> Forged:
+    """A report from a real meter claiming it applied a purchase serial gasworks never issued."""
+    serial = ctx.rng.choice(ctx.serials)
+    meter = ctx.meter(serial)
+    claimed = meter.applied_seq + 1_000 + int(ctx.next_id())
+    payload = _as_meter_sends(meter, CurrentData(serial, 1, meter.cumulative_litres, meter.credit_litres, claimed, meter.valve_open, meter.battery_mv, Alarm(0), datetime(2026, 1, 1)))
+    ctx.publish_up(serial, payload)
+    return Forged("serial_above_issued", True, _frame_marks(payload))
+
+
+def forge_replayed_frame(ctx: ForgeryContext) -> Forged:
+    """A meter's earlier frame, captured and sent again (its counter already used)."""
+    serial = ctx.rng.choice(ctx.serials)
+    payload = ctx.last_uplink(serial) or b""
+    ctx.publish_up(serial, payload)
+    return Forged("frame_replayed_counter", True, _frame_marks(payload))
+
+
 FORGERIES: dict[str, ForgeryKind] = {
     k.name: k
     for k in (
@@ -311,8 +338,9 @@ FORGERIES: dict[str, ForgeryKind] = {
         ForgeryKind("unknown_meter", "a report from a meter gasworks never issued", forge_unknown_meter),
         # Waiting for work in progress elsewhere; switch on (give `make`) where it lands.
         ForgeryKind("frame_bad_mac", "a frame with a wrong MAC", None, available=False, note="lands with frame MACs"),
-        ForgeryKind("frame_replayed_counter", "a captured frame replayed with its old counter", None, available=False, note="lands with frame MACs"),
-        ForgeryKind("serial_above_issued", "an ack for a purchase serial never issued", None, available=False, note="lands with edge bounds"),
+        ForgeryKind("frame_replayed_counter", "a captured frame replayed with its old counter", forge_replayed_frame, available=False, note="lands with frame MACs"),
+        ForgeryKind("serial_above_issued", "a report claiming a purchase serial never issued", forge_serial_above_issued, available=False,
+                    note="lands with meters believed no further than issued"),
     )
 }  # fmt: skip
 
@@ -385,6 +413,7 @@ class ChaoticFleet:
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_message = self._on_message
         self._timers: list[threading.Timer] = []
+        self._last_up: dict[str, bytes] = {}  # each meter's latest uplink, for replays
 
     def start(self) -> None:
         host, port = self.client._gasworks_address  # type: ignore[attr-defined]
@@ -448,6 +477,8 @@ class ChaoticFleet:
             self._send(serial, reply)
 
     def _send(self, serial: str, frame: bytes) -> None:
+        with self._lock:
+            self._last_up[serial] = frame
         fate = self._fate("up")
         if fate == "dropped":
             return
@@ -460,6 +491,10 @@ class ChaoticFleet:
 
     def publish_up(self, serial: str, frame: bytes) -> None:
         self.client.publish(topic_up(self.prefix, serial), frame, qos=1)
+
+    def last_uplink(self, serial: str) -> bytes | None:
+        with self._lock:
+            return self._last_up.get(serial)
 
     def report(self, serial: str) -> None:
         """The meter wakes and reports (and stays listening)."""

@@ -481,6 +481,14 @@ class Soak:
         assert self.fleet is not None
         self.fleet.publish_up(serial, payload)
 
+    def meter(self, serial: str) -> SimulatedMeter:
+        assert self.fleet is not None
+        return self.fleet.meters[serial]
+
+    def last_uplink(self, serial: str) -> bytes | None:
+        assert self.fleet is not None
+        return self.fleet.last_uplink(serial)
+
     def _forge(self, kinds: list[str]) -> None:
         forged = []
         for name in kinds:
@@ -566,6 +574,8 @@ class Soak:
             self.fleet.stop()
         if getattr(self, "pool", None) is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
+        for p in self.processes:
+            p.terminate()
         for p in self.processes:
             p.stop()
         for service in ("broker", "postgres"):

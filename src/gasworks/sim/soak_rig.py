@@ -222,6 +222,11 @@ class GasworksProcess:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
+    def terminate(self) -> None:
+        """Ask it to stop (SIGTERM) without waiting: several stop at once."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()

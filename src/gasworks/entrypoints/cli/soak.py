@@ -50,16 +50,17 @@ def show(report: "SoakReport") -> None:
     out.print(faults)
 
     forged = Table(title="forgeries: injected, refused, recorded (GET /v1/rejections)", title_justify="left")
-    for column in ("kind", "injected", "refused", "recorded", "note"):
+    for column in ("kind", "injected", "refused", "recorded", "rejection rows", "note"):
         forged.add_column(column, justify="left" if column in ("kind", "note") else "right")
     for name, count in report.forgeries.items():
         kind = FORGERIES[name]
         if not kind.available:
-            forged.add_row(name, "-", "-", "-", f"[dim]not yet: {kind.note}[/]")
+            forged.add_row(name, "-", "-", "-", "-", f"[dim]not yet: {kind.note}[/]")
             continue
         recorded = f"{count.recorded:,}" if kind.recorded_today else f"[yellow]{count.recorded:,}[/]"
-        forged.add_row(name, f"{count.injected:,}", f"{count.refused:,}", recorded, kind.note)
+        forged.add_row(name, f"{count.injected:,}", f"{count.refused:,}", recorded, f"{count.rows:,}", kind.note)
     out.print(forged)
+    out.print("[dim]recorded: forgeries found among the rejections; rejection rows: the records they left (each worker that hears a forged frame records it)[/]")
 
     held = Table(title=f"invariants, checked after every fault and at the end ({report.checks_run} checks)", title_justify="left")
     for column in ("invariant", "held", "verdict"):
