@@ -81,6 +81,7 @@ def test_the_judge_passes_a_clean_snapshot():
         (lambda s: replace(s, applied_after={"31000000000000": []}), "nothing shown applied that the meter has not applied"),
         (lambda s: replace(s, forged=[Forged("wallet_bad_signature", False, s.forged[0].matches)]), "every forgery refused"),
         (lambda s: replace(s, rejections=[]), "every forgery recorded (injected = rejections)"),
+        (lambda s: replace(s, forged=[Forged("malformed_frame", None, lambda row: False)]), "every forgery refused"),
         (lambda s: replace(s, answered={}, payments={}), "every honest payment booked once"),
         (lambda s: replace(s, honest_refused=["wo-wallet SK1: HTTP 400"]), "every honest payment booked once"),
     ],

@@ -122,7 +122,7 @@ class Forged:
     """One forgery sent: whether gasworks refused it, and how to find its rejection record."""
 
     kind: str
-    refused: bool
+    refused: bool | None  # None: sent over MQTT, where a refusal shows only as its rejection record
     matches: Callable[[dict], bool]
 
 
@@ -266,7 +266,7 @@ def _unique_litres(ctx: ForgeryContext) -> int:
 def forge_malformed_frame(ctx: ForgeryContext) -> Forged:
     payload = b"\x68\x30" + secrets.token_bytes(4) + ctx.next_id().encode() + b"\x16"
     ctx.publish_up(ctx.rng.choice(ctx.serials), payload)
-    return Forged("malformed_frame", True, _frame_marks(payload))
+    return Forged("malformed_frame", None, _frame_marks(payload))
 
 
 def forge_foreign_frame(ctx: ForgeryContext) -> Forged:
@@ -274,7 +274,7 @@ def forge_foreign_frame(ctx: ForgeryContext) -> Forged:
     serial, topic_serial = ctx.rng.sample(ctx.serials, 2)
     payload = cjt188.encode(CurrentData(serial, 1, _unique_litres(ctx), 0, 0, True, 3_600, Alarm(0), datetime(2026, 1, 1)))
     ctx.publish_up(topic_serial, payload)
-    return Forged("foreign_frame", True, _frame_marks(payload))
+    return Forged("foreign_frame", None, _frame_marks(payload))
 
 
 def forge_downlink_sent_up(ctx: ForgeryContext) -> Forged:
@@ -282,14 +282,14 @@ def forge_downlink_sent_up(ctx: ForgeryContext) -> Forged:
     serial = ctx.rng.choice(ctx.serials)
     payload = cjt188.encode(WritePurchase(serial, 1, 1, _unique_litres(ctx)))
     ctx.publish_up(serial, payload)
-    return Forged("downlink_sent_up", True, _frame_marks(payload))
+    return Forged("downlink_sent_up", None, _frame_marks(payload))
 
 
 def forge_unknown_meter(ctx: ForgeryContext) -> Forged:
     serial = f"{99_000_000_000_000 + int(ctx.next_id()):014d}"
     payload = cjt188.encode(CurrentData(serial, 1, _unique_litres(ctx), 0, 0, True, 3_600, Alarm(0), datetime(2026, 1, 1)))
     ctx.publish_up(serial, payload)
-    return Forged("unknown_meter", True, _frame_marks(payload))
+    return Forged("unknown_meter", None, _frame_marks(payload))
 
 
 def _as_meter_sends(meter: SimulatedMeter, message: CurrentData) -> bytes:
@@ -306,7 +306,7 @@ def forge_serial_above_issued(ctx: ForgeryContext) -> Forged:
     claimed = meter.applied_seq + 1_000 + int(ctx.next_id())
     payload = _as_meter_sends(meter, CurrentData(serial, 1, meter.cumulative_litres, meter.credit_litres, claimed, meter.valve_open, meter.battery_mv, Alarm(0), datetime(2026, 1, 1)))
     ctx.publish_up(serial, payload)
-    return Forged("serial_above_issued", True, _frame_marks(payload))
+    return Forged("serial_above_issued", None, _frame_marks(payload))
 
 
 def forge_replayed_frame(ctx: ForgeryContext) -> Forged:
@@ -314,7 +314,7 @@ def forge_replayed_frame(ctx: ForgeryContext) -> Forged:
     serial = ctx.rng.choice(ctx.serials)
     payload = ctx.last_uplink(serial) or b""
     ctx.publish_up(serial, payload)
-    return Forged("frame_replayed_counter", True, _frame_marks(payload))
+    return Forged("frame_replayed_counter", None, _frame_marks(payload))
 
 
 FORGERIES: dict[str, ForgeryKind] = {

@@ -200,6 +200,11 @@ class Snapshot:
     final: bool = False
 
 
+def _refused(f: Forged, rejections: list[dict]) -> bool:
+    """Refused by its answer (HTTP), or over MQTT, where there is none, by its rejection record."""
+    return f.refused if f.refused is not None else any(f.matches(r) for r in rejections)
+
+
 def judge(s: Snapshot) -> dict[str, list[str]]:
     """Each invariant and what breaks it (empty: it holds)."""
     booked = {k: p for k, p in s.payments.items() if p.state == "booked"}
@@ -217,7 +222,7 @@ def judge(s: Snapshot) -> dict[str, list[str]]:
     found["nothing shown applied that the meter has not applied"] = [
         f"meter {serial} #{seq} shown applied" for (serial, seq), o in s.orders.items() if o.state == "applied" and (serial, seq) not in at_meters
     ]
-    found["every forgery refused"] = [f"{f.kind} was not refused" for f in s.forged if not f.refused]
+    found["every forgery refused"] = [f"{f.kind} was not refused" for f in s.forged if not _refused(f, s.rejections)]
     found["every forgery recorded (injected = rejections)"] = [
         f"{f.kind} left no rejection record" for f in s.forged if FORGERIES[f.kind].recorded_today and not any(f.matches(r) for r in s.rejections)
     ]
@@ -267,6 +272,8 @@ class Soak:
             self._run_rounds()
             self._drain()
             self._check("the end", final=True)
+            for p in self.processes:  # their work is done: they stop while the check runs
+                p.terminate()
             self.say("running `gasworks check`")
             self.gasworks_check_exit = self._gasworks_check()
         finally:
@@ -629,7 +636,7 @@ class Soak:
         for f in final.forged:
             count = forgeries[f.kind]
             count.injected += 1
-            count.refused += f.refused
+            count.refused += _refused(f, final.rejections)
             rows = sum(1 for r in final.rejections if f.matches(r))
             count.recorded += rows > 0
             count.rows += rows

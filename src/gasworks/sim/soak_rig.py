@@ -80,7 +80,10 @@ class PrivatePostgres:
         directory.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             self.as_owner = ["runuser", "-u", "postgres", "--"]
-            shutil.chown(directory, "postgres", "postgres")
+            try:
+                shutil.chown(directory, "postgres", "postgres")
+            except LookupError:
+                raise SoakSetupFailed("running as root, initdb needs the `postgres` OS user (Debian's postgresql package makes it)") from None
         self._run([str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"])
 
     @property
