@@ -324,10 +324,10 @@ FORGERIES: dict[str, ForgeryKind] = {
         ForgeryKind("wallet_stale_timestamp", "wallet payment signed an hour ago (a late replay)", forge_wallet_stale_timestamp),
         ForgeryKind("wallet_replayed_nonce", "an answered wallet payment replayed byte for byte", forge_wallet_replayed_nonce),
         ForgeryKind("wallet_conflicting_txn_id", "an answered transaction id again, another amount", forge_wallet_conflicting_txn_id,
-                    note="today flagged (first answer stands), not refused"),
+                    note="today: first answer stands, conflict flagged"),
         ForgeryKind("wallet_non_utf8_body", "validly signed body that is not UTF-8", forge_wallet_non_utf8_body),
         ForgeryKind("wallet_oversized_body", "a 1 MiB body (limit 64 KiB)", forge_wallet_oversized_body, recorded_today=False,
-                    note="refused with 413 before the channel is known; not yet recorded"),
+                    note="today: 413, not recorded"),
         ForgeryKind("wechat_bad_signature", "WeChat Pay notification altered after signing", forge_wechat_tampered_body),
         ForgeryKind("wechat_non_utf8_body", "WeChat Pay notification, signed bytes not UTF-8", forge_wechat_non_utf8_body),
         ForgeryKind("alipay_bad_signature", "Alipay notification with its amount altered", forge_alipay_bad_signature),
@@ -340,7 +340,7 @@ FORGERIES: dict[str, ForgeryKind] = {
         ForgeryKind("frame_bad_mac", "a frame with a wrong MAC", None, available=False, note="lands with frame MACs"),
         ForgeryKind("frame_replayed_counter", "a captured frame replayed with its old counter", forge_replayed_frame, available=False, note="lands with frame MACs"),
         ForgeryKind("serial_above_issued", "a report claiming a purchase serial never issued", forge_serial_above_issued, available=False,
-                    note="lands with meters believed no further than issued"),
+                    note="lands with issued-serial bounds"),
     )
 }  # fmt: skip
 

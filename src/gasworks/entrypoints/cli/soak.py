@@ -43,15 +43,17 @@ def soak(
 
 def show(report: "SoakReport") -> None:
     faults = Table(title="faults injected", title_justify="left")
-    faults.add_column("fault")
+    faults.add_column("fault", no_wrap=True)
     faults.add_column("count", justify="right")
     for name, n in sorted(report.faults.items()):
         faults.add_row(name, f"{n:,}")
     out.print(faults)
 
     forged = Table(title="forgeries: injected, refused, recorded (GET /v1/rejections)", title_justify="left")
-    for column in ("kind", "injected", "refused", "recorded", "rejection rows", "note"):
-        forged.add_column(column, justify="left" if column in ("kind", "note") else "right")
+    forged.add_column("kind", no_wrap=True)
+    for column in ("injected", "refused", "recorded", "rows"):
+        forged.add_column(column, justify="right")
+    forged.add_column("note", ratio=1)
     for name, count in report.forgeries.items():
         kind = FORGERIES[name]
         if not kind.available:
@@ -60,11 +62,12 @@ def show(report: "SoakReport") -> None:
         recorded = f"{count.recorded:,}" if kind.recorded_today else f"[yellow]{count.recorded:,}[/]"
         forged.add_row(name, f"{count.injected:,}", f"{count.refused:,}", recorded, f"{count.rows:,}", kind.note)
     out.print(forged)
-    out.print("[dim]recorded: forgeries found among the rejections; rejection rows: the records they left (each worker that hears a forged frame records it)[/]")
+    out.print("[dim]recorded: forgeries found among the rejections; rows: the rejection records they left (each worker that hears a forged frame records it)[/]")
 
     held = Table(title=f"invariants, checked after every fault and at the end ({report.checks_run} checks)", title_justify="left")
-    for column in ("invariant", "held", "verdict"):
-        held.add_column(column, justify="right" if column == "held" else "left")
+    held.add_column("invariant", no_wrap=True)
+    held.add_column("held", justify="right")
+    held.add_column("verdict")
     for name, (ok, n) in report.invariants.items():
         held.add_row(name, f"{ok}/{n}", "[bold green]held[/]" if ok == n and n else "[bold red]BROKEN[/]")
     out.print(held)
