@@ -10,7 +10,8 @@ Three kinds of harm, each a registry so a new one is one entry:
   one, whether gasworks refused it, and how to find its own rejection record, so the soak can prove
   "every forgery refused and recorded" by counting, per kind. Kinds that need work not yet merged
   (frame MACs, purchase serials above those issued, replayed frame counters) are registered with
-  `available=False` and show in the table as waiting: switch them on where that work lands.
+  `available=False` and show in the table as waiting: switch them on where that work lands (today:
+  a report claiming a purchase serial above those issued).
 """
 
 import hashlib
@@ -20,7 +21,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -41,6 +42,7 @@ from gasworks.sim.meter import SimulatedMeter
 HTTP_TIMEOUT_S = 10.0
 ANSWER_WAIT_S_MAX = 60.0  # an honest client retries a refused-for-now request this long, then gives up (and the soak fails)
 RETRY_PAUSE_S = 0.2
+UPLINKS_KEPT = 1_000  # honest uplinks remembered for replay forgeries
 METERS_CHANNEL = "meters"  # where gasworks files refused meter frames (services/delivery.py)
 
 
@@ -113,8 +115,9 @@ class ForgeryContext(Protocol):
     def honest_wallet_payment(self) -> Sent: ...
     def publish_up(self, serial: str, payload: bytes) -> None: ...
     def next_id(self) -> str: ...
-    def meter(self, serial: str) -> SimulatedMeter: ...
-    def last_uplink(self, serial: str) -> bytes | None: ...
+    def as_meter_sends(self, serial: str, message: Callable[[SimulatedMeter], CurrentData]) -> bytes: ...
+    def old_uplink(self, age_s_min: float) -> tuple[str, bytes] | None: ...
+    def rejections_matching(self, matches: Callable[[dict], bool]) -> int: ...
 
 
 @dataclass
@@ -124,6 +127,10 @@ class Forged:
     kind: str
     refused: bool | None  # None: sent over MQTT, where a refusal shows only as its rejection record
     matches: Callable[[dict], bool]
+    already: int = 0  # records that matched before it was sent (a replay's original may have left some)
+
+    def recorded_in(self, rejections: list[dict]) -> bool:
+        return sum(1 for r in rejections if self.matches(r)) > self.already
 
 
 @dataclass(frozen=True)
@@ -131,7 +138,7 @@ class ForgeryKind:
     name: str
     what: str
     make: Callable[[ForgeryContext], Forged] | None
-    recorded_today: bool = True  # False: gasworks refuses it but keeps no rejection record yet
+    recorded_today: bool = True  # False: gasworks refuses it but keeps no rejection record yet (shown, not asserted)
     available: bool = True
     note: str = ""
 
@@ -292,29 +299,42 @@ def forge_unknown_meter(ctx: ForgeryContext) -> Forged:
     return Forged("unknown_meter", None, _frame_marks(payload))
 
 
-def _as_meter_sends(meter: SimulatedMeter, message: CurrentData) -> bytes:
-    """Encoded as this meter encodes (sealed with its key where meters hold keys): a forgery that
-    passes every check but the one it probes."""
-    encode = getattr(meter, "_encode", None) or cjt188.encode
-    return encode(message)
-
-
 def forge_serial_above_issued(ctx: ForgeryContext) -> Forged:
     """A report from a real meter claiming it applied a purchase serial gasworks never issued."""
-    serial = ctx.rng.choice(ctx.serials)
-    meter = ctx.meter(serial)
-    claimed = meter.applied_seq + 1_000 + int(ctx.next_id())
-    payload = _as_meter_sends(meter, CurrentData(serial, 1, meter.cumulative_litres, meter.credit_litres, claimed, meter.valve_open, meter.battery_mv, Alarm(0), datetime(2026, 1, 1)))
+    serial, n = ctx.rng.choice(ctx.serials), int(ctx.next_id())
+    payload = ctx.as_meter_sends(serial, lambda m: CurrentData(serial, 1, m.cumulative_litres, m.credit_litres, m.applied_seq + 1_000 + n, m.valve_open, m.battery_mv, Alarm(0), datetime(2026, 1, 1)))
     ctx.publish_up(serial, payload)
     return Forged("serial_above_issued", None, _frame_marks(payload))
 
 
+REPLAY_AGE_S_MIN = 4.0  # the original was heard (and its counter taken) well before it is replayed
+
+
 def forge_replayed_frame(ctx: ForgeryContext) -> Forged:
-    """A meter's earlier frame, captured and sent again (its counter already used)."""
-    serial = ctx.rng.choice(ctx.serials)
-    payload = ctx.last_uplink(serial) or b""
+    """A meter's earlier frame, captured on the wire and sent again: its counter is used up."""
+    deadline = time.monotonic() + 3 * REPLAY_AGE_S_MIN
+    while (found := ctx.old_uplink(REPLAY_AGE_S_MIN)) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no meter has sent a frame for {3 * REPLAY_AGE_S_MIN:.0f} s: nothing to replay")
+        time.sleep(RETRY_PAUSE_S)
+    serial, payload = found
+    matches = _frame_marks(payload)
+    already = ctx.rejections_matching(matches)  # the original may have been refused too (a duplicate, or heard by two workers)
     ctx.publish_up(serial, payload)
-    return Forged("frame_replayed_counter", None, _frame_marks(payload))
+    return Forged("frame_replayed_counter", None, matches, already)
+
+
+def forge_bad_mac(ctx: ForgeryContext) -> Forged:
+    """A report sealed by the meter, one MAC byte changed and the checksum made right again."""
+    serial, litres = ctx.rng.choice(ctx.serials), _unique_litres(ctx)
+    sealed = ctx.as_meter_sends(serial, lambda m: CurrentData(serial, 1, litres, m.credit_litres, m.applied_seq, m.valve_open, m.battery_mv, Alarm(0), datetime(2026, 1, 1)))
+    start = len(sealed) - len(sealed.lstrip(b"\xfe"))  # after the wake-up bytes
+    frame = bytearray(sealed)
+    frame[-3] ^= 1 + ctx.rng.randrange(255)  # the MAC's last byte, never unchanged
+    frame[-2] = sum(frame[start:-2]) % 256
+    payload = bytes(frame)
+    ctx.publish_up(serial, payload)
+    return Forged("frame_bad_mac", None, _frame_marks(payload))
 
 
 FORGERIES: dict[str, ForgeryKind] = {
@@ -323,11 +343,9 @@ FORGERIES: dict[str, ForgeryKind] = {
         ForgeryKind("wallet_bad_signature", "wallet payment signed with the wrong secret", forge_wallet_bad_signature),
         ForgeryKind("wallet_stale_timestamp", "wallet payment signed an hour ago (a late replay)", forge_wallet_stale_timestamp),
         ForgeryKind("wallet_replayed_nonce", "an answered wallet payment replayed byte for byte", forge_wallet_replayed_nonce),
-        ForgeryKind("wallet_conflicting_txn_id", "an answered transaction id again, another amount", forge_wallet_conflicting_txn_id,
-                    note="today: first answer stands, conflict flagged"),
+        ForgeryKind("wallet_conflicting_txn_id", "an answered transaction id again, another amount", forge_wallet_conflicting_txn_id),
         ForgeryKind("wallet_non_utf8_body", "validly signed body that is not UTF-8", forge_wallet_non_utf8_body),
-        ForgeryKind("wallet_oversized_body", "a 1 MiB body (limit 64 KiB)", forge_wallet_oversized_body, recorded_today=False,
-                    note="today: 413, not recorded"),
+        ForgeryKind("wallet_oversized_body", "a 1 MiB body (limit 64 KiB)", forge_wallet_oversized_body),
         ForgeryKind("wechat_bad_signature", "WeChat Pay notification altered after signing", forge_wechat_tampered_body),
         ForgeryKind("wechat_non_utf8_body", "WeChat Pay notification, signed bytes not UTF-8", forge_wechat_non_utf8_body),
         ForgeryKind("alipay_bad_signature", "Alipay notification with its amount altered", forge_alipay_bad_signature),
@@ -336,9 +354,9 @@ FORGERIES: dict[str, ForgeryKind] = {
         ForgeryKind("foreign_frame", "a report for one meter on another meter's topic", forge_foreign_frame),
         ForgeryKind("downlink_sent_up", "a 'write purchase' frame sent by a meter", forge_downlink_sent_up),
         ForgeryKind("unknown_meter", "a report from a meter gasworks never issued", forge_unknown_meter),
-        # Waiting for work in progress elsewhere; switch on (give `make`) where it lands.
-        ForgeryKind("frame_bad_mac", "a frame with a wrong MAC", None, available=False, note="lands with frame MACs"),
-        ForgeryKind("frame_replayed_counter", "a captured frame replayed with its old counter", forge_replayed_frame, available=False, note="lands with frame MACs"),
+        # Waiting for work in progress elsewhere: switch on where it lands.
+        ForgeryKind("frame_bad_mac", "a meter's sealed report with one MAC byte changed", forge_bad_mac),
+        ForgeryKind("frame_replayed_counter", "a meter's earlier frame sent again (old counter)", forge_replayed_frame),
         ForgeryKind("serial_above_issued", "a report claiming a purchase serial never issued", forge_serial_above_issued, available=False,
                     note="lands with issued-serial bounds"),
     )
@@ -413,7 +431,7 @@ class ChaoticFleet:
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_message = self._on_message
         self._timers: list[threading.Timer] = []
-        self._last_up: dict[str, bytes] = {}  # each meter's latest uplink, for replays
+        self._published: deque[tuple[float, str, bytes]] = deque(maxlen=UPLINKS_KEPT)  # (when, meter, frame), for replays
 
     def start(self) -> None:
         host, port = self.client._gasworks_address  # type: ignore[attr-defined]
@@ -477,24 +495,38 @@ class ChaoticFleet:
             self._send(serial, reply)
 
     def _send(self, serial: str, frame: bytes) -> None:
-        with self._lock:
-            self._last_up[serial] = frame
         fate = self._fate("up")
         if fate == "dropped":
             return
         if fate == "delayed (reordered)":
-            self._later(lambda: self.publish_up(serial, frame))
+            self._later(lambda: self._publish_honest(serial, frame))
             return
-        self.publish_up(serial, frame)
+        self._publish_honest(serial, frame)
         if fate == "duplicated":
-            self.publish_up(serial, frame)
+            self._publish_honest(serial, frame)
 
     def publish_up(self, serial: str, frame: bytes) -> None:
         self.client.publish(topic_up(self.prefix, serial), frame, qos=1)
 
-    def last_uplink(self, serial: str) -> bytes | None:
+    def as_meter_sends(self, serial: str, message: Callable[[SimulatedMeter], CurrentData]) -> bytes:
+        """A message encoded as this meter encodes it (sealed with its key, its next counter, where
+        meters hold keys): a forgery that passes every check but the one it probes."""
         with self._lock:
-            return self._last_up.get(serial)
+            meter = self.meters[serial]
+            encode = getattr(meter, "_encode", None) or cjt188.encode
+            return encode(message(meter))
+
+    def old_uplink(self, age_s_min: float) -> tuple[str, bytes] | None:
+        """The newest honest uplink put on the wire at least `age_s_min` ago, with its meter."""
+        cutoff = time.monotonic() - age_s_min
+        with self._lock:
+            old = [(at, serial, frame) for at, serial, frame in self._published if at <= cutoff]
+        return max(old)[1:] if old else None
+
+    def _publish_honest(self, serial: str, frame: bytes) -> None:
+        with self._lock:
+            self._published.append((time.monotonic(), serial, frame))
+        self.publish_up(serial, frame)
 
     def report(self, serial: str) -> None:
         """The meter wakes and reports (and stays listening)."""

@@ -37,6 +37,7 @@ from gasworks.bootstrap import System, bootstrap
 from gasworks.config import Settings
 from gasworks.domain.accounts import MeterKind
 from gasworks.domain.channels import ChannelKind, KeyPurpose
+from gasworks.domain.meter_messages import CurrentData
 from gasworks.services import access, accounts, channels
 from gasworks.services.access import Role
 from gasworks.services.checks import check_ledger
@@ -202,7 +203,7 @@ class Snapshot:
 
 def _refused(f: Forged, rejections: list[dict]) -> bool:
     """Refused by its answer (HTTP), or over MQTT, where there is none, by its rejection record."""
-    return f.refused if f.refused is not None else any(f.matches(r) for r in rejections)
+    return f.refused if f.refused is not None else f.recorded_in(rejections)
 
 
 def judge(s: Snapshot) -> dict[str, list[str]]:
@@ -224,7 +225,7 @@ def judge(s: Snapshot) -> dict[str, list[str]]:
     ]
     found["every forgery refused"] = [f"{f.kind} was not refused" for f in s.forged if not _refused(f, s.rejections)]
     found["every forgery recorded (injected = rejections)"] = [
-        f"{f.kind} left no rejection record" for f in s.forged if FORGERIES[f.kind].recorded_today and not any(f.matches(r) for r in s.rejections)
+        f"{f.kind} left no rejection record" for f in s.forged if FORGERIES[f.kind].recorded_today and not f.recorded_in(s.rejections)
     ]
     unbooked = list(s.honest_refused)
     if s.final:
@@ -488,13 +489,16 @@ class Soak:
         assert self.fleet is not None
         self.fleet.publish_up(serial, payload)
 
-    def meter(self, serial: str) -> SimulatedMeter:
+    def as_meter_sends(self, serial: str, message: Callable[[SimulatedMeter], CurrentData]) -> bytes:
         assert self.fleet is not None
-        return self.fleet.meters[serial]
+        return self.fleet.as_meter_sends(serial, message)
 
-    def last_uplink(self, serial: str) -> bytes | None:
+    def old_uplink(self, age_s_min: float) -> tuple[str, bytes] | None:
         assert self.fleet is not None
-        return self.fleet.last_uplink(serial)
+        return self.fleet.old_uplink(age_s_min)
+
+    def rejections_matching(self, matches: Callable[[dict], bool]) -> int:
+        return sum(1 for r in self._rejections() if matches(r))
 
     def _forge(self, kinds: list[str]) -> None:
         forged = []
@@ -508,7 +512,7 @@ class Soak:
         expected = [f for f in forged if FORGERIES[f.kind].recorded_today]
         while time.monotonic() < deadline:
             rows = self._rejections()
-            if all(any(f.matches(r) for r in rows) for f in expected):
+            if all(f.recorded_in(rows) for f in expected):
                 return
             time.sleep(0.2)
 
@@ -637,9 +641,8 @@ class Soak:
             count = forgeries[f.kind]
             count.injected += 1
             count.refused += _refused(f, final.rejections)
-            rows = sum(1 for r in final.rejections if f.matches(r))
-            count.recorded += rows > 0
-            count.rows += rows
+            count.recorded += f.recorded_in(final.rejections)
+            count.rows += sum(1 for r in final.rejections if f.matches(r)) - f.already
         booked = {k: p for k, p in final.payments.items() if p.state == "booked"}
         report.honest_sent = len(final.sent)
         report.honest_fen = sum(final.sent.values())
