@@ -414,7 +414,7 @@ class FrameChaos:
 
 
 class ChaoticFleet:
-    """Simulated meters (real firmware behaviour, real frames) on the soak's broker, as the `meters`
+    """Simulated meters (real firmware behaviour, sealed frames) on the soak's broker, as the `fleet`
     user; downlinks they hear and uplinks they send pass through `FrameChaos`."""
 
     def __init__(self, url: str, *, prefix: str, meters: list[SimulatedMeter], chaos: FrameChaos, rng: random.Random) -> None:

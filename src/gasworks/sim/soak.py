@@ -38,7 +38,7 @@ from gasworks.config import Settings
 from gasworks.domain.accounts import MeterKind
 from gasworks.domain.channels import ChannelKind, KeyPurpose
 from gasworks.domain.meter_messages import CurrentData
-from gasworks.services import access, accounts, channels
+from gasworks.services import access, accounts, channels, meter_keys
 from gasworks.services.access import Role
 from gasworks.services.checks import check_ledger
 from gasworks.sim.chaos import (
@@ -236,13 +236,8 @@ def judge(s: Snapshot) -> dict[str, list[str]]:
 
 
 def install_meter_key(meter: SimulatedMeter, system: System) -> None:
-    """The installer writes the key gasworks made at registration into the meter. Frame MACs
-    (services/meter_keys) are being added in parallel: until they land, meters speak plain frames."""
-    try:
-        from gasworks.services import meter_keys  # type: ignore[attr-defined]
-    except ImportError:
-        return
-    meter.install_key(meter_keys.export_key(meter.serial, system.new_uow(), actor="soak"))  # type: ignore[attr-defined]
+    """The installer writes the key gasworks made at registration into the meter."""
+    meter.install_key(meter_keys.export_key(meter.serial, system.new_uow(), actor="soak"))
 
 
 class Soak:
@@ -296,7 +291,8 @@ class Soak:
         self.postgres = PrivatePostgres(self.directory / "postgres")
         self.postgres.start()
         self.postgres.create_database()
-        self.broker = PrivateBroker(self.directory / "mosquitto", PREFIX)
+        self.serials = [f"{31_000_000_000_000 + i:014d}" for i in range(self.options.households)]
+        self.broker = PrivateBroker(self.directory / "mosquitto", PREFIX, self.serials)
         self.broker.start()
         engine = make_engine(self.postgres.url)
         upgrade(engine)
@@ -323,10 +319,9 @@ class Soak:
         self.serve.wait_ready()
         self.say("gasworks serve answers; meters connecting")
         self.api = Api(f"http://127.0.0.1:{self.api_port}", stop=self.stop)
-        meters = [SimulatedMeter(f"{31_000_000_000_000 + i:014d}", credit_litres=5_000) for i in range(self.options.households)]
+        meters = [SimulatedMeter(serial, credit_litres=5_000) for serial in self.serials]
         for meter in meters:
             install_meter_key(meter, self.system)
-        self.serials = [m.serial for m in meters]
         self.fleet = ChaoticFleet(self.broker.url(self.broker.access.meters), prefix=PREFIX, meters=meters, chaos=FrameChaos(), rng=random.Random(self.options.seed))
         self.fleet.start()
         threading.Thread(target=self._meters_report, name="soak-meters", daemon=True).start()
@@ -347,7 +342,7 @@ class Soak:
         _, device_key = access.create_api_key(name="soak-kiosk", role=Role.DEVICE, channel_id="kiosk", uow=new_uow(), actor=actor)
         for i in range(self.options.households):
             accounts.open_account(
-                accounts.OpenAccount(f"43{i:08d}", f"住户{i}", f"浸泡苑 {i} 号", "浸泡苑", "G-01", "13800000000", f"{31_000_000_000_000 + i:014d}", MeterKind.IOT),
+                accounts.OpenAccount(f"43{i:08d}", f"住户{i}", f"浸泡苑 {i} 号", "浸泡苑", "G-01", "13800000000", self.serials[i], MeterKind.IOT),
                 new_uow(), actor=actor,
             )  # fmt: skip
         return ChannelKeys(

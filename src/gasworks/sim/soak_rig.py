@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from gasworks.adapters.meters import broker
 from gasworks.domain.errors import GasworksError
 
 POSTGRES_BIN_DIRS = ("/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/14/bin")
@@ -122,50 +123,34 @@ class BrokerUser:
 
 @dataclass(frozen=True)
 class BrokerAccess:
-    """Who may connect to the broker and what each may do: gasworks reads uplinks and writes
-    downlinks; meters the reverse."""
+    """Who may connect to the broker: gasworks' workers (read uplinks, write downlinks) and the
+    simulator's meter gateway (the reverse, for many simulated meters on one connection)."""
 
     gasworks: BrokerUser
     meters: BrokerUser
-    password_file: Path
-    acl_file: Path
+    config: Path
 
 
-def provision_broker(directory: Path, prefix: str) -> BrokerAccess:
-    """A password file and topic ACLs for the soak's broker. One place to swap for
-    `gasworks broker provision` (per-meter users and ACLs) when that lands."""
-    gasworks = BrokerUser("gasworks", "soak-" + os.urandom(8).hex())
-    meters = BrokerUser("meters", "soak-" + os.urandom(8).hex())
-    password_file, acl_file = directory / "passwd", directory / "acl"
-    password_file.touch(mode=0o600)
-    for user in (gasworks, meters):
-        done = subprocess.run(["mosquitto_passwd", "-b", str(password_file), user.name, user.password], capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise SoakSetupFailed(f"mosquitto_passwd failed: {done.stderr.strip()[-300:]}")
-    acl_file.write_text(
-        f"user {gasworks.name}\ntopic read {prefix}/+/up\ntopic write {prefix}/+/down\n\n"
-        f"user {meters.name}\ntopic write {prefix}/+/up\ntopic read {prefix}/+/down\n"
-    )
-    acl_file.chmod(0o600)
-    return BrokerAccess(gasworks, meters, password_file, acl_file)
+def provision_broker(directory: Path, *, prefix: str, serials: list[str], port: int) -> BrokerAccess:
+    """Password file, ACL and configuration as `gasworks broker provision` writes them (per-meter
+    users, a worker user, a fleet user), on the loopback, with persistence, run as this OS user."""
+    provisioned = broker.provision(directory, prefix=prefix, serials=serials, port=port, bind="127.0.0.1", persistence=True)
+    config = directory / "mosquitto.conf"
+    with config.open("a") as f:
+        f.write(f"user {getpass.getuser()}\nlog_dest file {directory}/mosquitto.log\n")
+    return BrokerAccess(BrokerUser(broker.WORKER_USER, provisioned.worker_password), BrokerUser(broker.FLEET_USER, provisioned.fleet_password), config)
 
 
 class PrivateBroker:
-    """An authenticated Mosquitto (no anonymous clients) with persistence, on a free port."""
+    """A closed Mosquitto (no anonymous clients, topic ACLs) with persistence, on a free port."""
 
-    def __init__(self, directory: Path, prefix: str) -> None:
-        if shutil.which("mosquitto") is None or shutil.which("mosquitto_passwd") is None:
+    def __init__(self, directory: Path, prefix: str, serials: list[str]) -> None:
+        if shutil.which("mosquitto") is None:
             raise SoakSetupFailed("mosquitto not found: apt-get install mosquitto")
         directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.access = provision_broker(directory, prefix)
-        self.config = directory / "mosquitto.conf"
-        self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous false\n"
-            f"password_file {self.access.password_file}\nacl_file {self.access.acl_file}\n"
-            f"persistence true\npersistence_location {directory}/\nuser {getpass.getuser()}\n"
-            f"log_dest file {directory}/mosquitto.log\n"
-        )
+        self.access = provision_broker(directory, prefix=prefix, serials=serials, port=self.port)
+        self.config = self.access.config
         self.process: subprocess.Popen | None = None
 
     def url(self, user: BrokerUser) -> str:
