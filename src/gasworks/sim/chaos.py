@@ -8,10 +8,9 @@ Three kinds of harm, each a registry so a new one is one entry:
   delayed (reordered) by `ChaoticFleet`;
 - `FORGERIES`: messages an attacker or a broken peer sends (`ForgeryKind`). Each knows how to make
   one, whether gasworks refused it, and how to find its own rejection record, so the soak can prove
-  "every forgery refused and recorded" by counting, per kind. Kinds that need work not yet merged
-  (frame MACs, purchase serials above those issued, replayed frame counters) are registered with
-  `available=False` and show in the table as waiting: switch them on where that work lands (today:
-  a report claiming a purchase serial above those issued).
+  "every forgery refused and recorded" by counting, per kind. A kind that needs a check not yet
+  written is registered with `available=False` and shows in the table as waiting; a kind gasworks
+  refuses without a record yet has `recorded_today=False` (shown, not asserted).
 """
 
 import hashlib
@@ -354,11 +353,9 @@ FORGERIES: dict[str, ForgeryKind] = {
         ForgeryKind("foreign_frame", "a report for one meter on another meter's topic", forge_foreign_frame),
         ForgeryKind("downlink_sent_up", "a 'write purchase' frame sent by a meter", forge_downlink_sent_up),
         ForgeryKind("unknown_meter", "a report from a meter gasworks never issued", forge_unknown_meter),
-        # Waiting for work in progress elsewhere: switch on where it lands.
         ForgeryKind("frame_bad_mac", "a meter's sealed report with one MAC byte changed", forge_bad_mac),
         ForgeryKind("frame_replayed_counter", "a meter's earlier frame sent again (old counter)", forge_replayed_frame),
-        ForgeryKind("serial_above_issued", "a report claiming a purchase serial never issued", forge_serial_above_issued, available=False,
-                    note="lands with issued-serial bounds"),
+        ForgeryKind("serial_above_issued", "a meter's sealed report claiming a purchase serial never issued", forge_serial_above_issued),
     )
 }  # fmt: skip
 

@@ -248,7 +248,7 @@ class Soak:
         self.rng = random.Random(options.seed * 7919 + 5)
         self.books = Books()
         self.findings: list[str] = []
-        self.invariants: dict[str, list[int]] = {name: [0, 0] for name in INVARIANTS}
+        self.invariants: dict[str, list[int]] = {name: [0, 0] for name in (*INVARIANTS, "every gasworks process running")}
         self._ids = iter(range(1, 10**9))
         self._ids_lock = threading.Lock()
         self.stop = threading.Event()
@@ -309,7 +309,9 @@ class Soak:
         self.serve = GasworksProcess("gasworks serve", ["serve", "--no-worker", "--port", str(self.api_port)], gasworks_env(**common), self.directory / "serve.log")
         self.serve.ready_port = self.api_port
         self.workers = [
-            GasworksProcess(f"gasworks worker {i}", ["worker"], gasworks_env(**common, mqtt_client_id=f"soak-worker-{i}"), self.directory / f"worker-{i}.log")
+            GasworksProcess(
+                f"gasworks worker {i}", ["worker"], gasworks_env(**common, mqtt_client_id=f"soak-worker-{i}", worker_metrics_port=str(free_port())), self.directory / f"worker-{i}.log"
+            )
             for i in range(1, WORKERS + 1)
         ]
         self.processes = [self.serve, *self.workers]
@@ -614,7 +616,9 @@ class Soak:
             orders={(o.meter_serial, o.purchase_seq): IssuedPurchase(o.volume_litres, o.state) for o in orders},
             rejections=rejections, applied_before=applied_before, applied_after=self.fleet.applied(), final=final,
         )  # fmt: skip
-        for name, broken in judge(snapshot).items():
+        found = judge(snapshot)
+        found["every gasworks process running"] = [f"{p.name} exited with {p.process.returncode}; see {p.log}" for p in self.processes if p.process is not None and p.process.poll() is not None]
+        for name, broken in found.items():
             self.invariants[name][1] += 1
             if broken:
                 self.findings.extend(f"{at}: {name}: {b}" for b in broken[:5])
