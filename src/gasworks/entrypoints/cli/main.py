@@ -16,6 +16,7 @@ from gasworks.entrypoints.cli.broker_commands import register as register_broker
 from gasworks.entrypoints.cli.common import DatabaseUrl, cli_actor, cli_errors, err, out, system
 from gasworks.entrypoints.cli.delivery_commands import register as register_delivery
 from gasworks.entrypoints.cli.reconcile_commands import register as register_reconciliation
+from gasworks.entrypoints.cli.soak import soak
 from gasworks.services import access, accounts, channels, checks
 from gasworks.services.access import Role
 
@@ -236,3 +237,4 @@ def accounts_show(account_no: str, database_url: DatabaseUrl = None) -> None:
 register_delivery(app)
 register_reconciliation(app)
 register_broker(app)
+app.command()(soak)
