@@ -3,6 +3,7 @@
 import json
 from datetime import timedelta
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 import pytest
 from fastapi.testclient import TestClient
@@ -524,3 +525,26 @@ def test_wechat_refund_notification_refunds_the_payment_once_and_leaves_arrears_
     unknown = n.wechat.refund_notification(out_trade_no="X", transaction_id="4209999999", refund_fen=100, total_fen=100, at=system.clock.now())
     assert client.post(NOTIFY_WECHAT, content=unknown[1], headers=unknown[0]).status_code == 400  # WeChat retries: its payment may come first
     assert "REFUND_FOR_UNKNOWN_PAYMENT" in rejections(client, auditor, "wechat")
+
+
+def test_alipay_refund_notification_refunds_the_payment_once(env):
+    """Alipay notifies a refund with refund_fee (all refunded so far) on the trade: a full one is an
+    external refund of the payment, once; a partial one is recorded for an operator."""
+    system, n, client, auditor = env
+    trade = order(client, channel_id="alipay", amount_fen=8000)
+    headers, body = n.alipay.notification(out_trade_no=trade, trade_no="2026112322009900001", amount_fen=8000, at=system.clock.now())
+    assert client.post(NOTIFY_ALIPAY, content=body, headers=headers).text == "success"
+    payment_id = client.get(f"/v1/accounts/{ACCOUNT_NO}/payments", headers=auditor).json()[0]["id"]
+    gmt = system.clock.now().astimezone(ZoneInfo("Asia/Shanghai")).strftime("%Y-%m-%d %H:%M:%S")
+    partial = {"refund_fee": "10.00", "gmt_refund": gmt + ".123", "out_biz_no": "RF-1"}
+    headers, body = n.alipay.notification(out_trade_no=trade, trade_no="2026112322009900001", amount_fen=8000, at=system.clock.now(), extra=partial)
+    assert client.post(NOTIFY_ALIPAY, content=body, headers=headers).text == "success"  # acknowledged, left to an operator
+    assert "PARTIAL_REFUND" in rejections(client, auditor, "alipay")
+    full = {"refund_fee": "80.00", "gmt_refund": gmt, "out_biz_no": "RF-2"}
+    for _ in range(2):  # Alipay resends until it reads success: the second moves nothing
+        headers, body = n.alipay.notification(out_trade_no=trade, trade_no="2026112322009900001", amount_fen=8000, at=system.clock.now(), trade_status="TRADE_CLOSED", extra=full)
+        assert client.post(NOTIFY_ALIPAY, content=body, headers=headers).text == "success"
+    assert client.get(f"/v1/payments/{payment_id}", headers=auditor).json()["status"] == "refunded"
+    with system.new_uow() as uow:
+        assert uow.ledger.entries_sum_fen("clearing:alipay") == 0
+    assert check_ledger(system.new_uow()).ok

@@ -19,7 +19,7 @@ from datetime import datetime
 
 from gasworks.adapters.channels.base import BEIJING, InboundRequest, Reply, check_timestamp, require
 from gasworks.adapters.channels.rsa import sign_sha256_rsa, verify_sha256_rsa
-from gasworks.domain.channels import Channel, KeyPurpose, PaymentNotice
+from gasworks.domain.channels import Channel, KeyPurpose, PaymentNotice, RefundNotice
 from gasworks.domain.errors import GasworksError, IntakeRefused, InvalidInput
 from gasworks.domain.money import PAYMENT_FEN_ABSOLUTE_MAX, fen_to_yuan_text, yuan_text_to_fen
 
@@ -82,7 +82,7 @@ def _beijing_time(text: str, name: str) -> datetime:
         raise IntakeRefused(f"{name} {text[:30]!r} is not yyyy-MM-dd HH:mm:ss", code="MALFORMED") from None
 
 
-def decode_notification(channel: Channel, request: InboundRequest, now: datetime, skew_s: int) -> PaymentNotice:
+def decode_notification(channel: Channel, request: InboundRequest, now: datetime, skew_s: int) -> PaymentNotice | RefundNotice:
     params, charset = parse_form(request.body)
     signature = require(params.get("sign", ""), "sign parameter")
     if params.get("sign_type") != "RSA2":
@@ -94,6 +94,8 @@ def decode_notification(channel: Channel, request: InboundRequest, now: datetime
     check_timestamp(_beijing_time(require(params.get("notify_time", ""), "notify_time"), "notify_time"), now, skew_s)
     if channel.merchant_id and params.get("app_id") != channel.merchant_id:
         raise IntakeRefused(f"app_id {params.get('app_id', '')[:32]!r} is not this channel's app", code="MERCHANT_MISMATCH")
+    if params.get("refund_fee"):  # a refund: Alipay notifies refund_fee (all refunded so far), gmt_refund, out_biz_no
+        return _refund_notice(channel, params)
     if params.get("trade_status") not in PAID_STATUSES:
         raise IntakeRefused(
             f"trade_status {params.get('trade_status', '')[:20]!r}; acknowledged, nothing booked",
@@ -121,6 +123,22 @@ def decode_notification(channel: Channel, request: InboundRequest, now: datetime
         out_trade_no=out_trade_no,
         method="alipay",
     )
+
+
+def _refund_notice(channel: Channel, params: dict[str, str]) -> RefundNotice:
+    try:
+        refund_fen = yuan_text_to_fen(params["refund_fee"])
+    except InvalidInput as error:
+        raise IntakeRefused(f"refund_fee: {error.message}", code="MALFORMED") from None
+    if not 0 < refund_fen <= PAYMENT_FEN_ABSOLUTE_MAX:
+        raise IntakeRefused(f"refund_fee {refund_fen} fen is not a real refund", code="MALFORMED")
+    trade_no = params.get("trade_no", "")
+    refund_id = params.get("out_biz_no") or params.get("notify_id", "")
+    if not 0 < len(trade_no) <= 64 or not 0 < len(refund_id) <= 64:
+        raise IntakeRefused("trade_no and out_biz_no (or notify_id) are required (at most 64 characters)", code="MALFORMED")
+    gmt_refund = params.get("gmt_refund")
+    refunded_at = _beijing_time(gmt_refund[:19], "gmt_refund") if gmt_refund else None  # Alipay may add milliseconds
+    return RefundNotice(channel_id=channel.id, channel_txn_id=trade_no, refund_id=refund_id, refund_fen=refund_fen, refunded_at=refunded_at)
 
 
 def success_reply() -> Reply:
