@@ -208,6 +208,32 @@ def test_two_workers_share_the_uplinks_each_heard_by_exactly_one(closed_broker):
     second.stop()
 
 
+def test_a_meter_joining_a_share_group_takes_no_uplink_from_the_workers(closed_broker):
+    """Found from outside: a meter that subscribed to the workers' share group by its well-known
+    name took its turn of every uplink (and the broker then dropped it at the read check). The
+    workers' group is named from their password, which no meter knows."""
+    worker = transport(closed_broker.worker_url, closed_broker.prefix)
+    assert "/gasworks/" not in worker.subscription.split(closed_broker.prefix)[0], "the group is not the well-known name"
+    spies = [Client(closed_broker.meter_url(B)) for _ in range(3)]
+    for spy in spies:
+        spy.connect()
+        spy.subscribe(f"$share/gasworks/{closed_broker.prefix}/+/up", f"$share/gasworks/{closed_broker.prefix}/{A}/up")
+    meter = Client(closed_broker.meter_url(A))
+    meter.connect()
+    sent = [f"report {i}".encode() for i in range(40)]
+    for payload in sent:
+        meter.publish(topic_up(closed_broker.prefix, A), payload)
+    heard: list[bytes] = []
+    deadline = time.monotonic() + 10
+    while len(heard) < len(sent) and time.monotonic() < deadline:
+        drain(worker, heard)
+        time.sleep(0.01)
+    assert heard == sent, f"the worker heard {len(heard)} of {len(sent)}"
+    for client in (*spies, meter):
+        client.close()
+    worker.stop()
+
+
 def _start_worker_process(closed_broker: ClosedBroker, database_url: str, **env: str) -> tuple[subprocess.Popen, int]:
     metrics_port = free_port()
     process = subprocess.Popen(

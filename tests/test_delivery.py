@@ -262,3 +262,41 @@ def test_an_expired_valve_command_is_not_sent_days_later():
     command.move_to(CommandState.EXPIRED, at, "ttl")
     assert revive_on_return([command], at=at, ttl_s=60) == []
     assert command.state == CommandState.CANCELLED
+
+
+def test_after_a_wake_of_unanswered_sends_the_next_wake_sends_again(rig):
+    """Found from outside: the fresh allowance of sends a new wake gives was never saved, so a
+    purchase sent three times to a meter that did not hear it waited for its 48 h expiry."""
+    rig.wake()
+    rig.meter.sleep()  # it dozes off at once: the frames sent in this window reach no one
+    accepted = rig.pay(10_000)
+    for _ in range(6):
+        rig.settle()
+        rig.advance(seconds=20)
+    [order] = rig.orders(accepted.payment_id)
+    assert order.state == CommandState.SENT and order.window_sends == rig.system.settings.meter_sends_per_wake_max
+    assert rig.meter.applied == []
+    rig.advance(hours=20)
+    rig.wake()
+    rig.settle()
+    assert rig.orders(accepted.payment_id)[0].state == CommandState.APPLIED
+    assert rig.meter.applied == [(1, 33_444)]
+
+
+def test_the_residents_page_never_says_gas_available_while_the_valve_stays_closed(rig):
+    """Found from outside: a purchase that only paid off the overdraft showed "gas available"."""
+    from gasworks.services.timeline import payment_timeline
+
+    rig.meter.credit_litres = -30_000  # far past the overdraft: the valve closes
+    rig.wake()
+    rig.settle()
+    assert rig.meter.valve_open is False
+    small = rig.pay(500)  # buys ~1.6 m³: the credit stays below the overdraft
+    rig.settle()
+    assert rig.orders(small.payment_id)[0].state == CommandState.APPLIED and rig.meter.valve_open is False
+    shown = payment_timeline(small.payment_id, rig.system.new_uow(), hotline="12319")
+    assert shown.status == "VALVE_CLOSED" and "gas available" not in shown.headline.en
+    enough = rig.pay(20_000)
+    rig.settle()
+    assert rig.meter.valve_open is True
+    assert payment_timeline(enough.payment_id, rig.system.new_uow(), hotline="12319").status == "GAS_AVAILABLE"

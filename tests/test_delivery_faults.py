@@ -2,7 +2,7 @@
 a meter is believed no further than what was issued to it, stale reports are not news, BUSY is
 retried, a valve closure carries its reasons, and a leak is shown to the resident as a leak."""
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -19,6 +19,7 @@ from gasworks.domain.delivery import (
     DeliveryPolicy,
     ReportKey,
     ReportOrder,
+    ValveReason,
     credit_past_overdraft,
     judge_claim,
     report_order,
@@ -201,10 +202,9 @@ def test_a_one_byte_serial_within_the_window_unwraps_to_the_serial_meant(issued,
 
 
 def test_a_stale_report_after_a_newer_one_is_ignored_and_raises_no_reset_alert(rig):
-    # A late frame that was sealed before the newest one is refused by its frame counter as a replay
-    # (tests/test_delivery_faults_mqtt.py); this one was sealed afterwards but dated earlier (a
-    # report queued in the firmware, a clock behind): the meter clock says it is stale.
-    reported_at = rig.system.clock.now()
+    # Sealed frames are ordered by their counter: a frame sealed before the newest one taken and
+    # delivered late is refused before its clock is read, and changes nothing.
+    old_frame = rig.meter.report(rig.system.clock.now())
     rig.meter.sleep()
     rig.advance(minutes=5)
     paid = rig.pay(10_000)
@@ -213,16 +213,14 @@ def test_a_stale_report_after_a_newer_one_is_ignored_and_raises_no_reset_alert(r
     assert rig.orders(paid.payment_id)[0].state == CommandState.APPLIED
     newest = link(rig)
     rig.advance(minutes=1)
-    old_frame = rig.meter.report(reported_at)
-    rig.meter.sleep()
     outcome = handle_uplink(IOT_SERIAL, old_frame, rig.system.new_uow())
-    assert not outcome.accepted and outcome.what.startswith("STALE_REPORT")
+    assert not outcome.accepted and outcome.what.startswith("FRAME_REPLAYED")
     after = link(rig)
     assert (after.applied_seq, after.credit_litres, after.valve_open, after.awake_until, after.last_report_at) == (
         newest.applied_seq, newest.credit_litres, newest.valve_open, newest.awake_until, newest.last_report_at,
     )  # fmt: skip
     assert not open_alerts(rig, AlertKind.METER_SEQUENCE_BACKWARDS)
-    assert "STALE_REPORT" in meter_rejections(rig)
+    assert "FRAME_REPLAYED" in meter_rejections(rig)
     # A genuine reset is a newer report with a lower serial: flagged, and the serial is not lowered.
     rig.meter.applied_seq = 0
     rig.advance(hours=1)
@@ -445,3 +443,29 @@ def test_operators_set_models_buttons_and_valve_reasons_from_the_command_line(tm
     ):
         bad = run(*args)
         assert bad.exit_code == 2 and code in bad.output and "Traceback" not in bad.output, (args, bad.output)
+
+
+def test_a_report_with_its_clock_in_the_future_does_not_make_later_reports_stale(rig):
+    """Found from outside: one report dated 2030 made every later report 'stale' (no wake, no
+    purchase sent, alarms never cleared). Sealed frames are ordered by their counter."""
+    rig.meter.sleep()
+    future = rig.meter.report(datetime(2030, 1, 1, tzinfo=UTC))
+    assert handle_uplink(IOT_SERIAL, future, rig.system.new_uow()).accepted
+    rig.meter.sleep()
+    paid = rig.pay(10_000)
+    rig.advance(minutes=5)
+    rig.wake()
+    rig.settle()
+    assert rig.orders(paid.payment_id)[0].state == CommandState.APPLIED
+    assert "STALE_REPORT" not in meter_rejections(rig)
+
+
+def test_a_report_claiming_an_unissued_serial_still_raises_its_leak(rig):
+    """Found from outside: such a report was dropped whole, its leak alarm with it."""
+    rig.meter.applied_seq = 7  # the firmware lies about its serial, and reports a leak
+    rig.meter.alarms = Alarm.LEAK
+    outcome = handle_uplink(IOT_SERIAL, rig.meter.report(rig.system.clock.now()), rig.system.new_uow())
+    assert not outcome.accepted and outcome.what.startswith("SERIAL_NOT_ISSUED")
+    assert open_alerts(rig, AlertKind.METER_CLAIMS_UNISSUED)
+    assert open_alerts(rig, AlertKind.for_alarm("LEAK"))
+    assert link(rig).valve_reasons & ValveReason.LEAK_OR_TAMPER

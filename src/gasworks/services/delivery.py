@@ -190,7 +190,8 @@ def handle_uplink(topic_serial: str, payload: bytes, uow: UnitOfWork, *, carrier
     kept; so are stale reports, replies matching nothing sent, and claims beyond what was issued.
     `carrier_authenticated`: it came through an authenticated carrier platform (the only way for models without MAC)."""
     try:  # MAC, key version and counter checked first (adapters/meters/frame_security.py)
-        message = frame_security.open_uplink(payload, topic_serial, uow, carrier_authenticated=carrier_authenticated).message
+        opened = frame_security.open_uplink(payload, topic_serial, uow, carrier_authenticated=carrier_authenticated)
+        message, sealed = opened.message, opened.counter is not None
     except (MalformedFrame, FrameRefused) as error:
         return _refuse(uow, topic_serial, error.code, error.message, payload)
     if message.serial != topic_serial:
@@ -202,11 +203,11 @@ def handle_uplink(topic_serial: str, payload: bytes, uow: UnitOfWork, *, carrier
         link = uow.meters.get(message.serial, lock=True)
         if link is not None and link.kind == MeterKind.IOT:
             commands = uow.meter_commands.for_meter(link.serial, states=OPEN_STATES | STOPPED_STATES, route=MeterKind.IOT)
-            taken = _apply_message(message, link, commands, uow, uow.delivery, now)
+            taken = _apply_message(message, link, commands, uow, uow.delivery, now, sealed=sealed)
             if taken.refusal is not None:
                 _record_refusal(uow, link.serial, *taken.refusal, payload)
             for command in commands:
-                if command.events:
+                if command.events or command.id in taken.rewound_ids:
                     uow.meter_commands.save(command, now)
             uow.meters.save(link)
             uow.commit()
@@ -222,23 +223,32 @@ def handle_uplink(topic_serial: str, payload: bytes, uow: UnitOfWork, *, carrier
 class _Taken:
     what: str
     refusal: tuple[str, str] | None = None  # (code, reason): the frame changed nothing and is kept among rejections
+    rewound_ids: frozenset[int | None] = frozenset()  # in flight, given a fresh allowance of sends by a new wake: saved too
 
 
-def _apply_message(message: MeterMessage, link: MeterLink, commands: list[MeterCommand], uow: UnitOfWork, policy: DeliveryPolicy, now: datetime) -> _Taken:
+def _apply_message(
+    message: MeterMessage, link: MeterLink, commands: list[MeterCommand], uow: UnitOfWork, policy: DeliveryPolicy, now: datetime, *, sealed: bool = False
+) -> _Taken:
     settled: list[MeterCommand] = []
+    rewound_ids: frozenset[int | None] = frozenset()
     match message:
         case CurrentData():
-            order = report_order(ReportKey(message.meter_clock), ReportKey(link.last_report_clock) if link.last_report_clock else None)
+            # A sealed frame's counter was proved above the last one taken: it is newer, whatever
+            # the meter's clock says (a clock set to 2030 once must not make every later report stale).
+            order = ReportOrder.NEWER if sealed else report_order(ReportKey(message.meter_clock), ReportKey(link.last_report_clock) if link.last_report_clock else None)
             if order == ReportOrder.OLDER:
                 return _Taken("stale report", ("STALE_REPORT", f"report of {message.meter_clock:%Y-%m-%d %H:%M:%S} (meter clock) is older than the newest taken, of {link.last_report_clock:%Y-%m-%d %H:%M:%S}: ignored"))
             claimed = unwrap_seq(message.last_applied_seq, highest_issued=link.purchase_seq_issued, modulus=link.seq_modulus)
             verdict = judge_claim(claimed, applied_seq=link.applied_seq, highest_issued=link.purchase_seq_issued)
             if verdict == ClaimVerdict.BEYOND_ISSUED:
+                _take_alarms(message, link, uow, now)  # its serial is not believed; a leak it reports is, to be safe
                 return _claims_unissued(uow, link, claimed, "report", now)
             if verdict == ClaimVerdict.BACKWARDS and order == ReportOrder.SAME:
                 return _Taken("stale report", ("STALE_REPORT", f"a report of the same moment as the newest taken claims purchase #{claimed}, below #{link.applied_seq}: ignored"))
             _take_report(message, link, uow, now, policy, claimed=claimed, backwards=verdict == ClaimVerdict.BACKWARDS)
-            new_wake_window([c for c in commands if c.state in (CommandState.SENT, CommandState.DELIVERED)])
+            in_flight = [c for c in commands if c.state in (CommandState.SENT, CommandState.DELIVERED)]
+            new_wake_window(in_flight)
+            rewound_ids = frozenset(c.id for c in in_flight)
             settled = settle_by_meter(commands, applied_seq=link.applied_seq, valve_open=link.valve_open, at=now, source="meter report")
             expired = [c for c in commands if c.state == CommandState.EXPIRED]
             revive_on_return(expired, at=now, ttl_s=policy.ttl_s)
@@ -281,7 +291,7 @@ def _apply_message(message: MeterMessage, link: MeterLink, commands: list[MeterC
         else:
             clear_command_alerts(uow, command, now)
     _keep_valve_right(link, commands, uow, policy, now)
-    return _Taken(what)
+    return _Taken(what, rewound_ids=rewound_ids)
 
 
 def _outstanding(commands: list[MeterCommand], frame_seq: int, *kinds: CommandKind) -> MeterCommand | None:
@@ -321,6 +331,10 @@ def _take_report(report: CurrentData, link: MeterLink, uow: UnitOfWork, now: dat
     link.cumulative_litres = report.cumulative_litres
     link.valve_open = report.valve_open
     link.battery_mv = report.battery_mv
+    _take_alarms(report, link, uow, now)
+
+
+def _take_alarms(report: CurrentData, link: MeterLink, uow: UnitOfWork, now: datetime) -> None:
     before, link.alarms = Alarm(link.alarms), int(report.alarms)
     for alarm in Alarm:  # only changes touch the alerts table: a daily report is one row's worth of work
         if alarm in report.alarms and alarm not in before:

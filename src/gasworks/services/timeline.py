@@ -29,6 +29,7 @@ class Status:
     REFUNDED = "REFUNDED"
     REVERSED = "REVERSED"
     ARREARS = "ARREARS"
+    VALVE_CLOSED = "VALVE_CLOSED"
     ON_BALANCE = "ON_BALANCE"
     WAITING_FOR_METER = "WAITING_FOR_METER"
     SENT_TO_METER = "SENT_TO_METER"
@@ -175,6 +176,14 @@ def _explain(
         if meter is not None and meter.valve_open is False and meter.reopen_needs_button:
             return Status.GAS_AVAILABLE, Text(f"{litres} 立方米已到表", f"{litres} m³ is on your meter"), Text(
                 "阀门仍关闭：请按住表上的红色按钮 3 秒开阀。", "The valve is still closed: press and hold the red button on the meter for 3 s."
+            )
+        if meter is not None and meter.valve_open is False:  # never "gas available" behind a closed valve
+            if meter.valve_reasons & ValveReason.CREDIT:
+                return Status.VALVE_CLOSED, Text(f"{litres} 立方米已到表，但余量仍低于透支额，阀门关闭", f"{litres} m³ is on your meter, but its credit is still below the overdraft: the valve stays closed"), Text(
+                    "这笔购气先抵扣了透支的用气。请再缴费，余量回正后阀门会自动打开。", "This purchase first paid for gas used on overdraft. Pay again: the valve opens once the credit is above zero."
+                )
+            return Status.VALVE_CLOSED, Text(f"{litres} 立方米已到表，阀门正在打开", f"{litres} m³ is on your meter; the valve is being opened"), Text(
+                "燃气表下次联网时会开阀。若阀门一直未开，" + call.zh, "The meter opens its valve when it is next in touch. If it stays closed, " + call.en
             )
         return Status.GAS_AVAILABLE, Text(f"{litres} 立方米已到表，可以用气", f"{litres} m³ is on your meter: gas available"), None
     if order.state == CommandState.EXPIRED:

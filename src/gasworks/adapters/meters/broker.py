@@ -4,7 +4,8 @@ Who may do what (one ACL for every meter, through Mosquitto's `%u` patterns):
 
     a meter (username = its 14-digit serial)   write <prefix>/<serial>/up, read <prefix>/<serial>/down
     `worker` (every gasworks worker)           read <prefix>/+/up (as the shared subscription
-                                               $share/<group>/<prefix>/+/up), write <prefix>/+/down
+                                               $share/<group>/<prefix>/+/up, the group derived
+                                               from the worker's password), write <prefix>/+/down
     `fleet` (the simulator's meter gateway)    write <prefix>/+/up, read <prefix>/+/down: ONE connection
                                                speaking for many simulated meters, as a carrier
                                                platform would; it is not a meter and never goes to one
@@ -24,7 +25,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from gasworks.adapters.meters.transport import SHARE_GROUP
+from gasworks.adapters.meters.transport import share_group_for
 from gasworks.domain.errors import InvalidInput
 
 WORKER_USER = "worker"
@@ -75,14 +76,14 @@ def verify_mosquitto_hash(password: str, line_hash: str) -> bool:
     return hmac.compare_digest(again, base64.b64decode(derived))
 
 
-def acl_text(prefix: str) -> str:
+def acl_text(prefix: str, worker_password: str) -> str:
     prefix = check_prefix(prefix)
     return f"""# gasworks broker ACL, written by `gasworks broker provision`. Anything not allowed here is refused.
 
 # Every gasworks worker: hears every meter's uplink (shared: each uplink goes to one worker), sends downlinks.
 user {WORKER_USER}
 topic read {prefix}/+/up
-topic read $share/{SHARE_GROUP}/{prefix}/+/up
+topic read $share/{share_group_for(worker_password)}/{prefix}/+/up
 topic write {prefix}/+/down
 
 # The simulator's meter gateway (sim/fleet.py): one connection for many SIMULATED meters. Not a meter;
@@ -169,7 +170,7 @@ def provision(directory: Path, *, prefix: str, serials: list[str], port: int, bi
     directory.mkdir(parents=True, exist_ok=True)
     secret = read_or_create_site_secret(directory / "site-secret")
     _write_whole(directory / "passwd", "\n".join(passwd_lines(secret, serials)) + "\n")
-    _write_whole(directory / "acl", acl_text(prefix))
+    _write_whole(directory / "acl", acl_text(prefix, password_for(secret, WORKER_USER)))
     _write_whole(directory / "mosquitto.conf", mosquitto_conf_text(directory, port=port, bind=bind, persistence=persistence))
     return Provisioned(directory, prefix, port, password_for(secret, WORKER_USER), password_for(secret, FLEET_USER), len(set(serials)))
 

@@ -11,6 +11,7 @@ Workers subscribe to `$share/gasworks/<prefix>/+/up`, so each uplink reaches one
 publish and read which topic on a closed broker: adapters/meters/broker.py.
 """
 
+import hashlib
 import queue
 import random
 import threading
@@ -33,7 +34,16 @@ KEEPALIVE_S = 15  # a worker gone silent without closing its connection leaves t
 RECONNECT_DELAY_S_MIN = 0.5
 RECONNECT_DELAY_S_MAX = 30.0
 LOOP_TIMEOUT_S = 0.5  # the network loop looks at `stop` at least this often
-SHARE_GROUP = "gasworks"  # workers share uplinks as $share/gasworks/<prefix>/+/up
+SHARE_GROUP = "gasworks"  # on a broker without passwords (a test broker): $share/gasworks/<prefix>/+/up
+
+
+def share_group_for(password: str | None) -> str:
+    """The workers' share group, derived from their broker password: any client may join a share
+    group by name, and a meter that joined the workers' group would take (and lose) their uplinks.
+    Only who knows the workers' password can name it; `gasworks broker provision` writes it to the ACL."""
+    if not password:
+        return SHARE_GROUP
+    return "gw" + hashlib.sha256(b"gasworks share group\n" + password.encode()).hexdigest()[:20]
 
 
 class TransportError(Exception):
@@ -164,7 +174,8 @@ class MqttTransport:
     ) -> None:
         self.prefix = prefix
         self.uplinks = Uplinks()
-        self.subscription = f"$share/{SHARE_GROUP}/{prefix}/+/up" if shared else topic_up(prefix, "+")
+        group = share_group_for(urlparse(url).password)
+        self.subscription = f"$share/{group}/{prefix}/+/up" if shared else topic_up(prefix, "+")
         self.keepalive_s = keepalive_s
         self.backoff = backoff or Backoff()
         self._rng = random.Random()

@@ -90,7 +90,7 @@ class DeliveryStepOut(BaseModel):
 
 
 class DeliveryOut(BaseModel):
-    status: str = Field(description="HELD, REFUND_REQUESTED, REFUNDED, REVERSED, ARREARS, ON_BALANCE, WAITING_FOR_METER, SENT_TO_METER, WAITING_FOR_CARD, CARD_WRITTEN, GAS_AVAILABLE, CLOSED_FOR_SAFETY or STUCK")
+    status: str = Field(description="HELD, REFUND_REQUESTED, REFUNDED, REVERSED, ARREARS, ON_BALANCE, WAITING_FOR_METER, SENT_TO_METER, WAITING_FOR_CARD, CARD_WRITTEN, VALVE_CLOSED, GAS_AVAILABLE, CLOSED_FOR_SAFETY or STUCK")
     headline: TextOut
     next_step: TextOut | None
     steps: list[DeliveryStepOut]
