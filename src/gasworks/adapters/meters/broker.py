@@ -98,6 +98,9 @@ pattern read {prefix}/%u/down
 """
 
 
+MQTT_PACKET_BYTES_MAX = 4096
+
+
 def mosquitto_conf_text(directory: Path, *, port: int, bind: str, persistence: bool) -> str:
     lines = [
         "# gasworks broker, written by `gasworks broker provision`; start with: mosquitto -c <this file>",
@@ -106,6 +109,8 @@ def mosquitto_conf_text(directory: Path, *, port: int, bind: str, persistence: b
         "allow_anonymous false",
         f"password_file {directory / 'passwd'}",
         f"acl_file {directory / 'acl'}",
+        # A sealed meter frame is well under 100 bytes: anything near this bound is not a meter talking.
+        f"max_packet_size {MQTT_PACKET_BYTES_MAX}",
     ]
     if persistence:
         lines += ["persistence true", f"persistence_location {directory}/"]
