@@ -180,6 +180,16 @@ def provision(directory: Path, *, prefix: str, serials: list[str], port: int, bi
     return Provisioned(directory, prefix, port, password_for(secret, WORKER_USER), password_for(secret, FLEET_USER), len(set(serials)))
 
 
+def provisioned_port(directory: Path, default: int = 1883) -> int:
+    """The listener's port in the provisioned mosquitto.conf (the default if there is none)."""
+    conf = directory / "mosquitto.conf"
+    for line in conf.read_text().splitlines() if conf.exists() else []:
+        words = line.split()
+        if len(words) >= 2 and words[0] == "listener" and words[1].isdigit():
+            return int(words[1])
+    return default
+
+
 def add_meter(directory: Path, serial: str) -> str:
     """One more meter in an existing password file (the broker reads it again on SIGHUP); its password."""
     check_serial(serial)

@@ -77,11 +77,12 @@ def meter_credentials(
     serial: Annotated[str, typer.Argument(help="The meter's 14-digit serial: its MQTT username.")],
     out_dir: Directory,
     host: Annotated[str, typer.Option(help="Broker host name, for the printed URL.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Broker port, for the printed URL.")] = 1883,
+    port: Annotated[int | None, typer.Option(help="Broker port, for the printed URL (default: the provisioned listener's).")] = None,
     prefix: Annotated[str | None, typer.Option(help="Topic prefix (GASWORKS_MQTT_TOPIC_PREFIX).")] = None,
 ) -> None:
     """Print one meter's MQTT credentials (the same every time) and admit it to the password file."""
     password = broker.add_meter(out_dir.resolve(), serial)
+    port = port or broker.provisioned_port(out_dir.resolve())
     topics = prefix or Settings().mqtt_topic_prefix
     out.print(f"meter {serial}: admitted to {out_dir.resolve() / 'passwd'} (kill -HUP the broker to take it)")
     out.print(f"  publishes {topics}/{serial}/up, subscribes {topics}/{serial}/down, nothing else")
