@@ -469,3 +469,13 @@ def test_a_report_claiming_an_unissued_serial_still_raises_its_leak(rig):
     assert open_alerts(rig, AlertKind.METER_CLAIMS_UNISSUED)
     assert open_alerts(rig, AlertKind.for_alarm("LEAK"))
     assert link(rig).valve_reasons & ValveReason.LEAK_OR_TAMPER
+
+
+def test_sealed_reports_are_ordered_by_their_counter_against_the_newest_taken():
+    """Two workers may take frames 10 and 11 of one meter in either order: the one applied second
+    must not overwrite the newer one's state, whatever the meter clocks say."""
+    clock = datetime(2026, 11, 24, 9, 0)
+    assert report_order(ReportKey(clock + timedelta(hours=1), 10), ReportKey(clock, 11)) == ReportOrder.OLDER
+    assert report_order(ReportKey(datetime(2000, 1, 1), 12), ReportKey(datetime(2030, 1, 1), 11)) == ReportOrder.NEWER
+    assert report_order(ReportKey(datetime(2000, 1, 1), 1), ReportKey(datetime(2030, 1, 1), None)) == ReportOrder.NEWER
+    assert report_order(ReportKey(clock, None), ReportKey(clock + timedelta(minutes=1), None)) == ReportOrder.OLDER

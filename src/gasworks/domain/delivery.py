@@ -61,6 +61,7 @@ class MeterLink:
     model: str | None = None  # the meter model (see MeterModel); None: a plain model with 4-byte serials
     seq_modulus: int | None = None  # from the model: 256 when its purchase serial is one byte; None: no wrap
     last_report_clock: datetime | None = None  # the meter's own clock in the newest report taken (naive)
+    last_report_counter: int | None = None  # its uplink frame counter, when frames are sealed
     valve_reasons: int = 0  # ValveReason bits: why gasworks wants this meter's valve closed
 
 
@@ -139,6 +140,8 @@ def report_order(report: ReportKey, newest_taken: ReportKey | None) -> ReportOrd
     An older report is not news: it changes nothing. The same moment again is a duplicate."""
     if newest_taken is None:
         return ReportOrder.NEWER
+    if report.counter is not None and newest_taken.counter is None:
+        return ReportOrder.NEWER  # the first sealed report: the frame check proved it fresh; an old clock must not veto it
     if report.counter is not None and newest_taken.counter is not None:
         mine, theirs = report.counter, newest_taken.counter
     else:

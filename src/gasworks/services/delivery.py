@@ -191,7 +191,7 @@ def handle_uplink(topic_serial: str, payload: bytes, uow: UnitOfWork, *, carrier
     `carrier_authenticated`: it came through an authenticated carrier platform (the only way for models without MAC)."""
     try:  # MAC, key version and counter checked first (adapters/meters/frame_security.py)
         opened = frame_security.open_uplink(payload, topic_serial, uow, carrier_authenticated=carrier_authenticated)
-        message, sealed = opened.message, opened.counter is not None
+        message, counter = opened.message, opened.counter
     except (MalformedFrame, FrameRefused) as error:
         return _refuse(uow, topic_serial, error.code, error.message, payload)
     if message.serial != topic_serial:
@@ -203,7 +203,7 @@ def handle_uplink(topic_serial: str, payload: bytes, uow: UnitOfWork, *, carrier
         link = uow.meters.get(message.serial, lock=True)
         if link is not None and link.kind == MeterKind.IOT:
             commands = uow.meter_commands.for_meter(link.serial, states=OPEN_STATES | STOPPED_STATES, route=MeterKind.IOT)
-            taken = _apply_message(message, link, commands, uow, uow.delivery, now, sealed=sealed)
+            taken = _apply_message(message, link, commands, uow, uow.delivery, now, counter=counter)
             if taken.refusal is not None:
                 _record_refusal(uow, link.serial, *taken.refusal, payload)
             for command in commands:
@@ -227,15 +227,17 @@ class _Taken:
 
 
 def _apply_message(
-    message: MeterMessage, link: MeterLink, commands: list[MeterCommand], uow: UnitOfWork, policy: DeliveryPolicy, now: datetime, *, sealed: bool = False
+    message: MeterMessage, link: MeterLink, commands: list[MeterCommand], uow: UnitOfWork, policy: DeliveryPolicy, now: datetime, *, counter: int | None = None
 ) -> _Taken:
     settled: list[MeterCommand] = []
     rewound_ids: frozenset[int | None] = frozenset()
     match message:
         case CurrentData():
-            # A sealed frame's counter was proved above the last one taken: it is newer, whatever
-            # the meter's clock says (a clock set to 2030 once must not make every later report stale).
-            order = ReportOrder.NEWER if sealed else report_order(ReportKey(message.meter_clock), ReportKey(link.last_report_clock) if link.last_report_clock else None)
+            # Sealed reports are ordered by their frame counter, against the newest report *taken*
+            # (two workers may take frames 10 and 11 in either order); the meter's clock only
+            # between unsealed ones, so a clock set to 2030 once cannot make later reports stale.
+            newest = ReportKey(link.last_report_clock, link.last_report_counter) if link.last_report_clock else None
+            order = report_order(ReportKey(message.meter_clock, counter), newest)
             if order == ReportOrder.OLDER:
                 return _Taken("stale report", ("STALE_REPORT", f"report of {message.meter_clock:%Y-%m-%d %H:%M:%S} (meter clock) is older than the newest taken, of {link.last_report_clock:%Y-%m-%d %H:%M:%S}: ignored"))
             claimed = unwrap_seq(message.last_applied_seq, highest_issued=link.purchase_seq_issued, modulus=link.seq_modulus)
@@ -246,6 +248,7 @@ def _apply_message(
             if verdict == ClaimVerdict.BACKWARDS and order == ReportOrder.SAME:
                 return _Taken("stale report", ("STALE_REPORT", f"a report of the same moment as the newest taken claims purchase #{claimed}, below #{link.applied_seq}: ignored"))
             _take_report(message, link, uow, now, policy, claimed=claimed, backwards=verdict == ClaimVerdict.BACKWARDS)
+            link.last_report_counter = counter
             in_flight = [c for c in commands if c.state in (CommandState.SENT, CommandState.DELIVERED)]
             new_wake_window(in_flight)
             rewound_ids = frozenset(c.id for c in in_flight)

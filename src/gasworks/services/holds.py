@@ -7,8 +7,8 @@ from enum import StrEnum
 
 from gasworks.domain.accounts import check_account_no
 from gasworks.domain.channels import RefundNotice
-from gasworks.domain.errors import IntakeRefused, InvalidInput, NotFound
-from gasworks.domain.payments import IllegalTransition, Payment, PaymentState
+from gasworks.domain.errors import Conflict, IntakeRefused, InvalidInput, NotFound
+from gasworks.domain.payments import TRANSITIONS, IllegalTransition, Payment, PaymentState
 from gasworks.services.delivery import buy_gas
 from gasworks.services.intake import claim_nonce, payment_fen_max
 from gasworks.services.payment_life_cycle import (
@@ -59,7 +59,7 @@ def decide_hold(payment_id: str, decision: HoldDecision, *, reason: str, uow: Un
         return payment
 
 
-def confirm_refund(payment_id: str, *, evidence: str, uow: UnitOfWork, actor: str) -> Payment:
+def confirm_refund(payment_id: str, *, evidence: str, uow: UnitOfWork, actor: str, refund_fen: int | None = None) -> Payment:
     """The channel says it paid the resident back (its refund notification, its statement, or an
     operator reading its merchant portal): the money leaves refunds in flight for the channel."""
     if not evidence.strip():
@@ -71,6 +71,7 @@ def confirm_refund(payment_id: str, *, evidence: str, uow: UnitOfWork, actor: st
             raise already_decided(payment, PaymentState.REFUNDED)
         if payment.state != PaymentState.REFUND_REQUESTED:  # nothing was asked of the channel: not a confirmation
             raise IllegalTransition(f"payment {payment.id} is {payment.state}: no refund was requested to confirm", code="REFUND_NOT_REQUESTED")
+        _check_refund_is_whole(uow, payment, refund_fen, evidence)
         why = evidence.strip()[:200]
         settle(uow, payment, PaymentState.REFUNDED, at=now, note=f"refund confirmed by {payment.channel_id}: {why}", actor=actor, action="refund.confirmed", detail={"evidence": why})
         uow.commit()
@@ -95,6 +96,13 @@ def record_external_refund(payment_id: str, *, evidence: str, uow: UnitOfWork, a
         return payment
 
 
+def _check_refund_is_whole(uow: UnitOfWork, payment: Payment, refund_fen: int | None, what: str) -> None:
+    """Only a refund of all the payment holds moves money here; a partial one is an operator's decision."""
+    holds_fen = uow.ledger.payment_net_fen(payment.id)
+    if refund_fen is not None and refund_fen != holds_fen:
+        raise Conflict(f"{what[:80]} is {refund_fen} fen of payment {payment.id} holding {holds_fen} fen: a partial refund is an operator's decision", code="PARTIAL_REFUND")
+
+
 def take_channel_refund(notice: RefundNotice, uow: UnitOfWork) -> Payment:
     """A channel's verified refund notification: confirms a refund we requested, or records one the
     channel made on its own. Only a refund of all the payment still holds moves money here; a
@@ -109,12 +117,12 @@ def take_channel_refund(notice: RefundNotice, uow: UnitOfWork) -> Payment:
         if payment.state == PaymentState.REFUNDED:
             uow.commit()  # a retry of the notification: the first answer stands, the nonce stays used
             return payment
-        holds_fen = uow.ledger.payment_net_fen(payment.id)
-        if notice.refund_fen != holds_fen:
-            raise IntakeRefused(
-                f"refund {notice.refund_id} is {notice.refund_fen} fen of payment {payment.id} holding {holds_fen} fen: a partial refund is an operator's decision",
-                code="PARTIAL_REFUND", acknowledge=True,
-            )  # fmt: skip
+        if (payment.state, PaymentState.REFUNDED) not in TRANSITIONS:  # reversed meanwhile: say so, not "partial"
+            raise already_decided(payment, PaymentState.REFUNDED)
+        try:
+            _check_refund_is_whole(uow, payment, notice.refund_fen, f"refund {notice.refund_id}")
+        except Conflict as partial:  # acknowledged so the channel stops; recorded for an operator
+            raise IntakeRefused(partial.message, code=partial.code, acknowledge=True) from None
         requested = payment.state == PaymentState.REFUND_REQUESTED
         note = f"refund {notice.refund_id} " + ("confirmed by the channel" if requested else "made by the channel on its own")
         settle(

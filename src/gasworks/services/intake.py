@@ -186,7 +186,9 @@ def _refuse_if_retry_differs(first: Payment, notice: PaymentNotice) -> None:
     differences = []
     if first.amount_fen != notice.amount_fen:
         differences.append(f"amount {notice.amount_fen} fen vs first {first.amount_fen} fen")
-    if notice.account_no is not None and first.account_no != notice.account_no:
+    # A held payment an operator credited to the right account carries that account now; the
+    # channel's retry still names the one it first sent, and is still the same payment.
+    if notice.account_no is not None and first.account_no != notice.account_no and first.last_event(PaymentState.HELD) is None:
         differences.append(f"account {notice.account_no!r} vs first {first.account_no!r}")
     if notice.out_trade_no is not None and first.out_trade_no is not None and first.out_trade_no != notice.out_trade_no:
         differences.append(f"order {notice.out_trade_no!r} vs first {first.out_trade_no!r}")

@@ -26,7 +26,7 @@ from gasworks.adapters.db.reconciliation import Discrepancy
 from gasworks.adapters.statements import read_statement
 from gasworks.domain.channels import Channel, ChannelKind, PaymentNotice
 from gasworks.domain.errors import Conflict, GasworksError, InvalidInput, NotFound
-from gasworks.domain.payments import IllegalTransition, PaymentState
+from gasworks.domain.payments import PaymentState
 from gasworks.domain.statements import (
     PROPOSED_ACTIONS,
     DiscrepancyClass,
@@ -201,7 +201,7 @@ def _match(
     ).fetchall():
         add(DiscrepancyClass.AMOUNT_MISMATCH, txn, payment_id, s_fen, p_fen, f"the channel says {s_fen} fen, gasworks booked {p_fen} fen")
     for txn, payment_id, s_fen, p_fen in db.execute(
-        "SELECT s.channel_txn_id, p.payment_id, s.amount_fen, p.amount_fen FROM s JOIN p USING (channel_txn_id) WHERE s.status = 'refunded' AND p.state IN ('booked', 'held')"
+        "SELECT s.channel_txn_id, p.payment_id, s.amount_fen, p.amount_fen FROM s JOIN p USING (channel_txn_id) WHERE s.status = 'refunded' AND p.state IN ('booked', 'held', 'adjusted')"
     ).fetchall():
         add(DiscrepancyClass.STATUS_MISMATCH, txn, payment_id, s_fen, p_fen, f"refunded at the channel ({s_fen} fen), booked here")
     for txn, payment_id, s_fen, p_fen in db.execute(
@@ -264,10 +264,11 @@ def _book_from_statement(
 def _confirm_refund_from_statement(d: Discrepancy, uow_factory: Callable[[], UnitOfWork], file_id: int, actor: str) -> None:
     """A refund we requested shows in the channel's statement: that is the channel's confirmation."""
     try:
-        confirm_refund(d.payment_id or "", evidence=f"refund line in statement file {file_id}", uow=uow_factory(), actor=actor)
+        confirm_refund(d.payment_id or "", evidence=f"refund line in statement file {file_id}", uow=uow_factory(), actor=actor, refund_fen=d.statement_amount_fen)
         d.detail += "; refund confirmed"
-    except IllegalTransition as refused:  # confirmed meanwhile (its notification, another file)
-        d.detail += f"; {refused.message}"
+    except GasworksError as refused:  # confirmed meanwhile (its notification, another file), or not the amount requested
+        d.state = DiscrepancyState.OPEN if refused.code == "PARTIAL_REFUND" else d.state
+        d.detail += f"; {refused.code}: {refused.message}"
 
 
 # ---- operators' decisions ----------------------------------------------------------------------
@@ -314,6 +315,9 @@ def decide(discrepancy_id: int, decision: str, reason: str, uow: UnitOfWork, *, 
                 # Refunded at the channel: an external refund. Never collected: a reversal. Either
                 # way gas already bought stays bought; the balance may go below zero (arrears).
                 target = PaymentState.REFUNDED if d.klass == DiscrepancyClass.STATUS_MISMATCH else PaymentState.REVERSED
+                holds_fen = uow.ledger.payment_net_fen(payment.id)
+                if target == PaymentState.REFUNDED and d.statement_amount_fen != holds_fen:
+                    raise Conflict(f"the channel refunded {d.statement_amount_fen} fen of {holds_fen} fen: a partial refund is not a reversal; accept it and settle by hand", code="PARTIAL_REFUND")
                 booked = settle(uow, payment, target, at=now, note=why, actor=actor, action=f"payment.{target.value}", detail=detail)
             else:
                 fen_max = payment_fen_max(uow, uow.payment_ceiling, payment.channel_id, payment.account_no)
@@ -324,7 +328,8 @@ def decide(discrepancy_id: int, decision: str, reason: str, uow: UnitOfWork, *, 
                     raise Conflict("no difference to adjust", code="NOTHING_TO_ADJUST")
                 booked = settle(uow, payment, PaymentState.ADJUSTED, at=now, note=why, actor=actor, action="payment.adjusted", detail=detail, amount_fen=difference)
         resolution = f"{decision}: {reason.strip()[:200]}" + (f" (ledger transaction {booked})" if booked else "")
-        uow.reconciliations.settle(discrepancy_id, state=DiscrepancyState.RESOLVED, at=now, by=actor, resolution=resolution)
+        if not uow.reconciliations.settle(discrepancy_id, state=DiscrepancyState.RESOLVED, at=now, by=actor, resolution=resolution, from_state=DiscrepancyState.OPEN):
+            raise Conflict(f"discrepancy {discrepancy_id} was decided meanwhile", code="DISCREPANCY_NOT_OPEN")
         uow.audit.append(
             at=now, actor=actor, action=f"discrepancy.{decision}", subject=f"discrepancy:{discrepancy_id}",
             detail={"class": d.klass.value, "payment_id": d.payment_id, "reason": reason.strip()[:200], "ledger_transaction": booked},

@@ -13,6 +13,7 @@ from typing import Protocol
 import structlog
 
 from gasworks.domain.channels import PaymentNotice
+from gasworks.domain.errors import GasworksError
 from gasworks.services.intake import AuditNote, accept_payment
 from gasworks.services.unit_of_work import UnitOfWork
 
@@ -41,7 +42,11 @@ def recover_unnotified_orders(
         if notice is None or notice.channel_id != channel_id:
             continue
         audit = AuditNote(actor, "payment.recovered", {"channel_id": channel_id, "out_trade_no": order.out_trade_no, "channel_txn_id": notice.channel_txn_id})
-        taken = accept_payment(notice, uow_factory(), audit=audit)
+        try:
+            taken = accept_payment(notice, uow_factory(), audit=audit)
+        except GasworksError as refused:  # one order the channel answers oddly must not stop the others
+            log.warning("order_query_answer_refused", channel_id=channel_id, out_trade_no=order.out_trade_no, code=refused.code, reason=refused.message)
+            continue
         if taken.duplicate:
             continue
         recovered += 1

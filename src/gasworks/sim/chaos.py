@@ -298,10 +298,13 @@ def forge_unknown_meter(ctx: ForgeryContext) -> Forged:
     return Forged("unknown_meter", None, _frame_marks(payload))
 
 
+FORGED_CLAIM_SEQ_MIN = 1_000  # forged claims start here, far past anything a soak issues
+
+
 def forge_serial_above_issued(ctx: ForgeryContext) -> Forged:
     """A report from a real meter claiming it applied a purchase serial gasworks never issued."""
     serial, n = ctx.rng.choice(ctx.serials), int(ctx.next_id())
-    payload = ctx.as_meter_sends(serial, lambda m: CurrentData(serial, 1, m.cumulative_litres, m.credit_litres, m.applied_seq + 1_000 + n, m.valve_open, m.battery_mv, Alarm(0), datetime(2026, 1, 1)))
+    payload = ctx.as_meter_sends(serial, lambda m: CurrentData(serial, 1, m.cumulative_litres, m.credit_litres, m.applied_seq + FORGED_CLAIM_SEQ_MIN + n, m.valve_open, m.battery_mv, Alarm(0), datetime(2026, 1, 1)))
     ctx.publish_up(serial, payload)
     return Forged("serial_above_issued", None, _frame_marks(payload))
 

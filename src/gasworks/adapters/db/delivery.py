@@ -28,7 +28,7 @@ METER_WORK_CHANNEL = "gasworks_meter_work"  # PostgreSQL LISTEN/NOTIFY channel: 
 _LINK_COLUMNS = (
     "purchase_seq_issued", "tier_year", "litres_bought_tier_year", "applied_seq", "last_report_at", "awake_until",
     "credit_litres", "cumulative_litres", "valve_open", "battery_mv", "alarms", "reopen_needs_button", "card_no",
-    "card_purchase_seq", "model", "last_report_clock", "valve_reasons",
+    "card_purchase_seq", "model", "last_report_clock", "last_report_counter", "valve_reasons",
 )  # fmt: skip
 
 

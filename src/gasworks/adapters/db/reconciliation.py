@@ -146,10 +146,11 @@ class Reconciliations:
         row = self.c.execute(select(t.discrepancies).where(t.discrepancies.c.id == discrepancy_id).with_for_update() if self.c.dialect.name == "postgresql" else select(t.discrepancies).where(t.discrepancies.c.id == discrepancy_id)).first()
         return _discrepancy(row) if row else None
 
-    def settle(self, discrepancy_id: int, *, state: DiscrepancyState, at: datetime, by: str, resolution: str) -> None:
-        self.c.execute(
-            update(t.discrepancies).where(t.discrepancies.c.id == discrepancy_id).values(state=state.value, resolved_at=at, resolved_by=by, resolution=resolution[:300])
-        )
+    def settle(self, discrepancy_id: int, *, state: DiscrepancyState, at: datetime, by: str, resolution: str, from_state: DiscrepancyState | None = None) -> bool:
+        """False when `from_state` is given and the discrepancy was no longer in it (decided meanwhile)."""
+        d = t.discrepancies
+        where = [d.c.id == discrepancy_id] + ([d.c.state == from_state.value] if from_state is not None else [])
+        return self.c.execute(update(d).where(*where).values(state=state.value, resolved_at=at, resolved_by=by, resolution=resolution[:300])).rowcount == 1
 
     def carried_over(self, channel_id: str, before: date) -> list[Discrepancy]:
         d, r = t.discrepancies, t.reconciliation_runs

@@ -237,8 +237,11 @@ class Ledger:
         try:
             with self.c.begin_nested():
                 return self.post(txn)
-        except IntegrityError:
-            return None
+        except IntegrityError as error:
+            message = str(error.orig)  # PostgreSQL names the index; SQLite names its columns
+            if "uq_ledger_transactions_payment_kind" in message or "ledger_transactions.payment_id, ledger_transactions.kind" in message:
+                return None
+            raise
 
     def payment_net_fen(self, payment_id: str) -> int:
         """What a payment's own life-cycle transactions brought in from its channel and still hold."""
@@ -369,8 +372,11 @@ class Ledger:
         if postgres:
             paths = "SELECT payment_id, string_agg(state, '>' ORDER BY seq) AS path FROM payment_events GROUP BY payment_id"
             owned = f"SELECT payment_id, string_agg(kind, ',' ORDER BY kind) AS kinds FROM ledger_transactions WHERE payment_id IS NOT NULL AND kind IN ({kinds}) GROUP BY payment_id"
-        else:  # SQLite before 3.44 has no ORDER BY inside an aggregate; it keeps a sorted subquery's order
-            paths = "SELECT payment_id, group_concat(state, '>') AS path FROM (SELECT payment_id, state FROM payment_events ORDER BY payment_id, seq) GROUP BY payment_id"
+        else:  # SQLite before 3.44 has no ORDER BY inside an aggregate; as a window function it has
+            paths = (
+                "SELECT DISTINCT payment_id, group_concat(state, '>') OVER (PARTITION BY payment_id ORDER BY seq "
+                "ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS path FROM payment_events"
+            )
             owned = f"SELECT payment_id, group_concat(kind, ',') AS kinds FROM (SELECT payment_id, kind FROM ledger_transactions WHERE payment_id IS NOT NULL AND kind IN ({kinds}) ORDER BY payment_id, kind) GROUP BY payment_id"
         rows = self.c.exec_driver_sql(
             f"WITH paths AS ({paths}), owned AS ({owned}) "

@@ -105,6 +105,7 @@ meters = Table(
     # as the meter keeps it); why gasworks wants its valve closed (ValveReason bits).
     Column("model", String(40)),
     Column("last_report_clock", DateTime),
+    Column("last_report_counter", BigInteger),  # the uplink frame counter of that report (sealed frames)
     Column("valve_reasons", Integer, nullable=False, server_default="0"),
 )
 
