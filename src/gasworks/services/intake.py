@@ -20,7 +20,8 @@ log = structlog.get_logger(__name__)
 
 @dataclass(frozen=True)
 class Acceptance:
-    """The answer a channel gets, the same on every retry."""
+    """The answer a channel gets. A retry gets the same payment, as it stands now (credited from a
+    hold, refunded ...), never a second one."""
 
     payment_id: str
     state: PaymentState
