@@ -11,7 +11,7 @@ from gasworks.domain.accounts import (
     check_meter_serial,
 )
 from gasworks.domain.errors import Conflict, InvalidInput, NotFound
-from gasworks.domain.ledger import LedgerAccountKind, prepaid_account, presented_balance_fen
+from gasworks.domain.ledger import LedgerAccountKind, prepaid_account
 from gasworks.domain.meter_security import DEFAULT_METER_MODEL, model_profile
 from gasworks.services import meter_keys
 from gasworks.services.unit_of_work import UnitOfWork
@@ -83,5 +83,4 @@ def get_account(account_no: str, uow: UnitOfWork) -> AccountView:
         customer = uow.customers.get(account_no)
         if customer is None:
             raise NotFound(f"no account {account_no!r}", code="ACCOUNT_NOT_FOUND")
-        code = prepaid_account(account_no)
-        return AccountView(customer, presented_balance_fen(code, uow.ledger.entries_sum_fen(code)))
+        return AccountView(customer, uow.ledger.balance_fen(account_no))

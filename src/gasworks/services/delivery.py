@@ -52,7 +52,7 @@ from gasworks.domain.delivery import (
     valve_reason_names,
 )
 from gasworks.domain.errors import Conflict, InvalidInput, MalformedFrame, NotFound
-from gasworks.domain.ledger import DELIVERY, REVENUE, TransactionKind, prepaid_account, presented_balance_fen, transfer
+from gasworks.domain.ledger import DELIVERY, REVENUE, TransactionKind, prepaid_account, transfer
 from gasworks.domain.meter_messages import (
     Alarm,
     CommandRefused,
@@ -127,7 +127,7 @@ def buy_gas(uow: UnitOfWork, link: MeterLink, *, payment_id: str) -> Purchase:
         uow.alerts.raise_once(kind=AlertKind.NO_TARIFF, subject=customer.customer_class.value, reason=f"no tariff in force on {today} for {customer.customer_class}; payments stay on balances", at=now)
         return Purchase(None, "no tariff in force: the money stays on the balance")
     code = prepaid_account(account_no)
-    balance_fen = presented_balance_fen(code, uow.ledger.entries_sum_fen(code))
+    balance_fen = uow.ledger.balance_fen(account_no)
     if balance_fen <= 0:
         return Purchase(None, "no money on the balance")
     tier_year = tariff.tier_year_of(today)

@@ -3,6 +3,7 @@ refund it through the channel. Each is one ledger transaction, an event on the p
 and an audit record; a credited payment then buys gas like any other. A refund is "requested" (the
 money sits in refunds in flight) until the channel confirms it: `confirm_refund`."""
 
+from datetime import datetime
 from enum import StrEnum
 
 from gasworks.domain.accounts import check_account_no
@@ -73,7 +74,7 @@ def confirm_refund(payment_id: str, *, evidence: str, uow: UnitOfWork, actor: st
             raise IllegalTransition(f"payment {payment.id} is {payment.state}: no refund was requested to confirm", code="REFUND_NOT_REQUESTED")
         _check_refund_is_whole(uow, payment, refund_fen, evidence)
         why = evidence.strip()[:200]
-        settle(uow, payment, PaymentState.REFUNDED, at=now, note=f"refund confirmed by {payment.channel_id}: {why}", actor=actor, action="refund.confirmed", detail={"evidence": why})
+        _settle_refund(uow, payment, confirmed=True, at=now, why=why, actor=actor, detail={"evidence": why})
         uow.commit()
         return payment
 
@@ -91,9 +92,15 @@ def record_external_refund(payment_id: str, *, evidence: str, uow: UnitOfWork, a
         if payment.state == PaymentState.REFUND_REQUESTED:
             raise IllegalTransition(f"payment {payment.id} has a refund requested: confirm it instead", code="REFUND_REQUESTED_CONFIRM_IT")
         why = evidence.strip()[:200]
-        settle(uow, payment, PaymentState.REFUNDED, at=now, note=f"refunded by {payment.channel_id} on its own: {why}", actor=actor, action="refund.external", detail={"evidence": why})
+        _settle_refund(uow, payment, confirmed=False, at=now, why=why, actor=actor, detail={"evidence": why})
         uow.commit()
         return payment
+
+
+def _settle_refund(uow: UnitOfWork, payment: Payment, *, confirmed: bool, at: datetime, why: str, actor: str, detail: dict) -> None:
+    """The payment is refunded: a refund we requested, confirmed; or one the channel made on its own."""
+    how = f"refund confirmed by {payment.channel_id}" if confirmed else f"refunded by {payment.channel_id} on its own"
+    settle(uow, payment, PaymentState.REFUNDED, at=at, note=f"{how}: {why}", actor=actor, action="refund.confirmed" if confirmed else "refund.external", detail=detail)
 
 
 def _check_refund_is_whole(uow: UnitOfWork, payment: Payment, refund_fen: int | None, what: str) -> None:
@@ -123,11 +130,9 @@ def take_channel_refund(notice: RefundNotice, uow: UnitOfWork) -> Payment:
             _check_refund_is_whole(uow, payment, notice.refund_fen, f"refund {notice.refund_id}")
         except Conflict as partial:  # acknowledged so the channel stops; recorded for an operator
             raise IntakeRefused(partial.message, code=partial.code, acknowledge=True) from None
-        requested = payment.state == PaymentState.REFUND_REQUESTED
-        note = f"refund {notice.refund_id} " + ("confirmed by the channel" if requested else "made by the channel on its own")
-        settle(
-            uow, payment, PaymentState.REFUNDED, at=now, note=note, actor=f"channel:{notice.channel_id}",
-            action="refund.confirmed" if requested else "refund.external", detail={"refund_id": notice.refund_id},
+        _settle_refund(
+            uow, payment, confirmed=payment.state == PaymentState.REFUND_REQUESTED, at=now, why=f"refund {notice.refund_id}",
+            actor=f"channel:{notice.channel_id}", detail={"refund_id": notice.refund_id},
         )  # fmt: skip
         uow.commit()
         return payment

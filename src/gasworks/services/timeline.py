@@ -13,7 +13,6 @@ from gasworks.adapters.db.delivery import Kiosk
 from gasworks.domain.accounts import MeterKind
 from gasworks.domain.delivery import SAFETY_REASONS, CommandState, LinkState, MeterCommand, MeterLink, ValveReason
 from gasworks.domain.errors import NotFound
-from gasworks.domain.ledger import prepaid_account, presented_balance_fen
 from gasworks.domain.meter_messages import Alarm
 from gasworks.domain.money import fen_to_yuan_text
 from gasworks.domain.payments import Payment, PaymentState
@@ -96,8 +95,7 @@ def payment_timeline(payment_id: str, uow: UnitOfWork, *, hotline: str) -> Timel
         meter = uow.meters.get_for_account(payment.account_no) if payment.account_no else None
         customer = uow.customers.get(payment.account_no) if payment.account_no else None
         kiosks = uow.kiosks.list() if meter is not None and meter.kind == MeterKind.CARD else []
-        code = prepaid_account(payment.account_no) if customer is not None else None
-        balance_fen = presented_balance_fen(code, uow.ledger.entries_sum_fen(code)) if code is not None else 0
+        balance_fen = uow.ledger.balance_fen(customer.account_no) if customer is not None else 0
     booked_at = next((e.at for e in payment.events if e.state in (PaymentState.BOOKED, PaymentState.HELD)), None)
     paid_at = payment.paid_at or payment.events[0].at
     applied_at = _first(order, CommandState.APPLIED)

@@ -45,6 +45,7 @@ from gasworks.domain.ledger import (
     TransactionKind,
     kind_of,
     prepaid_account,
+    presented_balance_fen,
 )
 from gasworks.domain.payments import (
     MONEY_SITS_IN,
@@ -242,6 +243,11 @@ class Ledger:
             if "uq_ledger_transactions_payment_kind" in message or "ledger_transactions.payment_id, ledger_transactions.kind" in message:
                 return None
             raise
+
+    def balance_fen(self, account_no: str) -> int:
+        """A customer's prepaid balance as people read it (negative: arrears)."""
+        code = prepaid_account(account_no)
+        return presented_balance_fen(code, self.entries_sum_fen(code))
 
     def payment_net_fen(self, payment_id: str) -> int:
         """What a payment's own life-cycle transactions brought in from its channel and still hold."""
