@@ -9,7 +9,7 @@ wake window): this measures gasworks, not the meter's sleep.
 Beside it, in the same run, the raw floor: one QoS 1 publish from a client to a subscriber on the
 same broker, and the worker's poll interval.
 
-    uv run python bench/delivery.py --payments 2000 --rate 50
+    uv run python -m bench.delivery --payments 2000 --rate 50
 """
 
 import os
@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from fresh_database import fresh_database  # bench/, run as a script
+from bench.fresh_database import fresh_database
 from gasworks.adapters.db.engine import make_engine
 from gasworks.adapters.db.migrate import upgrade
 from gasworks.adapters.meters import cjt188

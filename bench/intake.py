@@ -5,7 +5,7 @@ balanced ledger transaction, update two cached balances, write the timeline. The
 same number of single-row INSERT transactions of a payment-sized row, at the same concurrency,
 on the same server; COPY of all rows at once shows the bulk ceiling.
 
-    uv run python bench/intake.py --payments 2000 --concurrency 8
+    uv run python -m bench.intake --payments 2000 --concurrency 8
 """
 
 import socket
@@ -24,7 +24,7 @@ from rich.progress import track
 from rich.table import Table
 from sqlalchemy.engine import make_url
 
-from fresh_database import fresh_database  # bench/, run as a script
+from bench.fresh_database import fresh_database
 from gasworks.adapters.channels import BILL_PAYMENT_DECODERS, InboundRequest
 from gasworks.adapters.channels.wallet_hmac import WalletClient
 from gasworks.adapters.db.engine import make_engine

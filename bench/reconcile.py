@@ -7,7 +7,7 @@ file, store it (COPY), export the channel's payments (COPY), match in DuckDB, bo
 from the statement, write the discrepancies. The bare join: DuckDB joining the same two CSV files
 on the transaction id, nothing else.
 
-    uv run python bench/reconcile.py --rows 1000000
+    uv run python -m bench.reconcile --rows 1000000
 """
 
 import random
@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import make_url
 
-from fresh_database import fresh_database  # bench/, run as a script
+from bench.fresh_database import fresh_database
 from gasworks.adapters.db.engine import make_engine
 from gasworks.adapters.db.migrate import upgrade
 from gasworks.bootstrap import bootstrap
