@@ -16,7 +16,6 @@ from sqlalchemy import create_engine, delete, select
 from typer.testing import CliRunner
 
 from gasworks.adapters.db import tables as t
-from gasworks.adapters.db.meter_keys import SiteKeyMismatch
 from gasworks.adapters.meters import cjt188, frame_security
 from gasworks.adapters.meters.frame_security import MacSchemeUnavailable, MeterKeyring, cmac_by_hand, compute_mac, require_schemes
 from gasworks.adapters.meters.transport import LoopbackTransport
@@ -26,7 +25,7 @@ from gasworks.domain.accounts import MeterKind
 from gasworks.domain.delivery import CommandState
 from gasworks.domain.errors import InvalidInput
 from gasworks.domain.meter_messages import Alarm, CurrentData, PurchaseAck, WritePurchase
-from gasworks.domain.meter_security import MAC_BYTES, MacScheme, MeterFrameCounters
+from gasworks.domain.meter_security import MAC_BYTES, MacScheme, MeterFrameCounters, SiteKeyMismatch
 from gasworks.entrypoints.api.app import create_app
 from gasworks.entrypoints.cli.main import app as cli
 from gasworks.entrypoints.workers.worker import Worker

@@ -526,3 +526,23 @@ def settle_by_card(orders: list[MeterCommand], card: CardState, at: datetime) ->
                 order.move_to(CommandState.PENDING, at, "the card does not carry it: it will be written again")
             to_write.append(order)
     return to_write
+
+
+@dataclass(frozen=True)
+class Alert:
+    id: int
+    kind: str
+    subject: str
+    reason: str
+    raised_at: datetime
+    cleared_at: datetime | None
+    resolved_by: str | None = None
+    resolution: str | None = None
+
+    @property
+    def cleared_by(self) -> str:
+        """What clears an alert of this kind, in words."""
+        try:
+            return AlertKind(self.kind).cleared_by.value
+        except ValueError:
+            return "a person's recorded resolution"

@@ -82,3 +82,7 @@ class MalformedFrame(GasworksError):
 
     code = "MALFORMED_FRAME"
     http_status = 400
+
+
+class DuplicateKey(Exception):
+    """A natural key (channel transaction id, nonce) is already taken."""

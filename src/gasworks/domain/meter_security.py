@@ -167,3 +167,10 @@ class MeterFrameCounters:
         if counter <= self.downlink_counter_seen:
             raise FrameRefused(f"downlink counter {counter} is not above {self.downlink_counter_seen}: replayed", code="FRAME_REPLAYED")
         self.downlink_counter_seen = counter
+
+
+class SiteKeyMismatch(GasworksError):
+    """A meter key was sealed under another site key than this server's: configuration is wrong."""
+
+    code = "SITE_KEY_MISMATCH"
+    http_status = 500

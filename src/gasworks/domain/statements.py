@@ -79,3 +79,36 @@ PROPOSED_ACTIONS = {
     DiscrepancyClass.FEE_MISMATCH: "check the fee rate agreed with the channel",
     DiscrepancyClass.NOT_DELIVERED: "see the purchase's delivery state; reissue or call the resident",
 }
+
+
+@dataclass(frozen=True)
+class StatementFile:
+    id: int
+    channel_id: str
+    statement_date: date
+    format: str
+    sha256: str
+    filename: str
+    lines: int
+    paid_total_fen: int
+    fee_total_fen: int
+    imported_at: datetime
+    imported_by: str
+
+
+@dataclass
+class Discrepancy:
+    id: int | None
+    run_id: int | None
+    klass: DiscrepancyClass
+    state: DiscrepancyState
+    channel_id: str
+    channel_txn_id: str | None
+    payment_id: str | None
+    statement_amount_fen: int | None
+    gasworks_amount_fen: int | None
+    detail: str
+    proposed_action: str
+    resolved_at: datetime | None = None
+    resolved_by: str | None = None
+    resolution: str | None = None

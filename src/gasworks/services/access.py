@@ -4,7 +4,7 @@ import hashlib
 import secrets
 from enum import StrEnum
 
-from gasworks.adapters.db.repositories import ApiKeyRecord
+from gasworks.domain.access import ApiKeyRecord
 from gasworks.domain.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from gasworks.services.channels import require_channel
 from gasworks.services.unit_of_work import UnitOfWork

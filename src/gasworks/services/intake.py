@@ -6,9 +6,8 @@ from datetime import timedelta
 
 import structlog
 
-from gasworks.adapters.db.repositories import DuplicateKey
 from gasworks.domain.channels import PaymentNotice
-from gasworks.domain.errors import Conflict, IntakeRefused, InvalidInput
+from gasworks.domain.errors import Conflict, DuplicateKey, IntakeRefused, InvalidInput
 from gasworks.domain.ledger import clearing_account, transfer
 from gasworks.domain.money import PaymentCeiling
 from gasworks.domain.payments import TRANSITIONS, HoldReason, Payment, PaymentState

@@ -4,9 +4,9 @@ import math
 import re
 from enum import StrEnum
 
-from gasworks.adapters.db.delivery import Kiosk
 from gasworks.domain.channels import ChannelKind
 from gasworks.domain.errors import Conflict, InvalidInput
+from gasworks.domain.kiosks import Kiosk
 from gasworks.services.channels import require_channel
 from gasworks.services.unit_of_work import UnitOfWork
 

@@ -22,13 +22,13 @@ from zoneinfo import ZoneInfo
 import duckdb
 import structlog
 
-from gasworks.adapters.db.reconciliation import Discrepancy
 from gasworks.adapters.statements import read_statement
 from gasworks.domain.channels import Channel, ChannelKind, PaymentNotice
 from gasworks.domain.errors import Conflict, GasworksError, InvalidInput, NotFound
 from gasworks.domain.payments import PaymentState
 from gasworks.domain.statements import (
     PROPOSED_ACTIONS,
+    Discrepancy,
     DiscrepancyClass,
     DiscrepancyState,
 )

@@ -9,10 +9,10 @@ import hmac
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from gasworks.adapters.db.delivery import Kiosk
 from gasworks.domain.accounts import MeterKind
 from gasworks.domain.delivery import SAFETY_REASONS, CommandState, LinkState, MeterCommand, MeterLink, ValveReason
 from gasworks.domain.errors import NotFound
+from gasworks.domain.kiosks import Kiosk
 from gasworks.domain.meter_messages import Alarm
 from gasworks.domain.money import fen_to_yuan_text
 from gasworks.domain.payments import Payment, PaymentState

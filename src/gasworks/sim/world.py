@@ -29,12 +29,12 @@ from gasworks.adapters.channels.alipay import AlipayNotifier
 from gasworks.adapters.channels.rsa import new_private_key_pem, public_key_pem
 from gasworks.adapters.channels.wallet_hmac import WalletClient
 from gasworks.adapters.channels.wechatpay_v3 import WechatPayV3Notifier
-from gasworks.adapters.db.delivery import Kiosk
 from gasworks.adapters.meters.transport import LoopbackTransport, MqttTransport, TransportError, Uplinks
 from gasworks.bootstrap import System
 from gasworks.domain.accounts import MeterKind
 from gasworks.domain.channels import ChannelKind, KeyPurpose, PaymentNotice
 from gasworks.domain.clock import FixedClock
+from gasworks.domain.kiosks import Kiosk
 from gasworks.domain.meter_messages import Alarm
 from gasworks.entrypoints.api.app import create_app
 from gasworks.entrypoints.workers.worker import Worker

@@ -1,7 +1,6 @@
 """Repositories for meter delivery: meters' delivery side, tariffs, meter commands, kiosks, alerts."""
 
 import secrets
-from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
@@ -12,6 +11,7 @@ from gasworks.adapters.db.repositories import insert_unless_taken
 from gasworks.domain.accounts import CustomerClass, MeterKind
 from gasworks.domain.delivery import (
     OPEN_STATES,
+    Alert,
     AlertKind,
     CommandEvent,
     CommandKind,
@@ -21,6 +21,7 @@ from gasworks.domain.delivery import (
     MeterLink,
     MeterModel,
 )
+from gasworks.domain.kiosks import Kiosk
 from gasworks.domain.tariffs import Tariff, Tier
 
 METER_WORK_CHANNEL = "gasworks_meter_work"  # PostgreSQL LISTEN/NOTIFY channel: "a meter has a new command"
@@ -399,17 +400,6 @@ def _command(row: Any) -> MeterCommand:
     )
 
 
-@dataclass(frozen=True)
-class Kiosk:
-    id: str
-    name: str
-    channel_id: str
-    community: str
-    address: str
-    latitude: float
-    longitude: float
-    status: str
-
 
 class Kiosks:
     def __init__(self, c: Connection) -> None:
@@ -430,25 +420,6 @@ class Kiosks:
             query = query.where(t.kiosks.c.status == status)
         return [Kiosk(**{k: v for k, v in r._mapping.items() if k != "created_at"}) for r in self.c.execute(query)]
 
-
-@dataclass(frozen=True)
-class Alert:
-    id: int
-    kind: str
-    subject: str
-    reason: str
-    raised_at: datetime
-    cleared_at: datetime | None
-    resolved_by: str | None = None
-    resolution: str | None = None
-
-    @property
-    def cleared_by(self) -> str:
-        """What clears an alert of this kind, in words."""
-        try:
-            return AlertKind(self.kind).cleared_by.value
-        except ValueError:
-            return "a person's recorded resolution"
 
 
 class Alerts:

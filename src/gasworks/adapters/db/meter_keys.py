@@ -22,19 +22,12 @@ from sqlalchemy import Connection, func, insert, select, update
 
 from gasworks.adapters.db import tables as t
 from gasworks.adapters.db.delivery import SiteSecrets
-from gasworks.domain.errors import GasworksError, InvalidInput
-from gasworks.domain.meter_security import MeterFrameSecurity
+from gasworks.domain.errors import InvalidInput
+from gasworks.domain.meter_security import MeterFrameSecurity, SiteKeyMismatch
 
 SITE_KEY_BYTES = 32
 DEV_SITE_KEY_NAME = "meter_key_kek"
 NONCE_BYTES = 12
-
-
-class SiteKeyMismatch(GasworksError):
-    """A meter key was sealed under another site key than this server's: configuration is wrong."""
-
-    code = "SITE_KEY_MISMATCH"
-    http_status = 500
 
 
 def parse_site_key(text: str) -> bytes | None:

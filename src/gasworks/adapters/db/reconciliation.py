@@ -1,7 +1,6 @@
 """Repositories for statements and reconciliation runs, and the bulk exports the matcher reads."""
 
 import csv
-from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -11,42 +10,11 @@ from sqlalchemy import Connection, and_, func, insert, select, update
 from gasworks.adapters.db import tables as t
 from gasworks.adapters.db.repositories import insert_unless_taken
 from gasworks.domain.delivery import CommandKind
-from gasworks.domain.statements import DiscrepancyClass, DiscrepancyState, Statement
+from gasworks.domain.statements import Discrepancy, DiscrepancyClass, DiscrepancyState, Statement, StatementFile
 
 INSERT_BATCH = 5_000
 
 
-@dataclass(frozen=True)
-class StatementFile:
-    id: int
-    channel_id: str
-    statement_date: date
-    format: str
-    sha256: str
-    filename: str
-    lines: int
-    paid_total_fen: int
-    fee_total_fen: int
-    imported_at: datetime
-    imported_by: str
-
-
-@dataclass
-class Discrepancy:
-    id: int | None
-    run_id: int | None
-    klass: DiscrepancyClass
-    state: DiscrepancyState
-    channel_id: str
-    channel_txn_id: str | None
-    payment_id: str | None
-    statement_amount_fen: int | None
-    gasworks_amount_fen: int | None
-    detail: str
-    proposed_action: str
-    resolved_at: datetime | None = None
-    resolved_by: str | None = None
-    resolution: str | None = None
 
 
 class Statements:

@@ -1,6 +1,5 @@
 """Repositories: the only code that speaks SQL. They map rows to domain objects and back."""
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +22,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from gasworks.adapters.db import tables as t
+from gasworks.domain.access import ApiKeyRecord
 from gasworks.domain.accounts import (
     Customer,
     CustomerClass,
@@ -37,6 +37,7 @@ from gasworks.domain.channels import (
     KeyPurpose,
     KeyStatus,
 )
+from gasworks.domain.errors import DuplicateKey
 from gasworks.domain.ledger import (
     CACHED_BALANCE_KINDS,
     LedgerAccountKind,
@@ -506,9 +507,6 @@ def _order(row: Any) -> PaymentOrder:
 _LIFE_CYCLE_KINDS = sorted(k.value for k in ONCE_PER_PAYMENT)
 
 
-class DuplicateKey(Exception):
-    """A natural key (channel transaction id, nonce) is already taken."""
-
 
 def insert_unless_taken(c: Connection, table: Table) -> Insert:
     """INSERT ... ON CONFLICT DO NOTHING: no row returned means the key was taken, also by a concurrent
@@ -679,15 +677,6 @@ class Rejections:
             query = query.where(t.intake_rejections.c.code == code)
         return [dict(r._mapping) for r in self.c.execute(query)]
 
-
-@dataclass(frozen=True)
-class ApiKeyRecord:
-    id: str
-    name: str
-    role: str
-    channel_id: str | None
-    created_at: datetime
-    revoked_at: datetime | None
 
 
 class ApiKeys:

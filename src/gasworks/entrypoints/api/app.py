@@ -14,8 +14,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gasworks.adapters.channels import BILL_PAYMENT_DECODERS, NOTIFY_DECODERS, InboundRequest, Reply, alipay, wechatpay_v3
-from gasworks.adapters.db.repositories import ApiKeyRecord
 from gasworks.bootstrap import System
+from gasworks.domain.access import ApiKeyRecord
 from gasworks.domain.channels import Channel, ChannelKind, PaymentNotice
 from gasworks.domain.errors import GasworksError, InvalidInput, PayloadTooLarge, Unauthorized
 from gasworks.domain.money import PaymentCeiling

@@ -4,11 +4,11 @@ from collections.abc import Callable
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from gasworks.adapters.db.delivery import Kiosk
-from gasworks.adapters.db.repositories import ApiKeyRecord
 from gasworks.bootstrap import System
+from gasworks.domain.access import ApiKeyRecord
 from gasworks.domain.delivery import CommandState, MeterModel
 from gasworks.domain.errors import InvalidInput, NotFound
+from gasworks.domain.kiosks import Kiosk
 from gasworks.entrypoints.api import delivery_schemas as d
 from gasworks.entrypoints.api import schemas as s
 from gasworks.entrypoints.api.schemas import RowId

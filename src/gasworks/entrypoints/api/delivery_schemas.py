@@ -4,9 +4,9 @@ from datetime import date, datetime
 
 from pydantic import BaseModel, Field, StrictInt
 
-from gasworks.adapters.db.delivery import Alert, Kiosk
 from gasworks.domain.accounts import CustomerClass
-from gasworks.domain.delivery import MeterCommand, MeterLink, MeterModel, valve_reason_names
+from gasworks.domain.delivery import Alert, MeterCommand, MeterLink, MeterModel, valve_reason_names
+from gasworks.domain.kiosks import Kiosk
 from gasworks.domain.tariffs import Tariff, milli_fen_to_price_text
 from gasworks.entrypoints.api.schemas import PaymentOut, Strict
 from gasworks.services.timeline import Text, Timeline

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gasworks.adapters.db.repositories import ApiKeyRecord
+from gasworks.domain.access import ApiKeyRecord
 from gasworks.observability import intake_refusals
 from gasworks.services.intake import Refusal
 

@@ -8,11 +8,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from gasworks.adapters.db.reconciliation import Discrepancy
-from gasworks.adapters.db.repositories import ApiKeyRecord
 from gasworks.bootstrap import System
+from gasworks.domain.access import ApiKeyRecord
 from gasworks.domain.errors import InvalidInput
-from gasworks.domain.statements import DiscrepancyClass, DiscrepancyState
+from gasworks.domain.statements import Discrepancy, DiscrepancyClass, DiscrepancyState
 from gasworks.entrypoints.api.schemas import RowId, Strict
 from gasworks.services import reconciliation
 from gasworks.services.access import Role, actor_of

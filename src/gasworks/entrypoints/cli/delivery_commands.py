@@ -10,10 +10,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from gasworks.adapters.db.delivery import Kiosk
 from gasworks.domain.accounts import CustomerClass
 from gasworks.domain.delivery import CommandState, MeterModel, valve_reason_names
 from gasworks.domain.errors import InvalidInput, NotFound
+from gasworks.domain.kiosks import Kiosk
 from gasworks.domain.meter_security import DEFAULT_METER_MODEL
 from gasworks.domain.tariffs import milli_fen_to_price_text
 from gasworks.entrypoints.cli.common import DatabaseUrl, cli_actor, cli_errors, out, system
