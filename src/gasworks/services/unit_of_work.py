@@ -1,14 +1,13 @@
-"""The unit of work a use case runs in. The SQL one lives in adapters; services see this shape."""
+"""The unit of work a use case runs in: the repositories of services/ports.py in one transaction.
+
+The SQL one lives in adapters/db; services see only this shape."""
 
 from typing import Protocol
 
-from gasworks.adapters.db import delivery as delivery_repos
-from gasworks.adapters.db import meter_keys as meter_key_repos
-from gasworks.adapters.db import reconciliation as reconciliation_repos
-from gasworks.adapters.db import repositories as repos
 from gasworks.domain.clock import Clock
 from gasworks.domain.delivery import DeliveryPolicy
 from gasworks.domain.money import PaymentCeiling
+from gasworks.services import ports
 
 
 class UnitOfWork(Protocol):
@@ -16,25 +15,25 @@ class UnitOfWork(Protocol):
     delivery: DeliveryPolicy
     payment_ceiling: PaymentCeiling  # every booking path is bounded by it, whoever calls
     local_timezone: str
-    customers: repos.Customers
-    channels: repos.Channels
-    ledger: repos.Ledger
-    orders: repos.Orders
-    payments: repos.Payments
-    nonces: repos.Nonces
-    rejections: repos.Rejections
-    api_keys: repos.ApiKeys
-    audit: repos.AuditLog
-    meters: delivery_repos.Meters
-    meter_models: delivery_repos.MeterModels
-    tariffs: delivery_repos.Tariffs
-    meter_commands: delivery_repos.MeterCommands
-    kiosks: delivery_repos.Kiosks
-    alerts: delivery_repos.Alerts
-    site_secrets: delivery_repos.SiteSecrets
-    meter_keys: meter_key_repos.MeterKeys
-    statements: reconciliation_repos.Statements
-    reconciliations: reconciliation_repos.Reconciliations
+    customers: ports.CustomersRepository
+    channels: ports.ChannelsRepository
+    ledger: ports.LedgerRepository
+    orders: ports.OrdersRepository
+    payments: ports.PaymentsRepository
+    nonces: ports.NoncesRepository
+    rejections: ports.RejectionsRepository
+    api_keys: ports.ApiKeysRepository
+    audit: ports.AuditLogRepository
+    meters: ports.MetersRepository
+    meter_models: ports.MeterModelsRepository
+    tariffs: ports.TariffsRepository
+    meter_commands: ports.MeterCommandsRepository
+    kiosks: ports.KiosksRepository
+    alerts: ports.AlertsRepository
+    site_secrets: ports.SiteSecretsRepository
+    meter_keys: ports.MeterKeysRepository
+    statements: ports.StatementsRepository
+    reconciliations: ports.ReconciliationsRepository
 
     def __enter__(self) -> "UnitOfWork": ...
     def __exit__(self, *exc: object) -> None: ...
