@@ -171,7 +171,7 @@ OPERATOR_CLOSE_REASONS = ValveReason.ARREARS | ValveReason.HAZARD_STOP | ValveRe
 
 
 def valve_reason_names(reasons: int) -> list[str]:
-    return [r.name.lower() for r in ValveReason if r & reasons]
+    return [str(r.name).lower() for r in ValveReason if r & reasons]
 
 
 def credit_past_overdraft(credit_litres: int, policy: "DeliveryPolicy") -> bool:
