@@ -14,7 +14,7 @@ from tests.support import ACCOUNT_NO, WALLET_SECRET, set_up
 
 def test_migrations_reach_head_and_are_idempotent(system):
     upgrade(system.engine)
-    assert current_revision(system.engine) == "0008"
+    assert current_revision(system.engine) == "0017"
 
 
 @pytest.mark.parametrize("statement", ["UPDATE ledger_entries SET amount_fen = amount_fen + 1", "DELETE FROM ledger_entries", "DELETE FROM audit_log", "UPDATE payment_events SET note = 'x'", "UPDATE meter_command_events SET note = 'x'"])
@@ -34,3 +34,24 @@ def test_the_last_key_of_a_channel_cannot_be_retired_and_a_third_cannot_be_added
     with pytest.raises(Conflict) as third:
         channels.add_key(channel_id="wo-wallet", purpose=KeyPurpose.HMAC_SECRET, key_id="wo-3", material=WALLET_SECRET + "3", uow=system.new_uow(), actor="test")
     assert third.value.code == "TOO_MANY_KEYS"
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE payments SET amount_fen = 0",
+        "UPDATE payments SET amount_fen = -100",
+        "UPDATE payments SET state = 'paid_twice'",
+        "UPDATE meter_commands SET purchase_seq = 0 WHERE purchase_seq IS NOT NULL",
+        "UPDATE meter_commands SET state = 'teleported'",
+        "UPDATE meter_commands SET volume_litres = 0 WHERE volume_litres IS NOT NULL",
+        "UPDATE meters SET purchase_seq_issued = -1",
+    ],
+)
+def test_the_database_refuses_what_the_domain_promises_never_to_write(system, statement):
+    """A hand-typed statement (or a future bug) cannot write a zero payment, an unknown state or a serial below 1."""
+    set_up(system)
+    accept_payment(PaymentNotice("wo-wallet", "T1", 100, None, account_no=ACCOUNT_NO), system.new_uow())
+    with pytest.raises(DBAPIError, match="(?i)check constraint|ck_"):
+        with system.engine.begin() as c:
+            c.execute(text(statement))
