@@ -11,11 +11,10 @@ from gasworks.domain.errors import InvalidInput, NotFound
 from gasworks.domain.kiosks import Kiosk
 from gasworks.entrypoints.api import delivery_schemas as d
 from gasworks.entrypoints.api import schemas as s
+from gasworks.entrypoints.api.common import READERS
 from gasworks.entrypoints.api.schemas import RowId
 from gasworks.services import cards, delivery, kiosks, tariffs, timeline
 from gasworks.services.access import Role, actor_of
-
-READERS = (Role.OPERATOR, Role.AUDITOR)
 
 
 def resident_url(system: System, request: Request | None, payment_id: str) -> str:
