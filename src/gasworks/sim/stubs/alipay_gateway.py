@@ -113,6 +113,7 @@ class AlipayGatewayStub:
         self.now = now
         self.trades: dict[str, StubTrade] = {}
         self.calls: list[str] = []  # the methods of the verified requests, in order
+        self.requests: list[tuple[str, dict]] = []  # (method, biz_content) of each verified request
         self.refused: list[str] = []  # the sub_codes of refused requests, in order
         self.bill_downloads = 0
         self._failures: dict[str, list[_Refusal]] = {}
@@ -202,6 +203,7 @@ class AlipayGatewayStub:
             try:
                 biz = self._verified(params)
                 self.calls.append(method)
+                self.requests.append((method, biz))
                 failures = self._failures.get(method)
                 if failures:
                     raise failures.pop(0)

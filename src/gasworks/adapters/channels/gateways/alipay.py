@@ -30,8 +30,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gasworks.adapters.channels.alipay import codec_of
 from gasworks.adapters.channels.base import BEIJING
@@ -79,6 +82,29 @@ class AlipayGatewayConfig:
     bill_csv_bytes_max: int = 1024 * 1024 * 1024
     bill_url_valid_s: float = 30.0  # Alipay's bill_download_url is good for 30 s after it is issued
     bill_url_asks_max: int = 2  # an expired URL is asked for afresh, this many times in all
+
+
+PRIVATE_KEY_FILE_BYTES_MAX = 16 * 1024
+
+
+def load_app_private_key(path: Path) -> str:
+    """Our application's private key from its PEM file (PKCS#8 or PKCS#1, as Alipay's key tool
+    writes it), checked to be RSA so a wrong file is refused at start, not at the first refund."""
+    try:
+        if path.stat().st_size > PRIVATE_KEY_FILE_BYTES_MAX:
+            raise InvalidInput(f"{path} is larger than any RSA private key", code="INVALID_KEY")
+        pem = path.read_text(encoding="ascii").strip() + "\n"
+    except (OSError, UnicodeDecodeError) as error:
+        raise InvalidInput(f"cannot read the Alipay application private key {path}: {str(error)[:100]}", code="INVALID_KEY") from None
+    if not pem.startswith("-----BEGIN"):  # Alipay's key tool also hands out the bare base64 of PKCS#1
+        pem = "-----BEGIN RSA PRIVATE KEY-----\n" + pem + "-----END RSA PRIVATE KEY-----\n"
+    try:
+        key = serialization.load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError):
+        raise InvalidInput(f"{path} is not an unencrypted PEM private key", code="INVALID_KEY") from None
+    if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < 2048:
+        raise InvalidInput(f"{path} is not an RSA private key of at least 2048 bits (RSA2)", code="INVALID_KEY")
+    return pem
 
 
 @dataclass(frozen=True)
