@@ -346,3 +346,13 @@ def test_the_application_key_file_is_checked_when_loaded(tmp_path: Path):
         load_app_private_key(public)
     with pytest.raises(InvalidInput):
         load_app_private_key(tmp_path / "missing.pem")
+
+
+def test_a_gateway_built_from_the_configured_key_file_talks_to_alipay(stub, tmp_path: Path):
+    key_file = tmp_path / "alipay_app_private_key.pem"
+    key_file.write_text(sdk_private_key(APP_KEY))
+    paid_trade(stub)
+    gateway = AlipayGateway.from_key_file(channel_trusting(stub.alipay_public_key_pem), gateway_url=stub.gateway_url, app_private_key_file=str(key_file))
+    assert gateway.query_order("GW2026112400001").status == OrderStatus.PAID
+    with pytest.raises(InvalidInput):
+        AlipayGateway.from_key_file(channel_trusting(stub.alipay_public_key_pem), gateway_url=stub.gateway_url, app_private_key_file="")

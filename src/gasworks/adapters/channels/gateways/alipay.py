@@ -325,6 +325,13 @@ class AlipayGateway:
         self._monotonic_s = monotonic_s
         self._refunds: OrderedDict[str, RefundRequest] = OrderedDict()
 
+    @classmethod
+    def from_key_file(cls, channel: Channel, *, gateway_url: str, app_private_key_file: str, **config: object) -> "AlipayGateway":
+        """As configured: `GASWORKS_ALIPAY_GATEWAY_URL` and `GASWORKS_ALIPAY_APP_PRIVATE_KEY_FILE`."""
+        if not app_private_key_file:
+            raise InvalidInput(f"channel {channel.id}: no Alipay application private key file configured", code="INVALID_KEY")
+        return cls(channel, AlipayGatewayConfig(app_private_key_pem=load_app_private_key(Path(app_private_key_file)), gateway_url=gateway_url, **config))  # type: ignore[arg-type]
+
     @property
     def alipay_public_keys(self) -> list[str]:
         return [k.material for k in self.channel.active_keys(KeyPurpose.VERIFY_PUBLIC_KEY)]
