@@ -337,9 +337,10 @@ def test_the_application_key_file_is_checked_when_loaded(tmp_path: Path):
     pkcs1 = tmp_path / "app_private_key.pem"
     pkcs1.write_text(sdk_private_key(APP_KEY))
     assert public_key_pem(load_app_private_key(pkcs1)) == public_key_pem(APP_KEY)
-    bare = tmp_path / "bare.txt"  # Alipay's key tool also gives the base64 alone
-    bare.write_text("".join(sdk_private_key(APP_KEY).splitlines()[1:-1]))
-    assert public_key_pem(load_app_private_key(bare)) == public_key_pem(APP_KEY)
+    for pem in (sdk_private_key(APP_KEY), APP_KEY):  # Alipay's key tool also gives the base64 alone, PKCS#1 or PKCS#8
+        bare = tmp_path / "bare.txt"
+        bare.write_text("".join(pem.strip().splitlines()[1:-1]))
+        assert public_key_pem(load_app_private_key(bare)) == public_key_pem(APP_KEY)
     public = tmp_path / "alipay_public_key.pem"
     public.write_text(public_key_pem(APP_KEY))
     with pytest.raises(InvalidInput):

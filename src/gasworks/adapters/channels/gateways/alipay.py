@@ -96,12 +96,17 @@ def load_app_private_key(path: Path) -> str:
         pem = path.read_text(encoding="ascii").strip() + "\n"
     except (OSError, UnicodeDecodeError) as error:
         raise InvalidInput(f"cannot read the Alipay application private key {path}: {str(error)[:100]}", code="INVALID_KEY") from None
-    if not pem.startswith("-----BEGIN"):  # Alipay's key tool also hands out the bare base64 of PKCS#1
-        pem = "-----BEGIN RSA PRIVATE KEY-----\n" + pem + "-----END RSA PRIVATE KEY-----\n"
-    try:
-        key = serialization.load_pem_private_key(pem.encode(), password=None)
-    except (ValueError, TypeError):
-        raise InvalidInput(f"{path} is not an unencrypted PEM private key", code="INVALID_KEY") from None
+    # Alipay's key tool also hands out the bare base64: PKCS#8 for Java, PKCS#1 for other languages.
+    candidates = [pem] if pem.startswith("-----BEGIN") else [f"-----BEGIN {kind}-----\n{pem}-----END {kind}-----\n" for kind in ("PRIVATE KEY", "RSA PRIVATE KEY")]
+    key = None
+    for candidate in candidates:
+        try:
+            key, pem = serialization.load_pem_private_key(candidate.encode(), password=None), candidate
+            break
+        except (ValueError, TypeError):
+            continue
+    if key is None:
+        raise InvalidInput(f"{path} is not an unencrypted PEM private key", code="INVALID_KEY")
     if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < 2048:
         raise InvalidInput(f"{path} is not an RSA private key of at least 2048 bits (RSA2)", code="INVALID_KEY")
     return pem
