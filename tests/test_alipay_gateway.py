@@ -357,3 +357,9 @@ def test_a_gateway_built_from_the_configured_key_file_talks_to_alipay(stub, tmp_
     assert gateway.query_order("GW2026112400001").status == OrderStatus.PAID
     with pytest.raises(InvalidInput):
         AlipayGateway.from_key_file(channel_trusting(stub.alipay_public_key_pem), gateway_url=stub.gateway_url, app_private_key_file="")
+
+
+def test_a_refund_is_known_by_our_number_as_alipays_refund_notifications_name_it(stub):
+    trade_no = paid_trade(stub)
+    answer = gateway_for(stub).refund(RefundRequest("RF20261124077", "GW2026112400001", trade_no, 500, 5000, "多缴"))
+    assert answer.channel_refund_id == "RF20261124077"  # out_biz_no in the refund notification

@@ -400,8 +400,10 @@ class AlipayGateway:
         if request.channel_txn_id:
             _same(content, "trade_no", request.channel_txn_id, doing)
         fund_change = content.get("fund_change")
+        # Alipay has no id of its own for a refund: it knows it as (trade, out_request_no), and its
+        # refund notifications name it by out_biz_no = out_request_no, so that is the channel's id.
         if fund_change == "Y":  # this request moved the money back
-            return RefundAnswer(request.refund_no, RefundState.SUCCESS, request.refund_fen, None, _utc(_beijing_time(content, "gmt_refund_pay", doing)))
+            return RefundAnswer(request.refund_no, RefundState.SUCCESS, request.refund_fen, request.refund_no, _utc(_beijing_time(content, "gmt_refund_pay", doing)))
         if fund_change != "N":
             raise GatewayError("RESPONSE_MALFORMED", f"{doing}: fund_change {str(fund_change)[:5]!r} is neither Y nor N", retryable=True)
         # N: no money moved by this request: a repeat of a refund already made, or not done yet.
@@ -452,7 +454,7 @@ class AlipayGateway:
         # Only REFUND_SUCCESS means money back; no refund_status means "not received or not done
         # yet" (Alipay: ask again, or repeat the refund with the same number, which is safe).
         if content.get("refund_status") == "REFUND_SUCCESS":
-            return RefundAnswer(refund_no, RefundState.SUCCESS, _fen(content, "refund_amount", doing), None, _utc(_beijing_time(content, "gmt_refund_pay", doing)))
+            return RefundAnswer(refund_no, RefundState.SUCCESS, _fen(content, "refund_amount", doing), refund_no, _utc(_beijing_time(content, "gmt_refund_pay", doing)))
         if content.get("refund_status"):
             raise GatewayError("RESPONSE_MALFORMED", f"{doing}: refund_status {str(content['refund_status'])[:30]!r} is not one Alipay documents", retryable=False)
         return RefundAnswer(refund_no, RefundState.PROCESSING, refund_fen_asked, None, None)
