@@ -1,9 +1,11 @@
 """The Alipay gateway against a local Alipay gateway (a real HTTP server signing and verifying as
 Alipay does), cross-checked with Alipay's official SDK (alipay-sdk-python) both ways."""
 
+import io
 import json
 import socket
 import time
+import zipfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +27,7 @@ from gasworks.adapters.channels.base import BEIJING
 from gasworks.adapters.channels.gateways.alipay import (
     AlipayGateway,
     AlipayGatewayConfig,
+    detail_csv_from_zip,
     load_app_private_key,
     request_signing_content,
     signed_request_params,
@@ -363,3 +366,22 @@ def test_a_refund_is_known_by_our_number_as_alipays_refund_notifications_name_it
     trade_no = paid_trade(stub)
     answer = gateway_for(stub).refund(RefundRequest("RF20261124077", "GW2026112400001", trade_no, 500, 5000, "多缴"))
     assert answer.channel_refund_id == "RF20261124077"  # out_biz_no in the refund notification
+
+
+def test_a_bill_zip_without_its_detail_or_beyond_the_bound_is_refused(stub):
+    paid_trade(stub)
+    archive = stub.bill_zip(YESTERDAY.date())
+    name, content = detail_csv_from_zip(archive, csv_bytes_max=1024 * 1024)
+    assert name.endswith("_业务明细.csv") and content == stub.bill_detail_csv(YESTERDAY.date())
+    with pytest.raises(GatewayError) as too_large:
+        detail_csv_from_zip(archive, csv_bytes_max=100)
+    assert too_large.value.code == "BILL_TOO_LARGE"
+    summary_only = io.BytesIO()
+    with zipfile.ZipFile(summary_only, "w") as bill:
+        bill.writestr("2088000000000001_20261123_业务明细(汇总).csv", "合计".encode("gbk"))
+    with pytest.raises(GatewayError) as no_detail:
+        detail_csv_from_zip(summary_only.getvalue(), csv_bytes_max=1024)
+    assert (no_detail.value.code, no_detail.value.retryable) == ("BILL_MALFORMED", False)
+    with pytest.raises(GatewayError) as truncated:
+        detail_csv_from_zip(archive[: len(archive) // 2], csv_bytes_max=1024 * 1024)
+    assert truncated.value.code == "BILL_MALFORMED"

@@ -26,6 +26,7 @@ import re
 import time
 import urllib.parse
 import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -296,7 +297,7 @@ def detail_csv_from_zip(archive: bytes, csv_bytes_max: int) -> tuple[str, bytes]
             if len(content) > csv_bytes_max:
                 raise GatewayError("BILL_TOO_LARGE", f"{bill_detail_name(info)} unpacks beyond {csv_bytes_max} bytes", retryable=False)
             return bill_detail_name(info), content
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError) as error:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, NotImplementedError) as error:
         raise GatewayError("BILL_MALFORMED", f"the bill is not a readable zip: {str(error)[:100]}", retryable=True) from None
 
 
