@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     # Meter frame security (adapters/meters/frame_security.py). The site key seals meter keys at rest:
     # 32 bytes as 64 hex digits or base64. Empty: one is generated into the database (development only).
     site_key: str = ""
+    # Alipay's open API (adapters/channels/gateways/alipay.py); app_id and Alipay's public key are the channel's.
+    alipay_gateway_url: str = "https://openapi.alipay.com/gateway.do"  # the stub's URL in tests and the demo
+    alipay_app_private_key_file: str = ""  # our application's private key (应用私钥), PEM, readable by gasworks only
 
     @field_validator("payment_fen_max_by_channel", "payment_fen_max_by_class")
     @classmethod
