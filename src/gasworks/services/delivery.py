@@ -240,7 +240,7 @@ def _apply_message(
             order = report_order(ReportKey(message.meter_clock, counter), newest)
             if order == ReportOrder.OLDER:
                 return _Taken("stale report", ("STALE_REPORT", f"report of {message.meter_clock:%Y-%m-%d %H:%M:%S} (meter clock) is older than the newest taken, of {link.last_report_clock:%Y-%m-%d %H:%M:%S}: ignored"))
-            claimed = unwrap_seq(message.last_applied_seq, applied_seq=link.applied_seq, highest_issued=link.purchase_seq_issued, modulus=link.seq_modulus)
+            claimed = unwrap_seq(message.last_applied_seq, applied_seq=link.applied_seq, highest_issued=_highest_sent(link, commands), modulus=link.seq_modulus)
             verdict = judge_claim(claimed, applied_seq=link.applied_seq, highest_issued=link.purchase_seq_issued)
             if verdict == ClaimVerdict.BEYOND_ISSUED:
                 _take_alarms(message, link, uow, now)  # its serial is not believed; a leak it reports is, to be safe
@@ -261,7 +261,7 @@ def _apply_message(
         case PurchaseAck():
             if _outstanding(commands, message.frame_seq, CommandKind.CREDIT) is None:
                 return _unmatched(message.frame_seq, "purchase acknowledgement")
-            claimed = unwrap_seq(message.applied_seq, applied_seq=link.applied_seq, highest_issued=link.purchase_seq_issued, modulus=link.seq_modulus)
+            claimed = unwrap_seq(message.applied_seq, applied_seq=link.applied_seq, highest_issued=_highest_sent(link, commands), modulus=link.seq_modulus)
             verdict = judge_claim(claimed, applied_seq=link.applied_seq, highest_issued=link.purchase_seq_issued)
             if verdict == ClaimVerdict.BEYOND_ISSUED:
                 return _claims_unissued(uow, link, claimed, "acknowledgement", now)
@@ -295,6 +295,14 @@ def _apply_message(
             clear_command_alerts(uow, command, now)
     _keep_valve_right(link, commands, uow, policy, now)
     return _Taken(what, rewound_ids=rewound_ids)
+
+
+def _highest_sent(link: MeterLink, commands: list[MeterCommand]) -> int:
+    """The highest purchase serial ever put on the wire to this meter: no truthful claim goes beyond
+    it, so a one-byte serial is unwrapped within [applied, highest sent] (one or two serials wide,
+    as purchases go one at a time), not up to the highest issued, which may be hundreds ahead."""
+    sent = [c.purchase_seq for c in commands if c.kind == CommandKind.CREDIT and c.sends > 0 and c.purchase_seq is not None]
+    return max([link.applied_seq, *sent])
 
 
 def _outstanding(commands: list[MeterCommand], frame_seq: int, *kinds: CommandKind) -> MeterCommand | None:

@@ -73,6 +73,7 @@ class KioskOut(BaseModel):
     latitude: float
     longitude: float
     status: str
+    opening_hours: str = ""
 
     @classmethod
     def of(cls, k: Kiosk) -> "KioskOut":
@@ -291,6 +292,7 @@ class KioskIn(Strict):
     latitude: float = Field(ge=-90, le=90)
     longitude: float = Field(ge=-180, le=180)
     status: str = Field("working", pattern=r"^(working|out_of_order|closed)$")
+    opening_hours: str = Field("", max_length=40, description='"07:00-22:00", "24h", or "" when not known')
 
 
 class KioskStatusIn(Strict):

@@ -151,9 +151,10 @@ def kiosks_add(
     longitude: Annotated[float, typer.Option()],
     community: Annotated[str, typer.Option()] = "",
     address: Annotated[str, typer.Option()] = "",
+    opening_hours: Annotated[str, typer.Option(help='Shown to residents beside the distance: "07:00-22:00" or "24h".')] = "",
     database_url: DatabaseUrl = None,
 ) -> None:
-    kiosk = Kiosk(kiosk_id, name, channel, community, address, latitude, longitude, kiosks.KioskStatus.WORKING.value)
+    kiosk = Kiosk(kiosk_id, name, channel, community, address, latitude, longitude, kiosks.KioskStatus.WORKING.value, opening_hours)
     kiosks.add_kiosk(kiosk, system(database_url).new_uow(), actor=cli_actor())
     out.print(f"kiosk {kiosk_id} added")
 
@@ -170,9 +171,9 @@ def kiosks_status(kiosk_id: str, status: kiosks.KioskStatus, database_url: Datab
 def kiosks_list(database_url: DatabaseUrl = None) -> None:
     with system(database_url).new_uow() as uow:
         found = uow.kiosks.list()
-    table = Table("id", "name", "community", "lat, lon", "status")
+    table = Table("id", "name", "community", "lat, lon", "status", "hours")
     for k in found:
-        table.add_row(k.id, k.name, k.community, f"{k.latitude:.5f}, {k.longitude:.5f}", k.status)
+        table.add_row(k.id, k.name, k.community, f"{k.latitude:.5f}, {k.longitude:.5f}", k.status, k.opening_hours or "-")
     out.print(table)
 
 
