@@ -137,12 +137,21 @@ class SimulatedMeter:
                 if self.credit_fen < -self.overdraft_fen:
                     self.valve_open, self.closed_for_credit = False, True
 
-    def press_button(self, clock: datetime) -> bytes:
-        """The resident presses the communication button: the meter wakes and reports now, and a
-        valve it closed for credit reopens if the credit is back."""
+    def button_pressed(self) -> None:
+        """The resident presses the button: a valve the meter closed for credit reopens if the credit is back."""
         if self.closed_for_credit and self.has_credit:
             self.valve_open, self.closed_for_credit = True, False
+
+    def press_button(self, clock: datetime) -> bytes:
+        """The resident presses the communication button: the meter reopens what it may and reports now."""
+        self.button_pressed()
         return self.report(clock)
+
+    def days_of_gas_left(self, litres_per_day: int) -> int:
+        """What the resident reads on the display, in whole days of ordinary use."""
+        if self.is_money_meter:
+            return self.credit_fen * 1000 // max(1, self.price_fen_per_m3 * litres_per_day)
+        return self.credit_litres // max(1, litres_per_day)
 
     def on_downlink(self, payload: bytes) -> list[bytes]:
         """Handle one frame from gasworks; the replies to send back (none while asleep or lost)."""
