@@ -64,6 +64,8 @@ def test_a_card_resident_is_told_each_kiosks_hours_and_map_beside_its_distance(e
     assert "https://www.openstreetmap.org/?mlat=26.893500&amp;mlon=112.572500#map=18/26.893500/112.572500" in page
     assert "geo:26.893500,112.572500" in page
     assert "data-distance-m='74'" in page
+    shown = client.get(f"/v1/payments/{paid.payment_id}", headers=auditor).json()["delivery"]["nearest_kiosks"][0]
+    assert shown["opening_hours"] == "07:00-22:00" and shown["distance_m"] == 74 and shown["map_url"].startswith("https://www.openstreetmap.org/?mlat=26.893500")
 
 
 def _move_home(rig):

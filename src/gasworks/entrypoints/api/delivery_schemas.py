@@ -82,6 +82,7 @@ class KioskOut(BaseModel):
 
 class NearbyKioskOut(KioskOut):
     distance_m: int | None
+    map_url: str = Field("", description="an OpenStreetMap link centred on the kiosk")
 
 
 class DeliveryStepOut(BaseModel):
@@ -106,7 +107,7 @@ class DeliveryOut(BaseModel):
             status=t.status, headline=TextOut.of(t.headline), next_step=TextOut.of(t.next_step),
             steps=[DeliveryStepOut(key=s.key, title=TextOut.of(s.title), at=s.at, done=s.done) for s in t.steps],
             order=CommandOut.of(t.order) if t.order else None,
-            nearest_kiosks=[NearbyKioskOut(**KioskOut.of(n.kiosk).model_dump(), distance_m=n.distance_m) for n in t.kiosks],
+            nearest_kiosks=[NearbyKioskOut(**KioskOut.of(n.kiosk).model_dump(), distance_m=n.distance_m, map_url=n.map_url) for n in t.kiosks],
             resident_url=resident_url,
         )  # fmt: skip
 
