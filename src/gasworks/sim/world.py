@@ -356,7 +356,8 @@ class Simulation:
 
     def _wake(self, h: Household) -> None:
         now = self.clock.now()
-        self.at(now + timedelta(hours=24, seconds=self.rng.randrange(-600, 601)), "wake", lambda: self._wake(h))
+        interval_s = h.meter.wire_model.report_interval_s  # its model's own rhythm (daily for every built-in model)
+        self.at(now + timedelta(seconds=interval_s + self.rng.randrange(-600, 601)), "wake", lambda: self._wake(h))
         if h.serial in self.dead:
             return
         if self.asleep_until.get(h.serial, now) > now:
