@@ -73,6 +73,7 @@ def postgres_url() -> Iterator[str]:
     upgrade(engine)
     with engine.begin() as c:  # the migration's seeded tariffs, put back after each TRUNCATE
         c.execute(text("CREATE TABLE seeded_tariffs AS SELECT * FROM tariffs"))
+        c.execute(text("CREATE TABLE seeded_meter_models AS SELECT * FROM meter_models"))
     engine.dispose()
     yield url
     with admin.connect() as c:
@@ -99,6 +100,7 @@ def _empty_postgres(url: str):  # noqa: ANN202
         c.execute(insert(ledger_accounts), [{"code": code, "kind": code, "entries_sum_fen": 0} for code in FIXED_ACCOUNTS])
         columns = [name for name in seeded_tariffs.c.keys() if name != "id"]  # ids come from the restarted sequence
         c.execute(insert(tariffs).from_select(columns, select(*(seeded_tariffs.c[name] for name in columns))))
+        c.execute(text("INSERT INTO meter_models SELECT * FROM seeded_meter_models"))  # the built-in meter model profiles
     return engine
 
 

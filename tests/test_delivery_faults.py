@@ -180,22 +180,37 @@ def test_a_one_byte_claim_that_goes_backwards_is_flagged_not_accepted(rig, api):
     assert "#296" in alert.reason and alert.cleared_by == ClearedBy.PERSON.value
 
 
-def test_claims_are_judged_after_unwrapping_against_the_highest_issued():
-    assert unwrap_seq(0, highest_issued=255, modulus=256) == 256
-    assert unwrap_seq(255, highest_issued=256, modulus=256) == 255
-    assert unwrap_seq(5, highest_issued=1, modulus=256) == 5
-    assert unwrap_seq(200, highest_issued=1, modulus=256) == -56  # far behind: backwards, never far ahead
-    assert unwrap_seq(300, highest_issued=1, modulus=256) > 1  # no one-byte firmware says 300
-    assert unwrap_seq(7, highest_issued=3, modulus=None) == 7
+def test_claims_are_judged_after_unwrapping_between_what_was_applied_and_the_highest_issued():
+    assert unwrap_seq(0, applied_seq=255, highest_issued=255, modulus=256) == 256  # one past the highest issued: refused
+    assert unwrap_seq(255, applied_seq=255, highest_issued=256, modulus=256) == 255
+    assert unwrap_seq(0, applied_seq=255, highest_issued=256, modulus=256) == 256
+    assert unwrap_seq(5, applied_seq=0, highest_issued=1, modulus=256) == 5
+    assert unwrap_seq(200, applied_seq=300, highest_issued=300, modulus=256) == 200  # far behind: backwards, never far ahead
+    assert unwrap_seq(200, applied_seq=1, highest_issued=1, modulus=256) == 200  # no serial below 0: beyond what was issued
+    assert unwrap_seq(300, applied_seq=0, highest_issued=1, modulus=256) > 1  # no one-byte firmware says 300
+    assert unwrap_seq(7, applied_seq=0, highest_issued=3, modulus=None) == 7
     assert judge_claim(6, applied_seq=0, highest_issued=1) == ClaimVerdict.BEYOND_ISSUED
     assert judge_claim(0, applied_seq=1, highest_issued=2) == ClaimVerdict.BACKWARDS
     assert judge_claim(2, applied_seq=1, highest_issued=2) == ClaimVerdict.IN_RANGE
 
 
-@given(issued=st.integers(0, 10**6), offset=st.integers(-128, 127))
-def test_a_one_byte_serial_within_the_window_unwraps_to_the_serial_meant(issued, offset):
-    meant = issued + offset
-    assert unwrap_seq(meant % 256, highest_issued=issued, modulus=256) == meant
+@given(applied=st.integers(0, 10**6), outstanding=st.integers(0, 127), step=st.integers(-128, 127))
+def test_a_one_byte_serial_within_the_window_unwraps_to_the_serial_meant(applied, outstanding, step):
+    meant = applied + min(step, outstanding)
+    if meant < 0:
+        return
+    assert unwrap_seq(meant % 256, applied_seq=applied, highest_issued=applied + outstanding, modulus=256) == meant
+
+
+@given(applied=st.integers(0, 10**6), outstanding=st.integers(0, 600), claimed_ahead=st.integers(0, 255))
+def test_a_one_byte_claim_is_never_read_further_along_than_the_lowest_serial_it_can_mean(applied, outstanding, claimed_ahead):
+    """With 256 or more purchases outstanding the byte is ambiguous: gasworks reads it low (gas owed), never high (gas given twice)."""
+    wire = (applied + claimed_ahead) % 256
+    read = unwrap_seq(wire, applied_seq=applied, highest_issued=applied + outstanding, modulus=256)
+    if claimed_ahead <= outstanding:
+        assert read == applied + claimed_ahead
+    else:
+        assert judge_claim(read, applied_seq=applied, highest_issued=applied + outstanding) != ClaimVerdict.IN_RANGE
 
 
 # ---- stale reports are not news ----------------------------------------------------------------

@@ -52,6 +52,9 @@ def test_a_resident_follows_a_payment_to_gas_on_a_phone(served, browser):
     assert headline.inner_text() == "等待燃气表联网"
     assert page.get_by_text("Waiting for your meter to wake").is_visible()
     assert page.get_by_text("按表上的通讯按钮", exact=False).is_visible()
+    assert page.locator("li.done .time").first.inner_text() == "2026-11-23 17:00"  # paid at 09:00 UTC: 17:00 in Hunan
+    assert page.get_by_text("Times are local (Asia/Shanghai)", exact=False).is_visible()
+    assert "UTC" not in page.locator("main").inner_text()
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]  # nothing to scroll sideways
     rig.wake()
     rig.settle()

@@ -115,3 +115,25 @@ def test_each_channel_writes_its_daily_statement_with_every_payment_once(tmp_pat
             assert rows[-1][0] == "# total" and int(rows[-1][1]) == len(rows) - 2
             listed += [row[0] for row in rows[1:-1]]
     assert sorted(listed) == sorted(c.channel_txn_id for c in outcome.collected)  # lost ones too, duplicates once
+
+
+def test_residents_without_gas_and_the_report_of_time_to_gas_by_meter_model(database_url):
+    """A fault-free fortnight: every model is in the city; residents whose gas stops pay, and most
+    press the button; the report gives time without gas and payment -> gas by kind and model, and a
+    payment followed by the button press reaches the meter within 10 minutes of the press."""
+    sim, outcome, report = simulate(database_url, households=200, days=14, seed=2, faults="none")
+    assert report.money.holds and report.truth_violations == []
+    models = {h.model for h in sim.city.households if h.model}
+    assert models == {"cjt188-sm4", "cjt188-aes", "cjt188-money"}
+    with sim.system.new_uow() as uow:
+        assert {link.model for h in sim.city.households if h.model and (link := uow.meters.get(h.serial))} == models
+    assert {line.kind for line in report.without_gas} == {"iot", "card"}
+    assert all(line.n > 0 and line.p50 <= line.p95 <= line.p99 for line in report.without_gas)
+    pressed = [line for line in report.to_gas if line.how == "paid, then pressed the button"]
+    assert pressed and all(line.within_goal_of_press == line.n for line in pressed)  # in-process: the press brings the gas at once
+    assert report.button_goal is not None and report.button_goal.n == sum(line.n for line in pressed)
+    waited = [line for line in report.to_gas if line.how == "waited for the meter's report"]
+    assert waited and all(line.within_goal_of_press is None for line in waited)
+    assert outcome.kiosk_walks_m and max(outcome.kiosk_walks_m) < 20_000
+    money_meters = [h for h in sim.city.households if h.model == "cjt188-money"]
+    assert any(h.meter.applied_fen for h in money_meters)  # money meters are written fen, and applied them

@@ -28,6 +28,7 @@ from enum import IntFlag, StrEnum
 
 from gasworks.domain.accounts import MeterKind
 from gasworks.domain.errors import InvariantViolated
+from gasworks.domain.meter_models import MeterModel as MeterModel  # re-exported: the profile lives in meter_models
 
 
 class LinkState(StrEnum):
@@ -50,7 +51,7 @@ class MeterLink:
     last_report_at: datetime | None = None
     awake_until: datetime | None = None
     link_state: LinkState = LinkState.UNKNOWN
-    credit_litres: int | None = None
+    credit_litres: int | None = None  # None for a money meter, whose balance is money (credit_fen)
     cumulative_litres: int | None = None
     valve_open: bool | None = None
     battery_mv: int | None = None
@@ -63,24 +64,12 @@ class MeterLink:
     last_report_clock: datetime | None = None  # the meter's own clock in the newest report taken (naive)
     last_report_counter: int | None = None  # its uplink frame counter, when frames are sealed
     valve_reasons: int = 0  # ValveReason bits: why gasworks wants this meter's valve closed
-
-
-@dataclass(frozen=True)
-class MeterModel:
-    """What gasworks must know of a meter model's firmware to believe it no further than it should."""
-
-    name: str
-    purchase_seq_bytes: int = 4  # 1: the serial on the wire wraps at 255 (money meters' 0xA013)
-    reopen_needs_button: bool = False  # the resident presses the meter's button to reopen the valve
-
-    @property
-    def seq_modulus(self) -> int | None:
-        return 256 if self.purchase_seq_bytes == 1 else None
+    credit_fen: int | None = None  # a money meter's balance as it last reported it (negative on overdraft)
 
 
 # ---- what a meter may claim ---------------------------------------------------------------------
 
-SEQ_UNWRAP_WINDOW = 128  # a one-byte serial is read as the one within 128 of the highest issued
+SEQ_BACKWARDS_WINDOW = 128  # a one-byte serial up to 128 behind what was applied reads as "backwards"
 
 
 def seq_on_wire(purchase_seq: int, modulus: int | None) -> int:
@@ -88,21 +77,29 @@ def seq_on_wire(purchase_seq: int, modulus: int | None) -> int:
     return purchase_seq if modulus is None else purchase_seq % modulus
 
 
-def unwrap_seq(wire_seq: int, *, highest_issued: int, modulus: int | None) -> int:
+def unwrap_seq(wire_seq: int, *, applied_seq: int, highest_issued: int, modulus: int | None) -> int:
     """The full purchase serial a meter means by `wire_seq`.
 
-    A model whose serial is one byte counts 254, 255, 0, 1 ...: the serial meant is the one with
-    that remainder nearest the highest issued, from 128 below it to 127 above it. A claim above the
-    highest issued stays above it after unwrapping, so it can be refused.
+    A model whose serial is one byte counts 254, 255, 0, 1 ... A meter applies purchases in order,
+    so what it can truthfully claim lies between what it had applied and the highest issued: the
+    serial meant is the *lowest* one from `applied_seq` up with that remainder. Read that way a
+    claim is never taken as further along than the meter can be (with 256 or more purchases
+    outstanding the meter's byte is ambiguous to the meter itself; reading low leaves gas owed,
+    never gas given twice). A remainder that lands beyond the highest issued is read as up to
+    SEQ_BACKWARDS_WINDOW behind `applied_seq` (an old frame, a reset meter) if it can be, else as
+    beyond what was issued; both are then refused by `judge_claim`.
     """
     if modulus is None:
         return wire_seq
     if not 0 <= wire_seq < modulus:
         return highest_issued + modulus  # no firmware of this model can say it: beyond anything issued
-    distance = (wire_seq - highest_issued) % modulus
-    if distance >= SEQ_UNWRAP_WINDOW:
-        distance -= modulus
-    return highest_issued + distance
+    ahead = (wire_seq - applied_seq) % modulus
+    if applied_seq + ahead <= highest_issued:
+        return applied_seq + ahead
+    behind = modulus - ahead
+    if behind <= SEQ_BACKWARDS_WINDOW and applied_seq - behind >= 0:
+        return applied_seq - behind
+    return applied_seq + ahead
 
 
 class ClaimVerdict(StrEnum):

@@ -13,3 +13,4 @@ class Kiosk:
     latitude: float
     longitude: float
     status: str
+    opening_hours: str = ""  # as people read them, "07:00-22:00" or "24h"; "" not known

@@ -38,12 +38,13 @@ class CurrentData:
     serial: str
     frame_seq: int
     cumulative_litres: int
-    credit_litres: int  # negative while running on overdraft
-    last_applied_seq: int  # the last purchase serial the meter applied
+    credit_litres: int | None  # negative while running on overdraft; None from a money meter
+    last_applied_seq: int  # the last purchase serial the meter applied (as the wire carries it)
     valve_open: bool
     battery_mv: int
     alarms: Alarm
     meter_clock: datetime  # the meter's own clock, naive local time as it keeps it
+    credit_fen: int | None = None  # a money meter's balance in fen (negative on overdraft); None from a volume meter
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,15 @@ class ReadCurrentData:
 
 @dataclass(frozen=True)
 class WritePurchase:
-    """gasworks -> meter: add `volume_litres` of credit as purchase number `purchase_seq` (DI 0xA013)."""
+    """gasworks -> meter: add `volume_litres` of credit as purchase number `purchase_seq` (DI 0xA013).
+
+    A money meter is written `amount_fen` (what the purchase cost) instead: its firmware prices the gas."""
 
     serial: str
     frame_seq: int
     purchase_seq: int
     volume_litres: int
+    amount_fen: int | None = None
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,8 @@ class PurchaseAck:
     serial: str
     frame_seq: int
     applied_seq: int
-    credit_litres: int
+    credit_litres: int | None  # None from a money meter
+    credit_fen: int | None = None  # a money meter's balance in fen
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ Every frame between gasworks and a meter is sealed: it carries the version of th
 counter for its direction (meter -> gasworks "uplink", gasworks -> meter "downlink") and a MAC over
 the whole frame (layout in `adapters/meters/cjt188.py`). Which MAC is the meter model's business:
 CJ/T 188-2018 cites SM4 (GM/T 0002), so SM4-CMAC is the default; some models use AES-128-CMAC; a
-model without a MAC is taken only through an authenticated carrier platform.
+model without a MAC is taken only through an authenticated carrier platform. The scheme is part of
+the meter's model profile (domain/meter_models.py).
 
 The rules written here, checked by `adapters/meters/frame_security.py` on both ends:
 - a frame under a key version the receiver does not hold is refused (FRAME_KEY_VERSION_UNKNOWN);
@@ -15,45 +16,17 @@ The rules written here, checked by `adapters/meters/frame_security.py` on both e
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 
 from gasworks.domain.errors import GasworksError
+from gasworks.domain.meter_models import BUILT_IN_MODELS, MeterModel, built_in_model
+from gasworks.domain.meter_models import DEFAULT_METER_MODEL as DEFAULT_METER_MODEL  # re-exported: older imports name it here
+from gasworks.domain.meter_models import MacScheme as MacScheme
 
 KEY_BYTES = 16  # SM4 and AES-128 keys
 MAC_BYTES = 8  # the first 8 bytes of the CMAC (NIST SP 800-38B truncation to 64 bits)
 COUNTER_BYTES = 4
 COUNTER_MAX = 2**32 - 1
 KEY_VERSION_MAX = 255  # one byte on the wire
-
-
-class MacScheme(StrEnum):
-    SM4_CMAC = "sm4-cmac"
-    AES128_CMAC = "aes128-cmac"
-    NONE = "none"  # the model cannot authenticate frames: only an authenticated carrier platform may carry them
-
-
-@dataclass(frozen=True)
-class MeterModelProfile:
-    """What a meter model does to secure its frames."""
-
-    name: str
-    mac_scheme: MacScheme
-    description: str
-
-    @property
-    def seals_frames(self) -> bool:
-        return self.mac_scheme != MacScheme.NONE
-
-
-MODELS: dict[str, MeterModelProfile] = {
-    p.name: p
-    for p in (
-        MeterModelProfile("cjt188-sm4", MacScheme.SM4_CMAC, "CJ/T 188-2018 style NB-IoT meter, SM4-CMAC (the default)"),
-        MeterModelProfile("cjt188-aes", MacScheme.AES128_CMAC, "CJ/T 188 style meter whose module computes AES-128-CMAC"),
-        MeterModelProfile("carrier-plain", MacScheme.NONE, "no MAC: accepted only through an authenticated carrier platform"),
-    )
-}
-DEFAULT_METER_MODEL = "cjt188-sm4"
 
 
 class FrameRefused(GasworksError):
@@ -68,10 +41,11 @@ class UnknownMeterModel(GasworksError):
     http_status = 422
 
 
-def model_profile(name: str) -> MeterModelProfile:
-    profile = MODELS.get(name)
+def model_profile(name: str) -> MeterModel:
+    """A built-in profile by name (the stored ones are read through the meter_models repository)."""
+    profile = built_in_model(name)
     if profile is None:
-        raise UnknownMeterModel(f"no meter model {name!r}; known: {', '.join(sorted(MODELS))}")
+        raise UnknownMeterModel(f"no built-in meter model {name[:40]!r}; built in: {', '.join(sorted(BUILT_IN_MODELS))}")
     return profile
 
 
@@ -86,7 +60,7 @@ class MeterFrameSecurity:
     """
 
     serial: str
-    model: str
+    profile: MeterModel  # the meter's model (meters.model), which names its MAC scheme
     active_key_version: int | None  # None for a model without MAC
     pending_key_version: int | None = None
     uplink_counter_seen: int = 0  # the highest uplink counter taken
@@ -95,8 +69,8 @@ class MeterFrameSecurity:
     events: list[str] = field(default_factory=list)
 
     @property
-    def profile(self) -> MeterModelProfile:
-        return model_profile(self.model)
+    def model(self) -> str:
+        return self.profile.name
 
     def usable_versions(self) -> tuple[int, ...]:
         return tuple(v for v in (self.active_key_version, self.pending_key_version) if v is not None)

@@ -12,7 +12,7 @@ from gasworks.domain.accounts import (
 )
 from gasworks.domain.errors import Conflict, InvalidInput, NotFound
 from gasworks.domain.ledger import LedgerAccountKind, prepaid_account
-from gasworks.domain.meter_security import DEFAULT_METER_MODEL, model_profile
+from gasworks.domain.meter_security import DEFAULT_METER_MODEL
 from gasworks.services import meter_keys
 from gasworks.services.unit_of_work import UnitOfWork
 
@@ -29,7 +29,7 @@ class OpenAccount:
     meter_kind: MeterKind
     customer_class: CustomerClass = CustomerClass.RESIDENTIAL
     location: tuple[float, float] | None = None
-    meter_model: str = DEFAULT_METER_MODEL  # says how its frames are secured (domain/meter_security.py)
+    meter_model: str = DEFAULT_METER_MODEL  # a profile in meter_models (domain/meter_models.py): frames, serial width, unit, button
 
 
 def open_account(cmd: OpenAccount, uow: UnitOfWork, *, actor: str) -> Customer:
@@ -39,8 +39,9 @@ def open_account(cmd: OpenAccount, uow: UnitOfWork, *, actor: str) -> Customer:
         raise InvalidInput(f"location {cmd.location} is not a latitude and longitude", code="INVALID_LOCATION")
     if not cmd.name.strip() or not cmd.phone.strip():
         raise InvalidInput("name and phone are required", code="MISSING_FIELD")
-    model_profile(cmd.meter_model)  # an unknown model is refused before anything is written
     with uow:
+        if cmd.meter_kind == MeterKind.IOT:
+            meter_keys.stored_model(uow, cmd.meter_model)  # an unknown model is refused before anything is written
         if uow.customers.exists(cmd.account_no):
             raise Conflict(f"account {cmd.account_no} already exists", code="ACCOUNT_EXISTS")
         if uow.customers.meter_serial_taken(cmd.meter_serial):

@@ -240,7 +240,7 @@ def _apply_message(
             order = report_order(ReportKey(message.meter_clock, counter), newest)
             if order == ReportOrder.OLDER:
                 return _Taken("stale report", ("STALE_REPORT", f"report of {message.meter_clock:%Y-%m-%d %H:%M:%S} (meter clock) is older than the newest taken, of {link.last_report_clock:%Y-%m-%d %H:%M:%S}: ignored"))
-            claimed = unwrap_seq(message.last_applied_seq, highest_issued=link.purchase_seq_issued, modulus=link.seq_modulus)
+            claimed = unwrap_seq(message.last_applied_seq, applied_seq=link.applied_seq, highest_issued=_highest_sent(link, commands), modulus=link.seq_modulus)
             verdict = judge_claim(claimed, applied_seq=link.applied_seq, highest_issued=link.purchase_seq_issued)
             if verdict == ClaimVerdict.BEYOND_ISSUED:
                 _take_alarms(message, link, uow, now)  # its serial is not believed; a leak it reports is, to be safe
@@ -261,14 +261,14 @@ def _apply_message(
         case PurchaseAck():
             if _outstanding(commands, message.frame_seq, CommandKind.CREDIT) is None:
                 return _unmatched(message.frame_seq, "purchase acknowledgement")
-            claimed = unwrap_seq(message.applied_seq, highest_issued=link.purchase_seq_issued, modulus=link.seq_modulus)
+            claimed = unwrap_seq(message.applied_seq, applied_seq=link.applied_seq, highest_issued=_highest_sent(link, commands), modulus=link.seq_modulus)
             verdict = judge_claim(claimed, applied_seq=link.applied_seq, highest_issued=link.purchase_seq_issued)
             if verdict == ClaimVerdict.BEYOND_ISSUED:
                 return _claims_unissued(uow, link, claimed, "acknowledgement", now)
             if verdict == ClaimVerdict.BACKWARDS:
                 return _Taken("acknowledgement", ("SERIAL_BACKWARDS", f"acknowledgement says the meter has applied purchase #{claimed}; it had applied #{link.applied_seq}: not taken"))
             link.applied_seq = claimed
-            link.credit_litres = message.credit_litres
+            link.credit_litres, link.credit_fen = message.credit_litres, message.credit_fen
             settled = settle_by_meter(commands, applied_seq=link.applied_seq, valve_open=None, at=now, source="acknowledged")
             what = "purchase acknowledged"
         case PurchaseRecord():
@@ -295,6 +295,14 @@ def _apply_message(
             clear_command_alerts(uow, command, now)
     _keep_valve_right(link, commands, uow, policy, now)
     return _Taken(what, rewound_ids=rewound_ids)
+
+
+def _highest_sent(link: MeterLink, commands: list[MeterCommand]) -> int:
+    """The highest purchase serial ever put on the wire to this meter: no truthful claim goes beyond
+    it, so a one-byte serial is unwrapped within [applied, highest sent] (one or two serials wide,
+    as purchases go one at a time), not up to the highest issued, which may be hundreds ahead."""
+    sent = [c.purchase_seq for c in commands if c.kind == CommandKind.CREDIT and c.sends > 0 and c.purchase_seq is not None]
+    return max([link.applied_seq, *sent])
 
 
 def _outstanding(commands: list[MeterCommand], frame_seq: int, *kinds: CommandKind) -> MeterCommand | None:
@@ -330,7 +338,7 @@ def _take_report(report: CurrentData, link: MeterLink, uow: UnitOfWork, now: dat
     if link.link_state == LinkState.OFFLINE:
         uow.alerts.clear(kind=AlertKind.METER_OFFLINE, subject=f"meter:{link.serial}", at=now)
     link.link_state = LinkState.ONLINE
-    link.credit_litres = report.credit_litres
+    link.credit_litres, link.credit_fen = report.credit_litres, report.credit_fen  # a money meter: litres unknown, it keeps its own valve
     link.cumulative_litres = report.cumulative_litres
     link.valve_open = report.valve_open
     link.battery_mv = report.battery_mv
@@ -470,7 +478,8 @@ def frame_for(command: MeterCommand, uow: UnitOfWork, seq_modulus: int | None = 
     if command.kind == CommandKind.CREDIT:
         assert command.purchase_seq is not None and command.volume_litres is not None
         wire_seq = seq_on_wire(command.purchase_seq, seq_modulus)  # a one-byte model counts 254, 255, 0, 1 ...
-        return frame_security.seal_downlink(WritePurchase(command.meter_serial, frame_seq, wire_seq, command.volume_litres), uow)
+        purchase = WritePurchase(command.meter_serial, frame_seq, wire_seq, command.volume_litres, amount_fen=command.cost_fen)
+        return frame_security.seal_downlink(purchase, uow)  # a money meter is written the amount, a volume meter the litres
     return frame_security.seal_downlink(SetValve(command.meter_serial, frame_seq, command.kind == CommandKind.VALVE_OPEN), uow)
 
 
@@ -691,13 +700,15 @@ def resolve_valve_reason(serial: str, reason_name: str, uow: UnitOfWork, *, acto
 
 
 def add_meter_model(model: MeterModel, uow: UnitOfWork, *, actor: str) -> MeterModel:
-    if model.purchase_seq_bytes not in (1, 4):
-        raise InvalidInput("a purchase serial is 1 byte (wraps at 255) or 4 BCD bytes", code="INVALID_SERIAL_WIDTH")
+    """A new meter model profile. Profiles are never edited but for the button setting: a meter's
+    frames, serial width and unit are what its firmware does, fixed when it was made."""
+    model.check()
     with uow:
         now = uow.clock.now()
         if not uow.meter_models.add(model, now):
             raise Conflict(f"meter model {model.name!r} exists already", code="METER_MODEL_EXISTS")
-        uow.audit.append(at=now, actor=actor, action="meter_model.add", subject=f"meter_model:{model.name}", detail=model.__dict__)
+        detail = {k: (v.value if hasattr(v, "value") else v) for k, v in model.__dict__.items()}
+        uow.audit.append(at=now, actor=actor, action="meter_model.add", subject=f"meter_model:{model.name}", detail=detail)
         uow.commit()
         return model
 
@@ -728,6 +739,13 @@ def set_meter(serial: str, uow: UnitOfWork, *, actor: str, model: str | None = N
             found = uow.meter_models.get(model)
             if found is None:
                 raise NotFound(f"no meter model {model[:40]!r}", code="METER_MODEL_NOT_FOUND")
+            security = uow.meter_keys.get_security(serial, lock=True)
+            if security is not None and security.profile.mac_scheme != found.mac_scheme:
+                raise Conflict(
+                    f"meter {serial} is keyed for {security.profile.mac_scheme}; model {found.name} uses {found.mac_scheme}: "
+                    "a meter does not change its MAC scheme by a setting",
+                    code="MODEL_CHANGES_MAC_SCHEME",
+                )
             link.model, link.seq_modulus, link.reopen_needs_button = found.name, found.seq_modulus, found.reopen_needs_button
         if reopen_needs_button is not None:
             link.reopen_needs_button = reopen_needs_button

@@ -11,6 +11,7 @@ from gasworks.services.channels import require_channel
 from gasworks.services.unit_of_work import UnitOfWork
 
 _KIOSK_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,39}$")
+_OPENING_HOURS = re.compile(r"^(|24h|([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-4]):[0-5]\d)$")
 NEAREST_MAX = 3
 EARTH_RADIUS_M = 6_371_000
 
@@ -26,6 +27,8 @@ def add_kiosk(kiosk: Kiosk, uow: UnitOfWork, *, actor: str) -> Kiosk:
         raise InvalidInput("kiosk id: 2 to 40 lowercase letters, digits or dashes", code="INVALID_KIOSK_ID")
     if not (-90 <= kiosk.latitude <= 90 and -180 <= kiosk.longitude <= 180):
         raise InvalidInput(f"({kiosk.latitude}, {kiosk.longitude}) is not a latitude and longitude", code="INVALID_LOCATION")
+    if not _OPENING_HOURS.match(kiosk.opening_hours):
+        raise InvalidInput('opening hours: "HH:MM-HH:MM" (e.g. "07:00-22:00"), "24h", or empty', code="INVALID_OPENING_HOURS")
     if kiosk.status not in {s.value for s in KioskStatus}:
         raise InvalidInput(f"kiosk status must be one of {', '.join(KioskStatus)}", code="INVALID_KIOSK_STATUS")
     with uow:

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from gasworks.domain.accounts import MeterKind
 from gasworks.domain.errors import Conflict, NotFound
-from gasworks.domain.meter_security import DEFAULT_METER_MODEL, KEY_BYTES, MacScheme, MeterFrameSecurity, model_profile
+from gasworks.domain.meter_models import MeterModel
+from gasworks.domain.meter_security import DEFAULT_METER_MODEL, KEY_BYTES, MacScheme, MeterFrameSecurity, UnknownMeterModel
 from gasworks.services.unit_of_work import UnitOfWork
 
 
@@ -25,11 +26,21 @@ class MeterKey:
     key: bytes
 
 
+def stored_model(uow: UnitOfWork, name: str) -> MeterModel:
+    """A meter model profile from the meter_models table, or UnknownMeterModel naming the known ones."""
+    profile = uow.meter_models.get(name)
+    if profile is None:
+        known = ", ".join(m.name for m in uow.meter_models.list())
+        raise UnknownMeterModel(f"no meter model {name[:40]!r}; known: {known or 'none'} (add one with `gasworks meters models add`)")
+    return profile
+
+
 def register_meter(uow: UnitOfWork, *, serial: str, model: str) -> None:
-    """Inside the caller's unit of work (account opening): the meter's security record and its first key."""
-    profile = model_profile(model)
+    """Inside the caller's unit of work (account opening): the meter's model, security record and first key."""
+    profile = stored_model(uow, model)
     now = uow.clock.now()
-    uow.meter_keys.add_security(MeterFrameSecurity(serial=serial, model=profile.name, active_key_version=1 if profile.seals_frames else None))
+    uow.meters.set_model(serial, profile)
+    uow.meter_keys.add_security(MeterFrameSecurity(serial=serial, profile=profile, active_key_version=1 if profile.seals_frames else None))
     if profile.seals_frames:
         uow.meter_keys.add_key(serial, 1, secrets.token_bytes(KEY_BYTES), now)
 
@@ -63,10 +74,11 @@ def export_key(serial: str, uow: UnitOfWork, *, actor: str) -> MeterKey:
         return key
 
 
-def rotate_key(serial: str, uow: UnitOfWork, *, actor: str, model: str = DEFAULT_METER_MODEL) -> MeterKey:
+def rotate_key(serial: str, uow: UnitOfWork, *, actor: str, model: str | None = None) -> MeterKey:
     """A new key version for the meter, returned for writing into it.
 
-    An IoT meter registered before meter keys existed gets its first key (version 1, of `model`).
+    An IoT meter registered before meter keys existed gets its first key (version 1), of `model` if
+    given, else of the model it has, else the default model.
 
     Overlap: until the meter is heard under the new version (or an operator finishes the rotation),
     uplinks under the old and the new version are taken and downlinks stay under the old one, which
@@ -76,6 +88,7 @@ def rotate_key(serial: str, uow: UnitOfWork, *, actor: str, model: str = DEFAULT
         now = uow.clock.now()
         link = uow.meters.get(serial, lock=True)
         if link is not None and link.kind == MeterKind.IOT and uow.meter_keys.get_security(serial) is None:
+            model = model or link.model or DEFAULT_METER_MODEL  # the operator's word, else the model it has
             register_meter(uow, serial=serial, model=model)
             uow.audit.append(at=now, actor=actor, action="meter.key.issue", subject=f"meter:{serial}", detail={"key_version": 1, "model": model})
             security = _security(uow, serial)

@@ -1,13 +1,15 @@
 """The resident's truth: one timeline per payment, from paid to gas available, with the next step.
 
 It never says "gas available" before the meter (or the card coming back from the meter) has
-applied the purchase. Every text is in Chinese first, then English.
+applied the purchase. Every text is in Chinese first, then English, and every time in it is local
+time (settings.local_timezone): a resident in Hunan reads Beijing time, never UTC.
 """
 
 import hashlib
 import hmac
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
+from zoneinfo import ZoneInfo
 
 from gasworks.domain.accounts import MeterKind
 from gasworks.domain.delivery import SAFETY_REASONS, CommandState, LinkState, MeterCommand, MeterLink, ValveReason
@@ -66,6 +68,21 @@ class NearbyKiosk:
     kiosk: Kiosk
     distance_m: int | None
 
+    @property
+    def map_url(self) -> str:
+        """An OpenStreetMap link centred on the kiosk: opens in any phone's browser or map app."""
+        lat, lon = f"{self.kiosk.latitude:.6f}", f"{self.kiosk.longitude:.6f}"
+        return f"https://www.openstreetmap.org/?mlat={lat}&mlon={lon}#map=18/{lat}/{lon}"
+
+    @property
+    def geo_uri(self) -> str:
+        """RFC 5870 geo: URI, which phones hand to their own map app."""
+        return f"geo:{self.kiosk.latitude:.6f},{self.kiosk.longitude:.6f}"
+
+
+def local_time_text(at: datetime, tz: tzinfo) -> str:
+    return f"{at.astimezone(tz):%Y-%m-%d %H:%M}"
+
 
 @dataclass(frozen=True)
 class Timeline:
@@ -77,6 +94,7 @@ class Timeline:
     order: MeterCommand | None
     meter: MeterLink | None
     kiosks: list[NearbyKiosk] = field(default_factory=list)
+    timezone: str = "UTC"  # every time shown to the resident is in this zone
 
 
 def _first(order: MeterCommand | None, *states: CommandState) -> datetime | None:
@@ -96,6 +114,8 @@ def payment_timeline(payment_id: str, uow: UnitOfWork, *, hotline: str) -> Timel
         customer = uow.customers.get(payment.account_no) if payment.account_no else None
         kiosks = uow.kiosks.list() if meter is not None and meter.kind == MeterKind.CARD else []
         balance_fen = uow.ledger.balance_fen(customer.account_no) if customer is not None else 0
+        timezone = uow.local_timezone
+    tz = ZoneInfo(timezone)
     booked_at = next((e.at for e in payment.events if e.state in (PaymentState.BOOKED, PaymentState.HELD)), None)
     paid_at = payment.paid_at or payment.events[0].at
     applied_at = _first(order, CommandState.APPLIED)
@@ -113,12 +133,23 @@ def payment_timeline(payment_id: str, uow: UnitOfWork, *, hotline: str) -> Timel
         steps.append(Step("applied", Text("已到表（燃气已因安全原因关闭）", "On your meter (gas closed for safety)"), applied_at, applied_at is not None))
     else:
         steps.append(Step("applied", Text("可以用气", "Gas available"), applied_at, applied_at is not None))
-    status, headline, next_step = _explain(payment, order, meter, nearby, hotline, owed_fen=max(0, -balance_fen))
-    return Timeline(payment, status, headline, next_step, steps, order, meter, nearby)
+    status, headline, next_step = _explain(payment, order, meter, nearby, hotline, owed_fen=max(0, -balance_fen), tz=tz)
+    return Timeline(payment, status, headline, next_step, steps, order, meter, nearby, timezone)
+
+
+def _kiosk_zh(n: NearbyKiosk) -> str:
+    extra = [f"约 {n.distance_m} 米" if n.distance_m is not None else "", f"营业 {n.kiosk.opening_hours}" if n.kiosk.opening_hours else ""]
+    return f"{n.kiosk.name}（{'，'.join([n.kiosk.address or n.kiosk.community, *filter(None, extra)])}）"
+
+
+def _kiosk_en(n: NearbyKiosk) -> str:
+    extra = [f"about {n.distance_m} m" if n.distance_m is not None else "", f"open {n.kiosk.opening_hours}" if n.kiosk.opening_hours else ""]
+    return f"{n.kiosk.name} ({', '.join([n.kiosk.address or n.kiosk.community, *filter(None, extra)])})"
 
 
 def _explain(
-    payment: Payment, order: MeterCommand | None, meter: MeterLink | None, nearby: list[NearbyKiosk], hotline: str, *, owed_fen: int = 0
+    payment: Payment, order: MeterCommand | None, meter: MeterLink | None, nearby: list[NearbyKiosk], hotline: str, *, owed_fen: int = 0,
+    tz: tzinfo = UTC,
 ) -> tuple[str, Text, Text | None]:
     call = Text(f"请致电 {hotline}。", f"Please call {hotline}.")
     if payment.state == PaymentState.HELD:
@@ -128,13 +159,13 @@ def _explain(
         )
     if payment.state == PaymentState.REFUND_REQUESTED:
         asked = payment.last_event(PaymentState.REFUND_REQUESTED)
-        day = f"{asked.at:%Y-%m-%d}" if asked else ""
+        day = f"{asked.at.astimezone(tz):%Y-%m-%d}" if asked else ""
         return Status.REFUND_REQUESTED, Text(f"已于 {day} 申请原路退款", f"Refund requested on {day}"), Text(
             "这笔款项未能入账，已申请通过原支付渠道退回；渠道确认后显示“已退款”。", "This payment could not be booked; we asked the channel you paid with to send it back. It shows as refunded once the channel confirms."
         )
     if payment.state == PaymentState.REFUNDED:
         refunded = payment.last_event(PaymentState.REFUNDED)
-        day = f"{refunded.at:%Y-%m-%d}" if refunded else ""
+        day = f"{refunded.at.astimezone(tz):%Y-%m-%d}" if refunded else ""
         return Status.REFUNDED, Text(f"已于 {day} 原路退款", f"Refunded on {day} through the way you paid"), Text(
             "支付渠道已确认退款。如已用这笔钱购气，所欠金额将从下次缴费中扣除。", "The channel confirmed the refund. Gas already bought with it is owed and taken from your next payment."
         )
@@ -199,8 +230,8 @@ def _explain(
             return Status.CARD_WRITTEN, Text("已写卡，请插卡", "Written to your card: insert it in the meter"), Text(
                 "请把燃气卡插入燃气表，表读卡后即可用气。", "Insert the card in your gas meter; gas is available once the meter has read it."
             )
-        places = "、".join(f"{n.kiosk.name}（{n.kiosk.address or n.kiosk.community}{f'，约 {n.distance_m} 米' if n.distance_m is not None else ''}）" for n in nearby)
-        places_en = "; ".join(f"{n.kiosk.name} ({n.kiosk.address or n.kiosk.community}{f', about {n.distance_m} m' if n.distance_m is not None else ''})" for n in nearby)
+        places = "、".join(_kiosk_zh(n) for n in nearby)
+        places_en = "; ".join(_kiosk_en(n) for n in nearby)
         return Status.WAITING_FOR_CARD, Text("待写卡：请到自助机或营业厅圈存", "Waiting for your card: write it at a kiosk or counter"), Text(
             f"您的燃气表是 IC 卡表，需要把购气写入卡中。最近的自助机：{places or '请咨询营业厅'}。",
             f"Your meter is a card meter: the purchase must be written to your card. Nearest kiosks: {places_en or 'ask a service hall'}.",
@@ -210,8 +241,8 @@ def _explain(
     asleep_since = meter.last_report_at if meter is not None else None
     if meter is not None and meter.link_state == LinkState.OFFLINE:
         return Status.WAITING_FOR_METER, Text("燃气表长时间未联网", "Your meter has been silent for a long time"), Text(
-            f"燃气表自 {asleep_since:%Y-%m-%d %H:%M} (UTC) 未联网。请按表上的通讯按钮唤醒它；若屏幕不亮，请先更换电池。" if asleep_since else "燃气表尚未联网。请按表上的通讯按钮；若屏幕不亮，请先更换电池。",
-            (f"Your meter has not been in touch since {asleep_since:%Y-%m-%d %H:%M} UTC. " if asleep_since else "Your meter has not been in touch yet. ")
+            f"燃气表自 {local_time_text(asleep_since, tz)} 未联网。请按表上的通讯按钮唤醒它；若屏幕不亮，请先更换电池。" if asleep_since else "燃气表尚未联网。请按表上的通讯按钮；若屏幕不亮，请先更换电池。",
+            (f"Your meter has not been in touch since {local_time_text(asleep_since, tz)}. " if asleep_since else "Your meter has not been in touch yet. ")
             + "Press its communication button to wake it; if the display is dark, change the batteries first.",
         )
     return Status.WAITING_FOR_METER, Text("等待燃气表联网", "Waiting for your meter to wake"), Text(

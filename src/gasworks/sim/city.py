@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import date
 
 from gasworks.domain.accounts import MeterKind
+from gasworks.domain.meter_models import BUILT_IN_MODELS
 from gasworks.sim.meter import SimulatedMeter
 
 CITY_CENTRE = (26.8936, 112.5720)
@@ -19,6 +20,11 @@ CHANNELS = ("wo-wallet", "wechat", "alipay", "kiosk", "counter")
 CHANNEL_WEIGHTS_IOT = (25, 35, 25, 5, 10)  # IoT residents pay from their phones
 CHANNEL_WEIGHTS_CARD = (10, 20, 15, 40, 15)  # card residents must visit a kiosk anyway
 TOP_UPS_FEN = (5_000, 10_000, 10_000, 20_000, 30_000)
+# The IoT meters' models (domain/meter_models.py), and their shares: an assumption for a city that
+# bought meters from several vendors over the years (no public figure for the mix).
+IOT_MODEL_WEIGHTS = {"cjt188-sm4": 50, "cjt188-aes": 15, "cjt188-money": 35}
+MONEY_METER_PRICE_FEN_PER_M3 = 2_990  # what a money meter charges itself per m³: the seeded residential tier-1 price
+KIOSK_OPENING_HOURS = "07:00-22:00"  # a usual 圈存 kiosk in a compound's property office (assumption)
 
 
 @dataclass
@@ -49,6 +55,11 @@ class Household:
     top_up_fen: int
     meter: SimulatedMeter
     card: Card | None = None
+    model: str | None = None  # IoT: the meter model profile it was bought as
+
+    @property
+    def model_label(self) -> str:
+        return self.model or "card"
 
     @property
     def serial(self) -> str:
@@ -73,6 +84,7 @@ def season_factor_percent(day: date) -> int:
 
 def build_city(households: int, *, seed: int, iot_percent: int = 60) -> City:
     rng = random.Random(seed)
+    models = random.Random(seed * 104_729 + 7)  # a generator of its own: the rest of the city stays what the seed always gave
     n_communities = max(1, -(-households // HOUSEHOLDS_PER_COMMUNITY))
     communities = []
     for i in range(n_communities):
@@ -100,5 +112,13 @@ def build_city(households: int, *, seed: int, iot_percent: int = 60) -> City:
             meter=SimulatedMeter(serial, credit_litres=start_credit, battery_mv=rng.randrange(3_300, 3_700)),
             card=Card(f"IC{i:010d}") if kind == MeterKind.CARD else None,
         )
+        if kind == MeterKind.IOT:
+            household.model = models.choices(list(IOT_MODEL_WEIGHTS), list(IOT_MODEL_WEIGHTS.values()))[0]
+            meter = household.meter
+            meter.model = BUILT_IN_MODELS[household.model]
+            meter.seq_modulus = meter.model.seq_modulus
+            if meter.model.is_money_meter:
+                meter.price_fen_per_m3 = MONEY_METER_PRICE_FEN_PER_M3
+                meter.credit_fen = start_credit * MONEY_METER_PRICE_FEN_PER_M3 // 1000
         city_households.append(household)
     return City(seed, communities, city_households)

@@ -37,6 +37,23 @@ class LatencyLine:
     p99: timedelta | None
 
 
+BUTTON_GOAL = timedelta(minutes=10)  # issue 14: IoT meters with a button press, payment -> gas, p95 within this
+
+
+@dataclass(frozen=True)
+class GasLine:
+    """One group of meters (kind and model) and one path to gas, with how long it took."""
+
+    kind: str  # iot | card
+    model: str  # the meter model profile ("card" for card meters)
+    how: str
+    n: int
+    p50: timedelta | None
+    p95: timedelta | None
+    p99: timedelta | None
+    within_goal_of_press: int | None = None  # of n, gas within BUTTON_GOAL of the resident's button press
+
+
 @dataclass(frozen=True)
 class StuckLine:
     status: str
@@ -97,6 +114,15 @@ class Report:
     truth_checks: int
     truth_violations: list[str]
     sample_payment_ids: dict[str, str] = field(default_factory=dict)
+    without_gas: list[GasLine] = field(default_factory=list)  # valve closed -> gas again, by kind and model
+    to_gas: list[GasLine] = field(default_factory=list)  # payment -> gas, by kind, model and path
+    button_goal: GasLine | None = None  # every IoT payment whose gas came after a button press, against BUTTON_GOAL
+
+    @property
+    def button_goal_met(self) -> bool | None:
+        if self.button_goal is None or self.button_goal.p95 is None:
+            return None
+        return self.button_goal.p95 <= BUTTON_GOAL
 
 
 def _percentiles(values: list[timedelta]) -> tuple[timedelta | None, timedelta | None, timedelta | None]:
@@ -107,6 +133,65 @@ def _percentiles(values: list[timedelta]) -> tuple[timedelta | None, timedelta |
     seconds = [v.total_seconds() for v in values]
     q = statistics.quantiles(seconds, n=100, method="inclusive")
     return tuple(timedelta(seconds=round(x)) for x in (q[49], q[94], q[98]))  # type: ignore[return-value]
+
+
+def _gas_line(kind: str, model: str, how: str, spans: list[timedelta], within: int | None = None) -> GasLine:
+    return GasLine(kind, model, how, len(spans), *_percentiles(spans), within_goal_of_press=within)
+
+
+def time_without_gas(outcome: SimOutcome) -> list[GasLine]:
+    """Valve closed (credit out, or closed by the meter) -> gas available again, by meter kind and model."""
+    spells: dict[tuple[str, str], list[timedelta]] = defaultdict(list)
+    for kind, model, span in outcome.gas_off_spells:
+        spells[(kind, model)].append(span)
+    still = Counter((kind, model) for kind, model, _ in outcome.still_without_gas)
+    return [
+        _gas_line(kind, model, f"valve closed → gas again ({still[(kind, model)]} still without gas at the end)", spans)
+        for (kind, model), spans in sorted(spells.items())
+    ]
+
+
+def payment_to_gas(sim: Simulation, outcome: SimOutcome, facts: list[dict]) -> tuple[list[GasLine], GasLine]:
+    """Paid -> gas at the meter, by kind, model and path: an IoT payment whose gas came after the
+    resident pressed the meter's button counts as "button pressed", with the share of those whose
+    gas came within BUTTON_GOAL of the press; the others waited for the meter's own report."""
+    households = {h.serial: h for h in sim.city.households}
+    groups: dict[tuple[str, str, str], list[timedelta]] = defaultdict(list)
+    within: Counter = Counter()
+    pressed_all: list[timedelta] = []
+    pressed_within = 0
+    for f in facts:
+        h = households.get(f["meter_serial"] or "")
+        if h is None or f["applied_at"] is None:
+            continue
+        took = f["applied_at"] - f["paid_at"]
+        if f["route"] == "card":
+            groups[("card", "card", "card written at a kiosk, inserted")].append(took)
+            continue
+        press = next((at for at in outcome.button_presses.get(h.serial, []) if f["paid_at"] <= at <= f["applied_at"]), None)
+        if press is None:
+            how = WAITED
+        elif press - f["paid_at"] <= timedelta(seconds=sim.habits.button_press_delay_s[1]):
+            how = PAID_THEN_PRESSED
+        else:
+            how = PRESSED_LATER  # paid long before, the button pressed when the gas went off
+        key = ("iot", h.model_label, how)
+        groups[key].append(took)
+        if press is not None and f["applied_at"] - press <= BUTTON_GOAL:
+            within[key] += 1
+        if how == PAID_THEN_PRESSED:
+            pressed_all.append(took)
+            pressed_within += f["applied_at"] - press <= BUTTON_GOAL  # type: ignore[operator]
+    lines = [
+        _gas_line(kind, model, how, spans, within[(kind, model, how)] if how in (PAID_THEN_PRESSED, PRESSED_LATER) else None)
+        for (kind, model, how), spans in sorted(groups.items())
+    ]
+    return lines, _gas_line("iot", "all models", PAID_THEN_PRESSED, pressed_all, pressed_within)
+
+
+PAID_THEN_PRESSED = "paid, then pressed the button"
+PRESSED_LATER = "pressed the button later"
+WAITED = "waited for the meter's report"
 
 
 def summarise(sim: Simulation, outcome: SimOutcome, *, hotline: str) -> Report:
@@ -161,8 +246,22 @@ def summarise(sim: Simulation, outcome: SimOutcome, *, hotline: str) -> Report:
     payments_per_txn = Counter((f["channel_id"], f["channel_txn_id"]) for f in facts)
     doubled = sum(1 for n in payments_per_txn.values() if n > 1)
     orders = {(f["meter_serial"], f["purchase_seq"]): f for f in facts if f["command_id"] is not None}
-    at_meters = {(h.serial, seq): litres for h in sim.city.households for seq, litres in h.meter.applied}
-    unknown = sum(1 for key, litres in at_meters.items() if key not in orders or orders[key]["volume_litres"] != litres)
+    # A meter applies purchases in order from #1 without gaps, so its n-th is purchase #n whatever its
+    # firmware's serial width (a one-byte model counts 254, 255, 0, 1 ...). A money meter applies
+    # money: its purchase matches when the fen match, and stands for the order's litres.
+    at_meters: dict[tuple[str, int], int] = {}
+    unknown = 0
+    for h in sim.city.households:
+        for n, (_, litres) in enumerate(h.meter.applied, start=1):
+            order = orders.get((h.serial, n))
+            if h.meter.is_money_meter:
+                fen = h.meter.applied_fen[n - 1][1]
+                matches = order is not None and order["cost_fen"] == fen
+                at_meters[(h.serial, n)] = order["volume_litres"] if matches and order is not None else 0
+            else:
+                matches = order is not None and order["volume_litres"] == litres
+                at_meters[(h.serial, n)] = litres
+            unknown += not matches
     proven = {key for key, f in orders.items() if f["applied_at"] is not None}
     injected = outcome.faults_injected
     faults = [
@@ -200,6 +299,7 @@ def summarise(sim: Simulation, outcome: SimOutcome, *, hotline: str) -> Report:
         key = f"{f['route']} {'applied' if f['applied_at'] else 'waiting'}"
         if f["route"] and key not in samples:
             samples[key] = f["payment_id"]
+    to_gas, button_goal = payment_to_gas(sim, outcome, facts)
     return Report(
         days=outcome.days,
         households=outcome.households,
@@ -215,6 +315,9 @@ def summarise(sim: Simulation, outcome: SimOutcome, *, hotline: str) -> Report:
         truth_checks=outcome.truth_checks,
         truth_violations=outcome.truth_violations,
         sample_payment_ids=samples,
+        without_gas=time_without_gas(outcome),
+        to_gas=to_gas,
+        button_goal=button_goal,
     )
 
 

@@ -40,8 +40,9 @@ from gasworks.entrypoints.api.app import create_app
 from gasworks.entrypoints.workers.worker import Worker
 from gasworks.services import access, accounts, channels, kiosks, meter_keys
 from gasworks.services.access import Role
+from gasworks.services.kiosks import distance_m
 from gasworks.services.recovery import recover_unnotified_orders
-from gasworks.sim.city import City, Household, season_factor_percent
+from gasworks.sim.city import KIOSK_OPENING_HOURS, City, Household, season_factor_percent
 from gasworks.sim.fleet import MqttFleet
 
 LOCAL = ZoneInfo("Asia/Shanghai")
@@ -51,6 +52,24 @@ APIV3_KEY = "gasworks-sim-apiv3-key-32-bytes!"
 WALLET_SECRET = "gasworks-sim-wallet-secret-0123456789"
 LOW_CREDIT_DAYS = 5  # residents top up when fewer days of gas are left
 RETRY_TOP_UP_AFTER = timedelta(days=3)  # a resident whose gas has not come pays again after this
+
+
+@dataclass(frozen=True)
+class GasOffHabits:
+    """What a resident whose gas is off (valve closed: credit out, or closed by the meter) does.
+
+    DOMAIN.md gives the behaviour (pay, then press the meter's communication button to force a
+    connection, as the utility advised in the Luoyang case; card households write the card at a
+    kiosk) but no figures: every number here is an assumption, named so it can be changed.
+    """
+
+    pays_only_when_gas_off_share: float = 0.3  # residents who never top up ahead: they pay when the gas stops
+    pay_delay_s: tuple[int, int] = (5 * 60, 90 * 60)  # gas off noticed -> paid from the phone
+    button_press_probability: float = 0.6  # IoT: pays and then presses the button (the rest wait for the daily report)
+    button_press_delay_s: tuple[int, int] = (30, 10 * 60)  # paid -> button pressed: at the meter already, the gas being off
+    notice_credit_back_delay_s: tuple[int, int] = (10 * 60, 12 * 3600)  # a meter that reopens only by its button: credit back -> pressed
+    kiosk_leave_delay_s: tuple[int, int] = (10 * 60, 120 * 60)  # card: gas off -> sets off for the nearest working kiosk
+    walking_m_per_min: int = 70  # about 4 km/h, there and back
 
 
 @dataclass(frozen=True)
@@ -113,6 +132,10 @@ class SimOutcome:
     truth_checks: int = 0
     truth_violations: list[str] = field(default_factory=list)
     recovered_by_query: int = 0
+    gas_off_spells: list[tuple[str, str, timedelta]] = field(default_factory=list)  # (meter kind, model, valve closed -> gas again)
+    still_without_gas: list[tuple[str, str, timedelta]] = field(default_factory=list)  # at the end of the run, how long so far
+    button_presses: dict[str, list[datetime]] = field(default_factory=dict)  # meter serial -> when its resident pressed the button
+    kiosk_walks_m: list[int] = field(default_factory=list)  # card households without gas: metres to the nearest working kiosk
 
 
 class FlakyTransport:
@@ -146,7 +169,7 @@ QUIET_S = 0.05  # over MQTT, this long without a frame means the meters and the 
 class Simulation:
     def __init__(
         self, system: System, city: City, *, faults: FaultRates, start: datetime, mqtt_url: str | None = None,
-        fleet_mqtt_url: str | None = None, mqtt_topic_prefix: str | None = None,
+        fleet_mqtt_url: str | None = None, mqtt_topic_prefix: str | None = None, habits: GasOffHabits | None = None,
     ) -> None:
         """`mqtt_url` is gasworks' (the worker's) connection; on a closed broker the simulated meters
         speak through `fleet_mqtt_url` (the `fleet` user) under the broker's `mqtt_topic_prefix`."""
@@ -156,7 +179,11 @@ class Simulation:
         self.clock: FixedClock = system.clock
         self.city = city
         self.faults = faults
+        self.habits = habits or GasOffHabits()
         self.rng = random.Random(city.seed * 7919 + 1)
+        self.residents_rng = random.Random(city.seed * 6_151 + 3)  # gas-off habits: their own draws, the rest of the run unchanged
+        self.gas_off_since: dict[str, datetime] = {}
+        self.pays_only_when_gas_off = {h.account_no for h in city.households if self.residents_rng.random() < self.habits.pays_only_when_gas_off_share}
         self.start = start
         self.client = TestClient(create_app(system))
         self.events: list[tuple[datetime, int, str, Callable[[], None]]] = []
@@ -222,12 +249,15 @@ class Simulation:
         self.operator = {"Authorization": f"Bearer {access.create_api_key(name='sim-operator', role=Role.OPERATOR, channel_id=None, uow=new_uow(), actor=actor)[1]}"}
         for community in self.city.kiosks:
             kiosks.add_kiosk(
-                Kiosk(community.kiosk_id or "", f"{community.name}自助机", "kiosk", community.name, f"{community.name} 物业楼下", *community.centre, "working"),
+                Kiosk(community.kiosk_id or "", f"{community.name}自助机", "kiosk", community.name, f"{community.name} 物业楼下", *community.centre, "working", KIOSK_OPENING_HOURS),
                 new_uow(), actor=actor,
             )  # fmt: skip
         for h in self.city.households:
             accounts.open_account(
-                accounts.OpenAccount(h.account_no, h.name, f"{h.community.name} {int(h.account_no) % 30 + 1} 栋", h.community.name, "G-01", "13800000000", h.serial, h.kind, location=h.location),
+                accounts.OpenAccount(
+                    h.account_no, h.name, f"{h.community.name} {int(h.account_no) % 30 + 1} 栋", h.community.name, "G-01", "13800000000", h.serial, h.kind,
+                    location=h.location, **({"meter_model": h.model} if h.model else {}),
+                ),
                 new_uow(), actor=actor,
             )  # fmt: skip
             if h.kind == MeterKind.IOT:  # the installer writes the key gasworks made at registration into the meter
@@ -262,6 +292,10 @@ class Simulation:
         if progress:
             progress(done_days)
         self.outcome.days = days
+        for h in self.city.households:
+            since = self.gas_off_since.get(h.account_no)
+            if since is not None:
+                self.outcome.still_without_gas.append((h.kind.value, h.model_label, self.clock.now() - since))
         return self.outcome
 
     def settle(self) -> None:
@@ -293,8 +327,11 @@ class Simulation:
             if h.kind == MeterKind.CARD:
                 if h.meter.credit_litres <= 0:
                     h.meter.valve_open = False  # a card meter closes itself when its credit is gone
+                self._observe_gas(h)
                 self._maybe_top_up(h)
-            elif h.serial not in self.dead:
+            else:
+                self._observe_gas(h)  # a money meter closes its own valve past its overdraft
+            if h.kind == MeterKind.IOT and h.serial not in self.dead:
                 if rng.random() < f.battery_dies:
                     self.dead.add(h.serial)
                     self.outcome.faults_injected["battery dies (meter silent for good)"] += 1
@@ -319,7 +356,8 @@ class Simulation:
 
     def _wake(self, h: Household) -> None:
         now = self.clock.now()
-        self.at(now + timedelta(hours=24, seconds=self.rng.randrange(-600, 601)), "wake", lambda: self._wake(h))
+        interval_s = h.meter.wire_model.report_interval_s  # its model's own rhythm (daily for every built-in model)
+        self.at(now + timedelta(seconds=interval_s + self.rng.randrange(-600, 601)), "wake", lambda: self._wake(h))
         if h.serial in self.dead:
             return
         if self.asleep_until.get(h.serial, now) > now:
@@ -356,11 +394,81 @@ class Simulation:
     def _asleep_again(self, h: Household) -> None:
         h.meter.sleep()
         h.meter.acks_to_lose = 0
+        self._observe_gas(h)
+        if h.meter.closed_for_credit and h.meter.has_credit:  # the display says: credit back, press the button to reopen
+            delay = timedelta(seconds=self.residents_rng.randrange(*self.habits.notice_credit_back_delay_s))
+            self.at(self.clock.now() + delay, "button", lambda: self._press_button(h))
         self._maybe_top_up(h)
+
+    # ---- residents without gas -----------------------------------------------------------------
+
+    def _observe_gas(self, h: Household) -> None:
+        """Gas is off while the valve is closed; a spell ends when it is open again. A resident whose
+        gas has just gone off acts on it (GasOffHabits)."""
+        now = self.clock.now()
+        since = self.gas_off_since.get(h.account_no)
+        if not h.meter.valve_open and since is None:
+            self.gas_off_since[h.account_no] = now
+            self._gas_went_off(h)
+        elif h.meter.valve_open and since is not None:
+            del self.gas_off_since[h.account_no]
+            self.outcome.gas_off_spells.append((h.kind.value, h.model_label, now - since))
+
+    def _gas_went_off(self, h: Household) -> None:
+        habits, rng, now = self.habits, self.residents_rng, self.clock.now()
+        if h.kind == MeterKind.CARD:
+            leave = now + timedelta(seconds=rng.randrange(*habits.kiosk_leave_delay_s))
+            self.at(leave, "walk to the kiosk", lambda: self._walk_to_kiosk(h))
+            return
+        last = self.last_paid.get(h.account_no)
+        if last is not None and now - last < RETRY_TOP_UP_AFTER:  # paid already: the gas is on its way; the button may hurry it
+            if rng.random() < habits.button_press_probability:
+                self.at(now + timedelta(seconds=rng.randrange(*habits.button_press_delay_s)), "button", lambda: self._press_button(h))
+            return
+        self.last_paid[h.account_no] = now
+        self.at(now + timedelta(seconds=rng.randrange(*habits.pay_delay_s)), "pay (gas off)", lambda: self._pay_then_maybe_press(h))
+
+    def _pay_then_maybe_press(self, h: Household) -> None:
+        self._pay_online(h)
+        if self.residents_rng.random() < self.habits.button_press_probability:
+            self.at(self.clock.now() + timedelta(seconds=self.residents_rng.randrange(*self.habits.button_press_delay_s)), "button", lambda: self._press_button(h))
+
+    def _press_button(self, h: Household) -> None:
+        """The meter wakes at once and reports (if its battery lives), then sleeps again; its daily wake is unchanged."""
+        now = self.clock.now()
+        self.outcome.button_presses.setdefault(h.serial, []).append(now)
+        if h.serial in self.dead:
+            return
+        self.asleep_until.pop(h.serial, None)  # the button wakes even a meter that was sleeping through its reports
+        if self.fleet is not None:
+            h.meter.button_pressed()
+            if not self.wake_batch:
+                self.at(now + WAKE_SLOT, "wake slot", self._wake_slot)
+            self.wake_batch.append(h)
+            return
+        report = h.meter.press_button(now)
+        if not self.transport.is_down():
+            self.transport.uplinks.put(h.serial, report)
+            while self.transport.uplinks.pending():
+                self.worker.run_once(due_meters=False)
+        self._asleep_again(h)
+
+    def _walk_to_kiosk(self, h: Household) -> None:
+        """A card household without gas walks to the nearest working kiosk, pays and writes the card there,
+        and inserts it when home again."""
+        working = [c for c in self.city.kiosks if c.kiosk_id]
+        if not working:
+            return
+        metres = min(distance_m(h.location, c.centre) for c in working)
+        self.outcome.kiosk_walks_m.append(metres)
+        walk = timedelta(minutes=max(1, metres // self.habits.walking_m_per_min))
+        self.card_trip_booked.discard(h.account_no)  # this trip replaces any planned one
+        self.last_paid[h.account_no] = self.clock.now()
+        self.at(self.clock.now() + walk, "card desk (gas off)", lambda: self._card_desk(h, True, walk_home=walk))
 
     def _maybe_top_up(self, h: Household) -> None:
         now = self.clock.now()
-        if h.meter.credit_litres >= LOW_CREDIT_DAYS * h.litres_per_day:
+        if h.meter.days_of_gas_left(h.litres_per_day) >= LOW_CREDIT_DAYS or h.account_no in self.pays_only_when_gas_off:
             return
         last = self.last_paid.get(h.account_no)
         if last is not None and now - last < RETRY_TOP_UP_AFTER:
@@ -442,7 +550,7 @@ class Simulation:
         self.card_trip_booked.add(h.account_no)
         self.at(when, "card desk", lambda: self._card_desk(h, pay_there))
 
-    def _card_desk(self, h: Household, pay_there: bool) -> None:
+    def _card_desk(self, h: Household, pay_there: bool, *, walk_home: timedelta | None = None) -> None:
         assert h.card is not None
         self.card_trip_booked.discard(h.account_no)
         channel = h.channel if h.channel in ("kiosk", "counter") else "kiosk"
@@ -469,7 +577,8 @@ class Simulation:
             self.outcome.faults_injected["card lost after writing"] += 1
             self.at(self.clock.now() + timedelta(hours=self.rng.randrange(4, 48)), "replace card", lambda: self._replace_card(h))
             return
-        self.at(self.clock.now() + timedelta(minutes=self.rng.randrange(10, 12 * 60)), "insert card", lambda: self._insert_card(h))
+        home = walk_home if walk_home is not None else timedelta(minutes=self.rng.randrange(10, 12 * 60))  # without gas, straight home
+        self.at(self.clock.now() + home, "insert card", lambda: self._insert_card(h))
 
     def _device_pay(self, c: Collected, device: dict) -> None:
         body = {"txn_id": c.channel_txn_id, "account_no": c.account_no, "amount_fen": c.amount_fen, "method": "cash", "paid_at": c.paid_at.isoformat()}
@@ -484,6 +593,7 @@ class Simulation:
         h.card.meter_applied_seq = h.meter.applied_seq
         if h.meter.credit_litres > 0:
             h.meter.valve_open = True
+        self._observe_gas(h)
         # The card comes back to gasworks on the resident's next visit; most pass by within days.
         self._plan_card_trip(h, self.clock.now() + timedelta(hours=self.rng.randrange(6, 10 * 24)), pay_there=False)
 

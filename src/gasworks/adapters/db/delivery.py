@@ -22,6 +22,7 @@ from gasworks.domain.delivery import (
     MeterModel,
 )
 from gasworks.domain.kiosks import Kiosk
+from gasworks.domain.meter_models import CreditUnit, DiByteOrder, MacScheme
 from gasworks.domain.tariffs import Tariff, Tier
 
 METER_WORK_CHANNEL = "gasworks_meter_work"  # PostgreSQL LISTEN/NOTIFY channel: "a meter has a new command"
@@ -29,7 +30,7 @@ METER_WORK_CHANNEL = "gasworks_meter_work"  # PostgreSQL LISTEN/NOTIFY channel: 
 _LINK_COLUMNS = (
     "purchase_seq_issued", "tier_year", "litres_bought_tier_year", "applied_seq", "last_report_at", "awake_until",
     "credit_litres", "cumulative_litres", "valve_open", "battery_mv", "alarms", "reopen_needs_button", "card_no",
-    "card_purchase_seq", "model", "last_report_clock", "last_report_counter", "valve_reasons",
+    "card_purchase_seq", "model", "last_report_clock", "last_report_counter", "valve_reasons", "credit_fen",
 )  # fmt: skip
 
 
@@ -97,6 +98,10 @@ class Meters:
         )
         return [r.serial for r in rows]
 
+    def set_model(self, serial: str, model: MeterModel) -> None:
+        """A meter takes a model, and the model's button setting with it."""
+        self.c.execute(update(t.meters).where(t.meters.c.serial == serial).values(model=model.name, reopen_needs_button=model.reopen_needs_button))
+
     def set_reopen_needs_button(self, *, serial: str | None = None, model: str | None = None, value: bool) -> int:
         """For one meter, or for every meter of a model; returns how many meters changed."""
         query = update(t.meters).values(reopen_needs_button=value)
@@ -127,28 +132,48 @@ def _link(row: Any) -> MeterLink:
     )
 
 
+_MODEL_COLUMNS = ("purchase_seq_bytes", "reopen_needs_button", "mac_scheme", "di_byte_order", "credit_unit", "report_interval_s", "description")
+
+
+def model_of(row: Any) -> MeterModel:
+    """A meter_models row (or a row carrying its columns) as the domain's profile."""
+    return MeterModel(
+        name=row.name,
+        purchase_seq_bytes=row.purchase_seq_bytes,
+        reopen_needs_button=row.reopen_needs_button,
+        mac_scheme=MacScheme(row.mac_scheme),
+        di_byte_order=DiByteOrder(row.di_byte_order),
+        credit_unit=CreditUnit(row.credit_unit),
+        report_interval_s=row.report_interval_s,
+        description=row.description,
+    )
+
+
 class MeterModels:
     def __init__(self, c: Connection) -> None:
         self.c = c
 
     def add(self, model: MeterModel, at: datetime) -> bool:
+        values = {name: getattr(model, name) for name in _MODEL_COLUMNS}
         inserted = self.c.execute(
-            insert_unless_taken(self.c, t.meter_models)
-            .values(name=model.name, purchase_seq_bytes=model.purchase_seq_bytes, reopen_needs_button=model.reopen_needs_button, created_at=at)
-            .returning(t.meter_models.c.name)
+            insert_unless_taken(self.c, t.meter_models).values(name=model.name, created_at=at, **values).returning(t.meter_models.c.name)
         ).first()
         return inserted is not None
 
     def get(self, name: str) -> MeterModel | None:
         row = self.c.execute(select(t.meter_models).where(t.meter_models.c.name == name)).first()
-        return MeterModel(row.name, row.purchase_seq_bytes, row.reopen_needs_button) if row else None
+        return model_of(row) if row else None
 
     def set_reopen_needs_button(self, name: str, value: bool) -> None:
         self.c.execute(update(t.meter_models).where(t.meter_models.c.name == name).values(reopen_needs_button=value))
 
     def list(self) -> list[MeterModel]:
         rows = self.c.execute(select(t.meter_models).order_by(t.meter_models.c.name))
-        return [MeterModel(r.name, r.purchase_seq_bytes, r.reopen_needs_button) for r in rows]
+        return [model_of(r) for r in rows]
+
+    def count_meters(self) -> dict[str, int]:
+        rows = self.c.execute(select(t.meters.c.model, func.count()).where(t.meters.c.model.is_not(None)).group_by(t.meters.c.model))
+        return {model: int(n) for model, n in rows}
 
 
 class Tariffs:
@@ -334,7 +359,7 @@ class MeterCommands:
             select(
                 p.c.id.label("payment_id"), p.c.channel_id, p.c.channel_txn_id, p.c.amount_fen, p.c.account_no, p.c.state, p.c.hold_reason,
                 func.coalesce(p.c.paid_at, p.c.received_at).label("paid_at"),
-                mc.c.id.label("command_id"), mc.c.route, mc.c.state.label("command_state"), mc.c.purchase_seq, mc.c.volume_litres, mc.c.meter_serial,
+                mc.c.id.label("command_id"), mc.c.route, mc.c.state.label("command_state"), mc.c.purchase_seq, mc.c.volume_litres, mc.c.cost_fen, mc.c.meter_serial,
                 first_at(CommandState.WRITTEN_TO_CARD.value).label("written_at"), first_at(CommandState.APPLIED.value).label("applied_at"),
             )
             .outerjoin(mc, and_(mc.c.payment_id == p.c.id, mc.c.kind == CommandKind.CREDIT.value))

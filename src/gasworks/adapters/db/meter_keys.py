@@ -21,8 +21,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection, func, insert, select, update
 
 from gasworks.adapters.db import tables as t
-from gasworks.adapters.db.delivery import SiteSecrets
+from gasworks.adapters.db.delivery import SiteSecrets, model_of
 from gasworks.domain.errors import InvalidInput
+from gasworks.domain.meter_models import MeterModel
 from gasworks.domain.meter_security import MeterFrameSecurity, SiteKeyMismatch
 
 SITE_KEY_BYTES = 32
@@ -73,11 +74,19 @@ class MeterKeys:
     # ---- per-meter security state -----------------------------------------------------------------
 
     def get_security(self, serial: str, *, lock: bool = False) -> MeterFrameSecurity | None:
+        """The meter's security record with its model's profile (meters.model -> meter_models)."""
         query = select(t.meter_frame_security).where(t.meter_frame_security.c.serial == serial)
         if lock and self.c.dialect.name == "postgresql":
             query = query.with_for_update()
         row = self.c.execute(query).first()
-        return _security(row) if row else None
+        if row is None:
+            return None
+        model = self.c.execute(
+            select(t.meter_models).join(t.meters, t.meters.c.model == t.meter_models.c.name).where(t.meters.c.serial == serial)
+        ).first()
+        if model is None:
+            raise InvalidInput(f"meter {serial} has frame security but no known model: set one with `gasworks meters set {serial} --model`", code="METER_MODEL_MISSING")
+        return _security(row, model_of(model))
 
     def add_security(self, security: MeterFrameSecurity) -> None:
         self.c.execute(insert(t.meter_frame_security).values(serial=security.serial, **_security_values(security)))
@@ -86,10 +95,13 @@ class MeterKeys:
         self.c.execute(update(t.meter_frame_security).where(t.meter_frame_security.c.serial == security.serial).values(**_security_values(security)))
 
     def models_in_use(self) -> set[str]:
-        return {row.model for row in self.c.execute(select(t.meter_frame_security.c.model).distinct())}
+        keyed = select(t.meters.c.model).join(t.meter_frame_security, t.meter_frame_security.c.serial == t.meters.c.serial).distinct()
+        return {row.model for row in self.c.execute(keyed)}
 
     def count_by_model(self) -> dict[str, int]:
-        rows = self.c.execute(select(t.meter_frame_security.c.model, func.count()).group_by(t.meter_frame_security.c.model))
+        rows = self.c.execute(
+            select(t.meters.c.model, func.count()).join(t.meter_frame_security, t.meter_frame_security.c.serial == t.meters.c.serial).group_by(t.meters.c.model)
+        )
         return {model: int(n) for model, n in rows}
 
     # ---- keys --------------------------------------------------------------------------------------
@@ -129,12 +141,12 @@ class MeterKeys:
         ).rowcount
 
 
-_SECURITY_COLUMNS = ("model", "active_key_version", "pending_key_version", "uplink_counter_seen", "downlink_counter_sent", "rotated_at")
+_SECURITY_COLUMNS = ("active_key_version", "pending_key_version", "uplink_counter_seen", "downlink_counter_sent", "rotated_at")
 
 
 def _security_values(security: MeterFrameSecurity) -> dict[str, Any]:
     return {name: getattr(security, name) for name in _SECURITY_COLUMNS}
 
 
-def _security(row: Any) -> MeterFrameSecurity:
-    return MeterFrameSecurity(serial=row.serial, **{name: getattr(row, name) for name in _SECURITY_COLUMNS})
+def _security(row: Any, profile: MeterModel) -> MeterFrameSecurity:
+    return MeterFrameSecurity(serial=row.serial, profile=profile, **{name: getattr(row, name) for name in _SECURITY_COLUMNS})

@@ -107,8 +107,11 @@ meters = Table(
     Column("last_report_clock", DateTime),
     Column("last_report_counter", BigInteger),  # the uplink frame counter of that report (sealed frames)
     Column("valve_reasons", Integer, nullable=False, server_default="0"),
+    Column("credit_fen", BigInteger),  # a money meter's balance as it last reported it
 )
 
+# One profile per meter model (domain/meter_models.py): serial width, valve reopening, MAC scheme,
+# data-identifier byte order, credit unit, report interval. meters.model names one of these.
 meter_models = Table(
     "meter_models",
     metadata,
@@ -116,6 +119,11 @@ meter_models = Table(
     Column("purchase_seq_bytes", Integer, nullable=False, server_default="4"),
     Column("reopen_needs_button", Boolean, nullable=False, server_default=false()),
     Column("created_at", UtcDateTime, nullable=False),
+    Column("mac_scheme", String(16), nullable=False, server_default="sm4-cmac"),
+    Column("di_byte_order", String(12), nullable=False, server_default="low-first"),
+    Column("credit_unit", String(8), nullable=False, server_default="litres"),
+    Column("report_interval_s", Integer, nullable=False, server_default="86400"),
+    Column("description", String(200), nullable=False, server_default=""),
 )
 
 channels = Table(
@@ -329,6 +337,7 @@ kiosks = Table(
     Column("longitude", Double, nullable=False),
     Column("status", String(12), nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
+    Column("opening_hours", String(40), nullable=False, server_default=""),  # as people write them, e.g. "07:00-22:00"; "" unknown
 )
 
 alerts = Table(
@@ -360,8 +369,7 @@ site_secrets = Table(
 meter_frame_security = Table(
     "meter_frame_security",
     metadata,
-    Column("serial", ForeignKey("meters.serial"), primary_key=True),
-    Column("model", String(40), nullable=False),
+    Column("serial", ForeignKey("meters.serial"), primary_key=True),  # its model (and MAC scheme) is meters.model
     Column("active_key_version", Integer),  # NULL for a model without MAC
     Column("pending_key_version", Integer),  # a rotation in progress
     Column("uplink_counter_seen", BigInteger, nullable=False, server_default="0"),

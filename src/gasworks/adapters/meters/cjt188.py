@@ -11,7 +11,7 @@ A sealed frame (every meter model with a MAC, which is the default) is, byte by 
 | 2..8               | 7     | `A0..A6` the 14-digit serial in BCD, low byte first                        |
 | 9                  | 1     | `C` control code: 0x01 read, 0x04 write; a reply sets bit 7 (0x81, 0x84); an error reply also sets bit 6 (0xC1, 0xC4). Bit 7 is the direction: clear gasworks -> meter, set meter -> gasworks |
 | 10                 | 1     | `L` length of the data field, DI0 up to MAC7 (at most 64)                  |
-| 11, 12             | 2     | `DI0 DI1` data identifier, low byte first (0x901F is sent `1F 90`)         |
+| 11, 12             | 2     | `DI0 DI1` data identifier, low byte first (0x901F is sent `1F 90`); a `high-first` model sends `90 1F` |
 | 13                 | 1     | `SER` the frame serial, repeated by the reply                              |
 | 14 ..              | n     | payload, by DI and C (table below)                                         |
 | 14+n               | 1     | `KV` key version: which of the meter's keys sealed the frame (0-255)       |
@@ -42,6 +42,16 @@ byte (0x00 plus, 0x80 minus) and four BCD bytes. Payloads by DI and control code
 | 0x8105 | 0x01 | gasworks → meter | (none): read purchase record                                           |
 | 0x8105 | 0x81 | meter → gasworks | last applied serial (4), its volume L (4), total purchased L (5)       |
 | any    | 0xC1/0xC4 | meter → gasworks | error code (1), see `MeterErrorCode`                              |
+
+The meter's model profile (domain/meter_models.py) changes three things, and nothing else:
+- `di_byte_order`: `high-first` models write and read DI as `90 1F`; a frame in the other order is
+  refused ("no message has ... DI 0x1f90"), never guessed;
+- `purchase_seq_bytes` 1: every purchase serial above (in 0xA013 both ways, in 0x901F's last applied
+  serial) is one binary byte, 0-255, and wraps; gasworks unwraps it (domain/delivery.unwrap_seq);
+- `credit_unit` fen (money meters): 0xA013 carries the purchase's amount as BCD yuan with two
+  decimals (4 bytes: 12345 fen is `45 23 01 00`, ¥123.45) instead of litres, and both 0xA013's reply
+  and 0x901F's report carry the balance in money (signed, 5 BCD bytes, fen) instead of credit litres.
+  gasworks reads no purchase record (0x8105 reply) from a money meter.
 """
 
 from collections.abc import Callable
@@ -63,7 +73,10 @@ from gasworks.domain.meter_messages import (
     ValveAck,
     WritePurchase,
 )
+from gasworks.domain.meter_models import BUILT_IN_MODELS, DEFAULT_METER_MODEL, DiByteOrder, MeterModel
 from gasworks.domain.meter_security import COUNTER_BYTES, MAC_BYTES
+
+VOLUME_MODEL = BUILT_IN_MODELS[DEFAULT_METER_MODEL]  # gasworks' own layout: litres, 4-byte serials, DI low byte first
 
 START = 0x68
 END = 0x16
@@ -183,10 +196,44 @@ def decode_frame(raw: bytes) -> Frame:
 # ---- messages ----------------------------------------------------------------------------------
 
 
-def _data(di: int, frame_seq: int, payload: bytes = b"") -> bytes:
+def _data(di: int, frame_seq: int, payload: bytes = b"", model: MeterModel = VOLUME_MODEL) -> bytes:
     if not 0 <= frame_seq <= 0xFF:
         raise MalformedFrame(f"frame serial {frame_seq} outside 0-255")
-    return bytes([di & 0xFF, di >> 8, frame_seq]) + payload
+    di_bytes = [di >> 8, di & 0xFF] if model.di_byte_order == DiByteOrder.HIGH_FIRST else [di & 0xFF, di >> 8]
+    return bytes([*di_bytes, frame_seq]) + payload
+
+
+def _di(data: bytes, model: MeterModel) -> int:
+    return data[0] << 8 | data[1] if model.di_byte_order == DiByteOrder.HIGH_FIRST else data[0] | data[1] << 8
+
+
+def _seq(purchase_seq: int, model: MeterModel) -> bytes:
+    """A purchase serial as the model carries it: 4 BCD bytes, or one binary byte (0-255)."""
+    if model.purchase_seq_bytes == 1:
+        if not 0 <= purchase_seq <= 0xFF:
+            raise MalformedFrame(f"purchase serial {purchase_seq} does not fit this model's one byte: send it modulo 256")
+        return bytes([purchase_seq])
+    return bcd(purchase_seq, 4)
+
+
+def _from_seq(raw: bytes) -> int:
+    return raw[0] if len(raw) == 1 else from_bcd(raw)
+
+
+def _credit(message: "CurrentData | PurchaseAck", model: MeterModel) -> bytes:
+    """The balance: credit litres from a volume meter, money in fen from a money meter."""
+    value = message.credit_fen if model.is_money_meter else message.credit_litres
+    if value is None:
+        raise MalformedFrame(f"a {model.name} meter reports its balance in {model.credit_unit.value}: none given")
+    return signed_bcd(value)
+
+
+def _purchase_amount(message: WritePurchase, model: MeterModel) -> bytes:
+    if not model.is_money_meter:
+        return bcd(message.volume_litres, 4)
+    if message.amount_fen is None:
+        raise MalformedFrame(f"a {model.name} meter is written the purchase's amount in fen: none given")
+    return bcd(message.amount_fen, 4)  # BCD yuan with two decimals is the fen, digit for digit
 
 
 def _valve_byte(open_: bool) -> int:
@@ -210,70 +257,77 @@ def _from_clock(raw: bytes) -> datetime:
         raise MalformedFrame(f"meter clock is not a time: {error}") from None
 
 
-def encode(message: MeterMessage) -> bytes:
+def encode(message: MeterMessage, model: MeterModel = VOLUME_MODEL) -> bytes:
     """A message as the bytes of one plain frame (no security trailer: models without MAC, and tests)."""
-    return encode_frame(_frame_of(message))
+    return encode_frame(_frame_of(message, model))
 
 
-def _frame_of(message: MeterMessage) -> Frame:
-    s, q = message.serial, message.frame_seq
+def _frame_of(message: MeterMessage, model: MeterModel = VOLUME_MODEL) -> Frame:
+    s, q, m = message.serial, message.frame_seq, model
     match message:
         case ReadCurrentData():
-            frame = Frame(s, READ, _data(DI_CURRENT_DATA, q))
+            frame = Frame(s, READ, _data(DI_CURRENT_DATA, q, model=m))
         case CurrentData():
             payload = (
                 bcd(message.cumulative_litres, 5)
-                + signed_bcd(message.credit_litres)
-                + bcd(message.last_applied_seq, 4)
+                + _credit(message, m)
+                + _seq(message.last_applied_seq, m)
                 + bytes([_valve_byte(message.valve_open)])
                 + bcd(message.battery_mv, 2)
                 + int(message.alarms).to_bytes(2, "little")
                 + _clock(message.meter_clock)
             )
-            frame = Frame(s, READ | REPLY, _data(DI_CURRENT_DATA, q, payload))
+            frame = Frame(s, READ | REPLY, _data(DI_CURRENT_DATA, q, payload, m))
         case WritePurchase():
-            frame = Frame(s, WRITE, _data(DI_WRITE_PURCHASE, q, bcd(message.purchase_seq, 4) + bcd(message.volume_litres, 4)))
+            frame = Frame(s, WRITE, _data(DI_WRITE_PURCHASE, q, _seq(message.purchase_seq, m) + _purchase_amount(message, m), m))
         case PurchaseAck():
-            frame = Frame(s, WRITE | REPLY, _data(DI_WRITE_PURCHASE, q, bcd(message.applied_seq, 4) + signed_bcd(message.credit_litres)))
+            frame = Frame(s, WRITE | REPLY, _data(DI_WRITE_PURCHASE, q, _seq(message.applied_seq, m) + _credit(message, m), m))
         case SetValve():
-            frame = Frame(s, WRITE, _data(DI_VALVE, q, bytes([_valve_byte(message.open)])))
+            frame = Frame(s, WRITE, _data(DI_VALVE, q, bytes([_valve_byte(message.open)]), m))
         case ValveAck():
-            frame = Frame(s, WRITE | REPLY, _data(DI_VALVE, q, bytes([_valve_byte(message.valve_open)])))
+            frame = Frame(s, WRITE | REPLY, _data(DI_VALVE, q, bytes([_valve_byte(message.valve_open)]), m))
         case ReadPurchaseRecord():
-            frame = Frame(s, READ, _data(DI_PURCHASE_RECORD, q))
+            frame = Frame(s, READ, _data(DI_PURCHASE_RECORD, q, model=m))
         case PurchaseRecord():
-            payload = bcd(message.last_applied_seq, 4) + bcd(message.last_volume_litres, 4) + bcd(message.total_purchased_litres, 5)
-            frame = Frame(s, READ | REPLY, _data(DI_PURCHASE_RECORD, q, payload))
+            if m.is_money_meter:
+                raise MalformedFrame(f"gasworks reads no purchase record from a {m.name} meter (money meter)")
+            payload = _seq(message.last_applied_seq, m) + bcd(message.last_volume_litres, 4) + bcd(message.total_purchased_litres, 5)
+            frame = Frame(s, READ | REPLY, _data(DI_PURCHASE_RECORD, q, payload, m))
         case CommandRefused():
             control = (READ if message.refused_di in (DI_CURRENT_DATA, DI_PURCHASE_RECORD) else WRITE) | REPLY | ERROR
-            frame = Frame(s, control, _data(message.refused_di, q, bytes([message.error])))
+            frame = Frame(s, control, _data(message.refused_di, q, bytes([message.error]), m))
         case _:
             raise MalformedFrame(f"no frame for {type(message).__name__}")
     return frame
 
 
-_PAYLOAD_BYTES = {
-    (READ, DI_CURRENT_DATA): 0,
-    (READ | REPLY, DI_CURRENT_DATA): 26,
-    (WRITE, DI_WRITE_PURCHASE): 8,
-    (WRITE | REPLY, DI_WRITE_PURCHASE): 9,
-    (WRITE, DI_VALVE): 1,
-    (WRITE | REPLY, DI_VALVE): 1,
-    (READ, DI_PURCHASE_RECORD): 0,
-    (READ | REPLY, DI_PURCHASE_RECORD): 13,
-}
+def payload_bytes(control: int, di: int, model: MeterModel = VOLUME_MODEL) -> int | None:
+    """How many payload bytes (after DI and SER) a message of this control code and DI has, by model."""
+    seq = model.purchase_seq_bytes
+    sizes = {
+        (READ, DI_CURRENT_DATA): 0,
+        (READ | REPLY, DI_CURRENT_DATA): 5 + 5 + seq + 1 + 2 + 2 + 7,
+        (WRITE, DI_WRITE_PURCHASE): seq + 4,
+        (WRITE | REPLY, DI_WRITE_PURCHASE): seq + 5,
+        (WRITE, DI_VALVE): 1,
+        (WRITE | REPLY, DI_VALVE): 1,
+        (READ, DI_PURCHASE_RECORD): 0,
+    }
+    if not model.is_money_meter:
+        sizes[(READ | REPLY, DI_PURCHASE_RECORD)] = seq + 4 + 5
+    return sizes.get((control, di))
 
 
-def decode(raw: bytes) -> MeterMessage:
+def decode(raw: bytes, model: MeterModel = VOLUME_MODEL) -> MeterMessage:
     """The message in one plain frame, or MalformedFrame saying exactly what is wrong with it."""
-    return message_of(decode_frame(raw))
+    return message_of(decode_frame(raw), model)
 
 
-def message_of(frame: Frame) -> MeterMessage:
-    """The message in a frame's data field (DI0 DI1 SER payload, security trailer already removed)."""
+def message_of(frame: Frame, model: MeterModel = VOLUME_MODEL) -> MeterMessage:
+    """The message in a frame's data field (DI0 DI1 SER payload, security trailer already removed), read as `model` writes it."""
     if len(frame.data) < 3:
         raise MalformedFrame(f"data field of {len(frame.data)} bytes has no DI and SER")
-    di = frame.data[0] | frame.data[1] << 8
+    di = _di(frame.data, model)
     q = frame.data[2]
     p = frame.data[3:]
     s = frame.serial
@@ -284,38 +338,44 @@ def message_of(frame: Frame) -> MeterMessage:
             return CommandRefused(s, q, di, MeterErrorCode(p[0]))
         except ValueError:
             raise MalformedFrame(f"unknown meter error code {p[0]:#04x}") from None
-    expected = _PAYLOAD_BYTES.get((frame.control, di))
+    expected = payload_bytes(frame.control, di, model)
     if expected is None:
-        raise MalformedFrame(f"no message has control {frame.control:#04x} and DI {di:#06x}")
+        raise MalformedFrame(f"no message has control {frame.control:#04x} and DI {di:#06x} (model {model.name}, DI {model.di_byte_order.value})")
     if len(p) != expected:
-        raise MalformedFrame(f"DI {di:#06x} control {frame.control:#04x} carries {expected} payload bytes, got {len(p)}")
+        raise MalformedFrame(f"DI {di:#06x} control {frame.control:#04x} carries {expected} payload bytes for model {model.name}, got {len(p)}")
+    n = model.purchase_seq_bytes
+    money = model.is_money_meter
     match (frame.control, di):
         case (0x01, 0x901F):
             return ReadCurrentData(s, q)
         case (0x81, 0x901F):
+            balance = from_signed_bcd(p[5:10])
             return CurrentData(
                 serial=s,
                 frame_seq=q,
                 cumulative_litres=from_bcd(p[0:5]),
-                credit_litres=from_signed_bcd(p[5:10]),
-                last_applied_seq=from_bcd(p[10:14]),
-                valve_open=_valve_state(p[14]),
-                battery_mv=from_bcd(p[15:17]),
-                alarms=Alarm(int.from_bytes(p[17:19], "little") & sum(Alarm)),
-                meter_clock=_from_clock(p[19:26]),
+                credit_litres=None if money else balance,
+                last_applied_seq=_from_seq(p[10 : 10 + n]),
+                valve_open=_valve_state(p[10 + n]),
+                battery_mv=from_bcd(p[11 + n : 13 + n]),
+                alarms=Alarm(int.from_bytes(p[13 + n : 15 + n], "little") & sum(Alarm)),
+                meter_clock=_from_clock(p[15 + n : 22 + n]),
+                credit_fen=balance if money else None,
             )
         case (0x04, 0xA013):
-            return WritePurchase(s, q, from_bcd(p[0:4]), from_bcd(p[4:8]))
+            amount = from_bcd(p[n : n + 4])
+            return WritePurchase(s, q, _from_seq(p[0:n]), 0 if money else amount, amount if money else None)
         case (0x84, 0xA013):
-            return PurchaseAck(s, q, from_bcd(p[0:4]), from_signed_bcd(p[4:9]))
+            balance = from_signed_bcd(p[n : n + 5])
+            return PurchaseAck(s, q, _from_seq(p[0:n]), None if money else balance, balance if money else None)
         case (0x04, 0xA017):
             return SetValve(s, q, _valve_state(p[0]))
         case (0x84, 0xA017):
             return ValveAck(s, q, _valve_state(p[0]))
         case (0x01, 0x8105):
             return ReadPurchaseRecord(s, q)
-        case _:  # (0x81, 0x8105), the only one left in _PAYLOAD_BYTES
-            return PurchaseRecord(s, q, from_bcd(p[0:4]), from_bcd(p[4:8]), from_bcd(p[8:13]))
+        case _:  # (0x81, 0x8105), the only one left in payload_bytes
+            return PurchaseRecord(s, q, _from_seq(p[0:n]), from_bcd(p[n : n + 4]), from_bcd(p[n + 4 : n + 9]))
 
 
 # ---- sealed frames -----------------------------------------------------------------------------
@@ -338,13 +398,15 @@ def _header(serial: str, control: int, length: int) -> bytes:
     return bytes([START, GAS_METER]) + serial_to_address(serial) + bytes([control, length])
 
 
-def encode_sealed(message: MeterMessage, *, key_version: int, counter: int, mac: Callable[[bytes], bytes], wake_bytes: int = 2) -> bytes:
+def encode_sealed(
+    message: MeterMessage, *, key_version: int, counter: int, mac: Callable[[bytes], bytes], wake_bytes: int = 2, model: MeterModel = VOLUME_MODEL
+) -> bytes:
     """A message as one sealed frame: `mac` computes the MAC over the bytes from 68 to CTR3."""
     if not 0 <= key_version <= 0xFF:
         raise MalformedFrame(f"key version {key_version} outside 0-255")
     if not 0 <= counter < 2 ** (8 * COUNTER_BYTES):
         raise MalformedFrame(f"frame counter {counter} does not fit {COUNTER_BYTES} bytes")
-    frame = _frame_of(message)
+    frame = _frame_of(message, model)
     data = frame.data + bytes([key_version]) + counter.to_bytes(COUNTER_BYTES, "little")
     length = len(data) + MAC_BYTES
     if length > DATA_BYTES_MAX:

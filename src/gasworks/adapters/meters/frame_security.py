@@ -13,7 +13,7 @@ simulator and tests.
 
 import hmac
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -31,6 +31,7 @@ from gasworks.domain.meter_security import (
     FrameRefused,
     MacScheme,
     MeterFrameCounters,
+    MeterModel,
     model_profile,
 )
 
@@ -135,10 +136,10 @@ def require_schemes(schemes: Iterable[MacScheme]) -> None:
 
 
 def require_schemes_in_use(uow: "UnitOfWork", *, also_models: Iterable[str] = ()) -> None:
-    """The schemes of every meter model registered in this database, and of `also_models`."""
+    """The schemes of every meter model stored in this database, and of the built-in `also_models`."""
     with uow:
-        models = uow.meter_keys.models_in_use() | set(also_models)
-    require_schemes(model_profile(m).mac_scheme for m in models)
+        schemes = {m.mac_scheme for m in uow.meter_models.list()}
+    require_schemes(schemes | {model_profile(m).mac_scheme for m in also_models})
 
 
 # ---- gasworks' side ---------------------------------------------------------------------------------
@@ -179,7 +180,7 @@ def open_uplink(payload: bytes, topic_serial: str, uow: "UnitOfWork", *, carrier
                     f"meter {frame.serial} is a {profile.name} (no MAC): its frames are taken only through an authenticated carrier platform",
                     code="FRAME_MAC_REQUIRED",
                 )
-            return OpenedUplink(cjt188.message_of(frame), None, None)
+            return OpenedUplink(cjt188.message_of(frame, profile), None, None)
         sealed = cjt188.decode_sealed(payload)
         key = uow.meter_keys.key(frame.serial, sealed.key_version) if sealed.key_version in security.usable_versions() else None
         if key is None:
@@ -189,7 +190,7 @@ def open_uplink(payload: bytes, topic_serial: str, uow: "UnitOfWork", *, carrier
             )
         if not mac_is_valid(profile.mac_scheme, key, sealed.signed, sealed.mac):
             raise FrameRefused(f"meter {frame.serial} frame MAC does not verify under key version {sealed.key_version}", code="FRAME_MAC_INVALID")
-        message = cjt188.message_of(sealed.frame)
+        message = cjt188.message_of(sealed.frame, profile)
         now = uow.clock.now()
         security.take_uplink(key_version=sealed.key_version, counter=sealed.counter, at=now)
         uow.meter_keys.save_security(security)
@@ -210,13 +211,15 @@ def seal_downlink(message: MeterMessage, uow: "UnitOfWork") -> bytes:
         raise FrameNotSealed(f"meter {message.serial} has no key: nothing is sent to it (issue one with `gasworks meters rotate-key`)")
     profile = security.profile
     if not profile.seals_frames:
-        return cjt188.encode(message)  # the carrier platform authenticates this model's traffic
+        return cjt188.encode(message, profile)  # the carrier platform authenticates this model's traffic
     version = security.active_key_version
     key = uow.meter_keys.key(message.serial, version) if version is not None else None
     if key is None:
         raise FrameNotSealed(f"meter {message.serial} has no active key")
     counter = security.next_downlink_counter()
-    raw = cjt188.encode_sealed(message, key_version=version, counter=counter, mac=lambda signed: compute_mac(profile.mac_scheme, key, signed))
+    raw = cjt188.encode_sealed(
+        message, key_version=version, counter=counter, mac=lambda signed: compute_mac(profile.mac_scheme, key, signed), model=profile
+    )
     uow.meter_keys.save_security(security)
     return raw
 
@@ -231,11 +234,12 @@ class MeterKeyring:
     scheme: MacScheme
     key: bytes
     counters: MeterFrameCounters
+    model: MeterModel = field(default_factory=lambda: cjt188.VOLUME_MODEL)  # how its firmware lays out frames
 
     def seal(self, message: MeterMessage) -> bytes:
         counter = self.counters.next_uplink_counter()
         return cjt188.encode_sealed(
-            message, key_version=self.counters.key_version, counter=counter, mac=lambda signed: compute_mac(self.scheme, self.key, signed)
+            message, key_version=self.counters.key_version, counter=counter, mac=lambda signed: compute_mac(self.scheme, self.key, signed), model=self.model
         )
 
     def open(self, raw: bytes) -> MeterMessage:
@@ -247,7 +251,7 @@ class MeterKeyring:
             raise FrameRefused(f"downlink under key version {sealed.key_version}; this meter holds {self.counters.key_version}", code="FRAME_KEY_VERSION_UNKNOWN")
         if not mac_is_valid(self.scheme, self.key, sealed.signed, sealed.mac):
             raise FrameRefused("downlink MAC does not verify", code="FRAME_MAC_INVALID")
-        message = cjt188.message_of(sealed.frame)
+        message = cjt188.message_of(sealed.frame, self.model)
         self.counters.take_downlink(key_version=sealed.key_version, counter=sealed.counter)
         return message
 

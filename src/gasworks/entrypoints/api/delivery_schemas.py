@@ -7,6 +7,7 @@ from pydantic import BaseModel, Field, StrictInt
 from gasworks.domain.accounts import CustomerClass
 from gasworks.domain.delivery import Alert, MeterCommand, MeterLink, MeterModel, valve_reason_names
 from gasworks.domain.kiosks import Kiosk
+from gasworks.domain.meter_models import CreditUnit, DiByteOrder, MacScheme
 from gasworks.domain.tariffs import Tariff, milli_fen_to_price_text
 from gasworks.entrypoints.api.schemas import PaymentOut, Strict
 from gasworks.services.timeline import Text, Timeline
@@ -72,6 +73,7 @@ class KioskOut(BaseModel):
     latitude: float
     longitude: float
     status: str
+    opening_hours: str = ""
 
     @classmethod
     def of(cls, k: Kiosk) -> "KioskOut":
@@ -80,6 +82,7 @@ class KioskOut(BaseModel):
 
 class NearbyKioskOut(KioskOut):
     distance_m: int | None
+    map_url: str = Field("", description="an OpenStreetMap link centred on the kiosk")
 
 
 class DeliveryStepOut(BaseModel):
@@ -104,7 +107,7 @@ class DeliveryOut(BaseModel):
             status=t.status, headline=TextOut.of(t.headline), next_step=TextOut.of(t.next_step),
             steps=[DeliveryStepOut(key=s.key, title=TextOut.of(s.title), at=s.at, done=s.done) for s in t.steps],
             order=CommandOut.of(t.order) if t.order else None,
-            nearest_kiosks=[NearbyKioskOut(**KioskOut.of(n.kiosk).model_dump(), distance_m=n.distance_m) for n in t.kiosks],
+            nearest_kiosks=[NearbyKioskOut(**KioskOut.of(n.kiosk).model_dump(), distance_m=n.distance_m, map_url=n.map_url) for n in t.kiosks],
             resident_url=resident_url,
         )  # fmt: skip
 
@@ -122,6 +125,7 @@ class MeterOut(BaseModel):
     purchase_seq_issued: int
     applied_seq: int
     credit_litres: int | None
+    credit_fen: int | None = Field(None, description="a money meter's balance as it reported it, in fen")
     cumulative_litres: int | None
     valve_open: bool | None
     battery_mv: int | None
@@ -138,7 +142,7 @@ class MeterOut(BaseModel):
     def of(cls, m: MeterLink, commands: list[MeterCommand]) -> "MeterOut":
         return cls(
             **{k: getattr(m, k) for k in ("serial", "account_no", "last_report_at", "purchase_seq_issued", "applied_seq", "credit_litres", "cumulative_litres",
-                                          "valve_open", "battery_mv", "alarms", "reopen_needs_button", "card_no", "card_purchase_seq", "model", "last_report_clock")},
+                                          "valve_open", "battery_mv", "alarms", "reopen_needs_button", "card_no", "card_purchase_seq", "model", "last_report_clock", "credit_fen")},
             kind=m.kind.value, link_state=m.link_state.value, open_commands=[CommandOut.of(c) for c in commands],
             valve_reasons=valve_reason_names(m.valve_reasons),
         )  # fmt: skip
@@ -153,6 +157,11 @@ class MeterModelIn(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,40}$")
     purchase_seq_bytes: int = Field(4, description="1: the purchase serial wraps at 255 (money meters' 0xA013); 4: BCD, no wrap")
     reopen_needs_button: bool = False
+    mac_scheme: MacScheme = Field(MacScheme.SM4_CMAC, description="sm4-cmac, aes128-cmac, or none (carrier platform only)")
+    di_byte_order: DiByteOrder = Field(DiByteOrder.LOW_FIRST, description="low-first: 0x901F sent 1F 90 (CJ/T 188); high-first: 90 1F")
+    credit_unit: CreditUnit = Field(CreditUnit.LITRES, description="litres (volume meter) or fen (money meter: BCD yuan with 2 decimals)")
+    report_interval_s: int = Field(86_400, ge=60, le=7 * 86_400, description="how often the meter wakes and reports by itself")
+    description: str = Field("", max_length=200)
 
 
 class MeterModelSettingsIn(Strict):
@@ -163,11 +172,20 @@ class MeterModelOut(BaseModel):
     name: str
     purchase_seq_bytes: int
     reopen_needs_button: bool
+    mac_scheme: str
+    di_byte_order: str
+    credit_unit: str
+    report_interval_s: int
+    description: str
     meters_changed: int | None = None
 
     @classmethod
     def of(cls, m: MeterModel, meters_changed: int | None = None) -> "MeterModelOut":
-        return cls(name=m.name, purchase_seq_bytes=m.purchase_seq_bytes, reopen_needs_button=m.reopen_needs_button, meters_changed=meters_changed)
+        return cls(
+            name=m.name, purchase_seq_bytes=m.purchase_seq_bytes, reopen_needs_button=m.reopen_needs_button, mac_scheme=m.mac_scheme.value,
+            di_byte_order=m.di_byte_order.value, credit_unit=m.credit_unit.value, report_interval_s=m.report_interval_s, description=m.description,
+            meters_changed=meters_changed,
+        )  # fmt: skip
 
 
 class ValveCloseIn(Strict):
@@ -275,6 +293,7 @@ class KioskIn(Strict):
     latitude: float = Field(ge=-90, le=90)
     longitude: float = Field(ge=-180, le=180)
     status: str = Field("working", pattern=r"^(working|out_of_order|closed)$")
+    opening_hours: str = Field("", max_length=40, description='"07:00-22:00", "24h", or "" when not known')
 
 
 class KioskStatusIn(Strict):

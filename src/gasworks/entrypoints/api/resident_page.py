@@ -41,6 +41,14 @@ def render(t: Timeline, tz: ZoneInfo) -> str:
         for s in t.steps
     )
     next_step = f"<section class='card'><h2>下一步 <span class='en'>Next step</span></h2>{_both(t.next_step)}</section>" if t.next_step else ""
+    kiosks = "".join(
+        f"<li class='kiosk'>{escape(n.kiosk.name)} <span class='time'>{escape(n.kiosk.address or n.kiosk.community)}</span>"
+        + (f"<div class='time' data-distance-m='{n.distance_m}'>约 {n.distance_m} 米 · about {n.distance_m} m</div>" if n.distance_m is not None else "")
+        + (f"<div class='time' data-hours>营业时间 Open {escape(n.kiosk.opening_hours)}</div>" if n.kiosk.opening_hours else "")
+        + f"<div><a href='{escape(n.map_url)}' rel='noopener' target='_blank'>地图 Map</a> · <a href='{escape(n.geo_uri)}'>导航 Directions</a></div></li>"
+        for n in t.kiosks
+    )
+    nearest = f"<section class='card'><h2>最近的自助机 <span class='en'>Nearest kiosks</span></h2><ol>{kiosks}</ol></section>" if kiosks else ""
     return f"""<!doctype html>
 <html lang="zh-CN"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <meta name="robots" content="noindex"><title>购气进度 · Gas purchase</title><style>{_STYLE}</style></head>
@@ -50,6 +58,8 @@ def render(t: Timeline, tz: ZoneInfo) -> str:
 <p class="time">户号 Account {escape(t.payment.account_no or "-")} · {escape(t.payment.id)}</p></section>
 <section class="card"><ol>{steps}</ol></section>
 {next_step}
+{nearest}
+<p class="time" data-timezone="{escape(tz.key)}">时间均为当地时间（{escape(tz.key)}）· Times are local ({escape(tz.key)})</p>
 </main></body></html>"""
 
 

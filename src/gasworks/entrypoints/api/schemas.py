@@ -40,7 +40,7 @@ class OpenAccountIn(Strict):
     meter_serial: str = Field(pattern=r"^[0-9]{14}$")
     meter_kind: MeterKind
     customer_class: CustomerClass = CustomerClass.RESIDENTIAL
-    meter_model: str = Field("cjt188-sm4", pattern=r"^[a-z0-9-]{1,40}$", description="How the meter secures its frames: cjt188-sm4 (SM4-CMAC), cjt188-aes (AES-128-CMAC), carrier-plain (no MAC).")
+    meter_model: str = Field("cjt188-sm4", pattern=r"^[A-Za-z0-9._-]{1,40}$", description="The meter's model profile (GET /v1/meter-models): cjt188-sm4 (default), cjt188-aes, carrier-plain, cjt188-money, or one added.")
 
 
 class AccountOut(BaseModel):

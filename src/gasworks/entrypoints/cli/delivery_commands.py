@@ -14,6 +14,7 @@ from gasworks.domain.accounts import CustomerClass
 from gasworks.domain.delivery import CommandState, MeterModel, valve_reason_names
 from gasworks.domain.errors import InvalidInput, NotFound
 from gasworks.domain.kiosks import Kiosk
+from gasworks.domain.meter_models import CreditUnit, DiByteOrder, MacScheme, parse_profile_value
 from gasworks.domain.meter_security import DEFAULT_METER_MODEL
 from gasworks.domain.tariffs import milli_fen_to_price_text
 from gasworks.entrypoints.cli.common import DatabaseUrl, cli_actor, cli_errors, out, system
@@ -150,9 +151,10 @@ def kiosks_add(
     longitude: Annotated[float, typer.Option()],
     community: Annotated[str, typer.Option()] = "",
     address: Annotated[str, typer.Option()] = "",
+    opening_hours: Annotated[str, typer.Option(help='Shown to residents beside the distance: "07:00-22:00" or "24h".')] = "",
     database_url: DatabaseUrl = None,
 ) -> None:
-    kiosk = Kiosk(kiosk_id, name, channel, community, address, latitude, longitude, kiosks.KioskStatus.WORKING.value)
+    kiosk = Kiosk(kiosk_id, name, channel, community, address, latitude, longitude, kiosks.KioskStatus.WORKING.value, opening_hours)
     kiosks.add_kiosk(kiosk, system(database_url).new_uow(), actor=cli_actor())
     out.print(f"kiosk {kiosk_id} added")
 
@@ -169,9 +171,9 @@ def kiosks_status(kiosk_id: str, status: kiosks.KioskStatus, database_url: Datab
 def kiosks_list(database_url: DatabaseUrl = None) -> None:
     with system(database_url).new_uow() as uow:
         found = uow.kiosks.list()
-    table = Table("id", "name", "community", "lat, lon", "status")
+    table = Table("id", "name", "community", "lat, lon", "status", "hours")
     for k in found:
-        table.add_row(k.id, k.name, k.community, f"{k.latitude:.5f}, {k.longitude:.5f}", k.status)
+        table.add_row(k.id, k.name, k.community, f"{k.latitude:.5f}, {k.longitude:.5f}", k.status, k.opening_hours or "-")
     out.print(table)
 
 
@@ -227,7 +229,7 @@ def meters_export_key(serial: str, out_file: KeyFile = None, database_url: Datab
 def meters_rotate_key(
     serial: str,
     out_file: KeyFile = None,
-    model: Annotated[str, typer.Option(help="Only for a meter that has no key yet: its model.")] = DEFAULT_METER_MODEL,
+    model: Annotated[str | None, typer.Option(help=f"Only for a meter that has no key yet: its model (default: the one it has, else {DEFAULT_METER_MODEL}).")] = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Make a new key version; old and new are both taken until the meter is heard under the new one."""
@@ -288,11 +290,27 @@ def meters_resolve(
 @cli_errors
 def models_add(
     name: str,
-    serial_bytes: Annotated[int, typer.Option(help="1: the purchase serial wraps at 255; 4: BCD, no wrap.")] = 4,
+    serial_bytes: Annotated[int, typer.Option(help="1: the purchase serial is one byte and wraps at 255; 4: BCD, no wrap.")] = 4,
     reopen_needs_button: Annotated[bool, typer.Option(help="The resident presses the meter's button to reopen the valve.")] = False,
+    mac_scheme: Annotated[str, typer.Option(help="How its frames are sealed: sm4-cmac, aes128-cmac, none (carrier platform only).")] = "sm4-cmac",
+    di_byte_order: Annotated[str, typer.Option(help="low-first: 0x901F sent 1F 90 (CJ/T 188); high-first: sent 90 1F.")] = "low-first",
+    credit_unit: Annotated[str, typer.Option(help="litres: a volume meter; fen: a money meter (purchase and balance in BCD yuan).")] = "litres",
+    report_interval_s: Annotated[int, typer.Option(help="How often it wakes and reports by itself, in seconds.")] = 86_400,
+    description: Annotated[str, typer.Option(help="For people: vendor, type, where it is installed.")] = "",
     database_url: DatabaseUrl = None,
 ) -> None:
-    model = delivery.add_meter_model(MeterModel(name, serial_bytes, reopen_needs_button), system(database_url).new_uow(), actor=cli_actor())
+    """Add a meter model profile (its firmware's dialect); `gasworks accounts add --meter-model NAME` then uses it."""
+    model = MeterModel(
+        name,
+        serial_bytes,
+        reopen_needs_button,
+        mac_scheme=parse_profile_value(MacScheme, mac_scheme),  # type: ignore[arg-type]
+        di_byte_order=parse_profile_value(DiByteOrder, di_byte_order),  # type: ignore[arg-type]
+        credit_unit=parse_profile_value(CreditUnit, credit_unit),  # type: ignore[arg-type]
+        report_interval_s=report_interval_s,
+        description=description,
+    )
+    delivery.add_meter_model(model, system(database_url).new_uow(), actor=cli_actor())
     out.print(f"meter model {model.name} added")
 
 
@@ -310,11 +328,16 @@ def models_set(
 @models_app.command("list")
 @cli_errors
 def models_list(database_url: DatabaseUrl = None) -> None:
+    """Every meter model profile, with how many meters use it."""
     with system(database_url).new_uow() as uow:
         found = uow.meter_models.list()
-    table = Table("model", "serial bytes", "reopen needs button")
+        meters = uow.meter_models.count_meters()
+    table = Table("model", "MAC", "DI order", "unit", "serial bytes", "reports every", "reopen needs button", "meters", "description")
     for m in found:
-        table.add_row(m.name, str(m.purchase_seq_bytes), "yes" if m.reopen_needs_button else "no")
+        table.add_row(
+            m.name, m.mac_scheme.value, m.di_byte_order.value, m.credit_unit.value, str(m.purchase_seq_bytes), f"{m.report_interval_s} s",
+            "yes" if m.reopen_needs_button else "no", str(meters.get(m.name, 0)), m.description,
+        )  # fmt: skip
     out.print(table)
 
 

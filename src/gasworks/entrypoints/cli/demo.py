@@ -27,7 +27,7 @@ from gasworks.services.access import Role
 from gasworks.services.checks import check_ledger
 from gasworks.services.timeline import resident_token
 from gasworks.sim.city import build_city
-from gasworks.sim.outcome import Report, summarise
+from gasworks.sim.outcome import BUTTON_GOAL, Report, summarise
 from gasworks.sim.statements import write_statements
 from gasworks.sim.world import LOCAL, FaultRates, Simulation
 
@@ -122,6 +122,33 @@ def demo(
         raise typer.Exit(1)
 
 
+def show_time_without_gas(report: Report) -> None:
+    """Time without gas and payment -> gas, by meter kind and model, and the button-press goal."""
+    off = Table(title="time without gas: valve closed (credit out) → gas available again", title_justify="left")
+    for column in ("meter", "model", "spells", "median", "p95", "p99", "note"):
+        off.add_column(column, justify="left" if column in ("meter", "model", "note") else "right")
+    for line in report.without_gas:
+        off.add_row(line.kind, line.model, f"{line.n:,}", _span(line.p50), _span(line.p95), _span(line.p99), line.how.split("(")[-1].rstrip(")"))
+    out.print(off)
+    paid = Table(title="payment → gas, by meter kind, model and path", title_justify="left")
+    for column in ("meter", "model", "path", "purchases", "median", "p95", "p99", f"≤ {BUTTON_GOAL.seconds // 60} min of the press"):
+        paid.add_column(column, justify="left" if column in ("meter", "model", "path") else "right")
+    for line in report.to_gas:
+        share = f"{line.within_goal_of_press / line.n:.0%}" if line.within_goal_of_press is not None and line.n else "-"
+        paid.add_row(line.kind, line.model, line.how, f"{line.n:,}", _span(line.p50), _span(line.p95), _span(line.p99), share)
+    out.print(paid)
+    goal = report.button_goal
+    if goal is None or goal.p95 is None:
+        out.print("IoT with a button press: no such payment in this run")
+        return
+    verdict = "[bold green]met[/]" if report.button_goal_met else "[bold red]missed[/]"
+    share = goal.within_goal_of_press or 0
+    out.print(
+        f"IoT with a button press, payment → gas: p95 {_span(goal.p95)} against the goal of {BUTTON_GOAL.seconds // 60} min: {verdict} "
+        f"({goal.n:,} payments; {share / goal.n:.0%} had gas within {BUTTON_GOAL.seconds // 60} min of the press)"
+    )
+
+
 def show(report: Report) -> None:
     channels = Table(title="payments by channel", title_justify="left")
     for column in ("channel", "collected", "amount", "booked", "held", "never reached gasworks"):
@@ -137,6 +164,8 @@ def show(report: Report) -> None:
     for line in report.latency:
         speed.add_row(line.what, f"{line.n:,}", _span(line.p50), _span(line.p95), _span(line.p99))
     out.print(speed)
+
+    show_time_without_gas(report)
 
     stuck = Table(title="not at the meter yet, and why (what the resident is told)", title_justify="left")
     for column in ("status", "reason", "payments", "amount"):

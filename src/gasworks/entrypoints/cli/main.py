@@ -213,7 +213,7 @@ def accounts_add(
     community: Annotated[str, typer.Option()] = "",
     grid: Annotated[str, typer.Option()] = "",
     customer_class: Annotated[CustomerClass, typer.Option()] = CustomerClass.RESIDENTIAL,
-    meter_model: Annotated[str, typer.Option(help="IoT meters: cjt188-sm4 (SM4-CMAC, default), cjt188-aes (AES-128-CMAC), carrier-plain (no MAC).")] = DEFAULT_METER_MODEL,
+    meter_model: Annotated[str, typer.Option(help="IoT meters: a meter model profile (`gasworks meters models list`): cjt188-sm4 (default), cjt188-aes, carrier-plain, cjt188-money, or one added.")] = DEFAULT_METER_MODEL,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Open a customer account with its meter (an IoT meter gets its own key: `gasworks meters export-key`)."""
