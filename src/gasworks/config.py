@@ -64,6 +64,16 @@ class Settings(BaseSettings):
     # Meter frame security (adapters/meters/frame_security.py). The site key seals meter keys at rest:
     # 32 bytes as 64 hex digits or base64. Empty: one is generated into the database (development only).
     site_key: str = ""
+    # Meters behind carrier platforms (README "Meters behind a carrier platform"). CTWing: empty base URL, no CTWing.
+    ctwing_base_url: str = ""  # https://ag-api.ctwing.cn
+    ctwing_app_key: str = ""
+    ctwing_app_secret: str = ""
+    ctwing_master_key: str = ""
+    ctwing_push_secret: str = ""  # the secret in POST /v1/carriers/ctwing/{secret}/push; under 32 characters, every push is refused
+    ctwing_operator: str = "gasworks"
+    carrier_report_interval_s: int = 24 * 3600  # a registered meter's report interval unless given
+    carrier_command_ttl_margin_s: int = 2 * 3600  # a cached command lives one report interval and this
+    carrier_push_bytes_max: int = 8 * 1024
 
     @field_validator("payment_fen_max_by_channel", "payment_fen_max_by_class")
     @classmethod

@@ -21,6 +21,7 @@ from gasworks.domain.errors import GasworksError, InvalidInput, PayloadTooLarge,
 from gasworks.domain.money import PaymentCeiling
 from gasworks.domain.payments import PaymentState
 from gasworks.entrypoints.api import schemas as s
+from gasworks.entrypoints.api.carrier_routes import carrier_routes
 from gasworks.entrypoints.api.delivery_routes import delivery_routes, resident_url
 from gasworks.entrypoints.api.edge import Edge, facts_of, note_caller, note_refusal
 from gasworks.entrypoints.api.reconciliation_routes import reconciliation_routes
@@ -318,4 +319,5 @@ def create_app(system: System) -> FastAPI:
     app.include_router(delivery_routes(system, caller, ERROR_RESPONSES))
     app.include_router(resident_routes(system))
     app.include_router(reconciliation_routes(system, caller, ERROR_RESPONSES, read_body))
+    app.include_router(carrier_routes(system, read_body))
     return app

@@ -18,6 +18,7 @@ import psycopg
 import structlog
 
 from gasworks.adapters.db.delivery import METER_WORK_CHANNEL
+from gasworks.adapters.meters.carriers.routing import with_carriers
 from gasworks.adapters.meters.frame_security import require_schemes_in_use
 from gasworks.adapters.meters.transport import Backoff, LoopbackTransport, MqttTransport, TransportError, Uplinks
 from gasworks.bootstrap import System
@@ -38,6 +39,10 @@ class Transport(Protocol):
 
 
 def make_transport(system: System) -> Transport:
+    return with_carriers(_meter_transport(system), system.settings, system.new_uow)  # meters on CTWing go through it
+
+
+def _meter_transport(system: System) -> Transport:
     settings = system.settings
     if settings.mqtt_url:
         return MqttTransport(

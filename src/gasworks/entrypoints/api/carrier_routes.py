@@ -1,0 +1,58 @@
+"""Pushes from carrier platforms: `POST /v1/carriers/ctwing/{secret}/push`.
+
+CTWing signs nothing it pushes, so the subscription URL holds a secret (`ctwing_push_secret`, at
+least 32 characters) and this endpoint answers anything else with 404, recorded like every
+refusal (the edge keeps the path with the secret segment blanked). A push that passed is answered
+200 whatever became of the frame inside, since a retry could not change it: the platform retries
+anything but 200, and a refused frame is recorded where refusals are kept, not retried into
+noise. A retry of a push already taken gets 200 and changes nothing.
+"""
+
+import hmac
+from collections.abc import Callable
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from gasworks.adapters.meters.carriers import ctwing
+from gasworks.bootstrap import System
+from gasworks.domain.errors import GasworksError, NotFound
+from gasworks.entrypoints.api.edge import facts_of
+from gasworks.services import carriers
+
+PUSH_SECRET_CHARS_MIN = 32
+PUSH_SECRET_CHARS_MAX = 128
+
+
+class PushInProgress(GasworksError):
+    """The same push is being taken by another request right now: the platform should come back."""
+
+    code = carriers.IN_PROGRESS
+    http_status = 503
+
+
+def push_secret_matches(given: str, configured: str) -> bool:
+    if len(configured) < PUSH_SECRET_CHARS_MIN or len(given) > PUSH_SECRET_CHARS_MAX:
+        return False  # an unset or guessable secret opens nothing
+    return hmac.compare_digest(given.encode(), configured.encode())
+
+
+def carrier_routes(system: System, read_body: Callable) -> APIRouter:
+    router = APIRouter()
+    settings = system.settings
+
+    @router.post("/v1/carriers/ctwing/{secret}/push", tags=["carriers"], summary="CTWing subscription push (dataReport, commandResponse, deviceOnlineOfflineReport)")
+    async def ctwing_push(secret: str, request: Request) -> JSONResponse:
+        facts = facts_of(request)
+        facts.channel_id, facts.channel_kind = "ctwing", "carrier"
+        if not push_secret_matches(secret, settings.ctwing_push_secret):
+            raise NotFound("no such push URL", code="UNKNOWN_PUSH_URL")
+        body = await read_body(request, settings.carrier_push_bytes_max)
+        push = ctwing.parse_push(body)
+        outcome = await run_in_threadpool(carriers.take_push, push, system.new_uow)
+        if outcome.code == carriers.IN_PROGRESS:
+            raise PushInProgress(outcome.what)
+        return JSONResponse({"taken": outcome.taken, "code": outcome.code, "duplicate": outcome.duplicate, "what": outcome.what[:300]})
+
+    return router
