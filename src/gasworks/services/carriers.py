@@ -138,6 +138,7 @@ def _take_command_status(push: CarrierPush, device: CarrierDevice, new_uow: Call
                 if sent.frame_seq == command.frame_seq:
                     note = f"{push.platform}: delivered to the meter's module; applied only when the meter's own frame shows it"
                     sent.move_to(CommandState.DELIVERED, now, note)
+                    sent.window_sends = max(sent.window_sends, 1)  # not sent again before a report newer than this delivery
                     uow.meter_commands.save(sent, now)
                     what += f" (command #{sent.id} delivered, not yet applied)"
         elif push.status in (PlatformCommandStatus.EXPIRED, PlatformCommandStatus.FAILED):
