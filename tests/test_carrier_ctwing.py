@@ -19,6 +19,7 @@ from gasworks.adapters.meters.transport import TransportError
 from gasworks.bootstrap import System, bootstrap
 from gasworks.config import Settings
 from gasworks.domain.carriers import CarrierDevice, CarrierPlatform, command_ttl_s
+from gasworks.domain.channels import PaymentNotice
 from gasworks.domain.clock import FixedClock
 from gasworks.domain.delivery import CommandState
 from gasworks.domain.errors import InvalidInput
@@ -27,7 +28,6 @@ from gasworks.entrypoints.workers.worker import Worker, make_transport
 from gasworks.services import carriers, meter_keys
 from gasworks.services.checks import check_ledger
 from gasworks.services.intake import accept_payment
-from gasworks.domain.channels import PaymentNotice
 from gasworks.sim.meter import SimulatedMeter
 from gasworks.sim.stubs.ctwing import CtwingStub
 from tests.support import ACCOUNT_NO, served_in_thread, set_up
