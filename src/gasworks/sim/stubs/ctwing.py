@@ -85,7 +85,9 @@ class CtwingStub:
         self, *, app_key: str, app_secret: str, master_key: str, push_url: str = "",
         now: Callable[[], datetime] | None = None, clock_offset_ms: int = 0, listen_window_s: float = 20.0,
         push_retries_max: int = 3, push_retry_delay_s: float = 0.05, tenant_id: str = "10000001",
+        post: Callable[[bytes], int] | None = None,
     ) -> None:  # fmt: skip
+        """`post`: how a push reaches gasworks (its HTTP status back); by default an HTTP POST to `push_url`."""
         self.app_key, self.app_secret, self.master_key = app_key, app_secret, master_key
         self.push_url = push_url
         self.now = now or (lambda: datetime.now(UTC))
@@ -94,6 +96,7 @@ class CtwingStub:
         self.push_retries_max = push_retries_max
         self.push_retry_delay_s = push_retry_delay_s
         self.tenant_id = tenant_id
+        self._post = post
         self.devices: dict[str, StubDevice] = {}
         self.calls: list[CallRecord] = []
         self.pushes_sent: list[tuple[str, int]] = []  # (messageType, HTTP status) per attempt
@@ -290,6 +293,11 @@ class CtwingStub:
 
     def _push_loop(self) -> None:
         with httpx.Client(timeout=10.0) as http:
+
+            def post(body: bytes) -> int:
+                return http.post(self.push_url, content=body, headers={"content-type": "application/json"}).status_code
+
+            send = self._post or post
             while True:
                 push = self._pushes.get()
                 if push is None:
@@ -297,7 +305,7 @@ class CtwingStub:
                 body = json.dumps(push, ensure_ascii=False, separators=(",", ":")).encode()
                 for attempt in range(1 + self.push_retries_max):
                     try:
-                        status = http.post(self.push_url, content=body, headers={"content-type": "application/json"}).status_code
+                        status = send(body)
                     except httpx.HTTPError:
                         status = 0
                     self.pushes_sent.append((push["messageType"], status))
