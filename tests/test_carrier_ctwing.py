@@ -18,6 +18,7 @@ from gasworks.adapters.meters.carriers import ctwing
 from gasworks.adapters.meters.transport import TransportError
 from gasworks.bootstrap import System, bootstrap
 from gasworks.config import Settings
+from gasworks.domain.accounts import MeterKind
 from gasworks.domain.carriers import CarrierDevice, CarrierPlatform, command_ttl_s
 from gasworks.domain.channels import PaymentNotice
 from gasworks.domain.clock import FixedClock
@@ -25,8 +26,9 @@ from gasworks.domain.delivery import CommandState
 from gasworks.domain.errors import InvalidInput
 from gasworks.entrypoints.api.app import create_app
 from gasworks.entrypoints.workers.worker import Worker, make_transport
-from gasworks.services import carriers, meter_keys
+from gasworks.services import accounts, carriers, meter_keys
 from gasworks.services.checks import check_ledger
+from gasworks.services.delivery import handle_uplink
 from gasworks.services.intake import accept_payment
 from gasworks.sim.meter import SimulatedMeter
 from gasworks.sim.stubs.ctwing import CtwingStub
@@ -272,3 +274,21 @@ def test_a_command_the_platform_let_expire_is_sent_again_when_the_meter_is_back(
     with system.new_uow() as uow:
         statuses = [uow.carriers.command(CarrierPlatform.CTWING, str(n)).status.value for n in (1, 2)]
     assert statuses == ["EXPIRED", "DELIVERED"]
+
+
+def test_a_meter_model_without_mac_is_taken_only_through_its_own_registered_device(platform):
+    system, clock = platform.system, platform.system.clock
+    plain_serial, plain_device = "00000000000003", "b7e1c0d2a3f4e5d6c7b8a9f0e1d2c3b4"
+    accounts.open_account(
+        accounts.OpenAccount("4301000003", "李四", "蒸湘区 2 栋 202", "华新苑", "G-01", "13812345679", plain_serial, MeterKind.IOT, meter_model="carrier-plain"),
+        system.new_uow(), actor="test",
+    )  # fmt: skip
+    plain = SimulatedMeter(plain_serial)  # no key: its frames carry no MAC
+    carriers.register_device(CarrierDevice(plain_serial, CarrierPlatform.CTWING, plain_device, PRODUCT_ID, "", DAY_S, clock.now()), system.new_uow(), actor="test", ttl_margin_s=MARGIN_S)
+
+    through_its_device = httpx.post(platform.push_url, content=report_push(plain.report(clock.now()), device_id=plain_device))
+    assert through_its_device.json()["taken"] is True  # the platform vouches for its device, the secret for the platform
+    through_another = httpx.post(platform.push_url, content=report_push(plain.report(clock.now()), device_id=DEVICE_ID, timestamp_ms=1_795_000_000_001))
+    assert through_another.json()["code"] == "CARRIER_SERIAL_MISMATCH"
+    over_the_broker = handle_uplink(plain_serial, plain.report(clock.now()), system.new_uow())  # no carrier: no MAC, no belief
+    assert not over_the_broker.accepted and over_the_broker.what.startswith("FRAME_MAC_REQUIRED")
