@@ -292,3 +292,13 @@ def test_a_meter_model_without_mac_is_taken_only_through_its_own_registered_devi
     assert through_another.json()["code"] == "CARRIER_SERIAL_MISMATCH"
     over_the_broker = handle_uplink(plain_serial, plain.report(clock.now()), system.new_uow())  # no carrier: no MAC, no belief
     assert not over_the_broker.accepted and over_the_broker.what.startswith("FRAME_MAC_REQUIRED")
+
+
+def test_push_keys_are_kept_a_week_then_forgotten(platform):
+    body = report_push(platform.meter.report(platform.system.clock.now()))
+    assert httpx.post(platform.push_url, content=body).json()["duplicate"] is False
+    platform.system.clock.advance(timedelta(days=6).total_seconds())
+    assert carriers.forget_old_pushes(platform.system.new_uow()) == 0
+    assert httpx.post(platform.push_url, content=body).json()["duplicate"] is True
+    platform.system.clock.advance(timedelta(days=2).total_seconds())
+    assert carriers.forget_old_pushes(platform.system.new_uow()) == 1

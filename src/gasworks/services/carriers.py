@@ -11,6 +11,7 @@ model without MAC through only here). A command's platform status moves a sent c
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import structlog
 
@@ -32,6 +33,7 @@ log = structlog.get_logger(__name__)
 
 TAKEN = "TAKEN"
 IN_PROGRESS = "PUSH_IN_PROGRESS"
+PUSH_KEYS_KEPT_S = 7 * 86_400  # CTWing retries within minutes; a week of keys recognises any retry
 
 
 @dataclass(frozen=True)
@@ -157,3 +159,11 @@ def _refuse(new_uow: Callable[[], UnitOfWork], push: CarrierPush, code: str, rea
         uow.commit()
     log.warning("carrier_push_refused", platform=push.platform.value, device_id=push.device_id, code=code, reason=reason)
     return PushOutcome(False, code, reason)
+
+
+def forget_old_pushes(uow: UnitOfWork) -> int:
+    """Keys of pushes too old for any retry to come back: the watchdog drops them, so the table stays bounded."""
+    with uow:
+        forgotten = uow.carriers.forget_pushes_before(uow.clock.now() - timedelta(seconds=PUSH_KEYS_KEPT_S))
+        uow.commit()
+        return forgotten

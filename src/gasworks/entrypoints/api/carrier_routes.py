@@ -19,6 +19,7 @@ from gasworks.adapters.meters.carriers import ctwing
 from gasworks.bootstrap import System
 from gasworks.domain.errors import GasworksError, NotFound
 from gasworks.entrypoints.api.edge import facts_of
+from gasworks.observability import carrier_pushes
 from gasworks.services import carriers
 
 PUSH_SECRET_CHARS_MIN = 32
@@ -53,6 +54,7 @@ def carrier_routes(system: System, read_body: Callable) -> APIRouter:
         outcome = await run_in_threadpool(carriers.take_push, push, system.new_uow)
         if outcome.code == carriers.IN_PROGRESS:
             raise PushInProgress(outcome.what)
+        carrier_pushes.labels(push.platform.value, "DUPLICATE" if outcome.duplicate else outcome.code).inc()
         return JSONResponse({"taken": outcome.taken, "code": outcome.code, "duplicate": outcome.duplicate, "what": outcome.what[:300]})
 
     return router

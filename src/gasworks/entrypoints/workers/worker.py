@@ -24,6 +24,7 @@ from gasworks.adapters.meters.transport import Backoff, LoopbackTransport, MqttT
 from gasworks.bootstrap import System
 from gasworks.domain.meter_security import DEFAULT_METER_MODEL
 from gasworks.observability import uplinks_waiting, watchdog_last_run, watchdog_runs
+from gasworks.services.carriers import forget_old_pushes
 from gasworks.services.delivery import dispatch_meter, handle_uplink, watch_deliveries
 from gasworks.services.intake import forget_old_nonces
 
@@ -95,6 +96,7 @@ class Worker:
     def watch(self) -> None:
         report = watch_deliveries(self.system.new_uow, batch_max=self.system.settings.worker_batch_max)
         forget_old_nonces(self.system.new_uow(), skew_s=self.system.settings.notification_clock_skew_s)
+        forget_old_pushes(self.system.new_uow())  # carrier platforms' push keys past any retry
         self._last_watch = time.monotonic()
         watchdog_runs.inc()
         watchdog_last_run.set_to_current_time()
