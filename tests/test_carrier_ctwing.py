@@ -302,3 +302,13 @@ def test_push_keys_are_kept_a_week_then_forgotten(platform):
     assert httpx.post(platform.push_url, content=body).json()["duplicate"] is True
     platform.system.clock.advance(timedelta(days=2).total_seconds())
     assert carriers.forget_old_pushes(platform.system.new_uow()) == 1
+
+
+def test_a_status_for_a_command_not_yet_known_asks_the_platform_to_come_back(platform):
+    status = {"timestamp": 1_795_000_000_000, "tenantId": "10000001", "protocol": "lwm2m", "productId": PRODUCT_ID, "messageType": "commandResponse",
+              "deviceId": DEVICE_ID, "taskId": 77, "result": {"resultCode": "DELIVERED", "resultDetail": ""}}  # fmt: skip
+    first = httpx.post(platform.push_url, content=json.dumps(status).encode())
+    assert first.status_code == 503 and first.json()["error"]["code"] == "CARRIER_COMMAND_NOT_YET_KNOWN"  # the send may still be committing
+    retry = httpx.post(platform.push_url, content=json.dumps(status).encode())
+    assert retry.status_code == 503  # not claimed: a retry is judged afresh, never answered "duplicate"
+    assert {r["code"] for r in platform.rejections()} == {"CARRIER_COMMAND_NOT_YET_KNOWN"}

@@ -25,7 +25,7 @@ from gasworks.domain.carriers import (
     check_registration,
 )
 from gasworks.domain.delivery import CommandState
-from gasworks.domain.errors import Conflict, NotFound
+from gasworks.domain.errors import Conflict, GasworksError, NotFound
 from gasworks.services.delivery import handle_uplink
 from gasworks.services.unit_of_work import UnitOfWork
 
@@ -34,6 +34,14 @@ log = structlog.get_logger(__name__)
 TAKEN = "TAKEN"
 IN_PROGRESS = "PUSH_IN_PROGRESS"
 PUSH_KEYS_KEPT_S = 7 * 86_400  # CTWing retries within minutes; a week of keys recognises any retry
+
+
+class CommandNotYetKnown(GasworksError):
+    """A status for a platform command gasworks has no record of (yet: the send that created it may
+    still be committing). Not taken: the platform is asked to come back, and retries a few times."""
+
+    code = "CARRIER_COMMAND_NOT_YET_KNOWN"
+    http_status = 503
 
 
 @dataclass(frozen=True)
@@ -73,7 +81,7 @@ def take_push(push: CarrierPush, new_uow: Callable[[], UnitOfWork]) -> PushOutco
     try:
         result = _take(push, new_uow)
     except Exception:
-        with new_uow() as uow:  # unexpected: let the platform's retry be taken afresh
+        with new_uow() as uow:  # not taken (not yet known, or unexpected): the platform's retry is taken afresh
             uow.carriers.release_push(push.platform, push.dedup_key)
             uow.commit()
         raise
@@ -128,8 +136,10 @@ def _take_command_status(push: CarrierPush, device: CarrierDevice, new_uow: Call
     with new_uow() as uow:
         now = uow.clock.now()
         command = uow.carriers.command(push.platform, push.task_id)
-        if command is None or command.serial != device.serial:
-            return _refuse(new_uow, push, "UNKNOWN_CARRIER_COMMAND", f"{push.platform} command {push.task_id} was not created by gasworks for device {push.device_id}")
+        if command is None:
+            raise CommandNotYetKnown(f"{push.platform} command {push.task_id} for device {push.device_id} is not (yet) known to gasworks")
+        if command.serial != device.serial:
+            return _refuse(new_uow, push, "UNKNOWN_CARRIER_COMMAND", f"{push.platform} command {push.task_id} was created by gasworks for another device than {push.device_id}")
         if push.status is None:
             return PushOutcome(True, TAKEN, f"command status {push.status_text!r} is not one gasworks knows: kept as it was")
         uow.carriers.set_command_status(push.platform, command.command_id, push.status, now)
