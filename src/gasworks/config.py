@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     ctwing_master_key: str = ""
     ctwing_push_secret: str = ""  # the secret in POST /v1/carriers/ctwing/{secret}/push; under 32 characters, every push is refused
     ctwing_operator: str = "gasworks"
+    onenet_push_token: str = ""  # OneNET signs pushes with it; under 16 characters, every push is refused
     carrier_report_interval_s: int = 24 * 3600  # a registered meter's report interval unless given
     carrier_command_ttl_margin_s: int = 2 * 3600  # a cached command lives one report interval and this
     carrier_push_bytes_max: int = 8 * 1024

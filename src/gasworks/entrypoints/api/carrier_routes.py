@@ -1,4 +1,4 @@
-"""Pushes from carrier platforms: `POST /v1/carriers/ctwing/{secret}/push`.
+"""Pushes from carrier platforms: `POST /v1/carriers/ctwing/{secret}/push`, `POST /v1/carriers/onenet/push`.
 
 CTWing signs nothing it pushes, so the subscription URL holds a secret (`ctwing_push_secret`, at
 least 32 characters) and this endpoint answers anything else with 404, recorded like every
@@ -6,17 +6,21 @@ refusal (the edge keeps the path with the secret segment blanked). A push that p
 200 whatever became of the frame inside, since a retry could not change it: the platform retries
 anything but 200, and a refused frame is recorded where refusals are kept, not retried into
 noise. A retry of a push already taken gets 200 and changes nothing.
+
+OneNET signs its pushes with the token configured on both sides (`onenet_push_token`): a push whose
+signature does not verify is 403 `PUSH_SIGNATURE_INVALID`, recorded, before anything in it is read.
 """
 
 import hmac
 from collections.abc import Callable
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
-from gasworks.adapters.meters.carriers import ctwing
+from gasworks.adapters.meters.carriers import ctwing, onenet
 from gasworks.bootstrap import System
+from gasworks.domain.carriers import CarrierPush
 from gasworks.domain.errors import GasworksError, NotFound
 from gasworks.entrypoints.api.edge import facts_of
 from gasworks.observability import carrier_pushes
@@ -50,7 +54,24 @@ def carrier_routes(system: System, read_body: Callable) -> APIRouter:
         if not push_secret_matches(secret, settings.ctwing_push_secret):
             raise NotFound("no such push URL", code="UNKNOWN_PUSH_URL")
         body = await read_body(request, settings.carrier_push_bytes_max)
-        push = ctwing.parse_push(body)
+        return await take(ctwing.parse_push(body))
+
+    @router.post("/v1/carriers/onenet/push", tags=["carriers"], summary="OneNET data push, signed with the token configured on both sides")
+    async def onenet_push(request: Request) -> JSONResponse:
+        facts = facts_of(request)
+        facts.channel_id, facts.channel_kind = "onenet", "carrier"
+        body = await read_body(request, settings.carrier_push_bytes_max)
+        return await take(onenet.parse_push(body, settings.onenet_push_token))
+
+    @router.get("/v1/carriers/onenet/push", tags=["carriers"], summary="OneNET's URL verification: answers msg when the signature verifies")
+    def onenet_verify_url(
+        request: Request,
+        msg: str = Query(max_length=onenet.MSG_CHARS_MAX), nonce: str = Query(max_length=onenet.NONCE_CHARS), signature: str = Query(max_length=64),
+    ) -> PlainTextResponse:  # fmt: skip
+        facts_of(request).channel_id = "onenet"
+        return PlainTextResponse(onenet.verify_url(settings.onenet_push_token, msg=msg, nonce=nonce, given=signature))
+
+    async def take(push: CarrierPush) -> JSONResponse:
         outcome = await run_in_threadpool(carriers.take_push, push, system.new_uow)
         if outcome.code == carriers.IN_PROGRESS:
             raise PushInProgress(outcome.what)
