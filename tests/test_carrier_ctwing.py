@@ -7,6 +7,7 @@ gasworks' real HTTP server, retrying anything but 200.
 
 import base64
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,6 +26,7 @@ from gasworks.domain.clock import FixedClock
 from gasworks.domain.delivery import CommandState
 from gasworks.domain.errors import InvalidInput
 from gasworks.entrypoints.api.app import create_app
+from gasworks.entrypoints.api.carrier_routes import keep_secrets_out_of_access_log
 from gasworks.entrypoints.workers.worker import Worker, make_transport
 from gasworks.services import accounts, carriers, meter_keys
 from gasworks.services.checks import check_ledger
@@ -312,3 +314,10 @@ def test_a_status_for_a_command_not_yet_known_asks_the_platform_to_come_back(pla
     retry = httpx.post(platform.push_url, content=json.dumps(status).encode())
     assert retry.status_code == 503  # not claimed: a retry is judged afresh, never answered "duplicate"
     assert {r["code"] for r in platform.rejections()} == {"CARRIER_COMMAND_NOT_YET_KNOWN"}
+
+
+def test_the_push_secret_never_reaches_the_access_log():
+    keep_secrets_out_of_access_log()
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d', ("1.2.3.4:5", "POST", f"/v1/carriers/ctwing/{PUSH_SECRET}/push", "1.1", 200), None)
+    assert all(f.filter(record) for f in logging.getLogger("uvicorn.access").filters)
+    assert PUSH_SECRET not in record.getMessage() and "/v1/carriers/ctwing/(secret)/push" in record.getMessage()

@@ -12,6 +12,7 @@ signature does not verify is 403 `PUSH_SIGNATURE_INVALID`, recorded, before anyt
 """
 
 import hmac
+import logging
 from collections.abc import Callable
 
 from fastapi import APIRouter, Query, Request
@@ -22,7 +23,7 @@ from gasworks.adapters.meters.carriers import ctwing, onenet
 from gasworks.bootstrap import System
 from gasworks.domain.carriers import CarrierPush
 from gasworks.domain.errors import GasworksError, NotFound
-from gasworks.entrypoints.api.edge import facts_of
+from gasworks.entrypoints.api.edge import facts_of, redacted_path
 from gasworks.observability import carrier_pushes
 from gasworks.services import carriers
 
@@ -43,7 +44,23 @@ def push_secret_matches(given: str, configured: str) -> bool:
     return hmac.compare_digest(given.encode(), configured.encode())
 
 
+class SecretlessAccessLog(logging.Filter):
+    """uvicorn's access log names every request's path: the push URL's secret is blanked there too."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) >= 3 and isinstance(record.args[2], str):
+            record.args = (*record.args[:2], redacted_path(record.args[2]), *record.args[3:])
+        return True
+
+
+def keep_secrets_out_of_access_log() -> None:
+    access_log = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, SecretlessAccessLog) for f in access_log.filters):
+        access_log.addFilter(SecretlessAccessLog())
+
+
 def carrier_routes(system: System, read_body: Callable) -> APIRouter:
+    keep_secrets_out_of_access_log()
     router = APIRouter()
     settings = system.settings
 
