@@ -75,6 +75,7 @@ TIME_HEADER = "x-ag-timestamp"
 DATA_TYPE_HEX = 2  # content.dataType: 1 a string, 2 hex digits
 COMMAND_LEVEL_DEVICE = 1
 REQUEST_TIMEOUT_S = 10.0
+CLOCK_SYNC_EVERY_S = 3600  # the platform's clock offset is measured again this often (and after any refusal)
 APPDATA_CHARS_MAX = 4 * ((cjt188.FRAME_BYTES_MAX + 2) // 3) + 4  # base64 of the largest frame
 TASK_ID_CHARS_MAX = 64
 STATUS_TEXT_CHARS_MAX = 40
@@ -117,6 +118,7 @@ class CtwingClient:
         self._http = httpx.Client(base_url=credentials.base_url.rstrip("/"), timeout=timeout_s)
         self._now_ms = now_ms or (lambda: int(time.time() * 1000))
         self.offset_ms: int | None = None  # None until the first successful sync
+        self.synced_at = float("-inf")  # time.monotonic() of the last sync
 
     def close(self) -> None:
         self._http.close()
@@ -133,10 +135,11 @@ class CtwingClient:
         if platform_ms is None:
             raise TransportError("CTWing time API gave neither x-ag-timestamp nor Date")
         self.offset_ms = platform_ms - (sent + received) // 2
+        self.synced_at = time.monotonic()
         return self.offset_ms
 
     def signed_headers(self, *, params: dict[str, str], body: str, version: str) -> dict[str, str]:
-        if self.offset_ms is None:
+        if self.offset_ms is None or time.monotonic() - self.synced_at > CLOCK_SYNC_EVERY_S:
             self.sync_clock()
         creds = self.credentials
         timestamp_ms = str(self._now_ms() + (self.offset_ms or 0))
@@ -172,6 +175,7 @@ class CtwingClient:
         except httpx.HTTPError as error:
             raise TransportError(f"CTWing unreachable: {error}") from None
         if answer.status_code != 200:
+            self.offset_ms = None
             raise TransportError(f"CTWing answered HTTP {answer.status_code}: {answer.text[:200]}")
         try:
             reply = answer.json()
@@ -180,6 +184,7 @@ class CtwingClient:
         except (ValueError, AttributeError):
             raise TransportError(f"CTWing answered something that is not its JSON: {answer.text[:200]}") from None
         if code != 0 or not command_id or len(command_id) > TASK_ID_CHARS_MAX:
+            self.offset_ms = None  # a refusal may be our clock drifting from the platform's: measure again next time
             raise TransportError(f"CTWing refused the command: code {code}, {str(reply.get('msg', ''))[:200]}")
         return CommandCreated(command_id, str(result.get("commandStatus", ""))[:STATUS_TEXT_CHARS_MAX])
 
