@@ -33,9 +33,13 @@ from gasworks.services import accounts, carriers, meter_keys
 from gasworks.services.checks import check_ledger
 from gasworks.services.delivery import handle_uplink
 from gasworks.services.intake import accept_payment
+from gasworks.sim.city import build_city
 from gasworks.sim.meter import SimulatedMeter
+from gasworks.sim.outcome import summarise
 from gasworks.sim.stubs.ctwing import CtwingStub
+from gasworks.sim.world import FaultRates, Simulation, simulation_start
 from tests.support import ACCOUNT_NO, served_in_thread, set_up
+from tests.test_simulation import assert_faults_caught_and_truth_kept
 
 SERIAL = "00000000000001"
 DEVICE_ID = "5f2c1a9e0b7d4c3f8e6a1b2c3d4e5f60"
@@ -322,3 +326,22 @@ def test_the_push_secret_never_reaches_the_access_log():
     record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d', ("1.2.3.4:5", "POST", f"/v1/carriers/ctwing/{PUSH_SECRET}/push", "1.1", 200), None)
     assert all(f.filter(record) for f in logging.getLogger("uvicorn.access").filters)
     assert PUSH_SECRET not in record.getMessage() and "/v1/carriers/ctwing/(secret)/push" in record.getMessage()
+
+
+def test_a_faulty_city_with_a_share_of_its_meters_behind_ctwing_keeps_the_money_and_the_truth(postgres_only_url):
+    start = simulation_start()
+    settings = Settings(database_url=postgres_only_url, watchdog_interval_s=10**9, ctwing_push_secret=PUSH_SECRET)
+    system = bootstrap(settings, clock=FixedClock(start))
+    sim = Simulation(system, build_city(60, seed=5), faults=FaultRates.preset("heavy"), start=start, ctwing_share=0.5)
+    try:
+        outcome = sim.run(4)
+        assert sim.ctwing is not None and len(sim.ctwing.device_of) > 5
+    finally:
+        sim.close()
+    report = summarise(sim, outcome, hotline="12319")
+    assert_faults_caught_and_truth_kept(outcome, report)
+    with system.new_uow() as uow:
+        assert uow.rejections.list(limit=10, channel_id="ctwing") == []
+        delivered = [uow.carriers.latest_command(serial, seq) for serial in sim.ctwing.device_of for seq in range(256)]
+    assert any(c is not None and c.status.value == "DELIVERED" for c in delivered)  # purchases went through the platform
+    system.engine.dispose()
