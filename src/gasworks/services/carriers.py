@@ -145,12 +145,13 @@ def _take_command_status(push: CarrierPush, device: CarrierDevice, new_uow: Call
         uow.carriers.set_command_status(push.platform, command.command_id, push.status, now)
         what = f"platform command {command.command_id}: {push.status.value.lower()}"
         if push.status in REACHED_MODULE:
-            uow.meters.get(device.serial, lock=True)  # the meter first, as everywhere
+            link = uow.meters.get(device.serial, lock=True)  # the meter first, as everywhere
             for sent in uow.meter_commands.for_meter(device.serial, states=frozenset({CommandState.SENT}), route=MeterKind.IOT):
                 if sent.frame_seq == command.frame_seq:
                     note = f"{push.platform}: delivered to the meter's module; applied only when the meter's own frame shows it"
                     sent.move_to(CommandState.DELIVERED, now, note)
                     sent.window_sends = max(sent.window_sends, 1)  # not sent again before a report newer than this delivery
+                    sent.next_send_at = (link.awake_until if link is not None else None) or now  # nor looked at again this wake
                     uow.meter_commands.save(sent, now)
                     what += f" (command #{sent.id} delivered, not yet applied)"
         elif push.status in (PlatformCommandStatus.EXPIRED, PlatformCommandStatus.FAILED):
