@@ -67,6 +67,17 @@ class Settings(BaseSettings):
     # Alipay's open API (adapters/channels/gateways/alipay.py); app_id and Alipay's public key are the channel's.
     alipay_gateway_url: str = "https://openapi.alipay.com/gateway.do"  # the stub's URL in tests and the demo
     alipay_app_private_key_file: str = ""  # our application's private key (应用私钥), PEM, readable by gasworks only
+    # Meters behind carrier platforms (README "Meters behind a carrier platform"). CTWing: empty base URL, no CTWing.
+    ctwing_base_url: str = ""  # https://ag-api.ctwing.cn
+    ctwing_app_key: str = ""
+    ctwing_app_secret: str = ""
+    ctwing_master_key: str = ""
+    ctwing_push_secret: str = ""  # the secret in POST /v1/carriers/ctwing/{secret}/push; under 32 characters, every push is refused
+    ctwing_operator: str = "gasworks"
+    onenet_push_token: str = ""  # OneNET signs pushes with it; under 16 characters, every push is refused
+    carrier_report_interval_s: int = 24 * 3600  # a registered meter's report interval unless given
+    carrier_command_ttl_margin_s: int = 2 * 3600  # a cached command lives one report interval and this
+    carrier_push_bytes_max: int = 8 * 1024
 
     @field_validator("payment_fen_max_by_channel", "payment_fen_max_by_class")
     @classmethod

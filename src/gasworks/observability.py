@@ -70,3 +70,8 @@ def configure_logging(*, json: bool = False, level: int = logging.INFO) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
+carrier_pushes = Counter(
+    "gasworks_carrier_pushes_total",
+    "Pushes from carrier platforms by outcome: TAKEN, DUPLICATE (a retry, nothing done again) or the refusal's code",
+    ["platform", "outcome"],
+)

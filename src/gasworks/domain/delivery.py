@@ -268,7 +268,8 @@ _LEGAL: dict[CommandState, frozenset[CommandState]] = {
         {CommandState.SENT, CommandState.WRITTEN_TO_CARD, CommandState.APPLIED, CommandState.EXPIRED, CommandState.CANCELLED}
     ),
     CommandState.SENT: frozenset({CommandState.SENT, CommandState.DELIVERED, CommandState.APPLIED, CommandState.FAILED, CommandState.EXPIRED}),
-    CommandState.DELIVERED: frozenset({CommandState.APPLIED}),
+    # Delivered to the meter's module by a carrier platform; a later report without its serial sends it again.
+    CommandState.DELIVERED: frozenset({CommandState.APPLIED, CommandState.SENT}),
     CommandState.WRITTEN_TO_CARD: frozenset({CommandState.APPLIED, CommandState.PENDING}),
     CommandState.FAILED: frozenset({CommandState.PENDING, CommandState.APPLIED, CommandState.CANCELLED}),
     CommandState.EXPIRED: frozenset({CommandState.PENDING, CommandState.APPLIED, CommandState.CANCELLED}),
@@ -425,6 +426,8 @@ def next_step(open_iot_commands: list[MeterCommand], *, awake_until: datetime | 
         return Wait("meter asleep: commands go when it next reports")
     in_flight = next((c for c in open_iot_commands if c.state in (CommandState.SENT, CommandState.DELIVERED)), None)
     if in_flight is not None:
+        if in_flight.state == CommandState.DELIVERED and in_flight.window_sends > 0:
+            return Wait("delivered to the meter's module by its carrier platform; the meter's own word decides")
         if in_flight.window_sends >= policy.sends_per_wake_max:
             return Wait(f"no acknowledgement after {in_flight.window_sends} sends; the meter's next report decides")
         if in_flight.next_send_at is not None and now < in_flight.next_send_at:

@@ -495,7 +495,14 @@ def dispatch_meter(serial: str, uow: UnitOfWork, publisher: Publisher) -> MeterC
         if not isinstance(step, Send):
             return None
         command = step.command
-        publisher.publish(serial, frame_for(command, uow, link.seq_modulus))  # before commit: a resend is harmless, a lost send is not
+        frame = frame_for(command, uow, link.seq_modulus)
+        # Before commit: a resend is harmless, a lost send is not. A carrier platform's transport sends
+        # within this unit of work, so the command it creates there is recorded with the send.
+        publish_in = getattr(publisher, "publish_in", None)
+        if publish_in is not None:
+            publish_in(serial, frame, uow)
+        else:
+            publisher.publish(serial, frame)
         mark_sent(command, at=now, policy=uow.delivery)
         uow.meter_commands.save(command, now)
         uow.commit()

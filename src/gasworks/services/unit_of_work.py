@@ -8,6 +8,7 @@ from gasworks.domain.clock import Clock
 from gasworks.domain.delivery import DeliveryPolicy
 from gasworks.domain.money import PaymentCeiling
 from gasworks.services import ports
+from gasworks.services.carrier_ports import CarrierRegistry
 
 
 class UnitOfWork(Protocol):
@@ -34,6 +35,7 @@ class UnitOfWork(Protocol):
     meter_keys: ports.MeterKeysRepository
     statements: ports.StatementsRepository
     reconciliations: ports.ReconciliationsRepository
+    carriers: CarrierRegistry
 
     def __enter__(self) -> "UnitOfWork": ...
     def __exit__(self, *exc: object) -> None: ...

@@ -42,6 +42,7 @@ from gasworks.services import access, accounts, channels, kiosks, meter_keys
 from gasworks.services.access import Role
 from gasworks.services.kiosks import distance_m
 from gasworks.services.recovery import recover_unnotified_orders
+from gasworks.sim.carrier_fleet import CtwingFleet
 from gasworks.sim.city import KIOSK_OPENING_HOURS, City, Household, season_factor_percent
 from gasworks.sim.fleet import MqttFleet
 
@@ -155,6 +156,14 @@ class FlakyTransport:
             raise TransportError("broker away (simulated outage)")
         self.inner.publish(serial, payload)
 
+    def publish_in(self, serial: str, payload: bytes, uow) -> None:  # noqa: ANN001 - the dispatcher's unit of work
+        """As `publish`, within the dispatcher's unit of work when the inner transport wants it (meters on CTWing)."""
+        publish_in = getattr(self.inner, "publish_in", None)
+        if publish_in is None or self.is_down():
+            self.publish(serial, payload)
+        else:
+            publish_in(serial, payload, uow)
+
     def start(self) -> None:
         self.inner.start()
 
@@ -169,7 +178,7 @@ QUIET_S = 0.05  # over MQTT, this long without a frame means the meters and the 
 class Simulation:
     def __init__(
         self, system: System, city: City, *, faults: FaultRates, start: datetime, mqtt_url: str | None = None,
-        fleet_mqtt_url: str | None = None, mqtt_topic_prefix: str | None = None, habits: GasOffHabits | None = None,
+        fleet_mqtt_url: str | None = None, mqtt_topic_prefix: str | None = None, habits: GasOffHabits | None = None, ctwing_share: float = 0.0,
     ) -> None:
         """`mqtt_url` is gasworks' (the worker's) connection; on a closed broker the simulated meters
         speak through `fleet_mqtt_url` (the `fleet` user) under the broker's `mqtt_topic_prefix`."""
@@ -211,10 +220,17 @@ class Simulation:
             self.fleet = MqttFleet(fleet_mqtt_url or mqtt_url, prefix=prefix, meters=[h.meter for h in iot])
             self.transport.start()
             self.fleet.start()
+        self.ctwing: CtwingFleet | None = None
+        if ctwing_share > 0:  # this share of IoT meters sits behind the local CTWing platform (sim/carrier_fleet.py)
+            pick = random.Random(city.seed * 31 + 7)
+            self.ctwing = CtwingFleet(system, [h for h in iot if pick.random() < ctwing_share], rng=pick)
+            self.transport.inner = self.ctwing.route(self.transport.inner)
         self.worker = Worker(system, self.transport)
 
     def close(self) -> None:
-        """Disconnect from the broker, if any."""
+        """Disconnect from the broker and the CTWing stub, if any."""
+        if self.ctwing is not None:
+            self.ctwing.close()
         if self.fleet is not None:
             self.fleet.stop()
             self.transport.stop()
@@ -367,6 +383,10 @@ class Simulation:
             h.meter.acks_to_lose = 1
             self.outcome.faults_injected["meter acknowledgement lost"] += 1
         h.meter.alarms = Alarm.LOW_BATTERY if h.meter.battery_mv < 3_350 else Alarm(0)
+        if self.ctwing is not None and self.ctwing.has(h.serial):  # reports and answers through the platform's pushes
+            self.ctwing.wake(h.serial, self.settle)
+            self._asleep_again(h)
+            return
         if self.fleet is not None:
             if not self.wake_batch:
                 self.at(now + WAKE_SLOT, "wake slot", self._wake_slot)

@@ -80,7 +80,9 @@ class Meters:
                     mc.c.route == MeterKind.IOT.value,
                     or_(
                         mc.c.state == CommandState.PENDING.value,
-                        and_(mc.c.state.in_([CommandState.SENT.value, CommandState.DELIVERED.value]), mc.c.next_send_at <= now),
+                        # In flight: due after its ack wait, or at once when a new report opened a window
+                        # (next_send_at cleared): a report pushed by a carrier platform reaches no worker's queue.
+                        and_(mc.c.state.in_([CommandState.SENT.value, CommandState.DELIVERED.value]), or_(mc.c.next_send_at <= now, mc.c.next_send_at.is_(None))),
                     ),
                 )
                 .exists(),

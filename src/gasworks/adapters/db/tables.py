@@ -457,3 +457,46 @@ discrepancies = Table(
     Column("resolution", String(300)),
 )
 Index("ix_discrepancies_state_class", discrepancies.c.state, discrepancies.c["class"])
+
+# ---- meters behind a carrier platform (adapters/db/carriers.py, domain/carriers.py) -----------------
+
+carrier_devices = Table(
+    "carrier_devices",
+    metadata,
+    Column("serial", ForeignKey("meters.serial"), primary_key=True),  # a meter is on one platform at most
+    Column("platform", String(12), nullable=False),
+    Column("device_id", String(64), nullable=False),
+    Column("product_id", String(32), nullable=False),
+    Column("imei", String(20), nullable=False),
+    Column("report_interval_s", Integer, nullable=False),
+    Column("registered_at", UtcDateTime, nullable=False),
+    Column("online", Boolean),
+    Column("online_changed_at", UtcDateTime),
+    # A platform's device is bound to one meter: a push from it speaks for that meter only.
+    UniqueConstraint("platform", "device_id", name="uq_carrier_devices_platform_device_id"),
+)
+
+carrier_pushes = Table(
+    "carrier_pushes",
+    metadata,
+    Column("platform", String(12), primary_key=True),
+    Column("dedup_key", String(64), primary_key=True),  # a platform's retry of a push has the same key
+    Column("received_at", UtcDateTime, nullable=False, index=True),
+    Column("kind", String(40), nullable=False),
+    Column("device_id", String(64), nullable=False),
+    Column("outcome", String(40)),  # None while being taken; then TAKEN or the refusal's code
+)
+
+carrier_commands = Table(
+    "carrier_commands",
+    metadata,
+    Column("platform", String(12), primary_key=True),
+    Column("command_id", String(64), primary_key=True),
+    Column("serial", ForeignKey("meters.serial"), nullable=False),
+    Column("frame_seq", Integer, nullable=False),
+    Column("ttl_s", Integer, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("status", String(12), nullable=False),
+    Column("status_at", UtcDateTime, nullable=False),
+)
+Index("ix_carrier_commands_serial_frame_seq", carrier_commands.c.serial, carrier_commands.c.frame_seq)

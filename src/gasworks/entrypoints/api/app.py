@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gasworks.bootstrap import System
 from gasworks.domain.errors import GasworksError
 from gasworks.entrypoints.api.audit_routes import audit_routes
+from gasworks.entrypoints.api.carrier_routes import carrier_routes
 from gasworks.entrypoints.api.channel_routes import channel_routes
 from gasworks.entrypoints.api.common import ERROR_RESPONSES, Callers, error_response, read_body
 from gasworks.entrypoints.api.delivery_routes import delivery_routes
@@ -62,6 +63,7 @@ def create_app(system: System) -> FastAPI:
     app.include_router(delivery_routes(system, caller, ERROR_RESPONSES))
     app.include_router(resident_routes(system))
     app.include_router(reconciliation_routes(system, caller, ERROR_RESPONSES, read_body))
+    app.include_router(carrier_routes(system, read_body))
     return app
 
 

@@ -84,6 +84,14 @@ def family_of(path: str) -> tuple[str, str | None]:
     return (parts[0][:40] if parts else "api"), None
 
 
+def redacted_path(path: str) -> str:
+    """A carrier's push URL holds its secret (/v1/carriers/<platform>/<secret>/push): never kept."""
+    parts = path.split("/")
+    if len(parts) > 4 and parts[1:3] == ["v1", "carriers"]:
+        parts[4] = "(secret)"
+    return "/".join(parts)
+
+
 class Edge:
     """Pure ASGI middleware: bounds bodies, records and counts refusals before they are answered."""
 
@@ -194,7 +202,7 @@ class Edge:
             body_sha256=facts.body_sha256.hexdigest() if facts.body_complete else None,
             request_summary={
                 "method": scope.get("method", ""),
-                "path": scope.get("path", "")[:300],
+                "path": redacted_path(scope.get("path", ""))[:300],
                 "query": scope.get("query_string", b"")[:300].decode("latin-1"),
                 "status": status,
                 "headers": {k: v for k, v in headers.items() if k.startswith(SUMMARY_HEADERS)},

@@ -1,5 +1,6 @@
 """`gasworks demo`: a simulated city runs through the real gasworks, then the outcome is shown."""
 
+import secrets
 import time
 from collections import Counter
 from datetime import date, datetime, timedelta
@@ -82,6 +83,7 @@ def demo(
     mqtt_url: Annotated[str | None, typer.Option("--mqtt-url", help="Meters talk through this broker instead of in-process.")] = None,
     fleet_mqtt_url: Annotated[str | None, typer.Option("--fleet-mqtt-url", help="On a closed broker: the simulated meters' `fleet` URL (--mqtt-url is the worker's).")] = None,
     mqtt_topic_prefix: Annotated[str | None, typer.Option("--mqtt-topic-prefix", help="On a closed broker: the prefix it was provisioned for (default: a random one).")] = None,
+    ctwing_share: Annotated[float, typer.Option("--ctwing-share", min=0.0, max=1.0, help="Share of IoT meters behind the local CTWing platform stub (e.g. 0.2).")] = 0.0,
 ) -> None:
     """Simulate a city for a month through the real gasworks and show what reached the meters."""
     try:
@@ -93,17 +95,19 @@ def demo(
     started = time.perf_counter()
     _fresh_database(database_url)
     begin = datetime(first_day.year, first_day.month, first_day.day, tzinfo=LOCAL)
-    settings = Settings(database_url=database_url, watchdog_interval_s=10**9)
+    settings = Settings(database_url=database_url, watchdog_interval_s=10**9, ctwing_push_secret=secrets.token_urlsafe(32) if ctwing_share else "")
     engine = make_engine(database_url, sqlite_synchronous="NORMAL")  # a demo city, not money of record
     upgrade(engine)
     system = bootstrap(settings, clock=FixedClock(begin), engine=engine)
     city = build_city(households, seed=seed, iot_percent=iot_percent)
     out.print(f"[bold]gasworks demo[/]: {households:,} households ({iot_percent}% IoT meters), {days} days from {first_day}, seed {seed}, faults {faults}")
     meters = f"MQTT at {mqtt_url.split('@')[-1]} (wakes grouped in 10-minute slots)" if mqtt_url else "in-process transport"
+    if ctwing_share:
+        meters += f"; {ctwing_share:.0%} of IoT meters through a local CTWing platform (signed API, commands cached until the meter wakes)"
     out.print(f"  records: {make_url(database_url).render_as_string(hide_password=True)}; meters: {meters}; time: virtual")
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=out) as progress:
         setting_up = progress.add_task("opening accounts", total=None)
-        sim = Simulation(system, city, faults=rates, start=begin, mqtt_url=mqtt_url, fleet_mqtt_url=fleet_mqtt_url, mqtt_topic_prefix=mqtt_topic_prefix)
+        sim = Simulation(system, city, faults=rates, start=begin, mqtt_url=mqtt_url, fleet_mqtt_url=fleet_mqtt_url, mqtt_topic_prefix=mqtt_topic_prefix, ctwing_share=ctwing_share)
         progress.remove_task(setting_up)
         task = progress.add_task("simulating days", total=days)
         try:

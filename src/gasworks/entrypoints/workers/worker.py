@@ -18,11 +18,13 @@ import psycopg
 import structlog
 
 from gasworks.adapters.db.delivery import METER_WORK_CHANNEL
+from gasworks.adapters.meters.carriers.routing import with_carriers
 from gasworks.adapters.meters.frame_security import require_schemes_in_use
 from gasworks.adapters.meters.transport import Backoff, LoopbackTransport, MqttTransport, TransportError, Uplinks
 from gasworks.bootstrap import System
 from gasworks.domain.meter_security import DEFAULT_METER_MODEL
 from gasworks.observability import uplinks_waiting, watchdog_last_run, watchdog_runs
+from gasworks.services.carriers import forget_old_pushes
 from gasworks.services.delivery import dispatch_meter, handle_uplink, watch_deliveries
 from gasworks.services.intake import forget_old_nonces
 
@@ -38,6 +40,10 @@ class Transport(Protocol):
 
 
 def make_transport(system: System) -> Transport:
+    return with_carriers(_meter_transport(system), system.settings, system.new_uow)  # meters on CTWing go through it
+
+
+def _meter_transport(system: System) -> Transport:
     settings = system.settings
     if settings.mqtt_url:
         return MqttTransport(
@@ -90,6 +96,7 @@ class Worker:
     def watch(self) -> None:
         report = watch_deliveries(self.system.new_uow, batch_max=self.system.settings.worker_batch_max)
         forget_old_nonces(self.system.new_uow(), skew_s=self.system.settings.notification_clock_skew_s)
+        forget_old_pushes(self.system.new_uow())  # carrier platforms' push keys past any retry
         self._last_watch = time.monotonic()
         watchdog_runs.inc()
         watchdog_last_run.set_to_current_time()

@@ -11,7 +11,7 @@ a meter without a delivery model takes its frame-security model. meter_frame_sec
 Also: meters.credit_fen (a money meter's balance) and kiosks.opening_hours.
 
 Revision ID: 0011
-Revises: 0008
+Revises: 0010
 """
 from datetime import UTC, datetime
 
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0011'
-down_revision = '0008'
+down_revision = '0010'
 branch_labels = None
 depends_on = None
 

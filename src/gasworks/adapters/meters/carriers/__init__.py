@@ -1,0 +1,1 @@
+"""Meter transports through NB-IoT carrier platforms' northbound APIs (CTWing first)."""
