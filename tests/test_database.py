@@ -14,7 +14,7 @@ from tests.support import ACCOUNT_NO, WALLET_SECRET, set_up
 
 def test_migrations_reach_head_and_are_idempotent(system):
     upgrade(system.engine)
-    assert current_revision(system.engine) == "0008"
+    assert current_revision(system.engine) == "0009"
 
 
 @pytest.mark.parametrize("statement", ["UPDATE ledger_entries SET amount_fen = amount_fen + 1", "DELETE FROM ledger_entries", "DELETE FROM audit_log", "UPDATE payment_events SET note = 'x'", "UPDATE meter_command_events SET note = 'x'"])

@@ -6,6 +6,7 @@ from sqlalchemy import Connection, Engine
 
 from gasworks.adapters.db import delivery as delivery_repos
 from gasworks.adapters.db import meter_keys as meter_key_repos
+from gasworks.adapters.db import outbound as outbound_repos
 from gasworks.adapters.db import reconciliation as reconciliation_repos
 from gasworks.adapters.db import repositories as repos
 from gasworks.domain.clock import Clock
@@ -54,6 +55,7 @@ class SqlUnitOfWork:
         self.meter_keys = meter_key_repos.MeterKeys(c, site_key=self.site_key, now=self.clock.now)
         self.statements = reconciliation_repos.Statements(c)
         self.reconciliations = reconciliation_repos.Reconciliations(c)
+        self.outbound = outbound_repos.Outbound(c)
         return self
 
     def __exit__(
