@@ -26,11 +26,12 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from gasworks.domain.delivery import AlertKind
-from gasworks.domain.errors import Conflict, GasworksError
+from gasworks.domain.errors import Conflict, GasworksError, InvalidInput
 from gasworks.domain.outbound import Backoff, JobKind, JobState, OutboundJob
 from gasworks.domain.payments import Payment, PaymentOrder, PaymentState
 from gasworks.services import reconciliation
 from gasworks.services.channel_gateway import ChannelGateway, GatewayError, OrderStatus, RefundAnswer, RefundRequest, RefundState
+from gasworks.services.channels import require_channel
 from gasworks.services.holds import confirm_refund
 from gasworks.services.intake import AuditNote, accept_payment
 from gasworks.services.unit_of_work import UnitOfWork
@@ -306,3 +307,21 @@ def _alert(uow_factory: Callable[[], UnitOfWork], kind: AlertKind, subject: str,
             report.alerts.append(f"{kind}:{subject}")
         uow.commit()
     log.warning("channel_job_alert", kind=str(kind), subject=subject, reason=reason[:200])
+
+
+# ---- configuration -------------------------------------------------------------------------------
+
+GATEWAY_URL_CHARS_MAX = 300
+
+
+def configure_gateway(channel_id: str, base_url: str, *, uow: UnitOfWork, actor: str) -> None:
+    """Where the channel's API is (production, its sandbox, or a local stub). Audited."""
+    base_url = base_url.strip().rstrip("/")
+    if not base_url.startswith(("https://", "http://")) or not 8 < len(base_url) <= GATEWAY_URL_CHARS_MAX or any(c.isspace() for c in base_url):
+        raise InvalidInput(f"a gateway base URL is http(s)://host[:port][/path], at most {GATEWAY_URL_CHARS_MAX} characters", code="INVALID_URL")
+    with uow:
+        require_channel(uow, channel_id)
+        now = uow.clock.now()
+        uow.outbound.set_gateway_url(channel_id, base_url, now)
+        uow.audit.append(at=now, actor=actor, action="channel.gateway", subject=f"channel:{channel_id}", detail={"base_url": base_url})
+        uow.commit()

@@ -13,6 +13,7 @@ from gasworks.domain.channels import ChannelKind, KeyPurpose
 from gasworks.domain.meter_security import DEFAULT_METER_MODEL
 from gasworks.domain.money import fen_to_yuan_text
 from gasworks.entrypoints.cli.broker_commands import register as register_broker
+from gasworks.entrypoints.cli.channel_call_commands import register as register_channel_calls
 from gasworks.entrypoints.cli.common import DatabaseUrl, cli_actor, cli_errors, err, out, system
 from gasworks.entrypoints.cli.delivery_commands import register as register_delivery
 from gasworks.entrypoints.cli.reconcile_commands import register as register_reconciliation
@@ -237,4 +238,5 @@ def accounts_show(account_no: str, database_url: DatabaseUrl = None) -> None:
 register_delivery(app)
 register_reconciliation(app)
 register_broker(app)
+register_channel_calls(app, channels_app)
 app.command()(soak)
