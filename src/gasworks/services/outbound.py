@@ -232,11 +232,6 @@ def fetch_due_statements(uow_factory: Callable[[], UnitOfWork], gateway_for: Gat
             job = _job(uow, JobKind.STATEMENT, f"{channel_id}:{day.isoformat()}", channel_id, now)
             if job.is_due(now):
                 due.append(job)
-            if local.hour >= policy.statement_late_hour and job.state == JobState.WAITING:
-                why = f"{channel_id}'s statement for {day} is not imported by {policy.statement_late_hour}:00 Beijing time; last: {job.last_outcome or 'not asked yet'}"
-                if uow.alerts.raise_once(kind=AlertKind.STATEMENT_LATE, subject=f"statement:{job.subject}", reason=why, at=now):
-                    report.alerts.append(f"{AlertKind.STATEMENT_LATE}:{job.subject}")
-        uow.commit()
     for job in due:
         gateway = gateway_for(job.channel_id)
         if gateway is None:
@@ -257,6 +252,22 @@ def fetch_due_statements(uow_factory: Callable[[], UnitOfWork], gateway_for: Gat
             uow.alerts.clear(kind=AlertKind.STATEMENT_LATE, subject=f"statement:{job.subject}", at=uow.clock.now(), resolved_by=ACTOR, resolution=f"imported as file {fetched.file_id}")
             uow.commit()
         _finished(uow_factory, JobKind.STATEMENT, job.subject, job.channel_id, f"file {fetched.file_id}, {fetched.lines} lines, {fetched.checked}; verdict {fetched.report.verdict}")
+    if local.hour >= policy.statement_late_hour:
+        _alert_late_statements(uow_factory, day, policy, report)
+    return report
+
+
+def _alert_late_statements(uow_factory: Callable[[], UnitOfWork], day: date, policy: OutboundPolicy, report: PassReport) -> None:
+    with uow_factory() as uow:
+        now = uow.clock.now()
+        for channel_id in uow.outbound.gateway_channels():
+            job = _job(uow, JobKind.STATEMENT, f"{channel_id}:{day.isoformat()}", channel_id, now)
+            if job.state == JobState.DONE:
+                continue
+            why = f"{channel_id}'s statement for {day} is not imported by {policy.statement_late_hour}:00 Beijing time; last: {job.last_outcome or 'not asked yet'}"
+            if uow.alerts.raise_once(kind=AlertKind.STATEMENT_LATE, subject=f"statement:{job.subject}", reason=why, at=now):
+                report.alerts.append(f"{AlertKind.STATEMENT_LATE}:{job.subject}")
+        uow.commit()
 
 
 # ---- job bookkeeping -----------------------------------------------------------------------------
