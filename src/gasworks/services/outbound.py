@@ -329,7 +329,7 @@ def configure_gateway(channel_id: str, base_url: str, *, uow: UnitOfWork, actor:
     """Where the channel's API is (production, its sandbox, or a local stub). Audited."""
     base_url = base_url.strip().rstrip("/")
     if not base_url.startswith(("https://", "http://")) or not 8 < len(base_url) <= GATEWAY_URL_CHARS_MAX or any(c.isspace() for c in base_url):
-        raise InvalidInput(f"a gateway base URL is http(s)://host[:port][/path], at most {GATEWAY_URL_CHARS_MAX} characters", code="INVALID_URL")
+        raise InvalidInput(f"a gateway base URL is http:// or https:// then host, port and path, at most {GATEWAY_URL_CHARS_MAX} characters", code="INVALID_URL")
     with uow:
         require_channel(uow, channel_id)
         now = uow.clock.now()

@@ -4,6 +4,7 @@ from datetime import date
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from gasworks.domain.errors import InvalidInput
@@ -72,7 +73,7 @@ def statements_fetch(
     try:
         fetched = fetch_statement(channel, statement_date, gateway, sys_.new_uow, actor=cli_actor(), timezone=sys_.settings.local_timezone)
     except GatewayError as error:
-        err.print(f"[bold red]error[/] {error.code}: {error.message}")
+        err.print(f"[bold red]error[/] {error.code}: {escape(error.message)}")
         raise typer.Exit(2) from None
     out.print(f"{channel} {statement_date}: {fetched.lines:,} lines {'imported' if fetched.new else 'already imported'} ({fetched.checked})")
     show(fetched.report)
