@@ -85,6 +85,7 @@ def test_an_order_paid_without_notification_is_booked_once_even_when_the_notific
     system.clock.advance(3600)
     assert jobs.run_once().booked == 0  # and the order is not asked about again
     [payment] = payments_of_channel(system)
+    assert client.get(f"/o/{trade}", follow_redirects=False).headers["location"].split("?")[0].endswith(f"/p/{payment.id}")
     assert payment.channel_txn_id == txn and payment.amount_fen == 5000 and payment.state == PaymentState.BOOKED
     assert job(system, JobKind.ORDER_QUERY, trade).state == JobState.DONE
     assert check_ledger(system.new_uow()).ok
@@ -99,6 +100,8 @@ def test_an_order_closed_at_the_channel_is_closed_and_says_so(env):
     system.clock.advance(601)
     assert ChannelJobs(system).run_once().closed == 1
     assert client.get(f"/v1/orders/{trade}").json()["state"] == "closed"
+    page = client.get(f"/o/{trade}")
+    assert page.status_code == 200 and "订单已关闭，未扣款" in page.text and "no money was taken" in page.text
     assert payments_of_channel(system) == []
 
 

@@ -23,6 +23,7 @@ from gasworks.domain.payments import PaymentState
 from gasworks.entrypoints.api import schemas as s
 from gasworks.entrypoints.api.delivery_routes import delivery_routes, resident_url
 from gasworks.entrypoints.api.edge import Edge, facts_of, note_caller, note_refusal
+from gasworks.entrypoints.api.order_page import order_routes
 from gasworks.entrypoints.api.reconciliation_routes import reconciliation_routes
 from gasworks.entrypoints.api.resident_page import resident_routes
 from gasworks.observability import intake_seconds, payments_taken
@@ -317,5 +318,6 @@ def create_app(system: System) -> FastAPI:
 
     app.include_router(delivery_routes(system, caller, ERROR_RESPONSES))
     app.include_router(resident_routes(system))
+    app.include_router(order_routes(system))  # /o/{out_trade_no}: an order closed unpaid says so
     app.include_router(reconciliation_routes(system, caller, ERROR_RESPONSES, read_body))
     return app
