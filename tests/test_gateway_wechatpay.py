@@ -173,3 +173,21 @@ def test_the_trade_bill_is_believed_only_when_its_sha1_matches(served):
         gw.fetch_statement(date(2026, 11, 23))
     assert not_ready.value.code == "STATEMENT_NOT_READY" and not_ready.value.retryable
     assert stub.refused == []  # the download, too, was a signed request
+
+
+def test_an_answer_larger_than_the_bound_is_not_read(served):
+    stub, base_url = served
+    stub.pay("GWBIG", 5000)
+    stub.orders["GWBIG"]["attach"] = "x" * 100_000
+    with pytest.raises(GatewayError) as refused:
+        gateway(stub, base_url).query_order("GWBIG")
+    assert refused.value.code == "ANSWER_TOO_LARGE"
+
+
+def test_a_download_url_on_another_host_is_not_fetched(served):
+    stub, base_url = served
+    stub.bills["2026-11-22"] = BILL
+    stub.download_base = "http://127.0.0.2:9"
+    with pytest.raises(GatewayError) as refused:
+        gateway(stub, base_url).fetch_statement(date(2026, 11, 22))
+    assert refused.value.code == "MALFORMED_ANSWER" and "download_url" in refused.value.message

@@ -53,6 +53,7 @@ class WechatPayStub:
     tamper: bool = False  # answers are changed after signing
     wrong_bill: bool = False  # the download serves a bill other than the one hashed
     refund_status_on_create: str = "PROCESSING"
+    download_base: str | None = None  # a download_url on another host (a forged or misrouted answer)
     # What it saw:
     calls: list[str] = field(default_factory=list)
     refund_calls: list[str] = field(default_factory=list)  # out_refund_no of every POST, retries included
@@ -149,7 +150,7 @@ class WechatPayStub:
                 return self._answer(400, {"code": "NO_STATEMENT_EXIST", "message": "要查询的账单文件不存在"})
             token = secrets.token_urlsafe(16)
             self._tokens[token] = bill_date
-            base = f"{request.url.scheme}://{request.url.netloc}"
+            base = self.download_base or f"{request.url.scheme}://{request.url.netloc}"
             return self._answer(200, {"hash_type": "SHA1", "hash_value": hashlib.sha1(bill).hexdigest(), "download_url": f"{base}/v3/billdownload/file?token={token}"})
 
         @app.get("/v3/billdownload/file")

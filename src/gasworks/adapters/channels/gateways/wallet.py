@@ -27,6 +27,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from gasworks.adapters.channels.gateways.bounded import read_at_most
 from gasworks.adapters.channels.wallet_hmac import canonical_string, signature
 from gasworks.domain.channels import PaymentNotice
 from gasworks.domain.money import PAYMENT_FEN_ABSOLUTE_MAX
@@ -94,23 +95,22 @@ class WalletGateway:
             "X-Gasworks-Signature": signature(secret, canonical_string("GET", path, timestamp, nonce, b"")),
         }  # fmt: skip
         try:
-            response = self._http.get(self.base_url + tail, headers=headers)
+            with self._http.stream("GET", self.base_url + tail, headers=headers) as response:
+                status, answer_headers = response.status_code, response.headers
+                body = read_at_most(response, bytes_max, f"GET {tail[:80]}")
         except httpx.HTTPError as error:
             raise GatewayError("UNREACHABLE", f"GET {tail[:80]}: {type(error).__name__}: {error}"[:300], retryable=True) from None
-        if response.status_code >= 500:
-            raise GatewayError("CHANNEL_ERROR", f"the wallet answered HTTP {response.status_code}", retryable=True)
-        body = response.content
-        if len(body) > bytes_max:
-            raise GatewayError("ANSWER_TOO_LARGE", f"{len(body)} bytes", retryable=False)
-        answer_key = self.keys.get(response.headers.get("X-Gasworks-Key-Id", ""))
-        answer_ts = response.headers.get("X-Gasworks-Timestamp", "")
+        if status >= 500:
+            raise GatewayError("CHANNEL_ERROR", f"the wallet answered HTTP {status}", retryable=True)
+        answer_key = self.keys.get(answer_headers.get("X-Gasworks-Key-Id", ""))
+        answer_ts = answer_headers.get("X-Gasworks-Timestamp", "")
         expected = signature(answer_key, response_message(path, answer_ts, nonce, body)) if answer_key else ""
-        if not expected or not hmac.compare_digest(expected.encode(), response.headers.get("X-Gasworks-Signature", "").encode()):
+        if not expected or not hmac.compare_digest(expected.encode(), answer_headers.get("X-Gasworks-Signature", "").encode()):
             raise GatewayError("ANSWER_UNVERIFIED", "the wallet's answer is not signed with the channel's secret", retryable=True)
         if not answer_ts.isdigit() or abs(int(answer_ts) - self.now().timestamp()) > self.skew_s:
             raise GatewayError("ANSWER_UNVERIFIED", f"the answer's timestamp {answer_ts[:20]!r} is outside ±{self.skew_s} s", retryable=True)
-        if response.status_code == 404 and not_ready_ok:
+        if status == 404 and not_ready_ok:
             raise GatewayError("STATEMENT_NOT_READY", f"the wallet has no statement at {tail}", retryable=True)
-        if response.status_code != 200:
-            raise GatewayError(f"HTTP_{response.status_code}", f"the wallet answered HTTP {response.status_code}", retryable=False)
+        if status != 200:
+            raise GatewayError(f"HTTP_{status}", f"the wallet answered HTTP {status}", retryable=False)
         return body

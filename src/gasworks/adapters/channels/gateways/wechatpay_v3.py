@@ -36,6 +36,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from gasworks.adapters.channels.gateways.bounded import read_at_most
 from gasworks.adapters.channels.rsa import sign_sha256_rsa, verify_sha256_rsa
 from gasworks.adapters.channels.wechatpay_v3 import signed_message
 from gasworks.domain.channels import PaymentNotice
@@ -174,22 +175,20 @@ class WechatPayV3Gateway:
 
     def _call(self, method: str, url: str, body: dict | None = None) -> tuple[int, dict]:
         raw = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode() if body is not None else b""
-        response = self._send(method, url, raw)
-        content = response.content
-        if len(content) > ANSWER_BYTES_MAX:
-            raise GatewayError("ANSWER_TOO_LARGE", f"{len(content)} bytes answering {method} {url[:80]}", retryable=True)
-        self._verify(response, content)
+        status, headers, content = self._send(method, url, raw, ANSWER_BYTES_MAX)
+        self._verify(status, headers, content)
         if not content:
-            return response.status_code, {}
+            return status, {}
         try:
             answer = json.loads(content)
         except (ValueError, UnicodeDecodeError):
-            raise GatewayError("MALFORMED_ANSWER", f"{method} {url[:80]} answered {response.status_code} with no JSON", retryable=True) from None
+            raise GatewayError("MALFORMED_ANSWER", f"{method} {url[:80]} answered {status} with no JSON", retryable=True) from None
         if not isinstance(answer, dict):
             raise GatewayError("MALFORMED_ANSWER", "the answer is not a JSON object", retryable=True)
-        return response.status_code, answer
+        return status, answer
 
-    def _send(self, method: str, url: str, raw: bytes, *, base: str | None = None) -> httpx.Response:
+    def _send(self, method: str, url: str, raw: bytes, bytes_max: int, *, base: str | None = None) -> tuple[int, httpx.Headers, bytes]:
+        """One signed request; the answer is read up to `bytes_max` bytes, never further."""
         timestamp = str(int(self.now().timestamp()))
         nonce = secrets.token_hex(16).upper()
         headers = {
@@ -203,17 +202,18 @@ class WechatPayV3Gateway:
             "Wechatpay-Serial": next(iter(self.platform_keys)),  # which platform key would decrypt sensitive fields
         }  # fmt: skip
         try:
-            return self._http.request(method, (base or self.base_url) + url, content=raw or None, headers=headers)
+            with self._http.stream(method, (base or self.base_url) + url, content=raw or None, headers=headers) as response:
+                return response.status_code, response.headers, read_at_most(response, bytes_max, f"{method} {url[:80]}")
         except httpx.HTTPError as error:
             raise GatewayError("UNREACHABLE", f"{method} {url[:80]}: {type(error).__name__}: {error}"[:300], retryable=True) from None
 
-    def _verify(self, response: httpx.Response, content: bytes) -> None:
-        if response.status_code >= 500:  # an unsigned gateway error page: the channel is down, not lying
-            raise GatewayError("CHANNEL_ERROR", f"WeChat Pay answered HTTP {response.status_code}", retryable=True)
-        serial = response.headers.get("Wechatpay-Serial", "")
-        signature = response.headers.get("Wechatpay-Signature", "")
-        timestamp = response.headers.get("Wechatpay-Timestamp", "")
-        nonce = response.headers.get("Wechatpay-Nonce", "")
+    def _verify(self, status: int, headers: httpx.Headers, content: bytes) -> None:
+        if status >= 500:  # an unsigned gateway error page: the channel is down, not lying
+            raise GatewayError("CHANNEL_ERROR", f"WeChat Pay answered HTTP {status}", retryable=True)
+        serial = headers.get("Wechatpay-Serial", "")
+        signature = headers.get("Wechatpay-Signature", "")
+        timestamp = headers.get("Wechatpay-Timestamp", "")
+        nonce = headers.get("Wechatpay-Nonce", "")
         key = self.platform_keys.get(serial)
         if key is None:
             raise GatewayError("ANSWER_UNVERIFIED", f"the answer is signed by no platform key we hold (serial {serial[:64]!r})", retryable=True)
@@ -236,12 +236,10 @@ class WechatPayV3Gateway:
         if (theirs.scheme, theirs.netloc) != (ours.scheme, ours.netloc):  # never fetch from wherever an answer points
             raise GatewayError("MALFORMED_ANSWER", f"download_url is not on {ours.netloc}: {download_url[:100]!r}", retryable=False)
         url = theirs.path + (f"?{theirs.query}" if theirs.query else "")
-        response = self._send("GET", url, b"", base=f"{ours.scheme}://{ours.netloc}")
-        if response.status_code != 200:
-            raise GatewayError("STATEMENT_DOWNLOAD_FAILED", f"bill download answered HTTP {response.status_code}", retryable=True)
-        if len(response.content) > BILL_BYTES_MAX:
-            raise GatewayError("ANSWER_TOO_LARGE", f"bill of {len(response.content)} bytes", retryable=False)
-        return response.content
+        status, _, content = self._send("GET", url, b"", BILL_BYTES_MAX, base=f"{ours.scheme}://{ours.netloc}")
+        if status != 200:
+            raise GatewayError("STATEMENT_DOWNLOAD_FAILED", f"bill download answered HTTP {status}", retryable=True)
+        return content
 
     def _refund_answer(self, refund_no: str, answer: dict) -> RefundAnswer:
         if answer.get("out_refund_no") != refund_no:
