@@ -1,12 +1,15 @@
 """The worker's calls to the channels, end to end: real PostgreSQL (and SQLite), the real API, and a
 local WeChat Pay stub over real HTTP that signs and verifies as WeChat Pay does."""
 
+import threading
+import time
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from gasworks.adapters.meters.transport import LoopbackTransport
 from gasworks.domain.channels import KeyPurpose
 from gasworks.domain.delivery import AlertKind
 from gasworks.domain.outbound import JobKind, JobState
@@ -14,6 +17,7 @@ from gasworks.domain.payments import PaymentState
 from gasworks.entrypoints.api.app import create_app
 from gasworks.entrypoints.cli.main import app as cli
 from gasworks.entrypoints.workers.channel_jobs import ChannelJobs
+from gasworks.entrypoints.workers.worker import Worker
 from gasworks.services import channels as channel_admin
 from gasworks.services.checks import check_ledger
 from gasworks.services.holds import HoldDecision, decide_hold
@@ -308,3 +312,23 @@ def test_statements_fetch_from_the_command_line(env, database_url):
     assert again.exit_code == 2 and "STATEMENT_HASH_MISMATCH" in again.output
     missing = runner.invoke(cli, ["statements", "fetch", "--channel", "wechat", "--date", "2026-11-30", "--database-url", database_url])
     assert missing.exit_code == 2 and "STATEMENT_NOT_READY" in missing.output
+
+
+def test_the_running_worker_asks_the_channel_on_its_own(env):
+    system, _, stub, client = env
+    trade = new_order(client)
+    stub.pay(trade, 5000)
+    system.clock.advance(601)
+    system.settings.channel_jobs_interval_s = 1
+    stop = threading.Event()
+    worker = threading.Thread(target=Worker(system, LoopbackTransport()).run, args=(stop,), daemon=True)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not payments_of_channel(system) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        worker.join(timeout=15)
+    [payment] = payments_of_channel(system)
+    assert payment.out_trade_no == trade and payment.state == PaymentState.BOOKED
