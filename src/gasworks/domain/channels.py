@@ -89,3 +89,4 @@ class RefundNotice:
     refund_fen: int
     refunded_at: datetime | None
     replay_nonce: str | None = None
+    not_paid_because: str | None = None  # the channel closed the refund or could not pay it back (WeChat REFUND.CLOSED / ABNORMAL)
