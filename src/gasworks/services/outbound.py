@@ -186,8 +186,8 @@ def _take_refund_answer(payment: Payment, answer: RefundAnswer, uow_factory: Cal
         why = "closed the refund" if answer.state == RefundState.CLOSED else "could not pay the refund back (ABNORMAL: e.g. the card was cancelled)"
         _alert(uow_factory, AlertKind.REFUND_NOT_PAID, f"payment:{payment.id}", f"{payment.channel_id} {why}; the money stays in refunds in flight until an operator decides", report)
         _finished(uow_factory, JobKind.REFUND, payment.id, payment.channel_id, said, gave_up=True)
-    else:  # processing at the channel: ask again (its notification may come first)
-        _failed(uow_factory, JobKind.REFUND, payment.id, payment.channel_id, said, policy.refund_backoff, report, step="requested")
+    else:  # processing at the channel (a bank card can take days): ask again, less often; not a failure
+        _failed(uow_factory, JobKind.REFUND, payment.id, payment.channel_id, said, policy.refund_backoff, report, step="requested", alert=False)
 
 
 # ---- 3. statements -------------------------------------------------------------------------------
