@@ -15,6 +15,7 @@ from gasworks.domain.delivery import AlertKind
 from gasworks.domain.outbound import JobKind, JobState
 from gasworks.domain.payments import PaymentState
 from gasworks.entrypoints.api.app import create_app
+from gasworks.entrypoints.cli.common import out as cli_out
 from gasworks.entrypoints.cli.main import app as cli
 from gasworks.entrypoints.workers.channel_jobs import ChannelJobs
 from gasworks.entrypoints.workers.worker import Worker
@@ -345,3 +346,21 @@ def test_the_running_worker_asks_the_channel_on_its_own(env):
         worker.join(timeout=15)
     [payment] = payments_of_channel(system)
     assert payment.out_trade_no == trade and payment.state == PaymentState.BOOKED
+
+
+def test_gateway_configuration_from_the_command_line(env, database_url, tmp_path, monkeypatch):
+    system, _, stub, client = env
+    monkeypatch.setattr(cli_out, "width", 200)  # the table whole, as on an operator's wide terminal
+    runner = CliRunner()
+    bad = runner.invoke(cli, ["channels", "gateway", "wechat", "--base-url", "ftp://example.cn", "--database-url", database_url])
+    assert bad.exit_code == 2 and "INVALID_URL" in bad.output
+    public = tmp_path / "not_a_private_key.pem"
+    public.write_text(stub.platform_public_key_pem)
+    refused = runner.invoke(cli, ["channels", "add-key", "wechat", "--purpose", "sign", "--key-id", "X", "--file", str(public), "--database-url", database_url])
+    assert refused.exit_code == 2 and "INVALID_KEY" in refused.output
+    trade = new_order(client)
+    stub.set_state(trade, "NOTPAY")
+    system.clock.advance(601)
+    ChannelJobs(system).run_once()
+    listed = runner.invoke(cli, ["channels", "jobs", "--kind", "order_query", "--database-url", database_url])
+    assert listed.exit_code == 0 and trade in listed.output and "not_paid" in listed.output
