@@ -7,6 +7,7 @@ Gateways are built per pass from the database (a key rollover or a new base URL 
 import threading
 
 import structlog
+from prometheus_client import Counter, Gauge
 
 from gasworks.adapters.channels.gateways import GatewayNotConfigured, gateway_for
 from gasworks.bootstrap import System
@@ -15,6 +16,11 @@ from gasworks.services.channel_gateway import ChannelGateway
 from gasworks.services.outbound import OutboundPolicy, PassReport, advance_refunds, fetch_due_statements, recover_orders
 
 log = structlog.get_logger(__name__)
+
+channel_job_outcomes = Counter(
+    "gasworks_channel_job_outcomes_total", "What the worker's calls to the channels achieved, by outcome (booked, closed, refunds_confirmed, failures ...).", ["outcome"]
+)
+channel_jobs_last_run = Gauge("gasworks_channel_jobs_last_run_timestamp_seconds", "When the worker last finished a pass over orders, refunds and statements (Unix time).")
 
 
 def policy_of(system: System) -> OutboundPolicy:
@@ -68,6 +74,10 @@ class ChannelJobs:
                 close = getattr(built, "close", None)
                 if close is not None:
                     close()
+        for outcome, count in report.__dict__.items():
+            if isinstance(count, int) and count:
+                channel_job_outcomes.labels(outcome).inc(count)
+        channel_jobs_last_run.set_to_current_time()
         if report.booked or report.closed or report.refunds_confirmed or report.statements_imported or report.alerts:
             log.info("channel_jobs_pass", **{k: v for k, v in report.__dict__.items() if v})
         return report
