@@ -64,8 +64,7 @@ class Settings(BaseSettings):
     # Meter frame security (adapters/meters/frame_security.py). The site key seals meter keys at rest:
     # 32 bytes as 64 hex digits or base64. Empty: one is generated into the database (development only).
     site_key: str = ""
-    # Alipay's open API (adapters/channels/gateways/alipay.py); app_id and Alipay's public key are the channel's.
-    alipay_gateway_url: str = "https://openapi.alipay.com/gateway.do"  # the stub's URL in tests and the demo
+    # Alipay's open API (adapters/channels/gateways/alipay.py): app_id, Alipay's public key and the base URL are the channel's.
     alipay_app_private_key_file: str = ""  # our application's private key (应用私钥), PEM, readable by gasworks only
     # Meters behind carrier platforms (README "Meters behind a carrier platform"). CTWing: empty base URL, no CTWing.
     ctwing_base_url: str = ""  # https://ag-api.ctwing.cn
@@ -78,6 +77,15 @@ class Settings(BaseSettings):
     carrier_report_interval_s: int = 24 * 3600  # a registered meter's report interval unless given
     carrier_command_ttl_margin_s: int = 2 * 3600  # a cached command lives one report interval and this
     carrier_push_bytes_max: int = 8 * 1024
+    # Calling the channels (services/outbound.py, README "Calling the channels").
+    channel_jobs_interval_s: int = 30  # seconds between the worker's passes over orders, refunds and statements
+    channel_call_timeout_s: float = 10.0  # one HTTP call to a channel
+    order_query_after_s: int = 600  # an open order is first asked about this long after it was created
+    channel_retry_s_first: int = 60  # a failed or unfinished call is tried again after this, doubling ...
+    channel_retry_s_max: int = 3600  # ... up to this
+    channel_tries_before_alert: int = 6  # the try that raises CHANNEL_CALL_FAILING
+    statement_fetch_hour: int = Field(10, ge=0, le=23)  # Beijing time: fetch the previous day's statements from then
+    statement_late_hour: int = Field(12, ge=0, le=23)  # not imported by then: STATEMENT_LATE
 
     @field_validator("payment_fen_max_by_channel", "payment_fen_max_by_class")
     @classmethod

@@ -25,6 +25,7 @@ class KeyPurpose(StrEnum):
     VERIFY_PUBLIC_KEY = "verify"  # the channel's RSA public key (PEM) we verify signatures with
     HMAC_SECRET = "hmac"  # shared secret for wallet-hmac
     APIV3_KEY = "apiv3"  # WeChat Pay APIv3 key: decrypts the AES-256-GCM resource
+    SIGNING_KEY = "sign"  # our own RSA private key (PEM) signing calls to the channel; key id = our certificate serial
 
 
 class KeyStatus(StrEnum):
@@ -88,3 +89,4 @@ class RefundNotice:
     refund_fen: int
     refunded_at: datetime | None
     replay_nonce: str | None = None
+    not_paid_because: str | None = None  # the channel closed the refund or could not pay it back (WeChat REFUND.CLOSED / ABNORMAL)

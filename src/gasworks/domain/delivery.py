@@ -223,6 +223,11 @@ class AlertKind(StrEnum):
     METER_MAGNETIC_ATTACK = "METER_MAGNETIC_ATTACK"
     METER_CREDIT_LOW = "METER_CREDIT_LOW"
     METER_CREDIT_EXHAUSTED = "METER_CREDIT_EXHAUSTED"
+    # Calling the channels (services/outbound.py): each names its job; a person resolves it.
+    CHANNEL_CALL_FAILING = "CHANNEL_CALL_FAILING"  # a query, refund or statement call keeps failing
+    REFUND_NOT_PAID = "REFUND_NOT_PAID"  # the channel closed the refund or could not pay it (CLOSED / ABNORMAL)
+    STATEMENT_LATE = "STATEMENT_LATE"  # a day's statement not imported by the configured hour
+    STATEMENT_HASH_MISMATCH = "STATEMENT_HASH_MISMATCH"  # the downloaded bill is not the one the channel vouched for
 
     @property
     def cleared_by(self) -> ClearedBy:
@@ -243,6 +248,10 @@ _CLEARED_BY = {
     AlertKind.COMMAND_REFUSED: ClearedBy.DELIVERY,
     AlertKind.PURCHASE_NOT_APPLIED: ClearedBy.DELIVERY,
     AlertKind.VALVE_CLOSED_FOR_SAFETY: ClearedBy.TECHNICIAN,
+    AlertKind.CHANNEL_CALL_FAILING: ClearedBy.PERSON,
+    AlertKind.REFUND_NOT_PAID: ClearedBy.PERSON,
+    AlertKind.STATEMENT_LATE: ClearedBy.PERSON,
+    AlertKind.STATEMENT_HASH_MISMATCH: ClearedBy.PERSON,
 }  # the rest (offline, the meter's own alarms) clear with a newer report
 
 

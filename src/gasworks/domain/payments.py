@@ -210,6 +210,7 @@ class Payment:
 class OrderState(StrEnum):
     OPEN = "open"
     PAID = "paid"
+    CLOSED = "closed"  # the channel closed it unpaid (asked by the worker): nothing was taken
 
 
 @dataclass

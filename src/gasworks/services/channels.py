@@ -2,7 +2,7 @@
 
 import re
 
-from gasworks.adapters.channels.rsa import check_public_key_pem
+from gasworks.adapters.channels.rsa import check_private_key_pem, check_public_key_pem
 from gasworks.domain.channels import Channel, ChannelKey, ChannelKind, KeyPurpose, KeyStatus
 from gasworks.domain.errors import Conflict, InvalidInput, NotFound
 from gasworks.domain.ledger import LedgerAccountKind, clearing_account
@@ -18,6 +18,8 @@ REQUIRED_KEYS = {
     ChannelKind.KIOSK: (),
     ChannelKind.COUNTER: (),
 }
+# Keys a kind may have beyond those: our own signing key for calling the channel (services/outbound.py).
+OPTIONAL_KEYS = {ChannelKind.WECHATPAY_V3: (KeyPurpose.SIGNING_KEY,), ChannelKind.ALIPAY: (KeyPurpose.SIGNING_KEY,)}
 
 
 def check_key_material(purpose: KeyPurpose, material: str) -> None:
@@ -26,6 +28,11 @@ def check_key_material(purpose: KeyPurpose, material: str) -> None:
             check_public_key_pem(material)
         except ValueError as error:
             raise InvalidInput(f"not an RSA public key in PEM: {error}", code="INVALID_KEY") from None
+    elif purpose == KeyPurpose.SIGNING_KEY:
+        try:
+            check_private_key_pem(material)
+        except ValueError as error:
+            raise InvalidInput(f"not an RSA private key in PEM (unencrypted PKCS#8 or PKCS#1): {error}", code="INVALID_KEY") from None
     elif purpose == KeyPurpose.APIV3_KEY and len(material.encode()) != 32:
         raise InvalidInput("a WeChat Pay APIv3 key is exactly 32 bytes", code="INVALID_KEY")
     elif purpose == KeyPurpose.HMAC_SECRET and len(material.encode()) < 32:
@@ -83,7 +90,7 @@ def add_key(*, channel_id: str, purpose: KeyPurpose, key_id: str, material: str,
     check_key_material(purpose, material)
     with uow:
         channel = require_channel(uow, channel_id)
-        if purpose not in REQUIRED_KEYS[channel.kind]:
+        if purpose not in REQUIRED_KEYS[channel.kind] + OPTIONAL_KEYS.get(channel.kind, ()):
             raise InvalidInput(f"a {channel.kind.value} channel has no {purpose.value} keys", code="INVALID_KEY")
         if any(k.key_id == key_id and k.purpose == purpose for k in channel.keys):
             raise Conflict(f"key {key_id} already exists on {channel_id}", code="KEY_EXISTS")

@@ -8,6 +8,7 @@ from enum import StrEnum
 
 from gasworks.domain.accounts import check_account_no
 from gasworks.domain.channels import RefundNotice
+from gasworks.domain.delivery import AlertKind
 from gasworks.domain.errors import Conflict, IntakeRefused, InvalidInput, NotFound
 from gasworks.domain.payments import TRANSITIONS, IllegalTransition, Payment, PaymentState
 from gasworks.services.delivery import buy_gas
@@ -123,6 +124,12 @@ def take_channel_refund(notice: RefundNotice, uow: UnitOfWork) -> Payment:
             raise IntakeRefused(f"refund {notice.refund_id} is for transaction {notice.channel_txn_id}, which gasworks never took", code="REFUND_FOR_UNKNOWN_PAYMENT")
         if payment.state == PaymentState.REFUNDED:
             uow.commit()  # a retry of the notification: the first answer stands, the nonce stays used
+            return payment
+        if notice.not_paid_because is not None:  # the refund failed at the channel: no money moves, a person decides
+            reason = f"{notice.not_paid_because}; payment {payment.id} stays {payment.state}, its money where it is"
+            if uow.alerts.raise_once(kind=AlertKind.REFUND_NOT_PAID, subject=f"payment:{payment.id}", reason=reason, at=now):
+                uow.audit.append(at=now, actor=f"channel:{notice.channel_id}", action="refund.not_paid", subject=f"payment:{payment.id}", detail={"refund_id": notice.refund_id, "why": notice.not_paid_because})
+            uow.commit()
             return payment
         if (payment.state, PaymentState.REFUNDED) not in TRANSITIONS:  # reversed meanwhile: say so, not "partial"
             raise already_decided(payment, PaymentState.REFUNDED)

@@ -9,6 +9,7 @@ from gasworks.domain.delivery import DeliveryPolicy
 from gasworks.domain.money import PaymentCeiling
 from gasworks.services import ports
 from gasworks.services.carrier_ports import CarrierRegistry
+from gasworks.services.outbound_store import OutboundStore
 
 
 class UnitOfWork(Protocol):
@@ -36,6 +37,7 @@ class UnitOfWork(Protocol):
     statements: ports.StatementsRepository
     reconciliations: ports.ReconciliationsRepository
     carriers: CarrierRegistry
+    outbound: OutboundStore  # calling the channels: job state, gateway URLs
 
     def __enter__(self) -> "UnitOfWork": ...
     def __exit__(self, *exc: object) -> None: ...

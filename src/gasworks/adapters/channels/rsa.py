@@ -30,6 +30,16 @@ def check_public_key_pem(pem: str) -> None:
         raise ValueError("not an RSA public key")
 
 
+def check_private_key_pem(pem: str) -> None:
+    """Raises ValueError unless `pem` is an unencrypted RSA private key."""
+    try:
+        key = serialization.load_pem_private_key(pem.encode(), password=None)
+    except TypeError as error:  # encrypted with a password
+        raise ValueError(str(error)) from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError("not an RSA private key")
+
+
 @functools.lru_cache(maxsize=16)
 def _private_key(private_key_pem: str) -> rsa.RSAPrivateKey:
     """Parsing and checking a private key costs tens of milliseconds; a signer reuses its key."""

@@ -30,6 +30,7 @@ from gasworks.domain.money import PAYMENT_FEN_ABSOLUTE_MAX
 
 SUCCESS_EVENT = "TRANSACTION.SUCCESS"
 REFUND_EVENT = "REFUND.SUCCESS"  # refund notification (退款结果通知): resource original_type "refund"
+REFUND_NOT_PAID_EVENTS = ("REFUND.ABNORMAL", "REFUND.CLOSED")  # the refund failed: an alert for the operator, no money moves
 
 
 def signed_message(timestamp: str, nonce: str, body: bytes) -> bytes:
@@ -49,7 +50,7 @@ def decode_notification(channel: Channel, request: InboundRequest, now: datetime
     check_timestamp(unix_seconds(timestamp), now, skew_s)
 
     envelope = _json_object(request.body, "notification body")
-    if envelope.get("event_type") == REFUND_EVENT:
+    if envelope.get("event_type") == REFUND_EVENT or envelope.get("event_type") in REFUND_NOT_PAID_EVENTS:
         return _refund_notice(channel, _json_object(_decrypt_resource(channel, envelope.get("resource")), "decrypted resource"), nonce)
     if envelope.get("event_type") != SUCCESS_EVENT:
         raise IntakeRefused(
@@ -92,8 +93,9 @@ def _refund_notice(channel: Channel, refund: dict, nonce: str) -> RefundNotice:
     refund_status, success_time, amount {total, refund, payer_total, payer_refund} in fen."""
     if channel.merchant_id and refund.get("mchid") != channel.merchant_id:
         raise IntakeRefused(f"mchid {str(refund.get('mchid'))[:32]!r} is not this channel's merchant", code="MERCHANT_MISMATCH")
-    if refund.get("refund_status") != "SUCCESS":
-        raise IntakeRefused(f"refund_status {str(refund.get('refund_status'))[:20]!r}; acknowledged, nothing moved", code="EVENT_IGNORED", acknowledge=True)
+    status = refund.get("refund_status")
+    if status not in ("SUCCESS", "ABNORMAL", "CLOSED"):
+        raise IntakeRefused(f"refund_status {str(status)[:20]!r}; acknowledged, nothing moved", code="EVENT_IGNORED", acknowledge=True)
     amount = refund.get("amount")
     refunded = amount.get("refund") if isinstance(amount, dict) else None
     if not isinstance(refunded, int) or isinstance(refunded, bool) or not 0 < refunded <= PAYMENT_FEN_ABSOLUTE_MAX:
@@ -101,6 +103,7 @@ def _refund_notice(channel: Channel, refund: dict, nonce: str) -> RefundNotice:
     return RefundNotice(
         channel_id=channel.id, channel_txn_id=_text(refund, "transaction_id", 32), refund_id=_text(refund, "refund_id", 64),
         refund_fen=refunded, refunded_at=_rfc3339(refund.get("success_time")), replay_nonce=nonce[:64],
+        not_paid_because=None if status == "SUCCESS" else f"WeChat Pay refund {status}: {str(refund.get('user_received_account', ''))[:60]}",
     )  # fmt: skip
 
 
@@ -206,11 +209,12 @@ class WechatPayV3Notifier:
             "out_refund_no": "R" + secrets.token_hex(8),
             "refund_id": "50000" + secrets.token_hex(10),
             "refund_status": refund_status,
-            "success_time": at.isoformat(timespec="seconds"),
+            "success_time": at.isoformat(timespec="seconds") if refund_status == "SUCCESS" else None,
             "user_received_account": "支付用户零钱",
             "amount": {"total": total_fen, "refund": refund_fen, "payer_total": total_fen, "payer_refund": refund_fen},
         }
-        return self._signed(REFUND_EVENT, "refund", "退款成功", refund, at=at, nonce=nonce)
+        event = REFUND_EVENT if refund_status == "SUCCESS" else f"REFUND.{refund_status}"
+        return self._signed(event, "refund", "退款成功" if refund_status == "SUCCESS" else "退款异常", refund, at=at, nonce=nonce)
 
     def _signed(self, event_type: str, original_type: str, summary: str, resource: dict, *, at: datetime, nonce: str | None) -> tuple[dict[str, str], bytes]:
         resource_nonce = secrets.token_hex(6)

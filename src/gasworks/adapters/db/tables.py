@@ -500,3 +500,28 @@ carrier_commands = Table(
     Column("status_at", UtcDateTime, nullable=False),
 )
 Index("ix_carrier_commands_serial_frame_seq", carrier_commands.c.serial, carrier_commands.c.frame_seq)
+
+# ---- calling the channels (services/outbound.py) ----------------------------------------------
+
+channel_gateways = Table(
+    "channel_gateways",
+    metadata,
+    Column("channel_id", ForeignKey("channels.id"), primary_key=True),
+    Column("base_url", String(300), nullable=False),  # e.g. https://api.mch.weixin.qq.com, or a local stub
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
+outbound_jobs = Table(
+    "outbound_jobs",
+    metadata,
+    Column("kind", String(16), primary_key=True),
+    Column("subject", String(80), primary_key=True),
+    Column("channel_id", ForeignKey("channels.id"), nullable=False),
+    Column("state", String(10), nullable=False),
+    Column("tries", Integer, nullable=False),
+    Column("next_try_at", UtcDateTime, nullable=False),
+    Column("last_outcome", String(300), nullable=False, server_default=""),
+    Column("step", String(20), nullable=False, server_default=""),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+Index("ix_outbound_jobs_due", outbound_jobs.c.state, outbound_jobs.c.next_try_at)

@@ -7,6 +7,7 @@ from sqlalchemy import Connection, Engine
 from gasworks.adapters.db import carriers as carrier_repos
 from gasworks.adapters.db import delivery as delivery_repos
 from gasworks.adapters.db import meter_keys as meter_key_repos
+from gasworks.adapters.db import outbound as outbound_repos
 from gasworks.adapters.db import reconciliation as reconciliation_repos
 from gasworks.adapters.db import repositories as repos
 from gasworks.domain.clock import Clock
@@ -56,6 +57,7 @@ class SqlUnitOfWork:
         self.statements = reconciliation_repos.Statements(c)
         self.reconciliations = reconciliation_repos.Reconciliations(c)
         self.carriers = carrier_repos.Carriers(c)
+        self.outbound = outbound_repos.Outbound(c)
         return self
 
     def __exit__(

@@ -19,6 +19,7 @@ from gasworks.entrypoints.api.channel_routes import channel_routes
 from gasworks.entrypoints.api.common import ERROR_RESPONSES, Callers, error_response, read_body
 from gasworks.entrypoints.api.delivery_routes import delivery_routes
 from gasworks.entrypoints.api.edge import Edge, note_refusal
+from gasworks.entrypoints.api.order_page import order_page_routes
 from gasworks.entrypoints.api.payment_routes import account_routes, device_routes, order_routes
 from gasworks.entrypoints.api.reconciliation_routes import reconciliation_routes
 from gasworks.entrypoints.api.resident_page import resident_routes
@@ -62,6 +63,7 @@ def create_app(system: System) -> FastAPI:
     app.include_router(audit_routes(system, caller, ERROR_RESPONSES))
     app.include_router(delivery_routes(system, caller, ERROR_RESPONSES))
     app.include_router(resident_routes(system))
+    app.include_router(order_page_routes(system))  # /o/{out_trade_no}: an order closed unpaid says so
     app.include_router(reconciliation_routes(system, caller, ERROR_RESPONSES, read_body))
     app.include_router(carrier_routes(system, read_body))
     return app

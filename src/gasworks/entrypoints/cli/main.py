@@ -14,6 +14,7 @@ from gasworks.domain.meter_security import DEFAULT_METER_MODEL
 from gasworks.domain.money import fen_to_yuan_text
 from gasworks.entrypoints.cli.broker_commands import register as register_broker
 from gasworks.entrypoints.cli.carrier_commands import register as register_carriers
+from gasworks.entrypoints.cli.channel_call_commands import register as register_channel_calls
 from gasworks.entrypoints.cli.common import DatabaseUrl, cli_actor, cli_errors, err, out, system
 from gasworks.entrypoints.cli.delivery_commands import register as register_delivery
 from gasworks.entrypoints.cli.reconcile_commands import register as register_reconciliation
@@ -239,4 +240,5 @@ register_delivery(app)
 register_reconciliation(app)
 register_broker(app)
 register_carriers(app)
+register_channel_calls(app, channels_app)
 app.command()(soak)

@@ -23,6 +23,7 @@ from gasworks.adapters.meters.frame_security import require_schemes_in_use
 from gasworks.adapters.meters.transport import Backoff, LoopbackTransport, MqttTransport, TransportError, Uplinks
 from gasworks.bootstrap import System
 from gasworks.domain.meter_security import DEFAULT_METER_MODEL
+from gasworks.entrypoints.workers.channel_jobs import ChannelJobs
 from gasworks.observability import uplinks_waiting, watchdog_last_run, watchdog_runs
 from gasworks.services.carriers import forget_old_pushes
 from gasworks.services.delivery import dispatch_meter, handle_uplink, watch_deliveries
@@ -134,6 +135,7 @@ class Worker:
     def run(self, stop: threading.Event) -> None:
         self.transport.start()
         self.listen_for_work(stop)
+        ChannelJobs(self.system).start(stop)  # order recovery, refunds, statements: entrypoints/workers/channel_jobs.py
         log.info("worker_started", transport=type(self.transport).__name__)
         try:
             while not stop.is_set():
