@@ -79,3 +79,23 @@ PROPOSED_ACTIONS = {
     DiscrepancyClass.FEE_MISMATCH: "check the fee rate agreed with the channel",
     DiscrepancyClass.NOT_DELIVERED: "see the purchase's delivery state; reissue or call the resident",
 }
+
+
+@dataclass
+class Discrepancy:
+    """One difference a reconciliation run found, with what is proposed and, later, what was decided."""
+
+    id: int | None
+    run_id: int | None
+    klass: DiscrepancyClass
+    state: DiscrepancyState
+    channel_id: str
+    channel_txn_id: str | None
+    payment_id: str | None
+    statement_amount_fen: int | None
+    gasworks_amount_fen: int | None
+    detail: str
+    proposed_action: str
+    resolved_at: datetime | None = None
+    resolved_by: str | None = None
+    resolution: str | None = None

@@ -9,6 +9,7 @@ from gasworks.adapters.db import repositories as repos
 from gasworks.domain.clock import Clock
 from gasworks.domain.delivery import DeliveryPolicy
 from gasworks.domain.money import PaymentCeiling
+from gasworks.services.statement_matching import StatementMatcher
 
 
 class UnitOfWork(Protocol):
@@ -35,6 +36,7 @@ class UnitOfWork(Protocol):
     meter_keys: meter_key_repos.MeterKeys
     statements: reconciliation_repos.Statements
     reconciliations: reconciliation_repos.Reconciliations
+    statement_matcher: StatementMatcher  # reads and matches statement files (DuckDB); needs no open transaction
 
     def __enter__(self) -> "UnitOfWork": ...
     def __exit__(self, *exc: object) -> None: ...
