@@ -2,23 +2,17 @@
 
 import math
 import re
-from enum import StrEnum
 
 from gasworks.adapters.db.delivery import Kiosk
 from gasworks.domain.channels import ChannelKind
 from gasworks.domain.errors import Conflict, InvalidInput
+from gasworks.domain.kiosks import KioskStatus
 from gasworks.services.channels import require_channel
 from gasworks.services.unit_of_work import UnitOfWork
 
 _KIOSK_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,39}$")
 NEAREST_MAX = 3
 EARTH_RADIUS_M = 6_371_000
-
-
-class KioskStatus(StrEnum):
-    WORKING = "working"
-    OUT_OF_ORDER = "out_of_order"
-    CLOSED = "closed"
 
 
 def add_kiosk(kiosk: Kiosk, uow: UnitOfWork, *, actor: str) -> Kiosk:
