@@ -72,7 +72,7 @@ class DuckDbStatementMatcher:
         return read_statement(format_, raw)
 
     def match(self, lines_csv: Path, payments_csv: Path, near_csv: Path, *, channel: Channel, window: MatchWindow) -> Match:
-        db = duckdb.connect(config={"memory_limit": DUCKDB_MEMORY_LIMIT})
+        db = duckdb.connect(config={"memory_limit": DUCKDB_MEMORY_LIMIT, "temp_directory": str(lines_csv.parent / "spill")})
         try:
             for table, path, columns in ((("s", lines_csv, _LINES)), ("p", payments_csv, _PAYMENTS), ("near", near_csv, "{'channel_txn_id': 'VARCHAR'}")):
                 db.execute(f"CREATE TABLE {table} AS SELECT * FROM read_csv(?, header = true, auto_detect = false, columns = {columns})", [str(path)])

@@ -33,7 +33,7 @@ LINES_MAX = 5_000_000
 FILE_BYTES_MAX = 2 * 1024 * 1024 * 1024
 DECODE_CHUNK_BYTES = 4 * 1024 * 1024  # GBK is decoded this much at a time, never the whole file at once
 LINE_BYTES_MAX = 64 * 1024  # no real statement line comes near; DuckDB refuses longer ones
-DUCKDB_MEMORY_LIMIT = "1GB"
+DUCKDB_MEMORY_LIMIT = "512MB"  # beyond it DuckDB spills to the work directory: peak memory stays bounded
 REJECTS_KEPT_MAX = 100  # the first bad lines DuckDB keeps to report; the file is refused anyway
 
 # What a statement line may name, as wide as what gasworks itself keeps (payments' columns).
