@@ -126,6 +126,12 @@ def _line_no_at(text: bytes, offset: int) -> int:
 _BLANK_LINE = re.compile(rb"(?m)^[ \t\r\x0b\x0c]*(?:\n|\Z)")
 
 
+def _first_empty_line(body: bytes) -> int | None:
+    """The offset of the first empty line before the body's end, or None (memchr-fast: no regex over the file)."""
+    found = [at + 1 for at in (body.find(b"\n\n"), body.find(b"\n\r\n")) if 0 <= at < len(body.rstrip(b"\r\n"))]
+    return min(found) if found else None
+
+
 def _first_blank_line(body: bytes) -> int | None:
     """The offset of the first empty (or all-space) line before the body's end, or None."""
     match = _BLANK_LINE.search(body)
@@ -165,7 +171,7 @@ class ReadStatement:
         path = self._work / f"lines-{file_id}.csv"
         self._db.execute(
             f"COPY (SELECT {int(file_id)}::BIGINT, line_no, channel_txn_id, out_trade_no, account_no, amount_fen, fee_fen, status, "
-            "strftime(paid_at, '%Y-%m-%d %H:%M:%S') || '+00' FROM lines ORDER BY line_no) TO '" + _sql_path(path) + "' (FORMAT csv, HEADER false)"
+            "CAST(paid_at AS VARCHAR) || '+00' FROM lines) TO '" + _sql_path(path) + "' (FORMAT csv, HEADER false)"
         )
         return path
 
@@ -263,7 +269,7 @@ def read_wechat_trade_bill(raw: bytes, work: Path) -> ReadStatement:
     if len(summary_rows) < 2:
         raise StatementRefused("no summary rows at the end: the file is truncated", code="STATEMENT_TRUNCATED")
     body = _Body(header, 1, text[: summary.start()] if summary else text)
-    if (blank := _first_blank_line(body.data)) is not None:
+    if (blank := _first_empty_line(body.data)) is not None:
         raise StatementRefused(f"0 cells, the header has {len(header)}", line_no=_line_no_at(body.data, blank))
     db = _connect(work)
     try:
@@ -439,7 +445,7 @@ def read_plain_csv(raw: bytes, work: Path) -> ReadStatement:
     if last_at < header_end or not total_row or total_row[0].strip() != "# total":
         raise StatementRefused("no '# total' line at the end: the file is truncated", code="STATEMENT_TRUNCATED")
     body = _Body(list(PLAIN_HEADER), 1, text[:last_at])
-    if (blank := _first_blank_line(body.data)) is not None:
+    if (blank := _first_empty_line(body.data)) is not None:
         raise StatementRefused(f"0 cells, expected {len(PLAIN_HEADER)}", line_no=_line_no_at(body.data, blank))
     db = _connect(work)
     try:
