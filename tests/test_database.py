@@ -14,7 +14,7 @@ from tests.support import ACCOUNT_NO, WALLET_SECRET, set_up
 
 def test_migrations_reach_head_and_are_idempotent(system):
     upgrade(system.engine)
-    assert current_revision(system.engine) == "0008"
+    assert current_revision(system.engine) == "0014"
 
 
 @pytest.mark.parametrize("statement", ["UPDATE ledger_entries SET amount_fen = amount_fen + 1", "DELETE FROM ledger_entries", "DELETE FROM audit_log", "UPDATE payment_events SET note = 'x'", "UPDATE meter_command_events SET note = 'x'"])
@@ -34,3 +34,21 @@ def test_the_last_key_of_a_channel_cannot_be_retired_and_a_third_cannot_be_added
     with pytest.raises(Conflict) as third:
         channels.add_key(channel_id="wo-wallet", purpose=KeyPurpose.HMAC_SECRET, key_id="wo-3", material=WALLET_SECRET + "3", uow=system.new_uow(), actor="test")
     assert third.value.code == "TOO_MANY_KEYS"
+
+
+def test_a_statement_line_must_name_its_file_and_a_file_keeps_its_lines(system):
+    from datetime import UTC, date, datetime
+
+    from gasworks.services import reconciliation
+    from gasworks.sim.statements import plain_statement
+    from gasworks.sim.world import Collected
+
+    set_up(system)
+    raw = plain_statement(date(2026, 11, 20), [Collected("wo-wallet", "T1", ACCOUNT_NO, 100, datetime(2026, 11, 20, 1, tzinfo=UTC))])
+    imported = reconciliation.import_statement(channel_id="wo-wallet", statement_date=date(2026, 11, 20), filename="s.csv", raw=raw, uow=system.new_uow(), actor="test")
+    with pytest.raises(DBAPIError, match="statement file|FOREIGN KEY"):
+        with system.engine.begin() as c:
+            c.execute(text("INSERT INTO statement_lines (file_id, line_no, channel_txn_id, amount_fen, fee_fen, status) VALUES (999, 2, 'X', 1, 0, 'paid')"))
+    with pytest.raises(DBAPIError, match="has lines|FOREIGN KEY"):
+        with system.engine.begin() as c:
+            c.execute(text("DELETE FROM statement_files WHERE id = :id"), {"id": imported.file_id})
