@@ -55,3 +55,21 @@ def test_the_database_refuses_what_the_domain_promises_never_to_write(system, st
     with pytest.raises(DBAPIError, match="(?i)check constraint|ck_"):
         with system.engine.begin() as c:
             c.execute(text(statement))
+
+
+def test_a_statement_line_must_name_its_file_and_a_file_keeps_its_lines(system):
+    from datetime import UTC, date, datetime
+
+    from gasworks.services import reconciliation
+    from gasworks.sim.statements import plain_statement
+    from gasworks.sim.world import Collected
+
+    set_up(system)
+    raw = plain_statement(date(2026, 11, 20), [Collected("wo-wallet", "T1", ACCOUNT_NO, 100, datetime(2026, 11, 20, 1, tzinfo=UTC))])
+    imported = reconciliation.import_statement(channel_id="wo-wallet", statement_date=date(2026, 11, 20), filename="s.csv", raw=raw, uow=system.new_uow(), actor="test")
+    with pytest.raises(DBAPIError, match="statement file|FOREIGN KEY"):
+        with system.engine.begin() as c:
+            c.execute(text("INSERT INTO statement_lines (file_id, line_no, channel_txn_id, amount_fen, fee_fen, status) VALUES (999, 2, 'X', 1, 0, 'paid')"))
+    with pytest.raises(DBAPIError, match="has lines|FOREIGN KEY"):
+        with system.engine.begin() as c:
+            c.execute(text("DELETE FROM statement_files WHERE id = :id"), {"id": imported.file_id})

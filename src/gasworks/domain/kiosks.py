@@ -1,6 +1,14 @@
-"""A kiosk where residents top up IC cards; the resident's page names the nearest working one."""
+"""Kiosks and counters where card meters' purchases are written: whether one takes cards now, and
+where it is; the resident's page names the nearest working one."""
 
 from dataclasses import dataclass
+from enum import StrEnum
+
+
+class KioskStatus(StrEnum):
+    WORKING = "working"
+    OUT_OF_ORDER = "out_of_order"
+    CLOSED = "closed"
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,8 @@ class StatementFile:
 
 @dataclass
 class Discrepancy:
+    """One difference a reconciliation run found, with what is proposed and, later, what was decided."""
+
     id: int | None
     run_id: int | None
     klass: DiscrepancyClass

@@ -2,18 +2,11 @@
 
 import hashlib
 import secrets
-from enum import StrEnum
 
-from gasworks.domain.access import ApiKeyRecord
+from gasworks.domain.access import ApiKeyRecord, Role
 from gasworks.domain.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from gasworks.services.channels import require_channel
 from gasworks.services.unit_of_work import UnitOfWork
-
-
-class Role(StrEnum):
-    OPERATOR = "operator"  # runs the utility: accounts, orders, holds
-    AUDITOR = "auditor"  # reads everything, changes nothing
-    DEVICE = "device"  # a kiosk or counter, acting for one channel
 
 
 def _sha256(secret: str) -> str:

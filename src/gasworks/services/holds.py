@@ -4,12 +4,12 @@ and an audit record; a credited payment then buys gas like any other. A refund i
 money sits in refunds in flight) until the channel confirms it: `confirm_refund`."""
 
 from datetime import datetime
-from enum import StrEnum
 
 from gasworks.domain.accounts import check_account_no
 from gasworks.domain.channels import RefundNotice
 from gasworks.domain.delivery import AlertKind
 from gasworks.domain.errors import Conflict, IntakeRefused, InvalidInput, NotFound
+from gasworks.domain.holds import HoldDecision
 from gasworks.domain.payments import TRANSITIONS, IllegalTransition, Payment, PaymentState
 from gasworks.services.delivery import buy_gas
 from gasworks.services.intake import claim_nonce, payment_fen_max
@@ -19,11 +19,6 @@ from gasworks.services.payment_life_cycle import (
     settle,
 )
 from gasworks.services.unit_of_work import UnitOfWork
-
-
-class HoldDecision(StrEnum):
-    CREDIT = "credit"  # the money belongs to this account: book it there
-    REFUND = "refund"  # give it back to the resident through the channel
 
 
 def decide_hold(payment_id: str, decision: HoldDecision, *, reason: str, uow: UnitOfWork, actor: str, account_no: str | None = None) -> Payment:

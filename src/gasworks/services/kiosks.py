@@ -2,11 +2,10 @@
 
 import math
 import re
-from enum import StrEnum
 
 from gasworks.domain.channels import ChannelKind
 from gasworks.domain.errors import Conflict, InvalidInput
-from gasworks.domain.kiosks import Kiosk
+from gasworks.domain.kiosks import Kiosk, KioskStatus
 from gasworks.services.channels import require_channel
 from gasworks.services.unit_of_work import UnitOfWork
 
@@ -14,12 +13,6 @@ _KIOSK_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,39}$")
 _OPENING_HOURS = re.compile(r"^(|24h|([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-4]):[0-5]\d)$")
 NEAREST_MAX = 3
 EARTH_RADIUS_M = 6_371_000
-
-
-class KioskStatus(StrEnum):
-    WORKING = "working"
-    OUT_OF_ORDER = "out_of_order"
-    CLOSED = "closed"
 
 
 def add_kiosk(kiosk: Kiosk, uow: UnitOfWork, *, actor: str) -> Kiosk:

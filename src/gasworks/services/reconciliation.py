@@ -2,9 +2,10 @@
 
 1. Import: the file is read whole (or refused with its line and reason), stored with every line in
    one transaction, and known by its content hash: importing the same file again does nothing.
-2. Match, in DuckDB (the heavy join is SQL over CSV exports, not Python loops): statement lines vs
-   the channel's payments on the channel transaction id, then amount, status and fee; payments of
-   the day missing from the statement; purchases of matched payments not applied at their meters.
+2. Match, through the StatementMatcher port (DuckDB: one query over bulk CSV exports, only the
+   discrepancies come back): statement lines vs the channel's payments on the channel transaction
+   id, then amount, status and fee; payments of the day missing from the statement; purchases of
+   matched payments not applied at their meters.
 3. Repair what is safe to repair: a payment the channel collected but never notified is booked from
    the statement through the same exactly-once path (a late notification afterwards books nothing)
    and delivered like any purchase. Everything else is held for an operator, with a proposed action.
@@ -19,23 +20,17 @@ from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import duckdb
 import structlog
 
-from gasworks.adapters.statements import read_statement
 from gasworks.domain.channels import Channel, ChannelKind, PaymentNotice
 from gasworks.domain.errors import Conflict, GasworksError, InvalidInput, NotFound
 from gasworks.domain.payments import PaymentState
-from gasworks.domain.statements import (
-    PROPOSED_ACTIONS,
-    Discrepancy,
-    DiscrepancyClass,
-    DiscrepancyState,
-)
+from gasworks.domain.statements import Discrepancy, DiscrepancyClass, DiscrepancyState
 from gasworks.services.channels import require_channel
 from gasworks.services.holds import confirm_refund
 from gasworks.services.intake import AuditNote, accept_payment, payment_fen_max
 from gasworks.services.payment_life_cycle import settle
+from gasworks.services.statement_matching import MatchWindow
 from gasworks.services.unit_of_work import UnitOfWork
 
 log = structlog.get_logger(__name__)
@@ -67,8 +62,7 @@ def import_statement(*, channel_id: str, statement_date: date, filename: str, ra
         existing = uow.statements.find(channel_id, statement_date, sha256)
         if existing is not None:
             return Imported(existing.id, False, existing.lines)
-    statement = read_statement(format_, raw)  # refuses the whole file, with the line and the reason
-    with uow:
+    with uow.statement_matcher.read(format_, raw) as statement, uow:  # refuses the whole file, with the line and the reason
         now = uow.clock.now()
         file_id = uow.statements.add(
             channel_id=channel_id, statement_date=statement_date, format_=format_, sha256=sha256, filename=filename,
@@ -80,10 +74,10 @@ def import_statement(*, channel_id: str, statement_date: date, filename: str, ra
             return Imported(existing.id, False, existing.lines)
         uow.audit.append(
             at=now, actor=actor, action="statement.import", subject=f"statement:{file_id}",
-            detail={"channel_id": channel_id, "date": statement_date.isoformat(), "sha256": sha256, "lines": len(statement.lines), "paid_total_fen": statement.paid_total_fen},
+            detail={"channel_id": channel_id, "date": statement_date.isoformat(), "sha256": sha256, "lines": statement.lines, "paid_total_fen": statement.paid_total_fen},
         )  # fmt: skip
         uow.commit()
-        return Imported(file_id, True, len(statement.lines))
+        return Imported(file_id, True, statement.lines)
 
 
 @dataclass(frozen=True)
@@ -110,6 +104,7 @@ def reconcile(*, file_id: int, uow_factory: Callable[[], UnitOfWork], actor: str
             return _report(uow, previous, new=False)
         channel = require_channel(uow, statement_file.channel_id)
         carried = uow.reconciliations.carried_over(channel.id, statement_file.statement_date)
+        matcher = uow.statement_matcher
     tz = ZoneInfo(timezone)
     day_start = datetime.combine(statement_file.statement_date, time(0), tz)
     day_end = day_start + timedelta(days=1)
@@ -122,7 +117,12 @@ def reconcile(*, file_id: int, uow_factory: Callable[[], UnitOfWork], actor: str
             uow.statements.export_neighbour_txns(channel.id, day - timedelta(days=PAYMENT_WINDOW_DAYS), day + timedelta(days=PAYMENT_WINDOW_DAYS), file_id, near_csv)
             uow.reconciliations.export_payments(channel.id, day_start - timedelta(days=PAYMENT_WINDOW_DAYS), day_end + timedelta(days=PAYMENT_WINDOW_DAYS), payments_csv)
         step("matching")
-        found, matched, unnotified = _match(lines_csv, payments_csv, near_csv, channel=channel, day_start=day_start, day_end=day_end, now=started, carried=carried)
+        window = MatchWindow(
+            day_start=day_start, day_end=day_end, carry_from=day_end - timedelta(seconds=CARRY_OVER_S),
+            not_delivered_before=started - timedelta(seconds=NOT_DELIVERED_AFTER_S), carried_txns=frozenset(d.channel_txn_id for d in carried if d.channel_txn_id),
+        )  # fmt: skip
+        match = matcher.match(lines_csv, payments_csv, near_csv, channel=channel, window=window)
+        found, matched, unnotified = match.found, match.matched, match.unnotified
     step("repairing")
     for discrepancy in found:
         if discrepancy.klass == DiscrepancyClass.MISSING_NOTIFICATION:
@@ -164,77 +164,6 @@ def reconcile(*, file_id: int, uow_factory: Callable[[], UnitOfWork], actor: str
 def _report(uow: UnitOfWork, run: dict, *, new: bool) -> RunReport:
     found = uow.reconciliations.discrepancies(run_id=run["id"], limit=10_000_000)
     return RunReport(run["id"], run["channel_id"], run["statement_date"], run["verdict"], run["matched"], run["totals"], found, new)
-
-
-def _match(
-    lines_csv: Path, payments_csv: Path, near_csv: Path, *, channel: Channel, day_start: datetime, day_end: datetime, now: datetime, carried: list[Discrepancy]
-) -> tuple[list[Discrepancy], int, dict[str, tuple[str | None, str | None]]]:
-    """The discrepancies, the count matched, and what names each unnotified payment: (out_trade_no, account_no)."""
-    db = duckdb.connect()
-    db.execute(
-        "CREATE TABLE s AS SELECT * FROM read_csv(?, header=true, columns={'channel_txn_id':'VARCHAR','out_trade_no':'VARCHAR','account_no':'VARCHAR',"
-        "'amount_fen':'BIGINT','fee_fen':'BIGINT','status':'VARCHAR','line_no':'INTEGER'})",
-        [str(lines_csv)],
-    )
-    db.execute(
-        "CREATE TABLE p AS SELECT * FROM read_csv(?, header=true, columns={'payment_id':'VARCHAR','channel_txn_id':'VARCHAR','amount_fen':'BIGINT',"
-        "'state':'VARCHAR','account_no':'VARCHAR','paid_at':'TIMESTAMPTZ','command_id':'BIGINT','command_state':'VARCHAR','route':'VARCHAR','ordered_at':'TIMESTAMPTZ'})",
-        [str(payments_csv)],
-    )
-    db.execute("CREATE TABLE near AS SELECT * FROM read_csv(?, header=true, columns={'channel_txn_id':'VARCHAR'})", [str(near_csv)])
-    found: list[Discrepancy] = []
-    unnotified: dict[str, tuple[str | None, str | None]] = {}
-
-    def add(klass: DiscrepancyClass, txn: str | None, payment_id: str | None, statement_fen: int | None, gasworks_fen: int | None, detail: str, state: DiscrepancyState = DiscrepancyState.OPEN) -> None:
-        found.append(Discrepancy(None, None, klass, state, channel.id, txn, payment_id, statement_fen, gasworks_fen, detail, PROPOSED_ACTIONS[klass]))
-
-    for txn, n, total in db.execute("SELECT channel_txn_id, count(*), sum(amount_fen) FROM s WHERE status = 'paid' GROUP BY 1 HAVING count(*) > 1").fetchall():
-        add(DiscrepancyClass.DUPLICATE, txn, None, total, None, f"listed {n} times as paid in the statement")
-    for txn, out_trade_no, account_no, amount, line_no in db.execute(
-        "SELECT s.channel_txn_id, any_value(s.out_trade_no), any_value(s.account_no), any_value(s.amount_fen), min(s.line_no) FROM s "
-        "ANTI JOIN p ON p.channel_txn_id = s.channel_txn_id WHERE s.status = 'paid' GROUP BY 1"
-    ).fetchall():
-        add(DiscrepancyClass.MISSING_NOTIFICATION, txn, None, amount, None, f"line {line_no}: paid at the channel, never notified")
-        unnotified[txn] = (out_trade_no, account_no)
-    for txn, payment_id, s_fen, p_fen in db.execute(
-        "SELECT s.channel_txn_id, p.payment_id, s.amount_fen, p.amount_fen FROM s JOIN p USING (channel_txn_id) WHERE s.status = 'paid' AND s.amount_fen <> p.amount_fen"
-    ).fetchall():
-        add(DiscrepancyClass.AMOUNT_MISMATCH, txn, payment_id, s_fen, p_fen, f"the channel says {s_fen} fen, gasworks booked {p_fen} fen")
-    for txn, payment_id, s_fen, p_fen in db.execute(
-        "SELECT s.channel_txn_id, p.payment_id, s.amount_fen, p.amount_fen FROM s JOIN p USING (channel_txn_id) WHERE s.status = 'refunded' AND p.state IN ('booked', 'held', 'adjusted')"
-    ).fetchall():
-        add(DiscrepancyClass.STATUS_MISMATCH, txn, payment_id, s_fen, p_fen, f"refunded at the channel ({s_fen} fen), booked here")
-    for txn, payment_id, s_fen, p_fen in db.execute(
-        "SELECT s.channel_txn_id, p.payment_id, s.amount_fen, p.amount_fen FROM s JOIN p USING (channel_txn_id) WHERE s.status = 'refunded' AND p.state = 'refund_requested'"
-    ).fetchall():
-        add(DiscrepancyClass.STATUS_MISMATCH, txn, payment_id, s_fen, p_fen, f"the refund we requested ({s_fen} fen) is in the channel's statement", DiscrepancyState.REPAIRED)
-    if channel.fee_ppm:
-        for txn, line_no, amount, fee in db.execute(
-            "SELECT channel_txn_id, line_no, amount_fen, fee_fen FROM s WHERE status = 'paid' AND fee_fen <> (amount_fen * ? + 500000) // 1000000", [channel.fee_ppm]
-        ).fetchall():
-            add(DiscrepancyClass.FEE_MISMATCH, txn, None, fee, channel.fee_fen(amount), f"line {line_no}: fee {fee} fen, agreed {channel.fee_fen(amount)} fen on {amount} fen")
-    carry_from = day_end - timedelta(seconds=CARRY_OVER_S)
-    carried_txns = {d.channel_txn_id for d in carried}
-    # Times go into DuckDB as ISO text and come back as flags or text: no timezone library needed.
-    for payment_id, txn, amount, near_midnight in db.execute(
-        "SELECT p.payment_id, p.channel_txn_id, p.amount_fen, p.paid_at >= ?::TIMESTAMPTZ FROM p ANTI JOIN s ON s.channel_txn_id = p.channel_txn_id "
-        "ANTI JOIN near ON near.channel_txn_id = p.channel_txn_id "
-        "WHERE p.state IN ('booked', 'held', 'adjusted') AND ((p.paid_at >= ?::TIMESTAMPTZ AND p.paid_at < ?::TIMESTAMPTZ) OR p.channel_txn_id IN (SELECT unnest(?::VARCHAR[])))",
-        [carry_from.isoformat(), day_start.isoformat(), day_end.isoformat(), sorted(t for t in carried_txns if t)],
-    ).fetchall():
-        if near_midnight and txn not in carried_txns:
-            add(DiscrepancyClass.UNKNOWN_PAYMENT, txn, payment_id, None, amount, "paid just before midnight: looked for in the next day's statement", DiscrepancyState.CARRIED_OVER)
-        else:
-            add(DiscrepancyClass.UNKNOWN_PAYMENT, txn, payment_id, None, amount, "booked here, not in the channel's statement")
-    for payment_id, txn, amount, command_state, route, ordered_at in db.execute(
-        "SELECT p.payment_id, p.channel_txn_id, p.amount_fen, p.command_state, p.route, CAST(p.ordered_at AS VARCHAR) FROM p SEMI JOIN s ON s.channel_txn_id = p.channel_txn_id "
-        "WHERE p.state = 'booked' AND p.command_id IS NOT NULL AND p.command_state NOT IN ('applied', 'cancelled') AND p.ordered_at < ?::TIMESTAMPTZ",
-        [(now - timedelta(seconds=NOT_DELIVERED_AFTER_S)).isoformat()],
-    ).fetchall():
-        add(DiscrepancyClass.NOT_DELIVERED, txn, payment_id, None, amount, f"{route} purchase {command_state} since {ordered_at[:16]}")
-    matched = db.execute("SELECT count(DISTINCT s.channel_txn_id) FROM s JOIN p USING (channel_txn_id) WHERE s.status = 'paid' AND s.amount_fen = p.amount_fen").fetchone()[0]
-    db.close()
-    return found, int(matched), unnotified
 
 
 def _book_from_statement(

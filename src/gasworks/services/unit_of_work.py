@@ -10,6 +10,7 @@ from gasworks.domain.money import PaymentCeiling
 from gasworks.services import ports
 from gasworks.services.carrier_ports import CarrierRegistry
 from gasworks.services.outbound_store import OutboundStore
+from gasworks.services.statement_matching import StatementMatcher
 
 
 class UnitOfWork(Protocol):
@@ -38,6 +39,7 @@ class UnitOfWork(Protocol):
     reconciliations: ports.ReconciliationsRepository
     carriers: CarrierRegistry
     outbound: OutboundStore  # calling the channels: job state, gateway URLs
+    statement_matcher: StatementMatcher  # reads and matches statement files (DuckDB); needs no open transaction
 
     def __enter__(self) -> "UnitOfWork": ...
     def __exit__(self, *exc: object) -> None: ...

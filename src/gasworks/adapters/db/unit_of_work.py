@@ -1,6 +1,7 @@
 """One unit of work = one database transaction, with the repositories a use case needs."""
 
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine
 
@@ -13,6 +14,9 @@ from gasworks.adapters.db import repositories as repos
 from gasworks.domain.clock import Clock
 from gasworks.domain.delivery import DeliveryPolicy
 from gasworks.domain.money import PAYMENT_FEN_ABSOLUTE_MAX, PaymentCeiling
+
+if TYPE_CHECKING:
+    from gasworks.services.statement_matching import StatementMatcher
 
 
 class SqlUnitOfWork:
@@ -30,6 +34,13 @@ class SqlUnitOfWork:
         self.local_timezone = local_timezone
         self.site_key = site_key  # None: the development default generated into the database
         self._connection: Connection | None = None
+
+    @property
+    def statement_matcher(self) -> "StatementMatcher":
+        """DuckDB, imported only by the use cases that read or match statements."""
+        from gasworks.adapters.statements.matcher import DuckDbStatementMatcher
+
+        return DuckDbStatementMatcher()
 
     def __enter__(self) -> "SqlUnitOfWork":
         if self._connection is not None:

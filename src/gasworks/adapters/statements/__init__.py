@@ -1,5 +1,5 @@
-"""Readers for channels' daily statement files. Each returns a whole Statement or refuses the file."""
+"""Channels' daily statement files: the readers (DuckDB over the file) and the DuckDB matcher."""
 
-from gasworks.adapters.statements.readers import READERS, read_statement
+from gasworks.adapters.statements.readers import READERS, ReadStatement, read_statement
 
-__all__ = ["READERS", "read_statement"]
+__all__ = ["READERS", "ReadStatement", "read_statement"]

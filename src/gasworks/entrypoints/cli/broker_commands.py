@@ -4,15 +4,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from sqlalchemy import inspect, select
-from sqlalchemy.exc import SQLAlchemyError
 
-from gasworks.adapters.db.tables import meters
-from gasworks.adapters.meters import broker
-from gasworks.config import Settings
 from gasworks.domain.accounts import MeterKind
 from gasworks.domain.errors import InvalidInput
-from gasworks.entrypoints.cli.common import DatabaseUrl, cli_errors, out, system
+from gasworks.entrypoints.cli.common import DatabaseUrl, cli_errors, lazy_module, out, system
+
+broker = lazy_module("gasworks.adapters.meters.broker")
 
 broker_app = typer.Typer(help="A closed MQTT broker for the meters: users, passwords, ACL, Mosquitto config.", no_args_is_help=True)
 
@@ -24,6 +21,11 @@ def register(app: typer.Typer) -> None:
 
 
 def _iot_serials(database_url: str | None) -> list[str]:
+    from sqlalchemy import inspect, select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from gasworks.adapters.db.tables import meters
+
     sys_ = system(database_url)
     try:
         if not inspect(sys_.engine).has_table("meters"):
@@ -37,6 +39,12 @@ def _iot_serials(database_url: str | None) -> list[str]:
         raise InvalidInput(f"cannot read meters from the database: {type(error).__name__}", code="DATABASE_UNREACHABLE") from None
     finally:
         sys_.engine.dispose()
+
+
+def _topic_prefix() -> str:
+    from gasworks.config import Settings
+
+    return Settings().mqtt_topic_prefix
 
 
 @broker_app.command("provision")
@@ -59,7 +67,7 @@ def provision(
     if from_database:
         serials += _iot_serials(database_url)
     done = broker.provision(
-        out_dir, prefix=prefix or Settings().mqtt_topic_prefix, serials=serials, port=port, bind=bind, persistence=persistence
+        out_dir, prefix=prefix or _topic_prefix(), serials=serials, port=port, bind=bind, persistence=persistence
     )
     out.print(f"broker files in [bold]{done.directory}[/]: passwd ({done.meters} meters + worker + fleet), acl, mosquitto.conf; site-secret is private (0600)")
     out.print(f"start it:    mosquitto -c {done.directory / 'mosquitto.conf'}")
@@ -83,7 +91,7 @@ def meter_credentials(
     """Print one meter's MQTT credentials (the same every time) and admit it to the password file."""
     password = broker.add_meter(out_dir.resolve(), serial)
     port = port or broker.provisioned_port(out_dir.resolve())
-    topics = prefix or Settings().mqtt_topic_prefix
+    topics = prefix or _topic_prefix()
     out.print(f"meter {serial}: admitted to {out_dir.resolve() / 'passwd'} (kill -HUP the broker to take it)")
     out.print(f"  publishes {topics}/{serial}/up, subscribes {topics}/{serial}/down, nothing else")
     print(f"username: {serial}")

@@ -1,17 +1,24 @@
-"""What every `gasworks` command shares: consoles, the error wrapper, the system it works on."""
+"""What every `gasworks` command shares: consoles, the error wrapper, the system it works on.
+
+`gasworks --help` must answer at once, so nothing here (or in a command module's top level) imports
+SQLAlchemy, Alembic, FastAPI, DuckDB, uvicorn or the simulator: a command imports what it needs when
+it runs, directly or through `lazy_module`.
+"""
 
 import functools
 import getpass
+import importlib
 from collections.abc import Callable
-from typing import Annotated, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
-from gasworks.bootstrap import System, bootstrap
-from gasworks.config import Settings
 from gasworks.domain.errors import GasworksError
-from gasworks.observability import configure_logging
+
+if TYPE_CHECKING:
+    from gasworks.bootstrap import System
 
 out = Console()
 err = Console(stderr=True)
@@ -37,7 +44,22 @@ def cli_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def system(database_url: str | None, **overrides: object) -> System:
+class lazy_module:  # noqa: N801 -- stands where a module name stood
+    """A module imported on first attribute use: `channels = lazy_module("gasworks.services.channels")`."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:  # noqa: ANN401
+        module: ModuleType = importlib.import_module(self._name)
+        return getattr(module, attribute)
+
+
+def system(database_url: str | None, **overrides: object) -> "System":
+    from gasworks.bootstrap import bootstrap
+    from gasworks.config import Settings
+    from gasworks.observability import configure_logging
+
     given = {"database_url": database_url, **overrides}
     settings = Settings(**{k: v for k, v in given.items() if v is not None})
     configure_logging(json=settings.log_json)

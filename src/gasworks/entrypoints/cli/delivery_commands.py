@@ -13,13 +13,14 @@ from rich.table import Table
 from gasworks.domain.accounts import CustomerClass
 from gasworks.domain.delivery import CommandState, MeterModel, valve_reason_names
 from gasworks.domain.errors import InvalidInput, NotFound
-from gasworks.domain.kiosks import Kiosk
+from gasworks.domain.kiosks import Kiosk, KioskStatus
 from gasworks.domain.meter_models import CreditUnit, DiByteOrder, MacScheme, parse_profile_value
 from gasworks.domain.meter_security import DEFAULT_METER_MODEL
 from gasworks.domain.tariffs import milli_fen_to_price_text
-from gasworks.entrypoints.cli.common import DatabaseUrl, cli_actor, cli_errors, out, system
-from gasworks.entrypoints.workers.worker import Worker, make_transport
-from gasworks.services import delivery, kiosks, meter_keys, tariffs
+from gasworks.entrypoints.cli.common import DatabaseUrl, cli_actor, cli_errors, lazy_module, out, system
+
+delivery, kiosks = lazy_module("gasworks.services.delivery"), lazy_module("gasworks.services.kiosks")
+meter_keys, tariffs = lazy_module("gasworks.services.meter_keys"), lazy_module("gasworks.services.tariffs")
 
 tariffs_app = typer.Typer(help="Tiered tariffs: versions with effective dates, per customer class.", no_args_is_help=True)
 kiosks_app = typer.Typer(help="Kiosks and counters where card meters' purchases are written.", no_args_is_help=True)
@@ -53,6 +54,8 @@ def worker(
 ) -> None:
     """Deliver purchases to IoT meters over MQTT and watch every delivery (runs until stopped)."""
     from prometheus_client import start_http_server
+
+    from gasworks.entrypoints.workers.worker import Worker, make_transport
 
     sys_ = system(database_url, mqtt_url=mqtt_url, worker_metrics_port=metrics_port, watchdog_interval_s=watchdog_interval_s)
     settings = sys_.settings
@@ -154,14 +157,14 @@ def kiosks_add(
     opening_hours: Annotated[str, typer.Option(help='Shown to residents beside the distance: "07:00-22:00" or "24h".')] = "",
     database_url: DatabaseUrl = None,
 ) -> None:
-    kiosk = Kiosk(kiosk_id, name, channel, community, address, latitude, longitude, kiosks.KioskStatus.WORKING.value, opening_hours)
+    kiosk = Kiosk(kiosk_id, name, channel, community, address, latitude, longitude, KioskStatus.WORKING.value, opening_hours)
     kiosks.add_kiosk(kiosk, system(database_url).new_uow(), actor=cli_actor())
     out.print(f"kiosk {kiosk_id} added")
 
 
 @kiosks_app.command("status")
 @cli_errors
-def kiosks_status(kiosk_id: str, status: kiosks.KioskStatus, database_url: DatabaseUrl = None) -> None:
+def kiosks_status(kiosk_id: str, status: KioskStatus, database_url: DatabaseUrl = None) -> None:
     kiosks.set_kiosk_status(kiosk_id, status, system(database_url).new_uow(), actor=cli_actor())
     out.print(f"kiosk {kiosk_id} is {status.value}")
 
@@ -193,7 +196,7 @@ def meters_show(serial: str, database_url: DatabaseUrl = None) -> None:
     _commands_table(commands)
 
 
-def _print_key(key: meter_keys.MeterKey, out_file: Path | None) -> None:
+def _print_key(key: "meter_keys.MeterKey", out_file: Path | None) -> None:
     text = f"{key.serial} {key.model} {key.scheme.value} v{key.key_version} {key.key.hex()}\n"
     if out_file is None:
         out.print(f"key version {key.key_version} of meter {key.serial} ({key.scheme.value}), for writing into the meter; keep it secret:")

@@ -5,32 +5,23 @@ import time
 from collections import Counter
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy import select
-from sqlalchemy.engine import make_url
 
-from gasworks.adapters.db import tables
-from gasworks.adapters.db.engine import make_engine
-from gasworks.adapters.db.migrate import upgrade
-from gasworks.bootstrap import bootstrap
-from gasworks.config import Settings
+from gasworks.domain.access import Role
 from gasworks.domain.clock import FixedClock
 from gasworks.domain.errors import Conflict, InvalidInput
 from gasworks.domain.money import fen_to_yuan_text
-from gasworks.entrypoints.cli.common import cli_errors, out
-from gasworks.observability import configure_logging
-from gasworks.services import access, reconciliation
-from gasworks.services.access import Role
-from gasworks.services.checks import check_ledger
-from gasworks.services.timeline import resident_token
-from gasworks.sim.city import build_city
-from gasworks.sim.outcome import BUTTON_GOAL, Report, summarise
-from gasworks.sim.statements import write_statements
-from gasworks.sim.world import LOCAL, FaultRates, Simulation
+from gasworks.entrypoints.cli.common import cli_errors, lazy_module, out
+
+if TYPE_CHECKING:
+    from gasworks.sim.outcome import Report
+
+# The simulator, SQLAlchemy and Alembic load when the demo runs, not when `gasworks --help` does.
+access, reconciliation = lazy_module("gasworks.services.access"), lazy_module("gasworks.services.reconciliation")
 
 DEMO_DATABASE = "sqlite:///gasworks-demo.db"
 
@@ -52,6 +43,13 @@ def _span(value: timedelta | None) -> str:
 
 def _fresh_database(url: str) -> None:
     """The demo writes a city into an empty database; it replaces only its own SQLite file."""
+    from sqlalchemy import select
+    from sqlalchemy.engine import make_url
+
+    from gasworks.adapters.db import tables
+    from gasworks.adapters.db.engine import make_engine
+    from gasworks.adapters.db.migrate import upgrade
+
     parsed = make_url(url)
     if parsed.drivername.startswith("sqlite"):
         path = Path(parsed.database or "")
@@ -86,6 +84,18 @@ def demo(
     ctwing_share: Annotated[float, typer.Option("--ctwing-share", min=0.0, max=1.0, help="Share of IoT meters behind the local CTWing platform stub (e.g. 0.2).")] = 0.0,
 ) -> None:
     """Simulate a city for a month through the real gasworks and show what reached the meters."""
+    from sqlalchemy.engine import make_url
+
+    from gasworks.adapters.db.engine import make_engine
+    from gasworks.adapters.db.migrate import upgrade
+    from gasworks.bootstrap import bootstrap
+    from gasworks.config import Settings
+    from gasworks.observability import configure_logging
+    from gasworks.sim.city import build_city
+    from gasworks.sim.outcome import summarise
+    from gasworks.sim.statements import write_statements
+    from gasworks.sim.world import LOCAL, FaultRates, Simulation
+
     try:
         rates = FaultRates.preset(faults)
         first_day = date.fromisoformat(start) if start else datetime.now(LOCAL).date() - timedelta(days=days)
@@ -126,8 +136,10 @@ def demo(
         raise typer.Exit(1)
 
 
-def show_time_without_gas(report: Report) -> None:
+def show_time_without_gas(report: "Report") -> None:
     """Time without gas and payment -> gas, by meter kind and model, and the button-press goal."""
+    from gasworks.sim.outcome import BUTTON_GOAL
+
     off = Table(title="time without gas: valve closed (credit out) → gas available again", title_justify="left")
     for column in ("meter", "model", "spells", "median", "p95", "p99", "note"):
         off.add_column(column, justify="left" if column in ("meter", "model", "note") else "right")
@@ -153,7 +165,7 @@ def show_time_without_gas(report: Report) -> None:
     )
 
 
-def show(report: Report) -> None:
+def show(report: "Report") -> None:
     channels = Table(title="payments by channel", title_justify="left")
     for column in ("channel", "collected", "amount", "booked", "held", "never reached gasworks"):
         channels.add_column(column, justify="left" if column == "channel" else "right")
@@ -213,6 +225,8 @@ def show(report: Report) -> None:
 
 def _reconcile_all(system, files: list[Path]) -> bool:  # noqa: ANN001
     """Reconcile every statement the channels wrote; True if the ledger still holds afterwards."""
+    from gasworks.services.checks import check_ledger
+
     verdicts: Counter = Counter()
     classes: Counter = Counter()
     repaired_fen = 0
@@ -240,7 +254,9 @@ def _reconcile_all(system, files: list[Path]) -> bool:  # noqa: ANN001
     return ledger.ok
 
 
-def _next_steps(system, report: Report, database_url: str) -> None:  # noqa: ANN001
+def _next_steps(system, report: "Report", database_url: str) -> None:  # noqa: ANN001
+    from gasworks.services.timeline import resident_token
+
     _, operator_key = access.create_api_key(name="demo operator", role=Role.OPERATOR, channel_id=None, uow=system.new_uow(), actor="demo")
     out.print("\n[bold]Look around[/] (the records stay in the database above):")
     url_option = "" if database_url == DEMO_DATABASE else f" --database-url '{database_url}'"

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from gasworks.adapters.db.migrate import current_revision, upgrade
+from gasworks.domain.access import Role
 from gasworks.domain.accounts import CustomerClass, MeterKind
 from gasworks.domain.channels import ChannelKind, KeyPurpose
 from gasworks.domain.meter_security import DEFAULT_METER_MODEL
@@ -15,12 +15,13 @@ from gasworks.domain.money import fen_to_yuan_text
 from gasworks.entrypoints.cli.broker_commands import register as register_broker
 from gasworks.entrypoints.cli.carrier_commands import register as register_carriers
 from gasworks.entrypoints.cli.channel_call_commands import register as register_channel_calls
-from gasworks.entrypoints.cli.common import DatabaseUrl, cli_actor, cli_errors, err, out, system
+from gasworks.entrypoints.cli.common import DatabaseUrl, cli_actor, cli_errors, err, lazy_module, out, system
 from gasworks.entrypoints.cli.delivery_commands import register as register_delivery
 from gasworks.entrypoints.cli.reconcile_commands import register as register_reconciliation
 from gasworks.entrypoints.cli.soak import soak
-from gasworks.services import access, accounts, channels, checks
-from gasworks.services.access import Role
+
+access, accounts = lazy_module("gasworks.services.access"), lazy_module("gasworks.services.accounts")
+channels, checks = lazy_module("gasworks.services.channels"), lazy_module("gasworks.services.checks")
 
 app = typer.Typer(help="gasworks: every yuan a resident pays becomes gas at their meter.", no_args_is_help=True)
 db_app = typer.Typer(help="The system of record.", no_args_is_help=True)
@@ -45,6 +46,7 @@ def serve(
 
     import uvicorn
 
+    from gasworks.adapters.db.migrate import upgrade
     from gasworks.entrypoints.api.app import create_app
     from gasworks.entrypoints.workers.worker import Worker, make_transport
 
@@ -71,6 +73,8 @@ def serve(
 @cli_errors
 def db_upgrade(database_url: DatabaseUrl = None) -> None:
     """Apply every pending migration (safe to run again)."""
+    from gasworks.adapters.db.migrate import current_revision, upgrade
+
     sys_ = system(database_url)
     upgrade(sys_.engine)
     out.print(f"database at revision {current_revision(sys_.engine)}")

@@ -2,19 +2,23 @@
 
 from datetime import date
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from gasworks.domain.errors import InvalidInput
+from gasworks.domain.holds import HoldDecision
 from gasworks.domain.money import fen_to_yuan_text
 from gasworks.domain.payments import PaymentState
 from gasworks.domain.statements import DiscrepancyClass, DiscrepancyState
-from gasworks.entrypoints.cli.common import DatabaseUrl, cli_actor, cli_errors, out, system
-from gasworks.services import reconciliation
-from gasworks.services.holds import HoldDecision, confirm_refund, decide_hold, record_external_refund
+from gasworks.entrypoints.cli.common import DatabaseUrl, cli_actor, cli_errors, lazy_module, out, system
+
+if TYPE_CHECKING:
+    from gasworks.services.reconciliation import RunReport
+
+reconciliation, holds = lazy_module("gasworks.services.reconciliation"), lazy_module("gasworks.services.holds")
 
 discrepancies_app = typer.Typer(help="Differences found by reconciliation: list them, decide them.", no_args_is_help=True)
 holds_app = typer.Typer(help="Payments held in suspense: list them, credit or refund them.", no_args_is_help=True)
@@ -44,7 +48,7 @@ def refunds_list(limit: int = 100, database_url: DatabaseUrl = None) -> None:
 @cli_errors
 def refunds_confirm(payment_id: str, evidence: Annotated[str, typer.Option(help="The channel's refund id or notification.")], database_url: DatabaseUrl = None) -> None:
     """The channel paid back a refund we requested."""
-    done = confirm_refund(payment_id, evidence=evidence, uow=system(database_url).new_uow(), actor=cli_actor())
+    done = holds.confirm_refund(payment_id, evidence=evidence, uow=system(database_url).new_uow(), actor=cli_actor())
     out.print(f"payment {done.id}: {done.events[-1].note}")
 
 
@@ -52,7 +56,7 @@ def refunds_confirm(payment_id: str, evidence: Annotated[str, typer.Option(help=
 @cli_errors
 def refunds_external(payment_id: str, evidence: Annotated[str, typer.Option(help="Where the refund was seen.")], database_url: DatabaseUrl = None) -> None:
     """The channel refunded this payment on its own."""
-    done = record_external_refund(payment_id, evidence=evidence, uow=system(database_url).new_uow(), actor=cli_actor())
+    done = holds.record_external_refund(payment_id, evidence=evidence, uow=system(database_url).new_uow(), actor=cli_actor())
     out.print(f"payment {done.id}: {done.events[-1].note}")
 
 
@@ -77,7 +81,7 @@ def holds_decide(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Credit a held payment to an account (it then buys gas) or refund it through its channel."""
-    decided = decide_hold(payment_id, decision, reason=reason, account_no=account_no, uow=system(database_url).new_uow(), actor=cli_actor())
+    decided = holds.decide_hold(payment_id, decision, reason=reason, account_no=account_no, uow=system(database_url).new_uow(), actor=cli_actor())
     out.print(f"payment {decided.id}: {decided.events[-1].note}")
 
 
@@ -114,7 +118,7 @@ def reconcile(
         raise typer.Exit(1)
 
 
-def show(report: reconciliation.RunReport) -> None:
+def show(report: "RunReport") -> None:
     again = "" if report.new else " (reconciled before: the first run's report)"
     out.print(f"reconciliation {report.run_id}: {report.channel_id} {report.statement_date}{again}; {report.matched:,} payments matched")
     table = Table("class", "count", "amount")

@@ -8,8 +8,6 @@ from rich.table import Table
 
 from gasworks.domain.money import fen_to_yuan_text
 from gasworks.entrypoints.cli.common import cli_errors, err, out
-from gasworks.observability import configure_logging
-from gasworks.sim.chaos import FORGERIES
 
 if TYPE_CHECKING:
     from gasworks.sim.soak import SoakReport
@@ -26,6 +24,7 @@ def soak(
 ) -> None:
     """Run real `gasworks serve` and workers on a private PostgreSQL and Mosquitto, kill and restart
     them at random, harm and forge messages, and prove the invariants after every fault."""
+    from gasworks.observability import configure_logging
     from gasworks.sim.soak import (  # the simulator's imports only when soaking
         Soak,
         SoakOptions,
@@ -42,6 +41,8 @@ def soak(
 
 
 def show(report: "SoakReport") -> None:
+    from gasworks.sim.chaos import FORGERIES
+
     faults = Table(title="faults injected", title_justify="left")
     faults.add_column("fault", no_wrap=True)
     faults.add_column("count", justify="right")

@@ -1,7 +1,7 @@
 """the database refuses what the domain already promises never to write
 
 Revision ID: 0017
-Revises: 0011
+Revises: 0014
 
 Positive amounts, known states, purchase serials from 1, volumes above zero: the domain's types and
 transition tables already promise these, and a row typed by hand (or a future bug) must not slip past
@@ -15,7 +15,7 @@ import re
 from alembic import op
 
 revision = "0017"
-down_revision = "0011"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
