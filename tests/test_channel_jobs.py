@@ -364,3 +364,37 @@ def test_gateway_configuration_from_the_command_line(env, database_url, tmp_path
     ChannelJobs(system).run_once()
     listed = runner.invoke(cli, ["channels", "jobs", "--kind", "order_query", "--database-url", database_url])
     assert listed.exit_code == 0 and trade in listed.output and "not_paid" in listed.output
+
+
+# ---- Alipay through the same jobs ---------------------------------------------------------------
+
+
+def test_an_alipay_refund_goes_through_the_worker_to_the_alipay_stub_and_is_refunded_once(system):
+    """Refunds end to end on Alipay: decided → the worker's refund call (signed RSA2, out_request_no =
+    our refund number) → refunded once Alipay says the money went back (fund_change=Y), and asked
+    for no more after that."""
+    from gasworks.sim.stubs.alipay_gateway import AlipayGatewayStub
+
+    n = set_up(system)
+    channel_admin.add_key(channel_id="alipay", purpose=KeyPurpose.SIGNING_KEY, key_id="app-key-1", material=rsa_private_key("merchant"), uow=system.new_uow(), actor="test")
+    with AlipayGatewayStub(app_id=n.alipay.app_id, app_public_key_pem=public_key_pem(rsa_private_key("merchant")), alipay_private_key_pem=rsa_private_key("alipay"), now=system.clock.now) as stub:
+        configure_gateway("alipay", stub.gateway_url, uow=system.new_uow(), actor="test")
+        stub.create_trade("GWNOSUCHORDER0002", 5000)
+        trade_no = stub.pay("GWNOSUCHORDER0002", at=system.clock.now()).trade_no
+        client = TestClient(create_app(system))
+        headers, body = n.alipay.notification(out_trade_no="GWNOSUCHORDER0002", trade_no=trade_no, amount_fen=5000, at=system.clock.now())
+        assert client.post("/v1/channels/alipay/notify", content=body, headers=headers).text == "success"
+        with system.new_uow() as uow:
+            [held] = uow.payments.list_in_state(PaymentState.HELD, 10)
+        decide_hold(held.id, HoldDecision.REFUND, reason="no such order", uow=system.new_uow(), actor="operator")
+        assert refunds_in_flight_fen(system) == 5000
+
+        ChannelJobs(system).run_once()  # Alipay answers fund_change=Y: the money went back, so it is refunded now
+        assert payment_state(system, held.id) == PaymentState.REFUNDED and refunds_in_flight_fen(system) == 0
+        [request] = [biz for method, biz in stub.requests if method == "alipay.trade.refund"]
+        with system.new_uow() as uow:
+            assert request["out_request_no"] == refund_number(uow.payments.get(held.id)) and request["refund_amount"] == "50.00"
+        assert stub.trades["GWNOSUCHORDER0002"].refunded_fen == 5000
+        ChannelJobs(system).run_once()  # nothing left to do: no second refund call
+        assert [m for m in stub.calls if m == "alipay.trade.refund"] == ["alipay.trade.refund"]
+    assert check_ledger(system.new_uow()).ok
