@@ -1,5 +1,6 @@
 """Repositories: the only code that speaks SQL. They map rows to domain objects and back."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -204,32 +205,42 @@ class Ledger:
         self.c.execute(insert(t.ledger_accounts).values(code=code, kind=kind.value, entries_sum_fen=0))
 
     def post(self, txn: LedgerTransaction) -> int:
-        txn_id = self.c.execute(
-            insert(t.ledger_transactions)
-            .values(kind=txn.kind.value, payment_id=txn.payment_id, at=txn.at, memo=txn.memo)
-            .returning(t.ledger_transactions.c.id)
-        ).scalar_one()
+        return self.post_many([txn])[0]
+
+    def post_many(self, txns: Sequence[LedgerTransaction]) -> list[int]:
+        """Post balanced transactions together: one INSERT of the transactions, one of all their
+        entries, one UPDATE per cached balance they touch (by the net of their entries)."""
+        ids = list(
+            self.c.execute(
+                insert(t.ledger_transactions).returning(t.ledger_transactions.c.id, sort_by_parameter_order=True),
+                [{"kind": txn.kind.value, "payment_id": txn.payment_id, "at": txn.at, "memo": txn.memo} for txn in txns],
+            ).scalars()
+        )
         self.c.execute(
             insert(t.ledger_entries),
             [
                 {"transaction_id": txn_id, "account_code": e.account_code, "amount_fen": e.amount_fen}
+                for txn_id, txn in zip(ids, txns, strict=True)
                 for e in txn.entries
             ],
         )
         # Only per-customer balances are cached: a channel's clearing account or suspense is touched
         # by every payment, and a cached sum there would be one hot row serialising all intake.
+        net_fen: dict[str, int] = {}
+        for txn in txns:
+            for entry in txn.entries:
+                if kind_of(entry.account_code) in CACHED_BALANCE_KINDS:
+                    net_fen[entry.account_code] = net_fen.get(entry.account_code, 0) + entry.amount_fen
         # Sorted, so concurrent postings lock cached balances in one order and cannot deadlock.
-        for entry in sorted(txn.entries, key=lambda e: e.account_code):
-            if kind_of(entry.account_code) not in CACHED_BALANCE_KINDS:
-                continue
+        for code in sorted(net_fen):
             updated = self.c.execute(
                 update(t.ledger_accounts)
-                .where(t.ledger_accounts.c.code == entry.account_code)
-                .values(entries_sum_fen=t.ledger_accounts.c.entries_sum_fen + entry.amount_fen)
+                .where(t.ledger_accounts.c.code == code)
+                .values(entries_sum_fen=t.ledger_accounts.c.entries_sum_fen + net_fen[code])
             ).rowcount
             if updated != 1:
-                raise LookupError(f"ledger account {entry.account_code!r} is not open")
-        return txn_id
+                raise LookupError(f"ledger account {code!r} is not open")
+        return ids
 
     def post_once(self, txn: LedgerTransaction) -> int | None:
         """Post a payment's life-cycle transaction unless the payment already owns one of its kind
@@ -523,7 +534,7 @@ class Payments:
         self.c = c
 
     def claim(self, payment: Payment) -> None:
-        """Insert the payment under its natural key (channel, channel transaction id).
+        """Insert the payment, in the state it was decided in, under its natural key (channel, channel transaction id).
 
         Raises DuplicateKey, with the transaction still usable, when the key is taken, also by a
         concurrent transaction that commits while we wait on the unique index.
@@ -541,6 +552,7 @@ class Payments:
                 method=payment.method,
                 paid_at=payment.paid_at,
                 state=payment.state.value,
+                hold_reason=payment.hold_reason.value if payment.hold_reason else None,
                 received_at=payment.events[0].at,
             )
         ).first()
@@ -557,6 +569,9 @@ class Payments:
                 account_no=payment.account_no,
             )
         )
+        self.save_events(payment, events_already_saved)
+
+    def save_events(self, payment: Payment, events_already_saved: int) -> None:
         new_events = payment.events[events_already_saved:]
         if new_events:
             self.c.execute(
