@@ -126,15 +126,20 @@ class StatementCount:
 
 @contextmanager
 def counting_statements(engine: Engine) -> Iterator[StatementCount]:
-    """Every statement the engine sends (SQLAlchemy before_cursor_execute) and every transaction it begins."""
+    """Every statement the engine sends (SQLAlchemy before_cursor_execute) and every transaction that sends one."""
     count = StatementCount(texts=[])
 
+    begun = threading.local()  # a transaction counts once it sends a statement (a cache hit sends none)
+
     def on_statement(_conn, _cursor, statement, _params, _context, _executemany):  # noqa: ANN001
+        if getattr(begun, "pending", False):
+            count.transactions += 1
+            begun.pending = False
         count.statements += 1
         count.texts.append(" ".join(statement.split())[:100])
 
     def on_begin(_conn):  # noqa: ANN001
-        count.transactions += 1
+        begun.pending = True
 
     event.listen(engine, "before_cursor_execute", on_statement)
     event.listen(engine, "begin", on_begin)
@@ -152,7 +157,7 @@ def take_as_the_api_does(system: System) -> Callable[[tuple[dict, bytes]], None]
         headers, body = item
         request = InboundRequest("POST", PATH, {k.lower(): v for k, v in headers.items()}, body)
         channel = load_channel("wallet", system.new_uow)
-        take_channel_payment(channel, request, BILL_PAYMENT_DECODERS, system.new_uow, skew_s=300)
+        take_channel_payment(channel, request, BILL_PAYMENT_DECODERS, system.new_booking_uow, skew_s=300)
 
     return take
 

@@ -1,6 +1,8 @@
 """Repositories: the only code that speaks SQL. They map rows to domain objects and back."""
 
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -122,11 +124,68 @@ def _customer(row: Any) -> Customer:
     )
 
 
+class ChannelCache:
+    """Channels and their keys as one process last read them, for at most `ttl_s` seconds.
+
+    Every notification needs its channel's keys, and keys change rarely (a rollover a year). A
+    change made through this process (add a channel, add or retire a key) forgets the channel at
+    once and again after its commit; another process sees it when its copy is `ttl_s` old. `ttl_s`
+    0 reads the database every time."""
+
+    ENTRIES_MAX = 1_000  # channels are configured by operators: far fewer than this
+
+    def __init__(self, ttl_s: float, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self._monotonic = monotonic
+        self._entries: dict[str, tuple[float, Channel]] = {}
+        self._lock = threading.Lock()
+
+    def clock(self) -> float:
+        return self._monotonic()
+
+    def get(self, channel_id: str) -> Channel | None:
+        with self._lock:
+            entry = self._entries.get(channel_id)
+        if entry is None or self._monotonic() - entry[0] >= self.ttl_s:
+            return None
+        return entry[1]
+
+    def put(self, channel: Channel, read_at: float) -> None:
+        if self.ttl_s <= 0:
+            return
+        with self._lock:
+            if len(self._entries) >= self.ENTRIES_MAX:
+                self._entries.clear()
+            self._entries[channel.id] = (read_at, channel)
+
+    def forget(self, channel_id: str) -> None:
+        with self._lock:
+            self._entries.pop(channel_id, None)
+
+
 class Channels:
-    def __init__(self, c: Connection) -> None:
+    def __init__(self, c: Connection, cache: ChannelCache | None = None) -> None:
         self.c = c
+        self.cache = cache or ChannelCache(0)
+        self.changed: set[str] = set()  # forgotten again once the unit of work commits
+
+    def _changing(self, channel_id: str) -> None:
+        self.changed.add(channel_id)
+        self.cache.forget(channel_id)
+
+    def get_recent(self, channel_id: str) -> Channel | None:
+        """The channel and its keys, from this process's copy if it is younger than the cache's ttl."""
+        channel = self.cache.get(channel_id)
+        if channel is not None:
+            return channel
+        read_at = self.cache.clock()  # before the read: a change committed during it ages it out no later
+        channel = self.get(channel_id)
+        if channel is not None and channel_id not in self.changed:
+            self.cache.put(channel, read_at)
+        return channel
 
     def add(self, channel: Channel, at: datetime) -> None:
+        self._changing(channel.id)
         self.c.execute(
             insert(t.channels).values(
                 id=channel.id,
@@ -141,6 +200,7 @@ class Channels:
             self.add_key(key)
 
     def add_key(self, key: ChannelKey) -> None:
+        self._changing(key.channel_id)
         self.c.execute(
             insert(t.channel_keys).values(
                 channel_id=key.channel_id,
@@ -153,6 +213,7 @@ class Channels:
         )
 
     def retire_key(self, channel_id: str, key_id: str, at: datetime) -> int:
+        self._changing(channel_id)
         result = self.c.execute(
             update(t.channel_keys)
             .where(

@@ -156,7 +156,7 @@ def create_app(system: System) -> FastAPI:
         started = time.perf_counter()
         try:
             taken = await run_in_threadpool(
-                lambda: notifications.take_channel_payment(channel, raw, decoders, new_uow, skew_s=settings.notification_clock_skew_s, ceiling=ceiling)
+                lambda: notifications.take_channel_payment(channel, raw, decoders, system.new_booking_uow, skew_s=settings.notification_clock_skew_s, ceiling=ceiling)
             )
             payments_taken.labels(channel.kind.value, "duplicate" if taken.duplicate else taken.state.value).inc()
             return channel, taken, None
