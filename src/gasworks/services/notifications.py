@@ -19,8 +19,7 @@ from gasworks.services.unit_of_work import UnitOfWork
 
 def load_channel(channel_id: str, new_uow: Callable[[], UnitOfWork]) -> Channel:
     """The channel and its keys, as recently as the channel cache allows (see ChannelCache)."""
-    with (uow := new_uow()):
-        channel = uow.channels.get_recent(channel_id)
+    channel = new_uow().recent_channel(channel_id)
     if channel is None:
         raise NotFound(f"no channel {channel_id[:40]!r}", code="CHANNEL_NOT_FOUND")
     return channel

@@ -6,6 +6,7 @@ from gasworks.adapters.db import delivery as delivery_repos
 from gasworks.adapters.db import meter_keys as meter_key_repos
 from gasworks.adapters.db import reconciliation as reconciliation_repos
 from gasworks.adapters.db import repositories as repos
+from gasworks.domain.channels import Channel
 from gasworks.domain.clock import Clock
 from gasworks.domain.delivery import DeliveryPolicy
 from gasworks.domain.money import PaymentCeiling
@@ -39,3 +40,6 @@ class UnitOfWork(Protocol):
     def __enter__(self) -> "UnitOfWork": ...
     def __exit__(self, *exc: object) -> None: ...
     def commit(self) -> None: ...
+    def recent_channel(self, channel_id: str) -> Channel | None:
+        """The channel and its keys as recently as the channel cache allows; opens no transaction on a hit."""
+        ...

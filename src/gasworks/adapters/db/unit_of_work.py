@@ -9,6 +9,7 @@ from gasworks.adapters.db import meter_keys as meter_key_repos
 from gasworks.adapters.db import reconciliation as reconciliation_repos
 from gasworks.adapters.db import repositories as repos
 from gasworks.adapters.db.group_commit import CommitGroup, GroupCommit, GroupCommitFailed
+from gasworks.domain.channels import Channel
 from gasworks.domain.clock import Clock
 from gasworks.domain.delivery import DeliveryPolicy
 from gasworks.domain.money import PAYMENT_FEN_ABSOLUTE_MAX, PaymentCeiling
@@ -98,6 +99,12 @@ class SqlUnitOfWork:
                 raise GroupCommitFailed(f"the shared commit failed, nothing of this unit of work was written: {error}") from error
         for channel_id in self.channels.changed:  # a reader may have cached the old keys meanwhile
             self.channels.cache.forget(channel_id)
+
+    def recent_channel(self, channel_id: str) -> Channel | None:
+        if self.channel_cache is not None and (channel := self.channel_cache.get(channel_id)) is not None:
+            return channel  # no connection, no transaction: on SQLite not even the write lock
+        with self:
+            return self.channels.get_recent(channel_id)
 
     def _leave_group(self) -> BaseException | None:
         group, self._group, self._connection = self._group, None, None
