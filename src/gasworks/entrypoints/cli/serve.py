@@ -21,6 +21,7 @@ from gasworks.observability import configure_logging
 
 API_WORKERS_MAX = 64  # a bound on processes: each holds a pool of up to 30 database connections
 WORKER_STOP_WAIT_S = 10
+WORKER_START_WAIT_S = 60
 
 
 def run_delivery_worker(database_url: str) -> None:
@@ -65,7 +66,9 @@ def serve_api(*, host: str | None, port: int | None, database_url: str | None, w
     if delivery is not None:
         delivery.start()
     try:
-        uvicorn.run(APP_FACTORY, factory=True, workers=api_workers, host=host, port=port, log_level="info")
+        # A worker imports all of gasworks before it answers the supervisor's first health check: on a
+        # busy machine that takes longer than uvicorn's 5 s default, and it would be killed for it.
+        uvicorn.run(APP_FACTORY, factory=True, workers=api_workers, host=host, port=port, log_level="info", timeout_worker_healthcheck=WORKER_START_WAIT_S)
     finally:
         if delivery is not None:
             delivery.terminate()
