@@ -214,7 +214,7 @@ def _place(payment: Payment, notice: PaymentNotice, uow: UnitOfWork, ceiling: Pa
         return Placement(None, None)
     if site is None:  # an order for an account that is gone: impossible while accounts are never deleted
         payment.hold(HoldReason.UNKNOWN_ACCOUNT, now, f"no account {account_no!r}")
-        return Placement(order, None)
+        return Placement(None, None)
     payment.move_to(PaymentState.BOOKED, now, f"credited to account {payment.account_no}")
     return Placement(order, site)
 
