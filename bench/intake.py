@@ -19,6 +19,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -55,7 +56,7 @@ CLIENTS = (8, 16)
 RETRY_SHARE = 10  # one notification in this many is sent twice over HTTP
 BOOKING_SQL = Path(__file__).with_name("booking.sql")
 TARGET = "≥ 0.5 × pgbench TPS"
-SERVER_START_WAIT_S = 60
+SERVER_START_WAIT_S = 180
 
 
 def prepared_system(url: str, **settings: object) -> System:
@@ -185,7 +186,8 @@ def served(url: str, *, api_processes: int, env: dict[str, str]) -> Iterator[str
     """`gasworks serve --workers N --no-worker` in processes of its own; yields its base URL."""
     port = free_port()
     command = [str(Path(sys.executable).with_name("gasworks")), "serve", "--no-worker", "--workers", str(api_processes), "--port", str(port), "--database-url", url]
-    server = subprocess.Popen(command, env={**os.environ, **env, "GASWORKS_LOG_LEVEL": "warning"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tempfile.TemporaryFile()
+    server = subprocess.Popen(command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + SERVER_START_WAIT_S
@@ -196,12 +198,14 @@ def served(url: str, *, api_processes: int, env: dict[str, str]) -> Iterator[str
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("gasworks serve did not start")
+                log.seek(0)
+                raise RuntimeError("gasworks serve did not start:\n" + log.read().decode(errors="replace")[-4000:])
             time.sleep(0.2)
         yield base
     finally:
         server.terminate()
         server.wait(30)
+        log.close()
 
 
 def http_sender(base: str) -> Callable[[tuple[dict, bytes]], None]:
