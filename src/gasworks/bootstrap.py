@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from gasworks.adapters.db.engine import make_engine
+from gasworks.adapters.db.group_commit import GroupCommit
 from gasworks.adapters.db.meter_keys import parse_site_key
+from gasworks.adapters.db.repositories import ChannelCache
 from gasworks.adapters.db.unit_of_work import SqlUnitOfWork
 from gasworks.config import Settings
 from gasworks.domain.clock import Clock, SystemClock
@@ -25,7 +27,7 @@ class System:
     def new_uow(self) -> SqlUnitOfWork:
         return SqlUnitOfWork(
             self.engine, self.clock, delivery=self.delivery, local_timezone=self.settings.local_timezone,
-            payment_ceiling=self.payment_ceiling, site_key=self.site_key,
+            payment_ceiling=self.payment_ceiling, site_key=self.site_key, channel_cache=self.channel_cache,
         )  # fmt: skip
 
     @functools.cached_property
@@ -36,6 +38,25 @@ class System:
     @property
     def delivery(self) -> DeliveryPolicy:
         return policy_from(self.settings)
+
+    def new_booking_uow(self) -> SqlUnitOfWork:
+        """A unit of work for booking one channel notification: in a commit group when
+        GASWORKS_GROUP_COMMIT_MS > 0 on PostgreSQL (see adapters/db/group_commit.py), else its own."""
+        uow = self.new_uow()
+        uow.group_commit = self.group_commit
+        return uow
+
+    @functools.cached_property
+    def group_commit(self) -> GroupCommit | None:
+        s = self.settings
+        if s.group_commit_ms <= 0 or self.engine.dialect.name != "postgresql":
+            return None
+        return GroupCommit(self.engine, window_s=s.group_commit_ms / 1000, members_max=s.group_commit_members_max)
+
+    @functools.cached_property
+    def channel_cache(self) -> ChannelCache:
+        """Channels and keys read once per GASWORKS_CHANNEL_CACHE_TTL_S in this process (see ChannelCache)."""
+        return ChannelCache(self.settings.channel_cache_ttl_s)
 
     @functools.cached_property
     def site_key(self) -> bytes | None:

@@ -33,6 +33,13 @@ class Settings(BaseSettings):
     # Limits: every one named, configurable and enforced.
     notification_clock_skew_s: int = 300  # timestamps further than this from now are refused
     request_body_bytes_max: int = 64 * 1024
+    # Channels and their keys are kept this long per process; a key added or retired through
+    # another process is seen within it (0: read them for every notification).
+    channel_cache_ttl_s: float = Field(5.0, ge=0, le=300)
+    # Group commit (PostgreSQL): notifications arriving within this many ms share one transaction,
+    # each in its own savepoint, answered after the shared COMMIT (0: off; see adapters/db/group_commit.py).
+    group_commit_ms: float = Field(0.0, ge=0, le=50)
+    group_commit_members_max: int = Field(32, ge=1, le=256)
     # One payment ceiling for every channel: synchronous channels (wallet, kiosk, counter, orders)
     # refuse above it (422 AMOUNT_ABOVE_LIMIT); money a channel already took is held in suspense.
     payment_fen_max: int = Field(1_000_000, ge=1, le=PAYMENT_FEN_ABSOLUTE_MAX)  # ¥10,000

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import IntFlag, StrEnum
 
-from gasworks.domain.accounts import MeterKind
+from gasworks.domain.accounts import CustomerClass, MeterKind
 from gasworks.domain.errors import InvariantViolated
 from gasworks.domain.meter_models import MeterModel as MeterModel  # re-exported: the profile lives in meter_models
 
@@ -65,6 +65,18 @@ class MeterLink:
     last_report_counter: int | None = None  # its uplink frame counter, when frames are sealed
     valve_reasons: int = 0  # ValveReason bits: why gasworks wants this meter's valve closed
     credit_fen: int | None = None  # a money meter's balance as it last reported it (negative on overdraft)
+
+
+@dataclass(frozen=True)
+class PurchaseSite:
+    """An account's meter, locked for a purchase, with what buying gas needs read in the same go:
+    the customer's class (its tariff), its prepaid account's cached entries sum (a balance of 100
+    fen is -100) and how many commands already wait for the meter."""
+
+    link: MeterLink
+    customer_class: CustomerClass
+    prepaid_entries_sum_fen: int
+    open_commands: int
 
 
 # ---- what a meter may claim ---------------------------------------------------------------------

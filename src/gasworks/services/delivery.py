@@ -30,6 +30,7 @@ from gasworks.domain.delivery import (
     MeterCommand,
     MeterLink,
     MeterModel,
+    PurchaseSite,
     ReportKey,
     ReportOrder,
     Send,
@@ -52,7 +53,7 @@ from gasworks.domain.delivery import (
     valve_reason_names,
 )
 from gasworks.domain.errors import Conflict, InvalidInput, MalformedFrame, NotFound
-from gasworks.domain.ledger import DELIVERY, REVENUE, TransactionKind, prepaid_account, transfer
+from gasworks.domain.ledger import DELIVERY, REVENUE, LedgerTransaction, TransactionKind, prepaid_account, presented_balance_fen, transfer
 from gasworks.domain.meter_messages import (
     Alarm,
     CommandRefused,
@@ -107,6 +108,7 @@ def policy_from(settings: Settings) -> DeliveryPolicy:
 class Purchase:
     order: MeterCommand | None
     reason: str  # why there is no order, when there is none
+    transaction: LedgerTransaction | None = None  # balance -> delivery, for the order's cost
 
 
 def buy_gas(uow: UnitOfWork, link: MeterLink, *, payment_id: str) -> Purchase:
@@ -117,17 +119,32 @@ def buy_gas(uow: UnitOfWork, link: MeterLink, *, payment_id: str) -> Purchase:
     balance (meter first, then balance, everywhere). Money that cannot buy a whole litre stays on
     the balance for next time.
     """
-    now, policy, account_no = uow.clock.now(), uow.delivery, link.account_no
-    customer = uow.customers.get(account_no)
+    customer = uow.customers.get(link.account_no)
     if customer is None:
-        return Purchase(None, f"account {account_no} does not exist")
+        return Purchase(None, f"account {link.account_no} does not exist")
+    site = PurchaseSite(link, customer.customer_class, uow.ledger.entries_sum_fen(prepaid_account(link.account_no)), open_commands=0)
+    purchase = plan_purchase(uow, site, payment_id=payment_id, prepaid_entries_sum_fen=site.prepaid_entries_sum_fen)
+    if purchase.order is None or purchase.transaction is None:
+        return purchase
+    uow.ledger.post(purchase.transaction)
+    place_purchase(uow, purchase.order, link, open_commands=uow.meter_commands.count_open(link.serial))
+    return purchase
+
+
+def plan_purchase(uow: UnitOfWork, site: PurchaseSite, *, payment_id: str, prepaid_entries_sum_fen: int) -> Purchase:
+    """The credit order and its ledger transaction that turn the whole balance (its cached entries
+    sum given, as it stands after whatever the caller is posting with it) into gas at the tariff in
+    force, tier by tier. Moves the meter's purchase serial and tier-year volume on in `site.link`;
+    writes nothing but an alert when no tariff is in force (`place_purchase` writes the order)."""
+    now, policy, link = uow.clock.now(), uow.delivery, site.link
+    account_no = link.account_no
     today = now.astimezone(ZoneInfo(uow.local_timezone)).date()
-    tariff = uow.tariffs.in_force(customer.customer_class, today)
+    tariff = uow.tariffs.in_force(site.customer_class, today)
     if tariff is None:
-        uow.alerts.raise_once(kind=AlertKind.NO_TARIFF, subject=customer.customer_class.value, reason=f"no tariff in force on {today} for {customer.customer_class}; payments stay on balances", at=now)
+        uow.alerts.raise_once(kind=AlertKind.NO_TARIFF, subject=site.customer_class.value, reason=f"no tariff in force on {today} for {site.customer_class}; payments stay on balances", at=now)
         return Purchase(None, "no tariff in force: the money stays on the balance")
     code = prepaid_account(account_no)
-    balance_fen = uow.ledger.balance_fen(account_no)
+    balance_fen = presented_balance_fen(code, prepaid_entries_sum_fen)
     if balance_fen <= 0:
         return Purchase(None, "no money on the balance")
     tier_year = tariff.tier_year_of(today)
@@ -148,18 +165,26 @@ def buy_gas(uow: UnitOfWork, link: MeterLink, *, payment_id: str) -> Purchase:
         ttl_s=policy.ttl_s,
     )
     order.tier_pieces = tuple((p.tier_no, p.litres, p.cost_fen, p.price_milli_fen_per_m3) for p in conversion.pieces)
-    uow.ledger.post(
-        transfer(
-            TransactionKind.PURCHASE,
-            debit=code,
-            credit=DELIVERY,
-            amount_fen=conversion.cost_fen,
-            at=now,
-            payment_id=payment_id,
-            memo=f"purchase #{seq} for meter {link.serial}: {conversion.litres} L",
-        )
+    transaction = transfer(
+        TransactionKind.PURCHASE,
+        debit=code,
+        credit=DELIVERY,
+        amount_fen=conversion.cost_fen,
+        at=now,
+        payment_id=payment_id,
+        memo=f"purchase #{seq} for meter {link.serial}: {conversion.litres} L",
     )
-    if uow.meter_commands.count_open(link.serial) >= policy.open_commands_per_meter_max:
+    link.purchase_seq_issued = seq
+    link.tier_year = tier_year
+    link.litres_bought_tier_year = bought + conversion.litres
+    return Purchase(order, "", transaction)
+
+
+def place_purchase(uow: UnitOfWork, order: MeterCommand, link: MeterLink, *, open_commands: int) -> None:
+    """The outbox: the credit order joins its meter's queue (an alert when the queue is long), a
+    listening worker hears of it at commit, and the meter's serial and tier-year volume are saved."""
+    now, policy = uow.clock.now(), uow.delivery
+    if open_commands >= policy.open_commands_per_meter_max:
         uow.alerts.raise_once(
             kind=AlertKind.METER_BACKLOG, subject=f"meter:{link.serial}",
             reason=f"{policy.open_commands_per_meter_max}+ commands waiting for this meter; purchases are kept and queue behind them", at=now,
@@ -167,11 +192,7 @@ def buy_gas(uow: UnitOfWork, link: MeterLink, *, payment_id: str) -> Purchase:
     uow.meter_commands.add(order)
     if link.kind == MeterKind.IOT:
         uow.meter_commands.announce(link.serial)  # a listening worker sends at once if the meter is awake
-    link.purchase_seq_issued = seq
-    link.tier_year = tier_year
-    link.litres_bought_tier_year = bought + conversion.litres
     uow.meters.save(link)
-    return Purchase(order, "")
 
 
 # ---- hearing from meters ------------------------------------------------------------------------

@@ -2,16 +2,17 @@
 
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
 
 from gasworks.domain.channels import PaymentNotice
+from gasworks.domain.delivery import PurchaseSite
 from gasworks.domain.errors import Conflict, DuplicateKey, IntakeRefused, InvalidInput
 from gasworks.domain.ledger import clearing_account, transfer
 from gasworks.domain.money import PaymentCeiling
-from gasworks.domain.payments import TRANSITIONS, HoldReason, Payment, PaymentState
-from gasworks.services.delivery import buy_gas
+from gasworks.domain.payments import TRANSITIONS, HoldReason, OrderState, Payment, PaymentOrder, PaymentState
+from gasworks.services.delivery import place_purchase, plan_purchase
 from gasworks.services.unit_of_work import UnitOfWork
 
 log = structlog.get_logger(__name__)
@@ -71,57 +72,60 @@ def accept_payment(
     """Books or holds one payment. Above the ceiling, a synchronous channel (the money is still in
     the resident's hand or wallet: `refuse_above_ceiling`) is refused and nothing is booked; money a
     channel already took is held in suspense. The ceiling is the unit of work's (configured once)
-    unless `ceiling` is given. The same transaction id with other content is a 409. `audit` records who took it on someone's behalf, in the booking's own transaction."""
+    unless `ceiling` is given. The same transaction id with other content is a 409. `audit` records who took it on someone's behalf, in the booking's own transaction.
+
+    One transaction, each row written once: where the money goes is decided first (reading the
+    order, or the account's meter, locked, with its class, balance and queue in one read), then the
+    payment is claimed in its final state, and the booking and the purchase it pays for are posted
+    together."""
     with uow:
         now = uow.clock.now()
         if notice.replay_nonce is not None:
             claim_nonce(uow, notice.channel_id, notice.replay_nonce)
-        payment = Payment.received(
-            id=new_payment_id(),
-            channel_id=notice.channel_id,
-            channel_txn_id=notice.channel_txn_id,
-            amount_fen=notice.amount_fen,
-            account_no=notice.account_no,
-            out_trade_no=notice.out_trade_no,
-            method=notice.method,
-            paid_at=notice.paid_at,
-            at=now,
-        )
-        payment.move_to(PaymentState.VERIFIED, now, "signature verified")
+        payment = _verified(notice, now)
+        try:
+            placement = _place(payment, notice, uow, ceiling or uow.payment_ceiling, refuse_above_ceiling)
+        except InvalidInput:  # refused above the ceiling, unless it is a retry of one already taken
+            first = uow.payments.get_by_channel_txn(notice.channel_id, notice.channel_txn_id)
+            if first is None:
+                raise
+            return _first_answer(first, notice, uow)
         try:
             uow.payments.claim(payment)
         except DuplicateKey:
             first = uow.payments.get_by_channel_txn(notice.channel_id, notice.channel_txn_id)
             if first is None:  # the key taken was not the payment's: impossible unless the schema changed
                 raise
-            _refuse_if_retry_differs(first, notice)
-            uow.commit()  # keeps the nonce claimed
-            return Acceptance.of(first, duplicate=True)
-
-        _place(payment, notice, uow, ceiling or uow.payment_ceiling, refuse_above_ceiling)
-        if payment.state == PaymentState.BOOKED:
-            assert payment.account_no is not None
-            # The meter first, then the balance: every use case that touches both locks them in
-            # this order, so two of them can never wait on each other.
-            meter = uow.meters.get_for_account(payment.account_no, lock=True)
+            return _first_answer(first, notice, uow)
+        if placement.order is not None and not uow.orders.mark_paid(placement.order.out_trade_no, payment.id):
+            # Another payment paid the order between our read and now: this one waits in suspense.
+            payment = _verified(notice, now, payment_id=payment.id)
+            payment.account_no = placement.order.account_no
+            payment.hold(HoldReason.ORDER_ALREADY_PAID, now, f"order {placement.order.out_trade_no} was already paid")
+            uow.payments.save_progress(payment, events_already_saved=len(payment.events))
+            placement = Placement(None, None)
         kind = TRANSITIONS[(PaymentState.VERIFIED, payment.state)]
         assert kind is not None, "booked or held: both move the money in"
-        uow.ledger.post(
-            transfer(
-                kind,
-                debit=clearing_account(payment.channel_id),
-                credit=payment.holding_account,
-                amount_fen=payment.amount_fen,
-                at=now,
-                payment_id=payment.id,
-                memo=f"{payment.channel_id} {payment.channel_txn_id}",
-            )
+        booking = transfer(
+            kind,
+            debit=clearing_account(payment.channel_id),
+            credit=payment.holding_account,
+            amount_fen=payment.amount_fen,
+            at=now,
+            payment_id=payment.id,
+            memo=f"{payment.channel_id} {payment.channel_txn_id}",
         )
+        purchase = None
         if payment.state == PaymentState.BOOKED:
+            site = placement.site
+            assert site is not None, "every account has its meter"
             # Transactional outbox: the credit order commits with the booking or not at all.
-            assert meter is not None, "every account has its meter"
-            buy_gas(uow, meter, payment_id=payment.id)
-        uow.payments.save_progress(payment, events_already_saved=0)
+            after_booking_fen = site.prepaid_entries_sum_fen + sum(e.amount_fen for e in booking.entries if e.account_code == payment.holding_account)
+            purchase = plan_purchase(uow, site, payment_id=payment.id, prepaid_entries_sum_fen=after_booking_fen)
+        uow.ledger.post_many([booking] + ([purchase.transaction] if purchase is not None and purchase.transaction is not None else []))
+        if purchase is not None and purchase.order is not None and placement.site is not None:
+            place_purchase(uow, purchase.order, placement.site.link, open_commands=placement.site.open_commands)
+        uow.payments.save_events(payment, events_already_saved=0)
         if audit is not None:
             uow.audit.append(
                 at=now, actor=audit.actor, action=audit.action, subject=f"payment:{payment.id}",
@@ -139,40 +143,79 @@ def accept_payment(
         return Acceptance.of(payment, duplicate=False)
 
 
-def _place(payment: Payment, notice: PaymentNotice, uow: UnitOfWork, ceiling: PaymentCeiling, refuse_above_ceiling: bool) -> None:
-    """Decide where the money goes: the customer's balance, or suspense with a reason."""
+def _verified(notice: PaymentNotice, now: datetime, *, payment_id: str | None = None) -> Payment:
+    payment = Payment.received(
+        id=payment_id or new_payment_id(),
+        channel_id=notice.channel_id,
+        channel_txn_id=notice.channel_txn_id,
+        amount_fen=notice.amount_fen,
+        account_no=notice.account_no,
+        out_trade_no=notice.out_trade_no,
+        method=notice.method,
+        paid_at=notice.paid_at,
+        at=now,
+    )
+    payment.move_to(PaymentState.VERIFIED, now, "signature verified")
+    return payment
+
+
+def _first_answer(first: Payment, notice: PaymentNotice, uow: UnitOfWork) -> Acceptance:
+    """A retry: the first payment as it stands now, or a 409 if the content differs."""
+    _refuse_if_retry_differs(first, notice)
+    uow.commit()  # keeps the nonce claimed
+    return Acceptance.of(first, duplicate=True)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a payment's money goes, as read before it is claimed: the order it pays (marked paid
+    once the payment is claimed), and for a booked payment its account's meter, locked."""
+
+    order: PaymentOrder | None
+    site: PurchaseSite | None
+
+
+def _place(payment: Payment, notice: PaymentNotice, uow: UnitOfWork, ceiling: PaymentCeiling, refuse_above_ceiling: bool) -> Placement:
+    """Decide where the money goes: the customer's balance, or suspense with a reason. Reads only."""
     now = uow.clock.now()
     order = uow.orders.get(notice.out_trade_no) if notice.out_trade_no is not None else None
     account_no = order.account_no if order is not None else notice.account_no
-    fen_max = payment_fen_max(uow, ceiling, notice.channel_id, account_no)
+    # The meter first, then the balance: every use case that touches both locks them in this
+    # order, so two of them can never wait on each other.
+    site = uow.meters.get_for_purchase(account_no) if account_no is not None else None
+    fen_max = ceiling.fen_max_for(notice.channel_id, site.customer_class.value if site is not None and ceiling.by_class else None)
     if payment.amount_fen > fen_max:
-        if refuse_above_ceiling:  # rolls back the claim: nothing booked, the channel may not retry it
+        if refuse_above_ceiling:  # nothing written but the nonce, rolled back with it: the channel may not retry it
             raise InvalidInput(f"amount {payment.amount_fen} fen is above the payment ceiling of {fen_max} fen", code="AMOUNT_ABOVE_LIMIT")
         payment.account_no = account_no
         payment.hold(HoldReason.AMOUNT_ABOVE_LIMIT, now, f"{payment.amount_fen} fen is above the ceiling of {fen_max} fen")
-        return
+        return Placement(None, None)
     if notice.out_trade_no is not None:
         if order is None:
             payment.hold(HoldReason.UNKNOWN_ORDER, now, f"no order {notice.out_trade_no!r}")
-            return
+            return Placement(None, None)
         payment.account_no = order.account_no
         if order.channel_id != notice.channel_id:
             payment.hold(HoldReason.CHANNEL_MISMATCH, now, f"order was created for channel {order.channel_id}")
-            return
+            return Placement(None, None)
         if order.amount_fen != notice.amount_fen:
             payment.hold(
                 HoldReason.AMOUNT_MISMATCH,
                 now,
                 f"order {order.out_trade_no} is {order.amount_fen} fen, channel notified {notice.amount_fen} fen",
             )
-            return
-        if not uow.orders.mark_paid(order.out_trade_no, payment.id):
+            return Placement(None, None)
+        if order.state != OrderState.OPEN:
             payment.hold(HoldReason.ORDER_ALREADY_PAID, now, f"order {order.out_trade_no} was already paid")
-            return
-    elif notice.account_no is None or not uow.customers.exists(notice.account_no):
+            return Placement(None, None)
+    elif site is None:
         payment.hold(HoldReason.UNKNOWN_ACCOUNT, now, f"no account {notice.account_no!r}")
-        return
+        return Placement(None, None)
+    if site is None:  # an order for an account that is gone: impossible while accounts are never deleted
+        payment.hold(HoldReason.UNKNOWN_ACCOUNT, now, f"no account {account_no!r}")
+        return Placement(None, None)
     payment.move_to(PaymentState.BOOKED, now, f"credited to account {payment.account_no}")
+    return Placement(order, site)
 
 
 def payment_fen_max(uow: UnitOfWork, ceiling: PaymentCeiling, channel_id: str, account_no: str | None) -> int:

@@ -9,18 +9,20 @@ from collections.abc import Callable
 from gasworks.adapters.channels import Decoder, InboundRequest
 from gasworks.adapters.channels.wallet_hmac import verify_request
 from gasworks.domain.channels import Channel, ChannelKind, RefundNotice
-from gasworks.domain.errors import IntakeRefused
+from gasworks.domain.errors import IntakeRefused, NotFound
 from gasworks.domain.money import PaymentCeiling
 from gasworks.services.accounts import AccountView, get_account
-from gasworks.services.channels import require_channel
 from gasworks.services.holds import take_channel_refund
 from gasworks.services.intake import Acceptance, accept_payment, claim_nonce
 from gasworks.services.unit_of_work import UnitOfWork
 
 
 def load_channel(channel_id: str, new_uow: Callable[[], UnitOfWork]) -> Channel:
-    with (uow := new_uow()):
-        return require_channel(uow, channel_id)
+    """The channel and its keys, as recently as the channel cache allows (see ChannelCache)."""
+    channel = new_uow().recent_channel(channel_id)
+    if channel is None:
+        raise NotFound(f"no channel {channel_id[:40]!r}", code="CHANNEL_NOT_FOUND")
+    return channel
 
 
 def take_channel_payment(

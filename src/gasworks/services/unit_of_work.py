@@ -4,6 +4,7 @@ The SQL one lives in adapters/db; services see only this shape."""
 
 from typing import Protocol
 
+from gasworks.domain.channels import Channel
 from gasworks.domain.clock import Clock
 from gasworks.domain.delivery import DeliveryPolicy
 from gasworks.domain.money import PaymentCeiling
@@ -44,3 +45,6 @@ class UnitOfWork(Protocol):
     def __enter__(self) -> "UnitOfWork": ...
     def __exit__(self, *exc: object) -> None: ...
     def commit(self) -> None: ...
+    def recent_channel(self, channel_id: str) -> Channel | None:
+        """The channel and its keys as recently as the channel cache allows; opens no transaction on a hit."""
+        ...

@@ -20,8 +20,10 @@ from gasworks.domain.delivery import (
     MeterCommand,
     MeterLink,
     MeterModel,
+    PurchaseSite,
 )
 from gasworks.domain.kiosks import Kiosk
+from gasworks.domain.ledger import prepaid_account
 from gasworks.domain.meter_models import CreditUnit, DiByteOrder, MacScheme
 from gasworks.domain.tariffs import Tariff, Tier
 
@@ -52,6 +54,25 @@ class Meters:
     def get_for_account(self, account_no: str, *, lock: bool = False) -> MeterLink | None:
         row = self.c.execute(self._select(lock=lock).where(t.meters.c.account_no == account_no)).first()
         return _link(row) if row else None
+
+    def get_for_purchase(self, account_no: str) -> PurchaseSite | None:
+        """The account's meter, locked (the meter first, then the balance, everywhere), with its
+        customer's class, cached balance and waiting commands in the same round trip."""
+        mc, la = t.meter_commands, t.ledger_accounts
+        waiting = select(func.count()).where(mc.c.meter_serial == t.meters.c.serial, mc.c.state.in_([s.value for s in OPEN_STATES])).scalar_subquery()
+        query = (
+            self._select(lock=False)
+            .add_columns(t.customers.c.customer_class, la.c.entries_sum_fen, waiting.label("open_commands"))
+            .join(t.customers, t.customers.c.account_no == t.meters.c.account_no)
+            .join(la, la.c.code == prepaid_account(account_no))
+            .where(t.meters.c.account_no == account_no)
+        )
+        if self.c.dialect.name == "postgresql":
+            query = query.with_for_update(of=t.meters)
+        row = self.c.execute(query).first()
+        if row is None:
+            return None
+        return PurchaseSite(_link(row), CustomerClass(row.customer_class), int(row.entries_sum_fen), int(row.open_commands))
 
     def get_by_card(self, card_no: str, *, lock: bool = False) -> MeterLink | None:
         row = self.c.execute(self._select(lock=lock).where(t.meters.c.card_no == card_no)).first()

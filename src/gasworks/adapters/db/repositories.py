@@ -1,5 +1,8 @@
 """Repositories: the only code that speaks SQL. They map rows to domain objects and back."""
 
+import threading
+import time
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -122,11 +125,68 @@ def _customer(row: Any) -> Customer:
     )
 
 
+class ChannelCache:
+    """Channels and their keys as one process last read them, for at most `ttl_s` seconds.
+
+    Every notification needs its channel's keys, and keys change rarely (a rollover a year). A
+    change made through this process (add a channel, add or retire a key) forgets the channel at
+    once and again after its commit; another process sees it when its copy is `ttl_s` old. `ttl_s`
+    0 reads the database every time."""
+
+    ENTRIES_MAX = 1_000  # channels are configured by operators: far fewer than this
+
+    def __init__(self, ttl_s: float, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self._monotonic = monotonic
+        self._entries: dict[str, tuple[float, Channel]] = {}
+        self._lock = threading.Lock()
+
+    def clock(self) -> float:
+        return self._monotonic()
+
+    def get(self, channel_id: str) -> Channel | None:
+        with self._lock:
+            entry = self._entries.get(channel_id)
+        if entry is None or self._monotonic() - entry[0] >= self.ttl_s:
+            return None
+        return entry[1]
+
+    def put(self, channel: Channel, read_at: float) -> None:
+        if self.ttl_s <= 0:
+            return
+        with self._lock:
+            if len(self._entries) >= self.ENTRIES_MAX:
+                self._entries.clear()
+            self._entries[channel.id] = (read_at, channel)
+
+    def forget(self, channel_id: str) -> None:
+        with self._lock:
+            self._entries.pop(channel_id, None)
+
+
 class Channels:
-    def __init__(self, c: Connection) -> None:
+    def __init__(self, c: Connection, cache: ChannelCache | None = None) -> None:
         self.c = c
+        self.cache = cache or ChannelCache(0)
+        self.changed: set[str] = set()  # forgotten again once the unit of work commits
+
+    def _changing(self, channel_id: str) -> None:
+        self.changed.add(channel_id)
+        self.cache.forget(channel_id)
+
+    def get_recent(self, channel_id: str) -> Channel | None:
+        """The channel and its keys, from this process's copy if it is younger than the cache's ttl."""
+        channel = self.cache.get(channel_id)
+        if channel is not None:
+            return channel
+        read_at = self.cache.clock()  # before the read: a change committed during it ages it out no later
+        channel = self.get(channel_id)
+        if channel is not None and channel_id not in self.changed:
+            self.cache.put(channel, read_at)
+        return channel
 
     def add(self, channel: Channel, at: datetime) -> None:
+        self._changing(channel.id)
         self.c.execute(
             insert(t.channels).values(
                 id=channel.id,
@@ -141,6 +201,7 @@ class Channels:
             self.add_key(key)
 
     def add_key(self, key: ChannelKey) -> None:
+        self._changing(key.channel_id)
         self.c.execute(
             insert(t.channel_keys).values(
                 channel_id=key.channel_id,
@@ -153,6 +214,7 @@ class Channels:
         )
 
     def retire_key(self, channel_id: str, key_id: str, at: datetime) -> int:
+        self._changing(channel_id)
         result = self.c.execute(
             update(t.channel_keys)
             .where(
@@ -205,32 +267,42 @@ class Ledger:
         self.c.execute(insert(t.ledger_accounts).values(code=code, kind=kind.value, entries_sum_fen=0))
 
     def post(self, txn: LedgerTransaction) -> int:
-        txn_id = self.c.execute(
-            insert(t.ledger_transactions)
-            .values(kind=txn.kind.value, payment_id=txn.payment_id, at=txn.at, memo=txn.memo)
-            .returning(t.ledger_transactions.c.id)
-        ).scalar_one()
+        return self.post_many([txn])[0]
+
+    def post_many(self, txns: Sequence[LedgerTransaction]) -> list[int]:
+        """Post balanced transactions together: one INSERT of the transactions, one of all their
+        entries, one UPDATE per cached balance they touch (by the net of their entries)."""
+        ids = list(
+            self.c.execute(
+                insert(t.ledger_transactions).returning(t.ledger_transactions.c.id, sort_by_parameter_order=True),
+                [{"kind": txn.kind.value, "payment_id": txn.payment_id, "at": txn.at, "memo": txn.memo} for txn in txns],
+            ).scalars()
+        )
         self.c.execute(
             insert(t.ledger_entries),
             [
                 {"transaction_id": txn_id, "account_code": e.account_code, "amount_fen": e.amount_fen}
+                for txn_id, txn in zip(ids, txns, strict=True)
                 for e in txn.entries
             ],
         )
         # Only per-customer balances are cached: a channel's clearing account or suspense is touched
         # by every payment, and a cached sum there would be one hot row serialising all intake.
+        net_fen: dict[str, int] = {}
+        for txn in txns:
+            for entry in txn.entries:
+                if kind_of(entry.account_code) in CACHED_BALANCE_KINDS:
+                    net_fen[entry.account_code] = net_fen.get(entry.account_code, 0) + entry.amount_fen
         # Sorted, so concurrent postings lock cached balances in one order and cannot deadlock.
-        for entry in sorted(txn.entries, key=lambda e: e.account_code):
-            if kind_of(entry.account_code) not in CACHED_BALANCE_KINDS:
-                continue
+        for code in sorted(net_fen):
             updated = self.c.execute(
                 update(t.ledger_accounts)
-                .where(t.ledger_accounts.c.code == entry.account_code)
-                .values(entries_sum_fen=t.ledger_accounts.c.entries_sum_fen + entry.amount_fen)
+                .where(t.ledger_accounts.c.code == code)
+                .values(entries_sum_fen=t.ledger_accounts.c.entries_sum_fen + net_fen[code])
             ).rowcount
             if updated != 1:
-                raise LookupError(f"ledger account {entry.account_code!r} is not open")
-        return txn_id
+                raise LookupError(f"ledger account {code!r} is not open")
+        return ids
 
     def post_once(self, txn: LedgerTransaction) -> int | None:
         """Post a payment's life-cycle transaction unless the payment already owns one of its kind
@@ -521,7 +593,7 @@ class Payments:
         self.c = c
 
     def claim(self, payment: Payment) -> None:
-        """Insert the payment under its natural key (channel, channel transaction id).
+        """Insert the payment, in the state it was decided in, under its natural key (channel, channel transaction id).
 
         Raises DuplicateKey, with the transaction still usable, when the key is taken, also by a
         concurrent transaction that commits while we wait on the unique index.
@@ -539,6 +611,7 @@ class Payments:
                 method=payment.method,
                 paid_at=payment.paid_at,
                 state=payment.state.value,
+                hold_reason=payment.hold_reason.value if payment.hold_reason else None,
                 received_at=payment.events[0].at,
             )
         ).first()
@@ -555,6 +628,9 @@ class Payments:
                 account_no=payment.account_no,
             )
         )
+        self.save_events(payment, events_already_saved)
+
+    def save_events(self, payment: Payment, events_already_saved: int) -> None:
         new_events = payment.events[events_already_saved:]
         if new_events:
             self.c.execute(

@@ -11,6 +11,8 @@ from gasworks.adapters.db import meter_keys as meter_key_repos
 from gasworks.adapters.db import outbound as outbound_repos
 from gasworks.adapters.db import reconciliation as reconciliation_repos
 from gasworks.adapters.db import repositories as repos
+from gasworks.adapters.db.group_commit import CommitGroup, GroupCommit, GroupCommitFailed
+from gasworks.domain.channels import Channel
 from gasworks.domain.clock import Clock
 from gasworks.domain.delivery import DeliveryPolicy
 from gasworks.domain.money import PAYMENT_FEN_ABSOLUTE_MAX, PaymentCeiling
@@ -25,6 +27,7 @@ class SqlUnitOfWork:
     def __init__(
         self, engine: Engine, clock: Clock, *, delivery: DeliveryPolicy | None = None, local_timezone: str = "Asia/Shanghai",
         payment_ceiling: PaymentCeiling | None = None, site_key: bytes | None = None,
+        channel_cache: repos.ChannelCache | None = None, group_commit: GroupCommit | None = None,
     ) -> None:  # fmt: skip
         self.engine = engine
         self.clock = clock
@@ -33,6 +36,9 @@ class SqlUnitOfWork:
         self.payment_ceiling = payment_ceiling or PaymentCeiling(PAYMENT_FEN_ABSOLUTE_MAX)
         self.local_timezone = local_timezone
         self.site_key = site_key  # None: the development default generated into the database
+        self.channel_cache = channel_cache  # shared by the units of work of one System
+        self.group_commit = group_commit  # None: a transaction of its own (see group_commit.py)
+        self._group: CommitGroup | None = None
         self._connection: Connection | None = None
 
     @property
@@ -45,11 +51,17 @@ class SqlUnitOfWork:
     def __enter__(self) -> "SqlUnitOfWork":
         if self._connection is not None:
             raise RuntimeError("unit of work is already open")
-        self._connection = self.engine.connect()
-        self._transaction = self._connection.begin()
+        if self.group_commit is not None:
+            self._group = self.group_commit.join()
+            self._group.turn.acquire()
+            self._connection = self._group.connection
+            self._transaction = self._connection.begin_nested()  # this member's SAVEPOINT
+        else:
+            self._connection = self.engine.connect()
+            self._transaction = self._connection.begin()
         c = self._connection
         self.customers = repos.Customers(c)
-        self.channels = repos.Channels(c)
+        self.channels = repos.Channels(c, self.channel_cache)
         self.ledger = repos.Ledger(c)
         self.orders = repos.Orders(c)
         self.payments = repos.Payments(c)
@@ -77,7 +89,16 @@ class SqlUnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._group is None and self._connection is None and self.group_commit is not None:
+            return  # a grouped member that committed: the connection went back with its group
         assert self._connection is not None
+        if self._group is not None:  # left without commit(): only this member's savepoint goes
+            try:
+                if self._transaction.is_active:
+                    self._transaction.rollback()
+            finally:
+                self._leave_group()
+            return
         try:
             if self._transaction.is_active:
                 self._transaction.rollback()
@@ -87,6 +108,24 @@ class SqlUnitOfWork:
 
     def commit(self) -> None:
         self._transaction.commit()
+        if self._group is not None:  # the savepoint is released; now the group's one COMMIT
+            error = self._leave_group()
+            if error is not None:
+                raise GroupCommitFailed(f"the shared commit failed, nothing of this unit of work was written: {error}") from error
+        for channel_id in self.channels.changed:  # a reader may have cached the old keys meanwhile
+            self.channels.cache.forget(channel_id)
+
+    def recent_channel(self, channel_id: str) -> Channel | None:
+        if self.channel_cache is not None and (channel := self.channel_cache.get(channel_id)) is not None:
+            return channel  # no connection, no transaction: on SQLite not even the write lock
+        with self:
+            return self.channels.get_recent(channel_id)
+
+    def _leave_group(self) -> BaseException | None:
+        group, self._group, self._connection = self._group, None, None
+        assert group is not None
+        group.turn.release()
+        return group.leave()
 
     def rollback(self) -> None:
         self._transaction.rollback()

@@ -37,7 +37,7 @@ def channel_routes(system: System, errors: dict[int | str, dict[str, Any]]) -> A
         started = time.perf_counter()
         try:
             taken = await run_in_threadpool(
-                lambda: notifications.take_channel_payment(channel, raw, decoders, new_uow, skew_s=settings.notification_clock_skew_s, ceiling=system.payment_ceiling)
+                lambda: notifications.take_channel_payment(channel, raw, decoders, system.new_booking_uow, skew_s=settings.notification_clock_skew_s, ceiling=system.payment_ceiling)
             )
             payments_taken.labels(channel.kind.value, "duplicate" if taken.duplicate else taken.state.value).inc()
             return channel, taken, None

@@ -18,6 +18,7 @@ from gasworks.entrypoints.cli.channel_call_commands import register as register_
 from gasworks.entrypoints.cli.common import DatabaseUrl, cli_actor, cli_errors, err, lazy_module, out, system
 from gasworks.entrypoints.cli.delivery_commands import register as register_delivery
 from gasworks.entrypoints.cli.reconcile_commands import register as register_reconciliation
+from gasworks.entrypoints.cli.serve import serve_api
 from gasworks.entrypoints.cli.soak import soak
 
 access, accounts = lazy_module("gasworks.services.access"), lazy_module("gasworks.services.accounts")
@@ -39,34 +40,11 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (GASWORKS_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (GASWORKS_PORT).")] = None,
     database_url: DatabaseUrl = None,
-    worker: Annotated[bool, typer.Option(help="Run the delivery worker in this process too (MQTT if configured, else in-process).")] = True,
+    worker: Annotated[bool, typer.Option(help="Run the delivery worker too: a thread in this process with one API process, a process of its own with more.")] = True,
+    workers: Annotated[int, typer.Option("--workers", help="API processes (uvicorn workers); SQLite serialises their writes; PostgreSQL is what more processes are for.")] = 1,
 ) -> None:
     """Migrate the database to the latest schema and serve the HTTP API."""
-    import threading
-
-    import uvicorn
-
-    from gasworks.adapters.db.migrate import upgrade
-    from gasworks.entrypoints.api.app import create_app
-    from gasworks.entrypoints.workers.worker import Worker, make_transport
-
-    sys_ = system(database_url)
-    upgrade(sys_.engine)
-    stop = threading.Event()
-    if worker:
-        threading.Thread(target=Worker(sys_, make_transport(sys_)).run, args=(stop,), name="gasworks-worker", daemon=True).start()
-    host = host or sys_.settings.host
-    port = port or sys_.settings.port
-    out.print(f"gasworks on [bold]{sys_.engine.url.render_as_string(hide_password=True)}[/]")
-    out.print(f"  API:      http://{host}:{port}/v1/   (health: http://{host}:{port}/healthz)")
-    out.print(f"  API docs: http://{host}:{port}/docs")
-    out.print(f"  metrics:  http://{host}:{port}/metrics")
-    out.print("  first steps: `gasworks keys add --role operator --name you`, then `gasworks channels add --help`")
-    out.print(f"  delivery worker: {'in this process' if worker else 'off (run `gasworks worker`)'}")
-    try:
-        uvicorn.run(create_app(sys_), host=host, port=port, log_level="info")
-    finally:
-        stop.set()
+    serve_api(host=host, port=port, database_url=database_url, worker=worker, api_workers=workers)
 
 
 @db_app.command("upgrade")
