@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gasworks.bootstrap import System
@@ -82,6 +83,16 @@ def add_error_handlers(app: FastAPI) -> None:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {str(e['msg'])[:200]}" for e in error.errors()[:10])
         note_refusal(request, "VALIDATION_ERROR", problems)
         return error_response(422, "VALIDATION_ERROR", problems)
+
+    @app.exception_handler(OperationalError)
+    async def _database_unavailable(request: Request, error: OperationalError) -> JSONResponse:
+        # A deadlock, a serialization failure, or a primary gone in a failover: nothing was committed,
+        # so the caller may send the same request again and the exactly-once path answers it once.
+        log.warning("database_unavailable", path=request.url.path, reason=str(error.orig)[:300])
+        note_refusal(request, "TRY_AGAIN_LATER", "the database could not finish this request; nothing was taken: send it again")
+        response = error_response(503, "TRY_AGAIN_LATER", "the database could not finish this request; nothing was taken: send it again")
+        response.headers["Retry-After"] = "5"
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:

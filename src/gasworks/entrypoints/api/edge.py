@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,6 +27,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gasworks.domain.access import ApiKeyRecord
 from gasworks.observability import intake_refusals
 from gasworks.services.intake import Refusal
+
+log = structlog.get_logger(__name__)
 
 SCOPE_KEY = "gasworks.edge"
 BODY_PREFIX_BYTES_MAX = 2000  # what a rejection keeps of the body itself, to investigate
@@ -210,7 +213,10 @@ class Edge:
                 "body_complete": facts.body_complete,
             },
         )
-        await run_in_threadpool(self.record, refusal)
+        try:
+            await run_in_threadpool(self.record, refusal)
+        except Exception as unrecorded:  # the database itself is away (failover): answer anyway, and say so in the log
+            log.error("refusal_not_recorded", code=code, channel_id=channel_id, status=status, reason=str(unrecorded)[:300])
         intake_refusals.labels(facts.channel_kind or family, code).inc()
 
 
