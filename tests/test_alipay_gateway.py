@@ -34,7 +34,7 @@ from gasworks.adapters.channels.gateways.alipay import (
     verify_response,
 )
 from gasworks.adapters.channels.rsa import new_private_key_pem, public_key_pem
-from gasworks.adapters.statements.readers import read_alipay_business_bill
+from gasworks.adapters.statements.readers import read_statement
 from gasworks.domain.channels import Channel, ChannelKey, ChannelKind, KeyPurpose, KeyStatus
 from gasworks.domain.errors import InvalidInput
 from gasworks.domain.money import PAYMENT_FEN_ABSOLUTE_MAX, fen_to_yuan_text, yuan_text_to_fen
@@ -274,8 +274,9 @@ def test_the_downloaded_bill_is_read_by_the_statement_reader(stub):
     fetched = gateway_for(stub).fetch_statement(YESTERDAY.date())
     assert fetched.filename == f"{stub.pid}_{YESTERDAY:%Y%m%d}_业务明细.csv"  # the GBK entry name, read as Alipay wrote it
     assert (fetched.channel_id, fetched.day) == ("alipay", YESTERDAY.date())
-    statement = read_alipay_business_bill(fetched.content)
-    assert sorted((line.channel_txn_id, line.out_trade_no, line.amount_fen, line.status) for line in statement.lines) == sorted(
+    with read_statement("alipay-business-bill", fetched.content) as statement:
+        lines = [line for batch in statement.batches(1000) for line in batch]
+    assert sorted((line.channel_txn_id, line.out_trade_no, line.amount_fen, line.status) for line in lines) == sorted(
         [(first, "GW-A", 5000, LineStatus.PAID), (second, "GW-B", 1, LineStatus.PAID), (second, "GW-B", 1, LineStatus.REFUNDED)]
     )
     assert stub.requests[-1] == ("alipay.data.dataservice.bill.downloadurl.query", {"bill_type": "trade", "bill_date": YESTERDAY.date().isoformat()})
@@ -285,7 +286,8 @@ def test_an_expired_bill_url_is_asked_for_again(stub):
     paid_trade(stub)
     stub.expire_next_bill_urls(1)
     fetched = gateway_for(stub).fetch_statement(YESTERDAY.date())
-    assert len(read_alipay_business_bill(fetched.content).lines) == 1
+    with read_statement("alipay-business-bill", fetched.content) as statement:
+        assert statement.lines == 1
     assert stub.calls == ["alipay.data.dataservice.bill.downloadurl.query"] * 2 and stub.bill_downloads == 1
 
 
