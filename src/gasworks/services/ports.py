@@ -4,6 +4,7 @@ The SQL adapters in `adapters/db` implement them for SQLite and PostgreSQL. A se
 these shapes, never a table or a connection.
 """
 
+from collections.abc import Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -11,13 +12,14 @@ from typing import Any, Protocol
 from gasworks.domain.access import ApiKeyRecord
 from gasworks.domain.accounts import Customer, CustomerClass, MeterKind
 from gasworks.domain.channels import Channel, ChannelKey
-from gasworks.domain.delivery import OPEN_STATES, Alert, AlertKind, CommandState, MeterCommand, MeterLink, MeterModel
+from gasworks.domain.delivery import OPEN_STATES, Alert, AlertKind, CommandState, MeterCommand, MeterLink, MeterModel, PurchaseSite
 from gasworks.domain.kiosks import Kiosk
 from gasworks.domain.ledger import LedgerAccountKind, LedgerCheckFinding, LedgerTransaction
 from gasworks.domain.meter_security import MeterFrameSecurity
 from gasworks.domain.payments import Payment, PaymentOrder, PaymentState
-from gasworks.domain.statements import Discrepancy, DiscrepancyClass, DiscrepancyState, Statement, StatementFile
+from gasworks.domain.statements import Discrepancy, DiscrepancyClass, DiscrepancyState, StatementFile
 from gasworks.domain.tariffs import Tariff
+from gasworks.services.statement_matching import ReadStatement
 
 
 class CustomersRepository(Protocol):
@@ -31,6 +33,10 @@ class CustomersRepository(Protocol):
 
 
 class ChannelsRepository(Protocol):
+    def get_recent(self, channel_id: str) -> Channel | None:
+        """The channel and its keys, from this process's copy if it is younger than the cache's ttl."""
+        ...
+
     def add(self, channel: Channel, at: datetime) -> None: ...
 
     def add_key(self, key: ChannelKey) -> None: ...
@@ -46,6 +52,11 @@ class LedgerRepository(Protocol):
     def open_account(self, code: str, kind: LedgerAccountKind) -> None: ...
 
     def post(self, txn: LedgerTransaction) -> int: ...
+
+    def post_many(self, txns: Sequence[LedgerTransaction]) -> list[int]:
+        """Post balanced transactions together: one INSERT of the transactions, one of all their
+        entries, one UPDATE per cached balance they touch (by the net of their entries)."""
+        ...
 
     def post_once(self, txn: LedgerTransaction) -> int | None:
         """Post a payment's life-cycle transaction unless the payment already owns one of its kind
@@ -104,7 +115,7 @@ class OrdersRepository(Protocol):
 
 class PaymentsRepository(Protocol):
     def claim(self, payment: Payment) -> None:
-        """Insert the payment under its natural key (channel, channel transaction id).
+        """Insert the payment, in the state it was decided in, under its natural key (channel, channel transaction id).
 
         Raises DuplicateKey, with the transaction still usable, when the key is taken, also by a
         concurrent transaction that commits while we wait on the unique index.
@@ -112,6 +123,8 @@ class PaymentsRepository(Protocol):
         ...
 
     def save_progress(self, payment: Payment, events_already_saved: int) -> None: ...
+
+    def save_events(self, payment: Payment, events_already_saved: int) -> None: ...
 
     def transition(self, payment_id: str, from_state: PaymentState, to_state: PaymentState) -> bool:
         """Move one payment on only if it is still in `from_state`: two operators cannot both decide it."""
@@ -165,6 +178,11 @@ class MetersRepository(Protocol):
 
     def get_for_account(self, account_no: str, *, lock: bool = False) -> MeterLink | None: ...
 
+    def get_for_purchase(self, account_no: str) -> PurchaseSite | None:
+        """The account's meter, locked (the meter first, then the balance, everywhere), with its
+        customer's class, cached balance and waiting commands in the same round trip."""
+        ...
+
     def get_by_card(self, card_no: str, *, lock: bool = False) -> MeterLink | None: ...
 
     def lock_if_free(self, serial: str) -> MeterLink | None:
@@ -178,6 +196,10 @@ class MetersRepository(Protocol):
         ...
 
     def silent_since(self, cutoff: datetime, limit: int) -> list[str]: ...
+
+    def set_model(self, serial: str, model: MeterModel) -> None:
+        """A meter takes a model, and the model's button setting with it."""
+        ...
 
     def set_reopen_needs_button(self, *, serial: str | None = None, model: str | None = None, value: bool) -> int:
         """For one meter, or for every meter of a model; returns how many meters changed."""
@@ -198,6 +220,8 @@ class MeterModelsRepository(Protocol):
     def set_reopen_needs_button(self, name: str, value: bool) -> None: ...
 
     def list(self) -> list[MeterModel]: ...
+
+    def count_meters(self) -> dict[str, int]: ...
 
 
 class TariffsRepository(Protocol):
@@ -291,7 +315,9 @@ class SiteSecretsRepository(Protocol):
 class MeterKeysRepository(Protocol):
     def site_key(self) -> bytes: ...
 
-    def get_security(self, serial: str, *, lock: bool = False) -> MeterFrameSecurity | None: ...
+    def get_security(self, serial: str, *, lock: bool = False) -> MeterFrameSecurity | None:
+        """The meter's security record with its model's profile (meters.model -> meter_models)."""
+        ...
 
     def add_security(self, security: MeterFrameSecurity) -> None: ...
 
@@ -315,8 +341,8 @@ class StatementsRepository(Protocol):
 
     def get(self, file_id: int) -> StatementFile | None: ...
 
-    def add(self, *, channel_id: str, statement_date: date, format_: str, sha256: str, filename: str, statement: Statement, at: datetime, actor: str) -> int | None:
-        """The file and all its lines, or None if this file (by content) was imported before."""
+    def add(self, *, channel_id: str, statement_date: date, format_: str, sha256: str, filename: str, statement: ReadStatement, at: datetime, actor: str) -> int | None:
+        """The file and all its lines in bulk (COPY on PostgreSQL), or None if this file (by content) was imported before."""
         ...
 
     def export_lines(self, file_id: int, path: Path) -> int:
