@@ -4,6 +4,7 @@ and an audit record; a credited payment then buys gas like any other. A refund i
 money sits in refunds in flight) until the channel confirms it: `confirm_refund`."""
 
 from datetime import datetime
+from typing import Any
 
 from gasworks.domain.accounts import check_account_no
 from gasworks.domain.channels import RefundNotice
@@ -93,7 +94,7 @@ def record_external_refund(payment_id: str, *, evidence: str, uow: UnitOfWork, a
         return payment
 
 
-def _settle_refund(uow: UnitOfWork, payment: Payment, *, confirmed: bool, at: datetime, why: str, actor: str, detail: dict) -> None:
+def _settle_refund(uow: UnitOfWork, payment: Payment, *, confirmed: bool, at: datetime, why: str, actor: str, detail: dict[str, Any]) -> None:
     """The payment is refunded: a refund we requested, confirmed; or one the channel made on its own."""
     how = f"refund confirmed by {payment.channel_id}" if confirmed else f"refunded by {payment.channel_id} on its own"
     settle(uow, payment, PaymentState.REFUNDED, at=at, note=f"{how}: {why}", actor=actor, action="refund.confirmed" if confirmed else "refund.external", detail=detail)

@@ -3,6 +3,7 @@
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 
@@ -42,7 +43,7 @@ class AuditNote:
 
     actor: str
     action: str
-    detail: dict
+    detail: dict[str, Any]
 
 
 def new_payment_id() -> str:
@@ -254,7 +255,7 @@ class Refusal:
     caller: str | None = None  # the API key, when one was presented and known
     body_bytes: int | None = None
     body_sha256: str | None = None  # of the whole body; None when it was refused unread
-    request_summary: dict | None = None
+    request_summary: dict[str, Any] | None = None
 
 
 def record_refusal(refusal: Refusal, uow: UnitOfWork) -> None:

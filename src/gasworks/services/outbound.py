@@ -150,7 +150,8 @@ def _advance_refund(
     payment: Payment, holds_fen: int, step: str, gateway: ChannelGateway, uow_factory: Callable[[], UnitOfWork], policy: OutboundPolicy, report: PassReport
 ) -> None:
     refund_no = refund_number(payment)
-    reason = (payment.last_event(PaymentState.REFUND_REQUESTED).note if payment.last_event(PaymentState.REFUND_REQUESTED) else "") or "refund"
+    requested = payment.last_event(PaymentState.REFUND_REQUESTED)
+    reason = (requested.note if requested else "") or "refund"
     try:
         if step == "requested":
             answer = gateway.refund_status(refund_no, out_trade_no=payment.out_trade_no)

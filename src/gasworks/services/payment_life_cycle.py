@@ -8,6 +8,7 @@ first did.
 """
 
 from datetime import datetime
+from typing import Any
 
 from gasworks.domain.errors import NotFound
 from gasworks.domain.ledger import LedgerAccountKind
@@ -42,7 +43,7 @@ def already_decided(payment: Payment, wanted: PaymentState) -> IllegalTransition
 
 
 def settle(
-    uow: UnitOfWork, payment: Payment, state: PaymentState, *, at: datetime, note: str, actor: str, action: str, detail: dict,
+    uow: UnitOfWork, payment: Payment, state: PaymentState, *, at: datetime, note: str, actor: str, action: str, detail: dict[str, Any],
     amount_fen: int | None = None, account_no: str | None = None,
 ) -> int:
     """Moves `payment` to `state` with its one ledger transaction and an audit record; returns the

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -161,7 +162,7 @@ def reconcile(*, file_id: int, uow_factory: Callable[[], UnitOfWork], actor: str
         return _report(uow, run, new=True)
 
 
-def _report(uow: UnitOfWork, run: dict, *, new: bool) -> RunReport:
+def _report(uow: UnitOfWork, run: dict[str, Any], *, new: bool) -> RunReport:
     found = uow.reconciliations.discrepancies(run_id=run["id"], limit=10_000_000)
     return RunReport(run["id"], run["channel_id"], run["statement_date"], run["verdict"], run["matched"], run["totals"], found, new)
 
