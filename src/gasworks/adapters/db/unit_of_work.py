@@ -18,7 +18,7 @@ class SqlUnitOfWork:
 
     def __init__(
         self, engine: Engine, clock: Clock, *, delivery: DeliveryPolicy | None = None, local_timezone: str = "Asia/Shanghai",
-        payment_ceiling: PaymentCeiling | None = None, site_key: bytes | None = None,
+        payment_ceiling: PaymentCeiling | None = None, site_key: bytes | None = None, key_cache: meter_key_repos.UnsealedKeys | None = None,
     ) -> None:  # fmt: skip
         self.engine = engine
         self.clock = clock
@@ -27,6 +27,7 @@ class SqlUnitOfWork:
         self.payment_ceiling = payment_ceiling or PaymentCeiling(PAYMENT_FEN_ABSOLUTE_MAX)
         self.local_timezone = local_timezone
         self.site_key = site_key  # None: the development default generated into the database
+        self.key_cache = key_cache  # the process's opened meter keys (bootstrap's System holds one); None: this unit's own
         self._connection: Connection | None = None
 
     def __enter__(self) -> "SqlUnitOfWork":
@@ -51,7 +52,7 @@ class SqlUnitOfWork:
         self.kiosks = delivery_repos.Kiosks(c)
         self.alerts = delivery_repos.Alerts(c)
         self.site_secrets = delivery_repos.SiteSecrets(c)
-        self.meter_keys = meter_key_repos.MeterKeys(c, site_key=self.site_key, now=self.clock.now)
+        self.meter_keys = meter_key_repos.MeterKeys(c, site_key=self.site_key, now=self.clock.now, cache=self.key_cache)
         self.statements = reconciliation_repos.Statements(c)
         self.reconciliations = reconciliation_repos.Reconciliations(c)
         return self
