@@ -26,13 +26,15 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import typer
 from rich.console import Console
+from sqlalchemy import or_, select
 
 from bench.fresh_database import fresh_database
 from bench.table import BenchRow, print_table
+from gasworks.adapters.db import tables
 from gasworks.adapters.db.engine import make_engine
 from gasworks.adapters.db.migrate import upgrade
 from gasworks.adapters.meters import cjt188
@@ -200,18 +202,23 @@ class DeliveryBench:
             threading.Thread(target=worker.stdout.read, daemon=True).start()  # drain
         time.sleep(2.0)  # their shared subscriptions are acknowledged
         deadline = time.monotonic() + READY_WAIT_S
-        while (waiting := self._not_online()) and time.monotonic() < deadline:
+        waiting = self._asleep()
+        while waiting and time.monotonic() < deadline:
             for serial in waiting:  # a report lost before a subscription was in place is simply made again
                 self.fleet.report(serial, datetime.now())
-            time.sleep(2.0)
-        if self._not_online():
-            raise RuntimeError(f"{len(self._not_online())} meters never came online")
+            before = len(waiting) + 1
+            while (waiting := self._asleep()) and len(waiting) < before:  # re-report only once progress stops
+                before = len(waiting)
+                time.sleep(3.0)
+        if waiting:
+            raise RuntimeError(f"{len(waiting)} meters never came online")
         return workers
 
-    def _not_online(self) -> list[str]:
-        with self.system.new_uow() as uow:
-            awake = {s for s in self.serials if (link := uow.meters.get(s)) is not None and link.awake_until is not None and link.awake_until > uow.clock.now()}
-        return [s for s in self.serials if s not in awake]
+    def _asleep(self) -> list[str]:
+        m = tables.meters
+        with self.system.engine.connect() as c:
+            rows = c.execute(select(m.c.serial).where(or_(m.c.awake_until.is_(None), m.c.awake_until <= datetime.now(UTC))))
+            return [r.serial for r in rows]
 
     @staticmethod
     def stop_workers(workers: list[subprocess.Popen]) -> None:

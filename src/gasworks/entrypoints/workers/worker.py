@@ -5,7 +5,7 @@ worker deals with it; `gasworks worker --processes N` starts N); on SQLite run o
 1. every uplink waiting in the transport's queue (up to `worker_batch_max` a pass): handle it, then
    send that meter its next command while it listens;
 2. meters still awake with a command due (a new purchase, or a resend after the ack wait), claimed
-   in batches of up to `worker_batch_max` (FOR UPDATE SKIP LOCKED: workers take disjoint batches);
+   in batches of up to `worker_dispatch_batch_max` (FOR UPDATE SKIP LOCKED: workers take disjoint batches);
    on PostgreSQL a booking's NOTIFY wakes a dispatcher thread for this at once, so a payment's
    frame does not queue behind acknowledgements; elsewhere it polls;
 3. every `watchdog_interval_s`: expiry, offline meters, late purchases, gauges, and forgetting
@@ -68,6 +68,16 @@ class Worker:
     def run_once(self, *, wait_s: float = 0.0, due_meters: bool = True) -> int:
         """One pass; returns how many things it did. Waits up to `wait_s` for a first uplink.
         `due_meters=False` handles uplinks only (each meter that speaks is still served at once)."""
+        done = self.handle_uplinks(wait_s=wait_s)
+        if due_meters:
+            done += self.dispatch_due()
+        if time.monotonic() - self._last_watch >= self.system.settings.watchdog_interval_s:
+            self.watch()
+        return done
+
+    def handle_uplinks(self, *, wait_s: float = 0.0) -> int:
+        """Uplinks waiting in the transport's queue, up to `worker_batch_max`; each meter that spoke
+        is sent its next command at once. Safe on several threads (each meter is locked while handled)."""
         done = 0
         batch_max = self.system.settings.worker_batch_max
         item = self.transport.uplinks.get(wait_s)
@@ -84,10 +94,6 @@ class Worker:
         if item is not None:  # the batch bound was hit: put it back for the next pass
             self.transport.uplinks.put(*item)
         uplinks_waiting.set(self.transport.uplinks.pending())
-        if due_meters:
-            done += self.dispatch_due()
-        if time.monotonic() - self._last_watch >= self.system.settings.watchdog_interval_s:
-            self.watch()
         return done
 
     def watch(self) -> None:
@@ -102,7 +108,7 @@ class Worker:
     def dispatch_due(self) -> int:
         """Batches of meters with a command due, until a batch comes back short; returns the commands sent."""
         sent = 0
-        batch_max = self.system.settings.worker_batch_max
+        batch_max = self.system.settings.worker_dispatch_batch_max  # the meters stay locked until the batch commits: keep it short
         while getattr(self.transport, "connected", True):  # no broker: nothing can be sent, nor tried
             try:
                 batch = dispatch_due(self.system.new_uow(), self.transport, batch_max=batch_max)
@@ -156,15 +162,29 @@ class Worker:
                 log.exception("dispatch_pass_failed")
                 stop.wait(1.0)
 
+    def handle_uplinks_until(self, stop: threading.Event) -> None:
+        """A helper thread taking uplinks from the same queue (the work is mostly waiting on the database)."""
+        while not stop.is_set():
+            try:
+                self.handle_uplinks(wait_s=min(self.system.settings.worker_poll_interval_s, 1.0))
+            except Exception:  # noqa: BLE001 - it must outlive one bad frame's pass; logged with its traceback
+                log.exception("uplink_pass_failed")
+                stop.wait(1.0)
+
     def run(self, stop: threading.Event) -> None:
         self.transport.start()
         self.listen_for_work(stop)
         # On PostgreSQL due meters get a thread of their own, so a new purchase never waits behind a
-        # batch of acknowledgements; SQLite has one writer, and there one thread does both, in turn.
+        # batch of acknowledgements, and uplinks `worker_uplink_threads`; SQLite has one writer,
+        # and there one thread does both, in turn.
         dispatcher = None
+        helpers: list[threading.Thread] = []
         if self.system.engine.url.get_backend_name() == "postgresql":
             dispatcher = threading.Thread(target=self.dispatch_until, args=(stop,), name="gasworks-dispatch", daemon=True)
             dispatcher.start()
+            for k in range(1, self.system.settings.worker_uplink_threads):
+                helpers.append(threading.Thread(target=self.handle_uplinks_until, args=(stop,), name=f"gasworks-uplinks-{k}", daemon=True))
+                helpers[-1].start()
         log.info("worker_started", transport=type(self.transport).__name__)
         try:
             while not stop.is_set():
@@ -175,7 +195,7 @@ class Worker:
                     stop.wait(1.0)
         finally:
             self._work_announced.set()
-            if dispatcher is not None:
-                dispatcher.join(10)
+            for thread in [*helpers, *([dispatcher] if dispatcher is not None else [])]:
+                thread.join(10)
             self.transport.stop()
             log.info("worker_stopped")
