@@ -323,12 +323,13 @@ def measure(scale: float = 1.0) -> list[BenchRow]:
     label = f"accepted → frame at meter, {peak.workers} worker processes, {PEAK_RATE_PER_S:g}/s offered"
     note = f"booked {peak.booked_per_s:.0f}/s; p50 {peak.q_ms(50):.1f} ms, p95 {peak.q_ms(95):.1f} ms; {loaded}"
     rows.append(BenchRow(f"{label}: p99", peak.q_ms(99), raw_p99, "ms", False, "report", True, note))
-    best = max([*runs, peak], key=lambda r: r.delivered_per_s if r.q_ms(99) <= P99_TARGET_MS else 0.0)
+    within = [r for r in [*runs, peak] if r.q_ms(99) <= P99_TARGET_MS]
+    best = max(within or [*runs, peak], key=lambda r: r.delivered_per_s)
     rows.append(
         BenchRow(
-            "highest rate sustained with p99 ≤ 200 ms (frames at meters per s)", best.delivered_per_s if best.q_ms(99) <= P99_TARGET_MS else 0.0, raw_rate,
-            "frames/s", True, f"≥ {RATE_PER_S:g}/s", best.q_ms(99) <= P99_TARGET_MS and best.delivered_per_s >= RATE_PER_S * 0.95,
-            f"{best.workers} workers at {best.offered_per_s:g}/s offered; raw: bare QoS 1 publishes/s",
+            f"highest rate sustained{' with p99 ≤ 200 ms' if within else ' (none kept p99 ≤ 200 ms)'} (frames at meters per s)", best.delivered_per_s, raw_rate,
+            "frames/s", True, f"≥ {RATE_PER_S:g}/s with p99 ≤ {P99_TARGET_MS:g} ms", bool(within) and best.delivered_per_s >= RATE_PER_S * 0.95,
+            f"{best.workers} workers, {best.offered_per_s:g}/s offered, booked {best.booked_per_s:.0f}/s, p99 {best.q_ms(99):.0f} ms; raw: bare QoS 1 publishes/s",
         )
     )  # fmt: skip
     rows.append(BenchRow("exactly once: gasworks check holds, each purchase applied once", 1.0 if proved else 0.0, 1.0, "yes=1", True, "1", proved, proof))
@@ -337,7 +338,7 @@ def measure(scale: float = 1.0) -> list[BenchRow]:
 
 def main(scale: float = typer.Option(1.0, help="1.0: 60 s per run (the issue's size); smaller for a quick run.")) -> None:
     rows = measure(scale)
-    print_table(rows, title="delivery: payment accepted → purchase frame at an awake meter (PostgreSQL + Mosquitto, worker processes)")
+    print_table(rows, title="delivery: payment accepted → purchase frame at an awake meter (PostgreSQL + Mosquitto, worker processes)", console=Console(width=240))
     if not rows[-1].met:
         sys.exit(1)
 
