@@ -7,13 +7,16 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from typer.testing import CliRunner
 
+from gasworks.adapters.db.meter_keys import UnsealedKeys
 from gasworks.adapters.meters import cjt188
 from gasworks.adapters.meters.transport import MqttTransport, TransportError
 from gasworks.bootstrap import System
 from gasworks.domain.accounts import MeterKind
 from gasworks.domain.channels import PaymentNotice
 from gasworks.domain.meter_messages import WritePurchase
+from gasworks.entrypoints.cli.main import app
 from gasworks.services import accounts, meter_keys
 from gasworks.services.checks import check_ledger
 from gasworks.services.delivery import dispatch_due, dispatch_meter, handle_uplink
@@ -277,3 +280,23 @@ def test_a_worker_without_a_broker_sends_nothing_and_marks_nothing_sent(fleet_sy
         dispatch_due(system.new_uow(), transport, batch_max=10)
     with system.new_uow() as uow:
         assert all(c.sends == 0 for c in uow.meter_commands.for_meter(meters[0].serial, route=MeterKind.IOT))
+
+
+def test_the_cache_of_opened_meter_keys_keeps_at_most_its_bound_and_forgets_the_least_used():
+    cache = UnsealedKeys(entries_max=3)
+    for i in range(3):
+        cache.put(_serial(i), 1, "site", bytes([i]) * 16)
+    assert cache.get(_serial(0), 1, "site") == bytes(16)  # used: the newest now
+    cache.put(_serial(3), 1, "site", bytes([3]) * 16)
+    assert len(cache) == 3
+    assert cache.get(_serial(1), 1, "site") is None  # the least recently used went
+    assert cache.get(_serial(0), 1, "site") is not None
+    assert cache.get(_serial(0), 1, "another site key") is None  # opened under another site key: not this one's
+    cache.forget_meter(_serial(0))
+    assert cache.get(_serial(0), 1, "site") is None
+
+
+def test_several_worker_processes_on_sqlite_are_refused_with_a_reason(tmp_path):
+    result = CliRunner().invoke(app, ["worker", "--database-url", f"sqlite:///{tmp_path / 'one.db'}", "--mqtt-url", "mqtt://127.0.0.1:1883", "--processes", "2"])
+    assert result.exit_code == 2
+    assert "ONE_WORKER_ON_SQLITE" in result.output

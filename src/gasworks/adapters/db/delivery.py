@@ -72,11 +72,6 @@ class Meters:
         values["link_state"] = link.link_state.value
         self.c.execute(update(t.meters).where(t.meters.c.serial == link.serial).values(**values))
 
-    def awake_with_work(self, now: datetime, limit: int) -> list[str]:
-        """Serials of awake IoT meters with a command to send or resend."""
-        rows = self.c.execute(select(t.meters.c.serial).where(t.meters.c.awake_until > now, _has_work_due(now)).order_by(t.meters.c.awake_until).limit(limit))
-        return [r.serial for r in rows]
-
     def silent_since(self, cutoff: datetime, limit: int) -> list[str]:
         rows = self.c.execute(
             select(t.meters.c.serial)
