@@ -7,7 +7,7 @@ from sqlalchemy import Engine
 
 from gasworks.adapters.db.engine import make_engine
 from gasworks.adapters.db.group_commit import GroupCommit
-from gasworks.adapters.db.meter_keys import parse_site_key
+from gasworks.adapters.db.meter_keys import UnsealedKeys, parse_site_key
 from gasworks.adapters.db.repositories import ChannelCache
 from gasworks.adapters.db.unit_of_work import SqlUnitOfWork
 from gasworks.config import Settings
@@ -27,7 +27,7 @@ class System:
     def new_uow(self) -> SqlUnitOfWork:
         return SqlUnitOfWork(
             self.engine, self.clock, delivery=self.delivery, local_timezone=self.settings.local_timezone,
-            payment_ceiling=self.payment_ceiling, site_key=self.site_key, channel_cache=self.channel_cache,
+            payment_ceiling=self.payment_ceiling, site_key=self.site_key, channel_cache=self.channel_cache, key_cache=self.key_cache,
         )  # fmt: skip
 
     @functools.cached_property
@@ -62,6 +62,11 @@ class System:
     def site_key(self) -> bytes | None:
         """GASWORKS_SITE_KEY, which seals meter keys at rest (None: the development default in the database)."""
         return parse_site_key(self.settings.site_key)
+
+    @functools.cached_property
+    def key_cache(self) -> UnsealedKeys:
+        """Meter keys opened under the site key, kept (bounded) for this process's units of work."""
+        return UnsealedKeys(self.settings.meter_keys_cached_max)
 
     @functools.cached_property
     def resident_link_secret(self) -> str:

@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     channel_tries_before_alert: int = 6  # the try that raises CHANNEL_CALL_FAILING
     statement_fetch_hour: int = Field(10, ge=0, le=23)  # Beijing time: fetch the previous day's statements from then
     statement_late_hour: int = Field(12, ge=0, le=23)  # not imported by then: STATEMENT_LATE
+    meter_keys_cached_max: int = Field(10_000, ge=1, le=10_000_000)  # meter keys kept opened in each process (LRU)
+    # The delivery worker at broker speed (entrypoints/workers/worker.py).
+    mqtt_inflight_max: int = Field(100, ge=1, le=65_535)  # QoS 1 downlinks handed to the broker and not yet acknowledged, per worker
+    worker_dispatch_batch_max: int = Field(50, ge=1, le=10_000)  # meters claimed (and locked) per dispatch transaction
+    worker_uplink_threads: int = Field(4, ge=1, le=64)  # threads per worker taking uplinks (PostgreSQL; each waits mostly on the database)
+    worker_processes: int = 1  # 1 to 63; `gasworks worker` runs this many processes, sharing uplinks through the broker
 
     @field_validator("payment_fen_max_by_channel", "payment_fen_max_by_class")
     @classmethod

@@ -68,11 +68,12 @@ from gasworks.domain.meter_messages import (
     ValveAck,
     WritePurchase,
 )
-from gasworks.domain.meter_security import FrameRefused
+from gasworks.domain.meter_security import FrameRefused, MeterFrameSecurity
 from gasworks.domain.tariffs import convert
 from gasworks.observability import (
     alerts_open,
     deliveries_open,
+    dispatch_batches,
     meter_commands_sent,
     meter_frames_refused,
     meters_by_link_state,
@@ -493,42 +494,92 @@ class Publisher:
     def publish(self, serial: str, payload: bytes) -> None: ...
 
 
-def frame_for(command: MeterCommand, uow: UnitOfWork, seq_modulus: int | None = None) -> bytes:
-    """The command sealed for its meter (key, next downlink counter, MAC), in the caller's unit of work."""
+def frame_for(command: MeterCommand, uow: UnitOfWork, seq_modulus: int | None = None, *, reserved: MeterFrameSecurity | None = None) -> bytes:
+    """The command sealed for its meter (key, next downlink counter, MAC), in the caller's unit of work.
+    `reserved`: the meter's downlink counter, taken already with others in one UPDATE."""
     frame_seq = command.frame_seq
     if command.kind == CommandKind.CREDIT:
         assert command.purchase_seq is not None and command.volume_litres is not None
         wire_seq = seq_on_wire(command.purchase_seq, seq_modulus)  # a one-byte model counts 254, 255, 0, 1 ...
         purchase = WritePurchase(command.meter_serial, frame_seq, wire_seq, command.volume_litres, amount_fen=command.cost_fen)
-        return frame_security.seal_downlink(purchase, uow)  # a money meter is written the amount, a volume meter the litres
-    return frame_security.seal_downlink(SetValve(command.meter_serial, frame_seq, command.kind == CommandKind.VALVE_OPEN), uow)
+        return frame_security.seal_downlink(purchase, uow, reserved=reserved)  # a money meter is written the amount, a volume meter the litres
+    return frame_security.seal_downlink(SetValve(command.meter_serial, frame_seq, command.kind == CommandKind.VALVE_OPEN), uow, reserved=reserved)
 
 
 def dispatch_meter(serial: str, uow: UnitOfWork, publisher: Publisher) -> MeterCommand | None:
     """Send this meter the next thing it needs, if it is awake and nothing is in flight. Returns what was sent."""
     with uow:
-        now = uow.clock.now()
         link = uow.meters.lock_if_free(serial)
         if link is None:
             return None  # another dispatcher has it
-        commands = uow.meter_commands.for_meter(serial, route=MeterKind.IOT)
-        step = next_step(commands, awake_until=link.awake_until, now=now, policy=uow.delivery)
-        if not isinstance(step, Send):
-            return None
-        command = step.command
-        frame = frame_for(command, uow, link.seq_modulus)
-        # Before commit: a resend is harmless, a lost send is not. A carrier platform's transport sends
-        # within this unit of work, so the command it creates there is recorded with the send.
-        publish_in = getattr(publisher, "publish_in", None)
-        if publish_in is not None:
-            publish_in(serial, frame, uow)
-        else:
-            publisher.publish(serial, frame)
-        mark_sent(command, at=now, policy=uow.delivery)
-        uow.meter_commands.save(command, now)
-        uow.commit()
-    meter_commands_sent.labels(kind=command.kind.value).inc()
-    return command
+        sent = _send_next_commands([link], uow, publisher)
+    return sent[0] if sent else None
+
+
+def dispatch_due(uow: UnitOfWork, publisher: Publisher, *, batch_max: int) -> list[MeterCommand]:
+    """One dispatcher pass: claim up to `batch_max` awake meters with a command due, skipping any
+    another worker holds (FOR UPDATE SKIP LOCKED), and send each its next command, in one transaction.
+
+    Several workers run this at once without sending a command twice: a meter is in one worker's
+    batch or in none, and what was sent is recorded before its lock is let go. Returns what was sent.
+    """
+    if batch_max < 1:
+        raise InvalidInput("a dispatch batch holds at least one meter", code="INVALID_BATCH")
+    with uow:
+        links = uow.meters.claim_awake_with_work(uow.clock.now(), batch_max)
+        if not links:
+            return []
+        dispatch_batches.inc()
+        return _send_next_commands(links, uow, publisher)
+
+
+def _send_next_commands(links: list[MeterLink], uow: UnitOfWork, publisher: Publisher) -> list[MeterCommand]:
+    """Inside the caller's unit of work, with `links` locked: the next command of each, sealed, published, recorded sent, committed.
+
+    Every frame is handed to the transport before the commit (a resend is harmless, a lost send is
+    not). The counters are taken first, for good, in one UPDATE (`reserve_downlink_counters`): a
+    frame published by a transaction that then rolls back never lends its counter to another.
+    If the transport fails half-way (no broker, window full), what went out is still recorded,
+    then the error is raised; the rest wait for the next pass.
+    """
+    now, policy = uow.clock.now(), uow.delivery
+    by_meter = uow.meter_commands.for_meters([link.serial for link in links], route=MeterKind.IOT)
+    due: list[tuple[MeterLink, MeterCommand]] = []
+    for link in links:
+        step = next_step(by_meter.get(link.serial, []), awake_until=link.awake_until, now=now, policy=policy)
+        if isinstance(step, Send):
+            due.append((link, step.command))
+    if not due:
+        return []
+    reserved = uow.meter_keys.reserve_downlink_counters(link.serial for link, _ in due)
+    sent: list[MeterCommand] = []
+    failure: Exception | None = None
+    for link, command in due:
+        try:
+            frame = frame_for(command, uow, link.seq_modulus, reserved=reserved.get(link.serial))
+        except frame_security.FrameNotSealed as error:  # this meter only: no key; the others still go
+            log.warning("meter_send_failed", meter=link.serial, reason=str(error))
+            continue
+        try:
+            # A carrier platform's transport sends within this unit of work, so the command it
+            # creates there is recorded with the send.
+            publish_in = getattr(publisher, "publish_in", None)
+            if publish_in is not None:
+                publish_in(link.serial, frame, uow)
+            else:
+                publisher.publish(link.serial, frame)
+        except Exception as error:  # noqa: BLE001 - re-raised below, after what already went out is recorded
+            failure = error
+            break
+        mark_sent(command, at=now, policy=policy)
+        sent.append(command)
+    uow.meter_commands.save_many(sent, now)
+    uow.commit()
+    for command in sent:
+        meter_commands_sent.labels(kind=command.kind.value).inc()
+    if failure is not None:
+        raise failure
+    return sent
 
 
 # ---- watching ----------------------------------------------------------------------------------

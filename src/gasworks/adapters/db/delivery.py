@@ -4,7 +4,7 @@ import secrets
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
 
 from gasworks.adapters.db import tables as t
 from gasworks.adapters.db.repositories import insert_unless_taken
@@ -44,7 +44,7 @@ class Meters:
         bytes_ = select(t.meter_models.c.purchase_seq_bytes).where(t.meter_models.c.name == t.meters.c.model).scalar_subquery()
         query = select(t.meters, bytes_.label("purchase_seq_bytes"))
         if lock and self.c.dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=skip_locked)
+            query = query.with_for_update(skip_locked=skip_locked, of=t.meters)
         return query
 
     def get(self, serial: str, *, lock: bool = False) -> MeterLink | None:
@@ -83,35 +83,17 @@ class Meters:
         row = self.c.execute(self._select(lock=True, skip_locked=True).where(t.meters.c.serial == serial)).first()
         return _link(row) if row else None
 
+    def claim_awake_with_work(self, now: datetime, limit: int) -> list[MeterLink]:
+        """Up to `limit` awake IoT meters with a command to send or resend, locked for this
+        transaction; on PostgreSQL a meter another worker holds is skipped (FOR UPDATE SKIP LOCKED),
+        so concurrent dispatchers take disjoint batches instead of queueing behind each other."""
+        query = self._select(lock=True, skip_locked=True).where(t.meters.c.awake_until > now, _has_work_due(now)).order_by(t.meters.c.awake_until).limit(limit)
+        return [_link(row) for row in self.c.execute(query)]
+
     def save(self, link: MeterLink) -> None:
         values = {name: getattr(link, name) for name in _LINK_COLUMNS}
         values["link_state"] = link.link_state.value
         self.c.execute(update(t.meters).where(t.meters.c.serial == link.serial).values(**values))
-
-    def awake_with_work(self, now: datetime, limit: int) -> list[str]:
-        """Serials of awake IoT meters with a command to send or resend."""
-        mc = t.meter_commands
-        rows = self.c.execute(
-            select(t.meters.c.serial)
-            .where(
-                t.meters.c.awake_until > now,
-                select(mc.c.id)
-                .where(
-                    mc.c.meter_serial == t.meters.c.serial,
-                    mc.c.route == MeterKind.IOT.value,
-                    or_(
-                        mc.c.state == CommandState.PENDING.value,
-                        # In flight: due after its ack wait, or at once when a new report opened a window
-                        # (next_send_at cleared): a report pushed by a carrier platform reaches no worker's queue.
-                        and_(mc.c.state.in_([CommandState.SENT.value, CommandState.DELIVERED.value]), or_(mc.c.next_send_at <= now, mc.c.next_send_at.is_(None))),
-                    ),
-                )
-                .exists(),
-            )
-            .order_by(t.meters.c.awake_until)
-            .limit(limit)
-        )
-        return [r.serial for r in rows]
 
     def silent_since(self, cutoff: datetime, limit: int) -> list[str]:
         rows = self.c.execute(
@@ -142,6 +124,26 @@ class Meters:
             select(t.meters.c.link_state, func.count()).where(t.meters.c.kind == MeterKind.IOT.value).group_by(t.meters.c.link_state)
         )
         return {state: int(n) for state, n in rows}
+
+
+def _has_work_due(now: datetime):  # noqa: ANN202 - a SQL condition on the meters row
+    """The meter has an IoT command not sent yet, or one in flight whose acknowledgement wait is over
+    (or whose window a new report reopened)."""
+    mc = t.meter_commands
+    return (
+        select(mc.c.id)
+        .where(
+            mc.c.meter_serial == t.meters.c.serial,
+            mc.c.route == MeterKind.IOT.value,
+            or_(
+                mc.c.state == CommandState.PENDING.value,
+                # In flight: due after its ack wait, or at once when a new report opened a window
+                # (next_send_at cleared): a report pushed by a carrier platform reaches no worker's queue.
+                and_(mc.c.state.in_([CommandState.SENT.value, CommandState.DELIVERED.value]), or_(mc.c.next_send_at <= now, mc.c.next_send_at.is_(None))),
+            ),
+        )
+        .exists()
+    )
 
 
 def _link(row: Any) -> MeterLink:
@@ -259,6 +261,26 @@ class MeterCommands:
         self.c.execute(update(t.meter_commands).where(t.meter_commands.c.id == command.id).values(**self._values(command) | {"updated_at": at}))
         self._save_events(command)
 
+    def save_many(self, commands: list[MeterCommand], at: datetime) -> None:
+        """`save` for a batch, in two statements (one UPDATE and one INSERT of events, each executed many)."""
+        if not commands:
+            return
+        mc = t.meter_commands
+        self.c.execute(
+            update(mc).where(mc.c.id == bindparam("command_id")),
+            [self._values(command) | {"updated_at": at, "command_id": command.id} for command in commands],
+        )
+        events = []
+        for command in commands:
+            events += [
+                {"command_id": command.id, "seq": command.events_saved + i, "state": e.state.value, "at": e.at, "note": e.note[:300]}
+                for i, e in enumerate(command.events, start=1)
+            ]
+            command.events_saved += len(command.events)
+            command.events = []
+        if events:
+            self.c.execute(insert(t.meter_command_events), events)
+
     def _values(self, command: MeterCommand) -> dict:
         return {
             "meter_serial": command.meter_serial,
@@ -299,6 +321,15 @@ class MeterCommands:
         if route is not None:
             query = query.where(mc.c.route == route.value)
         return [_command(r) for r in self.c.execute(query)]
+
+    def for_meters(self, serials: list[str], *, route: MeterKind) -> dict[str, list[MeterCommand]]:
+        """`for_meter` (open states) for many meters in one query: serial -> its commands in order."""
+        mc = t.meter_commands
+        query = select(mc).where(mc.c.meter_serial.in_(serials), mc.c.state.in_([s.value for s in OPEN_STATES]), mc.c.route == route.value).order_by(mc.c.id)
+        found: dict[str, list[MeterCommand]] = {}
+        for row in self.c.execute(query):
+            found.setdefault(row.meter_serial, []).append(_command(row))
+        return found
 
     def credit_order(self, serial: str, purchase_seq: int) -> MeterCommand | None:
         mc = t.meter_commands

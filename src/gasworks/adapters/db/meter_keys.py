@@ -12,7 +12,9 @@ import base64
 import binascii
 import hashlib
 import os
-from collections.abc import Callable
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -24,11 +26,54 @@ from gasworks.adapters.db import tables as t
 from gasworks.adapters.db.delivery import SiteSecrets, model_of
 from gasworks.domain.errors import InvalidInput
 from gasworks.domain.meter_models import MeterModel
-from gasworks.domain.meter_security import MeterFrameSecurity, SiteKeyMismatch
+from gasworks.domain.meter_security import COUNTER_MAX, MeterFrameSecurity, SiteKeyMismatch
 
 SITE_KEY_BYTES = 32
 DEV_SITE_KEY_NAME = "meter_key_kek"
 NONCE_BYTES = 12
+UNSEALED_KEYS_MAX = 10_000  # meter keys kept unsealed in one process's memory (16 bytes each, plus the dict)
+
+
+class UnsealedKeys:
+    """One process's bounded LRU of meter keys already opened under the site key, and the site key.
+
+    A (serial, key version) names immutable key material (rows are only inserted or retired), so an
+    entry never goes stale; whether a version may be *used* is decided by the meter's security row,
+    read fresh in every transaction (a retired version is in no row's usable versions). Opening a
+    key costs a query and an AES-GCM decryption; a worker sending 200 frames a second paid that on
+    every frame.
+    """
+
+    def __init__(self, entries_max: int = UNSEALED_KEYS_MAX) -> None:
+        if entries_max < 1:
+            raise ValueError("the key cache needs room for at least one key")
+        self.entries_max = entries_max
+        self._keys: OrderedDict[tuple[str, int, str], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self.site_key: bytes | None = None  # the development default, read from the database once per process
+
+    def get(self, serial: str, key_version: int, site_key_id: str) -> bytes | None:
+        with self._lock:
+            key = self._keys.get((serial, key_version, site_key_id))
+            if key is not None:
+                self._keys.move_to_end((serial, key_version, site_key_id))
+            return key
+
+    def put(self, serial: str, key_version: int, site_key_id: str, key: bytes) -> None:
+        with self._lock:
+            self._keys[(serial, key_version, site_key_id)] = key
+            self._keys.move_to_end((serial, key_version, site_key_id))
+            while len(self._keys) > self.entries_max:
+                self._keys.popitem(last=False)
+
+    def forget_meter(self, serial: str) -> None:
+        with self._lock:
+            for entry in [e for e in self._keys if e[0] == serial]:
+                del self._keys[entry]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._keys)
 
 
 def parse_site_key(text: str) -> bytes | None:
@@ -54,11 +99,13 @@ def _aad(serial: str, key_version: int) -> bytes:
 
 
 class MeterKeys:
-    def __init__(self, c: Connection, *, site_key: bytes | None, now: Callable[[], datetime]) -> None:
+    def __init__(self, c: Connection, *, site_key: bytes | None, now: Callable[[], datetime], cache: UnsealedKeys | None = None) -> None:
         self.c = c
         self._configured_site_key = site_key
         self._now = now
         self._site_key: bytes | None = None
+        self._cache = cache if cache is not None else UnsealedKeys()
+        self._site_key_id: str | None = None
 
     # ---- the site key ----------------------------------------------------------------------------
 
@@ -66,9 +113,12 @@ class MeterKeys:
         if self._site_key is None:
             if self._configured_site_key is not None:
                 self._site_key = self._configured_site_key
+            elif self._cache.site_key is not None:  # made once and never changed: read once per process
+                self._site_key = self._cache.site_key
             else:  # development default: generated once into the database
                 value = SiteSecrets(self.c).get_or_create(DEV_SITE_KEY_NAME, self._now())
-                self._site_key = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))[:SITE_KEY_BYTES]
+                self._site_key = self._cache.site_key = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))[:SITE_KEY_BYTES]
+            self._site_key_id = site_key_id(self._site_key)
         return self._site_key
 
     # ---- per-meter security state -----------------------------------------------------------------
@@ -115,13 +165,20 @@ class MeterKeys:
         )
 
     def key(self, serial: str, key_version: int) -> bytes | None:
-        """The meter's key of this version, or None if there is none or it was retired."""
+        """The meter's key of this version, or None if there is none or it was retired.
+
+        From the process's cache when it was opened before: callers decide from the meter's security
+        row, read in their own transaction, which versions may be used (never a retired one)."""
+        site_key = self.site_key()
+        assert self._site_key_id is not None
+        cached = self._cache.get(serial, key_version, self._site_key_id)
+        if cached is not None:
+            return cached
         row = self.c.execute(
             select(t.meter_keys).where(t.meter_keys.c.serial == serial, t.meter_keys.c.key_version == key_version, t.meter_keys.c.retired_at.is_(None))
         ).first()
         if row is None:
             return None
-        site_key = self.site_key()
         if row.site_key_id != site_key_id(site_key):
             raise SiteKeyMismatch(
                 f"meter {serial}'s key version {key_version} was sealed under site key {row.site_key_id}; this server's is "
@@ -129,11 +186,42 @@ class MeterKeys:
             )
         sealed = bytes(row.key_sealed)
         try:
-            return AESGCM(site_key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], _aad(serial, key_version))
+            key = AESGCM(site_key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], _aad(serial, key_version))
         except InvalidTag:
             raise SiteKeyMismatch(f"meter {serial}'s key version {key_version} does not open under the site key: tampered with?") from None
+        self._cache.put(serial, key_version, self._site_key_id, key)
+        return key
+
+    def reserve_downlink_counters(self, serials: Iterable[str]) -> dict[str, MeterFrameSecurity]:
+        """The next downlink counter of each meter, taken for good in one UPDATE, with its security record.
+
+        The caller holds these meters' rows locked (so the counters go out in the order they were
+        taken). On PostgreSQL the UPDATE commits at once on a connection of its own: a counter once
+        handed out is never handed out again, whatever becomes of the caller's transaction (rolled
+        back after the frame was published, or the process killed before its commit). An unused
+        counter is a gap, which meters accept: they refuse only counters not above the last one.
+        On SQLite (one writer, which the caller's transaction already is) it is taken in the
+        caller's transaction. A meter whose counter is exhausted is left out (see `counter_exhausted`).
+        """
+        wanted = sorted(set(serials))
+        if not wanted:
+            return {}
+        fs = t.meter_frame_security
+        statement = (
+            update(fs)
+            .where(fs.c.serial.in_(wanted), fs.c.active_key_version.is_not(None), fs.c.downlink_counter_sent < COUNTER_MAX)
+            .values(downlink_counter_sent=fs.c.downlink_counter_sent + 1)
+            .returning(*fs.c)
+        )
+        if self.c.dialect.name == "postgresql":
+            with self.c.engine.connect() as own:
+                rows = own.execution_options(isolation_level="AUTOCOMMIT").execute(statement).all()
+        else:
+            rows = self.c.execute(statement).all()
+        return {row.serial: _security(row) for row in rows}
 
     def retire_other_keys(self, serial: str, keep_version: int, at: datetime) -> int:
+        self._cache.forget_meter(serial)
         return self.c.execute(
             update(t.meter_keys)
             .where(t.meter_keys.c.serial == serial, t.meter_keys.c.key_version != keep_version, t.meter_keys.c.retired_at.is_(None))

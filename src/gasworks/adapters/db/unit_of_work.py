@@ -26,7 +26,7 @@ class SqlUnitOfWork:
 
     def __init__(
         self, engine: Engine, clock: Clock, *, delivery: DeliveryPolicy | None = None, local_timezone: str = "Asia/Shanghai",
-        payment_ceiling: PaymentCeiling | None = None, site_key: bytes | None = None,
+        payment_ceiling: PaymentCeiling | None = None, site_key: bytes | None = None, key_cache: meter_key_repos.UnsealedKeys | None = None,
         channel_cache: repos.ChannelCache | None = None, group_commit: GroupCommit | None = None,
     ) -> None:  # fmt: skip
         self.engine = engine
@@ -39,6 +39,7 @@ class SqlUnitOfWork:
         self.channel_cache = channel_cache  # shared by the units of work of one System
         self.group_commit = group_commit  # None: a transaction of its own (see group_commit.py)
         self._group: CommitGroup | None = None
+        self.key_cache = key_cache  # the process's opened meter keys (bootstrap's System holds one); None: this unit's own
         self._connection: Connection | None = None
 
     @property
@@ -76,7 +77,7 @@ class SqlUnitOfWork:
         self.kiosks = delivery_repos.Kiosks(c)
         self.alerts = delivery_repos.Alerts(c)
         self.site_secrets = delivery_repos.SiteSecrets(c)
-        self.meter_keys = meter_key_repos.MeterKeys(c, site_key=self.site_key, now=self.clock.now)
+        self.meter_keys = meter_key_repos.MeterKeys(c, site_key=self.site_key, now=self.clock.now, cache=self.key_cache)
         self.statements = reconciliation_repos.Statements(c)
         self.reconciliations = reconciliation_repos.Reconciliations(c)
         self.carriers = carrier_repos.Carriers(c)

@@ -31,6 +31,7 @@ from gasworks.domain.meter_security import (
     FrameRefused,
     MacScheme,
     MeterFrameCounters,
+    MeterFrameSecurity,
     MeterModel,
     model_profile,
 )
@@ -201,14 +202,24 @@ def open_uplink(payload: bytes, topic_serial: str, uow: "UnitOfWork", *, carrier
         return OpenedUplink(message, sealed.key_version, sealed.counter)
 
 
-def seal_downlink(message: MeterMessage, uow: "UnitOfWork") -> bytes:
+def seal_downlink(message: MeterMessage, uow: "UnitOfWork", *, reserved: MeterFrameSecurity | None = None) -> bytes:
     """One command as a frame for its meter, in the caller's open unit of work (the meter is locked there).
 
-    A sealed frame takes the meter's next downlink counter, saved in the same transaction.
+    A sealed frame takes the meter's next downlink counter. `reserved`: the counter taken already,
+    with the meter's others in one UPDATE (`MeterKeys.reserve_downlink_counters`); otherwise it is
+    taken here. Either way it is taken for good before the frame exists, so it is never used twice.
     """
-    security = uow.meter_keys.get_security(message.serial, lock=True)
-    if security is None:
-        raise FrameNotSealed(f"meter {message.serial} has no key: nothing is sent to it (issue one with `gasworks meters rotate-key`)")
+    security = reserved if reserved is not None else uow.meter_keys.reserve_downlink_counters([message.serial]).get(message.serial)
+    if security is None:  # not reserved: say why (no key, a model without MAC, no active key, counter used up)
+        security = uow.meter_keys.get_security(message.serial)
+        if security is None:
+            raise FrameNotSealed(f"meter {message.serial} has no key: nothing is sent to it (issue one with `gasworks meters rotate-key`)")
+        if not security.profile.seals_frames:
+            return cjt188.encode(message, security.profile)  # the carrier platform authenticates this model's traffic
+        if security.active_key_version is None:
+            raise FrameNotSealed(f"meter {message.serial} has no active key")
+        security.next_downlink_counter()  # raises FRAME_COUNTER_EXHAUSTED
+        raise FrameNotSealed(f"meter {message.serial}: no downlink counter could be reserved")
     profile = security.profile
     if not profile.seals_frames:
         return cjt188.encode(message, profile)  # the carrier platform authenticates this model's traffic
@@ -216,12 +227,10 @@ def seal_downlink(message: MeterMessage, uow: "UnitOfWork") -> bytes:
     key = uow.meter_keys.key(message.serial, version) if version is not None else None
     if key is None:
         raise FrameNotSealed(f"meter {message.serial} has no active key")
-    counter = security.next_downlink_counter()
-    raw = cjt188.encode_sealed(
+    counter = security.downlink_counter_sent
+    return cjt188.encode_sealed(
         message, key_version=version, counter=counter, mac=lambda signed: compute_mac(profile.mac_scheme, key, signed), model=profile
     )
-    uow.meter_keys.save_security(security)
-    return raw
 
 
 # ---- the meter's side (firmware) -------------------------------------------------------------------

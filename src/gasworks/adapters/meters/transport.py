@@ -24,12 +24,20 @@ from urllib.parse import unquote, urlparse
 import paho.mqtt.client as mqtt
 import structlog
 
-from gasworks.observability import mqtt_connected, mqtt_connection_attempts, mqtt_disconnects, mqtt_uplinks_received
+from gasworks.observability import (
+    mqtt_connected,
+    mqtt_connection_attempts,
+    mqtt_disconnects,
+    mqtt_downlinks_in_flight,
+    mqtt_inflight_window_full,
+    mqtt_uplinks_received,
+)
 
 log = structlog.get_logger(__name__)
 
 UPLINK_QUEUE_MAX = 10_000
-PUBLISH_WAIT_S = 5.0
+PUBLISH_WAIT_S = 5.0  # how long a publish waits for room in a full in-flight window before it fails
+INFLIGHT_MAX = 100  # QoS 1 downlinks handed to the broker and not yet acknowledged (PUBACK), per transport
 KEEPALIVE_S = 15  # a worker gone silent without closing its connection leaves the share 1.5 x this after its last packet
 RECONNECT_DELAY_S_MIN = 0.5
 RECONNECT_DELAY_S_MAX = 30.0
@@ -160,6 +168,15 @@ class MqttTransport:
     The connection is kept by this transport's own thread: after a lost or failed connection it
     waits per `Backoff` (capped, jittered), logs once per change of state (connected, lost,
     unreachable, back with how long it was away), and counts every attempt.
+
+    Downlinks go out through a bounded window: `publish` hands the frame to the network thread and
+    returns at once, holding one of `inflight_max` slots until the broker's PUBACK frees it; with
+    the window full it waits up to PUBLISH_WAIT_S for a slot, then fails (TransportError: the
+    command is not marked sent). The dispatcher no longer waits a broker round trip per frame
+    while it holds the meter's lock. A frame still unacknowledged when the connection drops is
+    sent again by paho on reconnect (QoS 1, DUP set), keeping its slot; if this process dies with
+    it, the command is SENT in the database and goes again after its acknowledgement wait or at
+    the meter's next report, as any frame the meter did not answer.
     """
 
     def __init__(
@@ -171,8 +188,17 @@ class MqttTransport:
         shared: bool = True,
         keepalive_s: int = KEEPALIVE_S,
         backoff: Backoff | None = None,
+        inflight_max: int = INFLIGHT_MAX,
     ) -> None:
+        if not 1 <= inflight_max <= 65_535:
+            raise ValueError(f"the in-flight window is 1-65535 frames (MQTT packet ids), got {inflight_max}")
         self.prefix = prefix
+        self.inflight_max = inflight_max
+        self._window = threading.BoundedSemaphore(inflight_max)
+        self._window_lock = threading.Lock()
+        self._in_flight: set[int] = set()  # packet ids published and not yet acknowledged
+        self._acked_early: set[int] = set()  # PUBACK heard before publish() recorded its packet id
+        self.in_flight_peak = 0
         self.uplinks = Uplinks()
         group = share_group_for(urlparse(url).password)
         self.subscription = f"$share/{group}/{prefix}/+/up" if shared else topic_up(prefix, "+")
@@ -190,6 +216,8 @@ class MqttTransport:
         self._client.on_subscribe = self._on_subscribe
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_publish = self._on_publish
+        self._client.max_inflight_messages_set(inflight_max)
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason_code: object, properties: object) -> None:
         if getattr(reason_code, "is_failure", False):
@@ -237,6 +265,22 @@ class MqttTransport:
             return
         mqtt_uplinks_received.inc()
         self.uplinks.put(parts[-2], bytes(message.payload))
+
+    def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason_code: object, properties: object) -> None:
+        """The broker acknowledged a downlink (PUBACK): its slot in the window is free."""
+        with self._window_lock:
+            if mid not in self._in_flight:
+                self._acked_early.add(mid)
+                return
+            self._in_flight.discard(mid)
+            mqtt_downlinks_in_flight.set(len(self._in_flight))
+        self._window.release()
+
+    @property
+    def in_flight(self) -> int:
+        """Downlinks handed to the broker and not acknowledged yet."""
+        with self._window_lock:
+            return len(self._in_flight)
 
     def _keep_connected(self) -> None:
         """Connect, run the network loop while connected, wait per the backoff, again, until stopped."""
@@ -293,14 +337,30 @@ class MqttTransport:
         return self._subscribed.is_set()
 
     def publish(self, serial: str, payload: bytes) -> None:
+        """Hand one frame to the broker (QoS 1) without waiting for its PUBACK; wait for room in the window."""
         if not self._connected.is_set():
             raise TransportError("not connected to the MQTT broker")
-        info = self._client.publish(topic_down(self.prefix, serial), payload, qos=1)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            raise TransportError(f"broker refused the frame: {mqtt.error_string(info.rc)}")
+        if not self._window.acquire(timeout=0):
+            mqtt_inflight_window_full.inc()
+            if not self._window.acquire(timeout=PUBLISH_WAIT_S):
+                raise TransportError(f"{self.inflight_max} frames in flight and none acknowledged by the broker within {PUBLISH_WAIT_S} s")
         try:
-            info.wait_for_publish(PUBLISH_WAIT_S)
+            info = self._client.publish(topic_down(self.prefix, serial), payload, qos=1)
         except (RuntimeError, ValueError) as error:
-            raise TransportError(f"frame not acknowledged by the broker: {error}") from None
-        if not info.is_published():
-            raise TransportError(f"broker did not acknowledge the frame within {PUBLISH_WAIT_S} s")
+            self._window.release()
+            raise TransportError(f"broker refused the frame: {error}") from None
+        if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
+            self._window.release()
+            raise TransportError(f"broker refused the frame: {mqtt.error_string(info.rc)}")
+        # MQTT_ERR_NO_CONN: the connection dropped just now; paho keeps the frame and sends it on reconnect.
+        with self._window_lock:
+            if info.mid in self._acked_early:
+                self._acked_early.discard(info.mid)
+                release = True
+            else:
+                self._in_flight.add(info.mid)
+                self.in_flight_peak = max(self.in_flight_peak, len(self._in_flight))
+                mqtt_downlinks_in_flight.set(len(self._in_flight))
+                release = False
+        if release:
+            self._window.release()

@@ -51,14 +51,20 @@ def worker(
     mqtt_url: Annotated[str | None, typer.Option(help="Overrides GASWORKS_MQTT_URL.")] = None,
     metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus /metrics here; 0 for none (GASWORKS_WORKER_METRICS_PORT).")] = None,
     watchdog_interval_s: Annotated[int | None, typer.Option(help="Seconds between watchdog passes (GASWORKS_WATCHDOG_INTERVAL_S).")] = None,
+    processes: Annotated[int | None, typer.Option(help="Worker processes to run, sharing the work (PostgreSQL only; GASWORKS_WORKER_PROCESSES).")] = None,
 ) -> None:
     """Deliver purchases to IoT meters over MQTT and watch every delivery (runs until stopped)."""
     from prometheus_client import start_http_server
 
+    from gasworks.entrypoints.workers.processes import PROCESSES_MAX, WorkerProcesses
     from gasworks.entrypoints.workers.worker import Worker, make_transport
 
-    sys_ = system(database_url, mqtt_url=mqtt_url, worker_metrics_port=metrics_port, watchdog_interval_s=watchdog_interval_s)
+    sys_ = system(database_url, mqtt_url=mqtt_url, worker_metrics_port=metrics_port, watchdog_interval_s=watchdog_interval_s, worker_processes=processes)
     settings = sys_.settings
+    if not 1 <= settings.worker_processes < PROCESSES_MAX:
+        raise InvalidInput(f"--processes is 1 to {PROCESSES_MAX - 1}", code="INVALID_WORKER_OPTION")
+    if settings.worker_processes > 1 and sys_.engine.url.get_backend_name() != "postgresql":
+        raise InvalidInput("SQLite has one writer: run one worker (several need PostgreSQL)", code="ONE_WORKER_ON_SQLITE")
     if not settings.mqtt_url:
         raise InvalidInput(
             "no broker configured (GASWORKS_MQTT_URL or --mqtt-url); with the in-process transport the worker runs inside `gasworks serve`",
@@ -85,7 +91,14 @@ def worker(
     metrics = f"http://{settings.worker_metrics_host}:{settings.worker_metrics_port}/metrics" if settings.worker_metrics_port else "off"
     out.print(f"worker on {sys_.engine.url.render_as_string(hide_password=True)}, broker {settings.mqtt_url.split('@')[-1]}; Ctrl-C stops")
     out.print(f"  metrics: {metrics}; watchdog every {settings.watchdog_interval_s} s")
-    worker.run(stop)
+    others = WorkerProcesses(settings, settings.worker_processes - 1)
+    if others.count:
+        out.print(f"  {settings.worker_processes} worker processes: this one and {others.count} more, sharing meters and uplinks")
+    others.start()
+    try:
+        worker.run(stop)
+    finally:
+        others.stop()
 
 
 @cli_errors

@@ -1,13 +1,17 @@
 """`gasworks worker`: hears meters, sends them what they need, and watches every delivery.
 
 Safe to run several at once on PostgreSQL (each meter is locked with FOR UPDATE SKIP LOCKED while a
-worker deals with it); on SQLite run one. Work it does, in each pass:
-1. every uplink waiting in the transport's queue (up to `worker_batch_max`): handle it, then send
-   that meter its next command while it listens;
-2. meters still awake with a command due (a new purchase, or a resend after the ack wait); on
-   PostgreSQL a booking's NOTIFY wakes the worker for this at once, elsewhere it polls;
+worker deals with it; `gasworks worker --processes N` starts N); on SQLite run one. Work it does:
+1. every uplink waiting in the transport's queue (up to `worker_batch_max` a pass): handle it, then
+   send that meter its next command while it listens;
+2. meters still awake with a command due (a new purchase, or a resend after the ack wait), claimed
+   in batches of up to `worker_dispatch_batch_max` (FOR UPDATE SKIP LOCKED: workers take disjoint batches);
+   on PostgreSQL a booking's NOTIFY wakes a dispatcher thread for this at once, so a payment's
+   frame does not queue behind acknowledgements; elsewhere it polls;
 3. every `watchdog_interval_s`: expiry, offline meters, late purchases, gauges, and forgetting
    channel nonces too old to matter.
+Frames go out through the transport's bounded in-flight window (`mqtt_inflight_max`): no publish
+waits for its PUBACK while it holds a meter's lock.
 """
 
 import threading
@@ -26,7 +30,7 @@ from gasworks.domain.meter_security import DEFAULT_METER_MODEL
 from gasworks.entrypoints.workers.channel_jobs import ChannelJobs
 from gasworks.observability import uplinks_waiting, watchdog_last_run, watchdog_runs
 from gasworks.services.carriers import forget_old_pushes
-from gasworks.services.delivery import dispatch_meter, handle_uplink, watch_deliveries
+from gasworks.services.delivery import dispatch_due, dispatch_meter, handle_uplink, watch_deliveries
 from gasworks.services.intake import forget_old_nonces
 
 log = structlog.get_logger(__name__)
@@ -54,6 +58,7 @@ def _meter_transport(system: System) -> Transport:
             shared=settings.mqtt_shared_subscription,
             keepalive_s=settings.mqtt_keepalive_s,
             backoff=Backoff(settings.mqtt_reconnect_delay_s_min, settings.mqtt_reconnect_delay_s_max),
+            inflight_max=settings.mqtt_inflight_max,
         )
     return LoopbackTransport()
 
@@ -65,10 +70,21 @@ class Worker:
         # Refuse to start if a MAC scheme some meter model needs cannot be computed here (never fall back).
         require_schemes_in_use(system.new_uow(), also_models=[DEFAULT_METER_MODEL])
         self._last_watch = float("-inf")
+        self._work_announced = threading.Event()  # set by a booking's NOTIFY (PostgreSQL) or at stop
 
     def run_once(self, *, wait_s: float = 0.0, due_meters: bool = True) -> int:
         """One pass; returns how many things it did. Waits up to `wait_s` for a first uplink.
         `due_meters=False` handles uplinks only (each meter that speaks is still served at once)."""
+        done = self.handle_uplinks(wait_s=wait_s)
+        if due_meters:
+            done += self.dispatch_due()
+        if time.monotonic() - self._last_watch >= self.system.settings.watchdog_interval_s:
+            self.watch()
+        return done
+
+    def handle_uplinks(self, *, wait_s: float = 0.0) -> int:
+        """Uplinks waiting in the transport's queue, up to `worker_batch_max`; each meter that spoke
+        is sent its next command at once. Safe on several threads (each meter is locked while handled)."""
         done = 0
         batch_max = self.system.settings.worker_batch_max
         item = self.transport.uplinks.get(wait_s)
@@ -85,13 +101,6 @@ class Worker:
         if item is not None:  # the batch bound was hit: put it back for the next pass
             self.transport.uplinks.put(*item)
         uplinks_waiting.set(self.transport.uplinks.pending())
-        if due_meters and getattr(self.transport, "connected", True):  # no broker: nothing can be sent, nor tried
-            with self.system.new_uow() as uow:
-                due = uow.meters.awake_with_work(uow.clock.now(), batch_max)
-            for serial in due:
-                done += self._dispatch(serial)
-        if time.monotonic() - self._last_watch >= self.system.settings.watchdog_interval_s:
-            self.watch()
         return done
 
     def watch(self) -> None:
@@ -103,6 +112,21 @@ class Worker:
         watchdog_last_run.set_to_current_time()
         if report.expired or report.offline or report.overdue:
             log.warning("deliveries_need_attention", expired=report.expired, offline=report.offline, overdue=report.overdue)
+
+    def dispatch_due(self) -> int:
+        """Batches of meters with a command due, until a batch comes back short; returns the commands sent."""
+        sent = 0
+        batch_max = self.system.settings.worker_dispatch_batch_max  # the meters stay locked until the batch commits: keep it short
+        while getattr(self.transport, "connected", True):  # no broker: nothing can be sent, nor tried
+            try:
+                batch = dispatch_due(self.system.new_uow(), self.transport, batch_max=batch_max)
+            except TransportError as error:
+                log.warning("meter_send_failed", reason=str(error))
+                break
+            sent += len(batch)
+            if len(batch) < batch_max:
+                break
+        return sent
 
     def _dispatch(self, serial: str) -> int:
         try:
@@ -125,25 +149,62 @@ class Worker:
                         connection.execute(f"LISTEN {METER_WORK_CHANNEL}")
                         while not stop.is_set():
                             for _ in connection.notifies(timeout=1.0, stop_after=1):
-                                self.transport.uplinks.nudge()
+                                self._work_announced.set()
                 except psycopg.Error as error:  # the database restarts: polling still covers, listen again
                     log.warning("listen_failed", reason=str(error))
                     stop.wait(2.0)
 
         threading.Thread(target=listen, name="gasworks-listen", daemon=True).start()
 
+    def dispatch_until(self, stop: threading.Event) -> None:
+        """The dispatcher thread: due meters at once on a booking's NOTIFY, else every poll interval."""
+        poll_s = self.system.settings.worker_poll_interval_s
+        while not stop.is_set():
+            self._work_announced.wait(min(poll_s, 1.0))
+            self._work_announced.clear()
+            if stop.is_set():
+                return
+            try:
+                self.dispatch_due()
+            except Exception:  # noqa: BLE001 - it must outlive one bad pass; logged with its traceback
+                log.exception("dispatch_pass_failed")
+                stop.wait(1.0)
+
+    def handle_uplinks_until(self, stop: threading.Event) -> None:
+        """A helper thread taking uplinks from the same queue (the work is mostly waiting on the database)."""
+        while not stop.is_set():
+            try:
+                self.handle_uplinks(wait_s=min(self.system.settings.worker_poll_interval_s, 1.0))
+            except Exception:  # noqa: BLE001 - it must outlive one bad frame's pass; logged with its traceback
+                log.exception("uplink_pass_failed")
+                stop.wait(1.0)
+
     def run(self, stop: threading.Event) -> None:
         self.transport.start()
         self.listen_for_work(stop)
         ChannelJobs(self.system).start(stop)  # order recovery, refunds, statements: entrypoints/workers/channel_jobs.py
+        # On PostgreSQL due meters get a thread of their own, so a new purchase never waits behind a
+        # batch of acknowledgements, and uplinks `worker_uplink_threads`; SQLite has one writer,
+        # and there one thread does both, in turn.
+        dispatcher = None
+        helpers: list[threading.Thread] = []
+        if self.system.engine.url.get_backend_name() == "postgresql":
+            dispatcher = threading.Thread(target=self.dispatch_until, args=(stop,), name="gasworks-dispatch", daemon=True)
+            dispatcher.start()
+            for k in range(1, self.system.settings.worker_uplink_threads):
+                helpers.append(threading.Thread(target=self.handle_uplinks_until, args=(stop,), name=f"gasworks-uplinks-{k}", daemon=True))
+                helpers[-1].start()
         log.info("worker_started", transport=type(self.transport).__name__)
         try:
             while not stop.is_set():
                 try:
-                    self.run_once(wait_s=self.system.settings.worker_poll_interval_s)
+                    self.run_once(wait_s=self.system.settings.worker_poll_interval_s, due_meters=dispatcher is None)
                 except Exception:  # noqa: BLE001 - a worker must outlive one bad pass; it is logged with its traceback
                     log.exception("worker_pass_failed")
                     stop.wait(1.0)
         finally:
+            self._work_announced.set()
+            for thread in [*helpers, *([dispatcher] if dispatcher is not None else [])]:
+                thread.join(10)
             self.transport.stop()
             log.info("worker_stopped")
