@@ -22,6 +22,7 @@ States, modelled on NB-IoT platforms' cached commands:
 report tells, by its last applied serial or its valve state, whether it arrived.
 """
 
+import enum
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import IntFlag, StrEnum
@@ -179,8 +180,13 @@ SAFETY_REASONS = CLEARED_BY_TECHNICIAN
 OPERATOR_CLOSE_REASONS = ValveReason.ARREARS | ValveReason.HAZARD_STOP | ValveReason.OPERATOR
 
 
+def flag_name(flag: enum.Flag) -> str:
+    """A single flag's name as people read it ("leak_or_tamper"); the enum types it Optional for combined flags."""
+    return str(flag.name).lower()
+
+
 def valve_reason_names(reasons: int) -> list[str]:
-    return [str(r.name).lower() for r in ValveReason if r & reasons]
+    return [flag_name(r) for r in ValveReason if r & reasons]
 
 
 def credit_past_overdraft(credit_litres: int, policy: "DeliveryPolicy") -> bool:

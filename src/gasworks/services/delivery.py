@@ -20,6 +20,7 @@ from gasworks.domain.delivery import (
     OPERATOR_CLOSE_REASONS,
     SAFETY_REASONS,
     STOPPED_STATES,
+    Alert,
     AlertKind,
     ClaimVerdict,
     ClearedBy,
@@ -40,6 +41,7 @@ from gasworks.domain.delivery import (
     credit_order,
     credit_past_overdraft,
     expire_due,
+    flag_name,
     judge_claim,
     mark_sent,
     new_wake_window,
@@ -371,11 +373,11 @@ def _take_alarms(report: CurrentData, link: MeterLink, uow: UnitOfWork, now: dat
     before, link.alarms = Alarm(link.alarms), int(report.alarms)
     for alarm in Alarm:  # only changes touch the alerts table: a daily report is one row's worth of work
         if alarm in report.alarms and alarm not in before:
-            uow.alerts.raise_once(kind=AlertKind.for_alarm(alarm.name), subject=f"meter:{link.serial}", reason=f"meter {link.serial} reports {alarm.name.lower().replace('_', ' ')}", at=now)
+            uow.alerts.raise_once(kind=AlertKind.for_alarm(str(alarm.name)), subject=f"meter:{link.serial}", reason=f"meter {link.serial} reports {flag_name(alarm).replace('_', ' ')}", at=now)
         elif alarm in before and alarm not in report.alarms:
-            uow.alerts.clear(kind=AlertKind.for_alarm(alarm.name), subject=f"meter:{link.serial}", at=now)
+            uow.alerts.clear(kind=AlertKind.for_alarm(str(alarm.name)), subject=f"meter:{link.serial}", at=now)
     if report.alarms & LEAK_OR_TAMPER_ALARMS and not link.valve_reasons & ValveReason.LEAK_OR_TAMPER:
-        _add_valve_reason(uow, link, ValveReason.LEAK_OR_TAMPER, f"meter reports {', '.join(a.name.lower() for a in Alarm if a in report.alarms & LEAK_OR_TAMPER_ALARMS)}", now)
+        _add_valve_reason(uow, link, ValveReason.LEAK_OR_TAMPER, f"meter reports {', '.join(flag_name(a) for a in Alarm if a in report.alarms & LEAK_OR_TAMPER_ALARMS)}", now)
 
 
 def _add_valve_reason(uow: UnitOfWork, link: MeterLink, reason: ValveReason, why: str, now: datetime) -> None:
@@ -733,18 +735,18 @@ def close_valve(serial: str, reason_name: str, uow: UnitOfWork, *, actor: str, n
         link = _meter_for_operator(uow, serial)
         if link.kind != MeterKind.IOT:
             raise Conflict(f"meter {serial} is a card meter: its valve is not remote", code="NO_REMOTE_VALVE")
-        _add_valve_reason(uow, link, reason, f"{reason.name.lower()}: {note.strip()[:120]}", now)
+        _add_valve_reason(uow, link, reason, f"{flag_name(reason)}: {note.strip()[:120]}", now)
         commands = uow.meter_commands.for_meter(link.serial, states=OPEN_STATES | STOPPED_STATES, route=MeterKind.IOT)
         open_kinds = {c.kind for c in commands if c.is_open}
         for command in commands:
             if command.kind == CommandKind.VALVE_OPEN and command.state == CommandState.PENDING:
-                command.move_to(CommandState.CANCELLED, now, f"not reopened: closed by {actor} ({reason.name.lower()})")
+                command.move_to(CommandState.CANCELLED, now, f"not reopened: closed by {actor} ({flag_name(reason)})")
                 uow.meter_commands.save(command, now)
         if link.valve_open is not False and CommandKind.VALVE_CLOSE not in open_kinds:
-            why = f"closed by {actor}: {reason.name.lower()}: {note.strip()[:120]}"
+            why = f"closed by {actor}: {flag_name(reason)}: {note.strip()[:120]}"
             _add_valve_command(uow, link, commands, open_=False, why=why, policy=uow.delivery, now=now)
         uow.meters.save(link)
-        uow.audit.append(at=now, actor=actor, action="valve.close", subject=f"meter:{serial}", detail={"reason": reason.name.lower(), "note": note.strip()[:200]})
+        uow.audit.append(at=now, actor=actor, action="valve.close", subject=f"meter:{serial}", detail={"reason": flag_name(reason), "note": note.strip()[:200]})
         uow.commit()
         return link
 
@@ -760,9 +762,9 @@ def resolve_valve_reason(serial: str, reason_name: str, uow: UnitOfWork, *, acto
         now = uow.clock.now()
         link = _meter_for_operator(uow, serial)
         if not link.valve_reasons & reason:
-            raise Conflict(f"meter {serial}'s valve is not closed for {reason.name.lower()} (reasons: {', '.join(valve_reason_names(link.valve_reasons)) or 'none'})", code="VALVE_REASON_NOT_SET")
+            raise Conflict(f"meter {serial}'s valve is not closed for {flag_name(reason)} (reasons: {', '.join(valve_reason_names(link.valve_reasons)) or 'none'})", code="VALVE_REASON_NOT_SET")
         if reason & ValveReason.LEAK_OR_TAMPER and Alarm(link.alarms) & LEAK_OR_TAMPER_ALARMS:
-            raise Conflict(f"meter {serial} still reports {', '.join(a.name.lower() for a in Alarm if a in Alarm(link.alarms) & LEAK_OR_TAMPER_ALARMS)}: resolve it after a report without it", code="METER_STILL_ALARMED")
+            raise Conflict(f"meter {serial} still reports {', '.join(flag_name(a) for a in Alarm if a in Alarm(link.alarms) & LEAK_OR_TAMPER_ALARMS)}: resolve it after a report without it", code="METER_STILL_ALARMED")
         link.valve_reasons = clear_by_person(link.valve_reasons, reason)
         if not link.valve_reasons & SAFETY_REASONS:
             uow.alerts.clear(kind=AlertKind.VALVE_CLOSED_FOR_SAFETY, subject=f"meter:{serial}", at=now, resolved_by=actor, resolution=note.strip())
@@ -773,7 +775,7 @@ def resolve_valve_reason(serial: str, reason_name: str, uow: UnitOfWork, *, acto
             if command.events:
                 uow.meter_commands.save(command, now)
         uow.meters.save(link)
-        uow.audit.append(at=now, actor=actor, action="valve.resolve", subject=f"meter:{serial}", detail={"reason": reason.name.lower(), "note": note.strip()[:200]})
+        uow.audit.append(at=now, actor=actor, action="valve.resolve", subject=f"meter:{serial}", detail={"reason": flag_name(reason), "note": note.strip()[:200]})
         uow.commit()
         return link
 
@@ -834,7 +836,7 @@ def set_meter(serial: str, uow: UnitOfWork, *, actor: str, model: str | None = N
         return link
 
 
-def resolve_alert(alert_id: int, uow: UnitOfWork, *, actor: str, note: str):  # noqa: ANN201 - the repository's Alert
+def resolve_alert(alert_id: int, uow: UnitOfWork, *, actor: str, note: str) -> Alert:
     """A person's recorded resolution closes an alert that only a person can close."""
     with uow:
         now = uow.clock.now()
@@ -852,5 +854,6 @@ def resolve_alert(alert_id: int, uow: UnitOfWork, *, actor: str, note: str):  # 
         uow.alerts.clear(kind=alert.kind, subject=alert.subject, at=now, resolved_by=actor, resolution=note.strip())
         uow.audit.append(at=now, actor=actor, action="alert.resolve", subject=f"alert:{alert_id}", detail={"kind": alert.kind, "subject": alert.subject, "note": note.strip()[:200]})
         resolved = uow.alerts.get(alert_id)
+        assert resolved is not None, "read back in the transaction that cleared it"
         uow.commit()
         return resolved

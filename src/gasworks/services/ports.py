@@ -4,7 +4,7 @@ The SQL adapters in `adapters/db` implement them for SQLite and PostgreSQL. A se
 these shapes, never a table or a connection.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -189,11 +189,13 @@ class MetersRepository(Protocol):
         """The meter, locked for this transaction; None if another worker holds it (PostgreSQL)."""
         ...
 
-    def save(self, link: MeterLink) -> None: ...
-
-    def awake_with_work(self, now: datetime, limit: int) -> list[str]:
-        """Serials of awake IoT meters with a command to send or resend."""
+    def claim_awake_with_work(self, now: datetime, limit: int) -> list[MeterLink]:
+        """Up to `limit` awake IoT meters with a command to send or resend, locked for this
+        transaction; on PostgreSQL a meter another worker holds is skipped (FOR UPDATE SKIP LOCKED),
+        so concurrent dispatchers take disjoint batches instead of queueing behind each other."""
         ...
+
+    def save(self, link: MeterLink) -> None: ...
 
     def silent_since(self, cutoff: datetime, limit: int) -> list[str]: ...
 
@@ -239,8 +241,16 @@ class MeterCommandsRepository(Protocol):
 
     def save(self, command: MeterCommand, at: datetime) -> None: ...
 
+    def save_many(self, commands: list[MeterCommand], at: datetime) -> None:
+        """`save` for a batch, in two statements (one UPDATE and one INSERT of events, each executed many)."""
+        ...
+
     def for_meter(self, serial: str, *, states: frozenset[CommandState] = OPEN_STATES, route: MeterKind | None = None) -> list[MeterCommand]:
         """Commands to change, in the order they must reach the meter: purchases by serial, then the rest."""
+        ...
+
+    def for_meters(self, serials: list[str], *, route: MeterKind) -> dict[str, list[MeterCommand]]:
+        """`for_meter` (open states) for many meters in one query: serial -> its commands in order."""
         ...
 
     def credit_order(self, serial: str, purchase_seq: int) -> MeterCommand | None: ...
@@ -330,7 +340,23 @@ class MeterKeysRepository(Protocol):
     def add_key(self, serial: str, key_version: int, key: bytes, at: datetime) -> None: ...
 
     def key(self, serial: str, key_version: int) -> bytes | None:
-        """The meter's key of this version, or None if there is none or it was retired."""
+        """The meter's key of this version, or None if there is none or it was retired.
+
+        From the process's cache when it was opened before: callers decide from the meter's security
+        row, read in their own transaction, which versions may be used (never a retired one)."""
+        ...
+
+    def reserve_downlink_counters(self, serials: Iterable[str]) -> dict[str, MeterFrameSecurity]:
+        """The next downlink counter of each meter, taken for good in one UPDATE, with its security record.
+
+        The caller holds these meters' rows locked (so the counters go out in the order they were
+        taken). On PostgreSQL the UPDATE commits at once on a connection of its own: a counter once
+        handed out is never handed out again, whatever becomes of the caller's transaction (rolled
+        back after the frame was published, or the process killed before its commit). An unused
+        counter is a gap, which meters accept: they refuse only counters not above the last one.
+        On SQLite (one writer, which the caller's transaction already is) it is taken in the
+        caller's transaction. A meter whose counter is exhausted is left out (see `counter_exhausted`).
+        """
         ...
 
     def retire_other_keys(self, serial: str, keep_version: int, at: datetime) -> int: ...
