@@ -4,6 +4,7 @@ Each mirrors what a SQL-backed test asserts through HTTP or the database (named 
 those stay as they are. tests/test_repository_contract.py keeps the fakes honest to SQL.
 """
 
+import copy
 from datetime import timedelta
 
 import pytest
@@ -21,16 +22,24 @@ from gasworks.services.intake import Refusal, accept_payment, record_refusal
 from gasworks.services.payment_life_cycle import require_payment, settle
 from gasworks.services.timeline import payment_timeline
 from tests.conftest import START
-from tests.fakes import FakeSystem
+from tests.fakes import FakeSystem, Tables
 from tests.support import ACCOUNT_NO, OTHER_ACCOUNT_NO, balance_fen, credited_fen, set_up
 
 UNKNOWN_ACCOUNT_NO = "9999999999"
 
 
-@pytest.fixture
-def fake() -> FakeSystem:
+@pytest.fixture(scope="module")
+def set_up_books() -> Tables:
+    """The channels and accounts of tests/support.set_up, made once (its keys are slow to make) and copied."""
     system = FakeSystem(FixedClock(START))
     set_up(system)
+    return system.db.tables
+
+
+@pytest.fixture
+def fake(set_up_books: Tables) -> FakeSystem:
+    system = FakeSystem(FixedClock(START))
+    system.db.tables = copy.deepcopy(set_up_books)
     return system
 
 
