@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gasworks.domain.accounts import Customer, CustomerClass, Meter, MeterKind
 from gasworks.domain.channels import Channel, ChannelKind
-from gasworks.domain.delivery import OPEN_STATES, AlertKind, CommandState, LinkState, credit_order, valve_command
+from gasworks.domain.delivery import AlertKind, CommandState, LinkState, credit_order, valve_command
 from gasworks.domain.errors import DuplicateKey
 from gasworks.domain.ledger import DELIVERY, SUSPENSE, LedgerAccountKind, TransactionKind, clearing_account, prepaid_account, transfer
 from gasworks.domain.payments import OrderState, Payment, PaymentOrder, PaymentState
@@ -332,12 +332,22 @@ def test_a_meter_is_read_as_saved_and_found_when_awake_with_work(new_uow):
         link.link_state, link.last_report_at = LinkState.ONLINE, START
         uow.meters.save(link)
         uow.meter_commands.add(valve_command(meter_serial=SERIAL, account_no=ACCOUNT, open_=True, at=START, ttl_s=60, why="paid"))
+        card_meter = uow.meters.get(OTHER_SERIAL)  # awake too, but with nothing to send over the air
+        card_meter.awake_until = START + timedelta(minutes=9)
+        uow.meters.save(card_meter)
+        uow.meter_commands.add(credit_order(meter_serial=OTHER_SERIAL, account_no=OTHER, route=MeterKind.CARD, payment_id="pay_c", purchase_seq=1, volume_litres=1, cost_fen=1, at=START, ttl_s=60))
         uow.commit()
     with new_uow() as uow:
         assert uow.meters.get(SERIAL) == link
         assert uow.meters.get("00000000009999") is None
         assert uow.meters.awake_with_work(START, 10) == [SERIAL]
-        assert uow.meters.awake_with_work(START + timedelta(minutes=5), 10) == [], "asleep again"
+        assert uow.meters.awake_with_work(START + timedelta(minutes=5), 10) == [], "asleep again; the card meter has no over-the-air work"
+        (sent,) = uow.meter_commands.for_meter(SERIAL)
+        sent.move_to(CommandState.SENT, START, "sent")
+        sent.next_send_at = START + timedelta(seconds=30)
+        uow.meter_commands.save(sent, START)
+        assert uow.meters.awake_with_work(START, 10) == [], "sent, and not yet due again"
+        assert uow.meters.awake_with_work(START + timedelta(seconds=30), 10) == [SERIAL], "due for a resend"
         assert uow.meters.silent_since(START + timedelta(seconds=1), 10) == [SERIAL]
         assert uow.meters.count_by_link_state() == {"online": 1}
         assert uow.meters.claimed_beyond_issued(10) == []
