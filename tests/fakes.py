@@ -16,9 +16,10 @@ Not faked (a service that needs them raises NotImplementedError): statements and
 import copy
 import secrets
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from gasworks.domain.access import ApiKeyRecord
 from gasworks.domain.accounts import Customer, CustomerClass, MeterKind
@@ -42,6 +43,7 @@ from gasworks.domain.kiosks import Kiosk
 from gasworks.domain.ledger import (
     CACHED_BALANCE_KINDS,
     FIXED_ACCOUNTS,
+    Entry,
     LedgerAccountKind,
     LedgerCheckFinding,
     LedgerTransaction,
@@ -54,6 +56,8 @@ from gasworks.domain.meter_security import MeterFrameSecurity
 from gasworks.domain.money import PAYMENT_FEN_ABSOLUTE_MAX, PaymentCeiling
 from gasworks.domain.payments import MONEY_SITS_IN, ONCE_PER_PAYMENT, OrderState, Payment, PaymentOrder, PaymentState
 from gasworks.domain.tariffs import Tariff, Tier
+from gasworks.services import ports
+from gasworks.services.unit_of_work import UnitOfWork
 
 T = TypeVar("T")
 
@@ -209,7 +213,7 @@ class FakeLedger(_Repository):
         except DuplicateKey:
             return None
 
-    def _entries(self):  # noqa: ANN202 - (transaction, entry) pairs
+    def _entries(self) -> Iterator[tuple[LedgerTransaction, Entry]]:
         return ((t, e) for t in self._t.ledger_transactions.values() for e in t.entries)
 
     def balance_fen(self, account_no: str) -> int:
@@ -640,7 +644,7 @@ class FakeMeterCommands(_Repository):
         rows = []
         payments = sorted(self._t.payments.values(), key=lambda p: self._t.payment_received_at[p.id])
         for p in payments:
-            credits = [c for c in self._rows() if c.payment_id == p.id and c.kind == CommandKind.CREDIT] or [None]
+            credits: list[MeterCommand | None] = [c for c in self._rows() if c.payment_id == p.id and c.kind == CommandKind.CREDIT] or [None]
             for c in credits:
                 events = self._t.command_events.get(c.id or 0, []) if c is not None else []
 
@@ -797,25 +801,25 @@ class FakeUnitOfWork:
         self.local_timezone = local_timezone
         self._committed: Tables | None = None
         self.commits = 0
-        self.customers = FakeCustomers(db)
-        self.channels = FakeChannels(db)
-        self.ledger = FakeLedger(db)
-        self.orders = FakeOrders(db)
-        self.payments = FakePayments(db)
-        self.nonces = FakeNonces(db)
-        self.rejections = FakeRejections(db)
-        self.api_keys = FakeApiKeys(db)
-        self.audit = FakeAuditLog(db)
-        self.meters = FakeMeters(db)
-        self.meter_models = FakeMeterModels(db)
-        self.tariffs = FakeTariffs(db)
-        self.meter_commands = FakeMeterCommands(db)
-        self.kiosks = FakeKiosks(db)
-        self.alerts = FakeAlerts(db)
-        self.site_secrets = FakeSiteSecrets(db)
-        self.meter_keys = FakeMeterKeys(db)
-        self.statements = NotFaked("statements")
-        self.reconciliations = NotFaked("reconciliations")
+        self.customers: ports.CustomersRepository = FakeCustomers(db)
+        self.channels: ports.ChannelsRepository = FakeChannels(db)
+        self.ledger: ports.LedgerRepository = FakeLedger(db)
+        self.orders: ports.OrdersRepository = FakeOrders(db)
+        self.payments: ports.PaymentsRepository = FakePayments(db)
+        self.nonces: ports.NoncesRepository = FakeNonces(db)
+        self.rejections: ports.RejectionsRepository = FakeRejections(db)
+        self.api_keys: ports.ApiKeysRepository = FakeApiKeys(db)
+        self.audit: ports.AuditLogRepository = FakeAuditLog(db)
+        self.meters: ports.MetersRepository = FakeMeters(db)
+        self.meter_models: ports.MeterModelsRepository = FakeMeterModels(db)
+        self.tariffs: ports.TariffsRepository = FakeTariffs(db)
+        self.meter_commands: ports.MeterCommandsRepository = FakeMeterCommands(db)
+        self.kiosks: ports.KiosksRepository = FakeKiosks(db)
+        self.alerts: ports.AlertsRepository = FakeAlerts(db)
+        self.site_secrets: ports.SiteSecretsRepository = FakeSiteSecrets(db)
+        self.meter_keys: ports.MeterKeysRepository = FakeMeterKeys(db)
+        self.statements = cast(ports.StatementsRepository, NotFaked("statements"))
+        self.reconciliations = cast(ports.ReconciliationsRepository, NotFaked("reconciliations"))
 
     def __enter__(self) -> "FakeUnitOfWork":
         if self._committed is not None:
@@ -851,3 +855,8 @@ class FakeSystem:
     def new_uow(self) -> FakeUnitOfWork:
         return FakeUnitOfWork(self.db, self.clock, delivery=self.delivery, payment_ceiling=self.payment_ceiling)
 
+
+
+def _conforms(db: FakeDatabase) -> UnitOfWork:
+    """mypy checks here that the fake unit of work and its fakes have the ports' shapes."""
+    return FakeUnitOfWork(db, FixedClock(datetime(2026, 1, 1, tzinfo=UTC)))

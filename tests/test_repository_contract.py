@@ -6,6 +6,7 @@ transaction once, an order paid once, commands in the order they reach the meter
 once) is asserted here in the same words for all three. A fake that drifts from SQL fails here.
 """
 
+import inspect
 import shutil
 from collections.abc import Callable
 from datetime import timedelta
@@ -20,6 +21,8 @@ from gasworks.domain.delivery import AlertKind, CommandState, LinkState, credit_
 from gasworks.domain.errors import DuplicateKey
 from gasworks.domain.ledger import DELIVERY, SUSPENSE, LedgerAccountKind, TransactionKind, clearing_account, prepaid_account, transfer
 from gasworks.domain.payments import OrderState, Payment, PaymentOrder, PaymentState
+from gasworks.services import ports
+from gasworks.services.unit_of_work import UnitOfWork
 from tests.conftest import START, make_system
 from tests.fakes import FakeSystem
 
@@ -376,3 +379,22 @@ def test_an_alert_is_raised_once_while_it_is_open(new_uow):
         assert len(everything[1].reason) == 500
         assert uow.alerts.get(cleared.id) == cleared
         assert [a.reason for a in uow.alerts.list(limit=10)][-1] == "backlog", "open only"
+
+
+# ---- the fakes' shapes ---------------------------------------------------------------------------------
+
+
+def test_every_fake_has_its_ports_methods_with_the_same_parameters(clock):
+    """A fake whose method lost or renamed a parameter would pass its own tests and fail in SQL."""
+    uow = FakeSystem(clock).new_uow()
+    for name, port in inspect.get_annotations(UnitOfWork).items():
+        if not (isinstance(port, type) and port.__module__ == ports.__name__) or name in NOT_FAKED:
+            continue
+        fake = getattr(uow, name)
+        for method in (m for m in vars(port) if not m.startswith("_")):
+            wanted = inspect.signature(getattr(port, method)).parameters
+            got = inspect.signature(getattr(fake, method)).parameters
+            assert [(p.name, p.kind, p.default) for p in list(wanted.values())[1:]] == [(p.name, p.kind, p.default) for p in got.values()], f"{name}.{method}"
+
+
+NOT_FAKED = {"statements", "reconciliations"}
