@@ -9,18 +9,22 @@ once) is asserted here in the same words for all three. A fake that drifts from 
 import inspect
 import shutil
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy.exc import IntegrityError
 
+from gasworks.domain.access import ApiKeyRecord
 from gasworks.domain.accounts import Customer, CustomerClass, Meter, MeterKind
-from gasworks.domain.channels import Channel, ChannelKind
-from gasworks.domain.delivery import AlertKind, CommandState, LinkState, credit_order, valve_command
+from gasworks.domain.channels import Channel, ChannelKey, ChannelKind, KeyPurpose, KeyStatus
+from gasworks.domain.delivery import AlertKind, CommandState, LinkState, MeterModel, credit_order, valve_command
 from gasworks.domain.errors import DuplicateKey
+from gasworks.domain.kiosks import Kiosk
 from gasworks.domain.ledger import DELIVERY, SUSPENSE, LedgerAccountKind, TransactionKind, clearing_account, prepaid_account, transfer
+from gasworks.domain.meter_security import DEFAULT_METER_MODEL, MeterFrameSecurity
 from gasworks.domain.payments import OrderState, Payment, PaymentOrder, PaymentState
+from gasworks.domain.tariffs import Tariff, Tier
 from gasworks.services import ports
 from gasworks.services.unit_of_work import UnitOfWork
 from tests.conftest import START, make_system
@@ -398,3 +402,77 @@ def test_every_fake_has_its_ports_methods_with_the_same_parameters(clock):
 
 
 NOT_FAKED = {"statements", "reconciliations"}
+
+
+# ---- the rest of the money path's repositories -----------------------------------------------------------
+
+
+def test_channels_customers_tariffs_and_keys_are_read_as_written(new_uow):
+    later = START + timedelta(days=1)
+    with new_uow() as uow:
+        uow.channels.add_key(ChannelKey("wallet", "k-1", KeyPurpose.HMAC_SECRET, "s1", KeyStatus.ACTIVE, START))
+        uow.channels.add_key(ChannelKey("wallet", "k-2", KeyPurpose.HMAC_SECRET, "s2", KeyStatus.ACTIVE, later))
+        assert uow.channels.retire_key("wallet", "k-1", later) == 1
+        assert uow.channels.retire_key("wallet", "k-1", later) == 0
+        assert uow.customers.exists(ACCOUNT) and not uow.customers.exists("4309999999")
+        assert uow.customers.meter_serial_taken(OTHER_SERIAL) and not uow.customers.meter_serial_taken("00000000009999")
+        assert uow.tariffs.add(Tariff(CustomerClass.RESIDENTIAL, date(2026, 12, 1), (Tier(None, 300_000),)), at=START, actor="op") is not None
+        assert uow.tariffs.add(Tariff(CustomerClass.RESIDENTIAL, date(2026, 12, 1), (Tier(None, 310_000),)), at=START, actor="op") is None, "versions are never edited"
+        uow.commit()
+    with new_uow() as uow:
+        channel = uow.channels.get("wallet")
+        assert [(k.key_id, k.status) for k in channel.keys] == [("k-2", KeyStatus.ACTIVE), ("k-1", KeyStatus.RETIRED)], "newest first"
+        assert [c.id for c in uow.channels.list()] == ["wallet"] and uow.channels.get("nobody") is None
+        customer = uow.customers.get(ACCOUNT)
+        assert customer.meter == Meter(SERIAL, MeterKind.IOT) and customer.created_at == START and uow.customers.get("4309999999") is None
+        assert uow.tariffs.in_force(CustomerClass.RESIDENTIAL, date(2026, 11, 30)).effective_from == date(2000, 1, 1), "the seeded one"
+        assert uow.tariffs.in_force(CustomerClass.RESIDENTIAL, date(2026, 12, 1)).tiers == (Tier(None, 300_000),)
+        assert [(t.customer_class, t.effective_from) for t in uow.tariffs.list()] == [
+            (CustomerClass.COMMERCIAL, date(2000, 1, 1)), (CustomerClass.RESIDENTIAL, date(2000, 1, 1)), (CustomerClass.RESIDENTIAL, date(2026, 12, 1)),
+        ]  # fmt: skip
+
+
+def test_api_keys_audit_and_rejections_are_kept_and_listed_newest_first(new_uow):
+    with new_uow() as uow:
+        uow.api_keys.add(ApiKeyRecord("key_b", "b", "operator", None, START + timedelta(seconds=1), None), "b" * 64)
+        uow.api_keys.add(ApiKeyRecord("key_a", "a", "device", "wallet", START, None), "a" * 64)
+        assert uow.api_keys.revoke("key_b", START) == 1 and uow.api_keys.revoke("key_b", START) == 0
+        for n in range(3):
+            uow.audit.append(at=START, actor="op", action="hold.credit" if n else "account.open", subject=f"payment:{n % 2}", detail={"n": n})
+            uow.rejections.add(at=START, channel_id="wallet" if n else "w" * 60, code=f"CODE_{n}", message="m" * 600, remote_addr="10.0.0.1", request_summary={"n": n})
+        uow.commit()
+    with new_uow() as uow:
+        assert [k.id for k in uow.api_keys.list()] == ["key_a", "key_b"], "oldest first"
+        assert uow.api_keys.find_by_secret_sha256("b" * 64).revoked_at == START and uow.api_keys.find_by_secret_sha256("c" * 64) is None
+        assert uow.audit.count_actions("hold.credit") == 2
+        assert [(r["subject"], r["detail"]) for r in uow.audit.list(limit=10, subject="payment:0")] == [("payment:0", {"n": 2}), ("payment:0", {"n": 0})]
+        rejections = uow.rejections.list(limit=10)
+        assert [r["code"] for r in rejections] == ["CODE_2", "CODE_1", "CODE_0"] and rejections[-1]["channel_id"] == "w" * 40 and len(rejections[0]["message"]) == 500
+        assert [r["code"] for r in uow.rejections.list(limit=10, channel_id="wallet", code="CODE_1")] == ["CODE_1"]
+
+
+def test_meter_keys_kiosks_models_and_site_secrets(new_uow):
+    with new_uow() as uow:
+        uow.meter_keys.add_security(MeterFrameSecurity(serial=SERIAL, model=DEFAULT_METER_MODEL, active_key_version=1))
+        uow.meter_keys.add_key(SERIAL, 1, b"k" * 16, START)
+        uow.meter_keys.add_key(SERIAL, 2, b"K" * 16, START)
+        assert uow.kiosks.add(Kiosk("k-1", "Kiosk", "wallet", "华新苑", "", 26.9, 112.6, "active"), START) is True
+        assert uow.kiosks.add(Kiosk("k-1", "Again", "wallet", "华新苑", "", 26.9, 112.6, "active"), START) is False
+        assert uow.meter_models.add(MeterModel("m-1", 1), START) is True and uow.meter_models.add(MeterModel("m-1", 4), START) is False
+        secret = uow.site_secrets.get_or_create("s", START)
+        assert uow.site_secrets.get_or_create("s", START) == secret
+        uow.commit()
+    with new_uow() as uow:
+        assert uow.meter_keys.key(SERIAL, 2) == b"K" * 16
+        assert uow.meter_keys.retire_other_keys(SERIAL, 2, START) == 1
+        assert uow.meter_keys.key(SERIAL, 1) is None and uow.meter_keys.key(SERIAL, 3) is None
+        assert uow.meter_keys.get_security(SERIAL).active_key_version == 1 and uow.meter_keys.count_by_model() == {DEFAULT_METER_MODEL: 1}
+        assert uow.kiosks.set_status("k-1", "offline") == 1 and uow.kiosks.set_status("k-9", "offline") == 0
+        assert [k.status for k in uow.kiosks.list()] == ["offline"] and uow.kiosks.list(status="active") == []
+        assert uow.meter_models.get("m-1") == MeterModel("m-1", 1)
+        link = uow.meters.get(SERIAL)
+        link.model = "m-1"
+        uow.meters.save(link)
+        assert uow.meters.get(SERIAL).seq_modulus == 256, "a one-byte serial wraps"
+        assert uow.meters.set_reopen_needs_button(model="m-1", value=True) == 1
+        assert uow.meters.get(SERIAL).reopen_needs_button is True
