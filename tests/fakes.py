@@ -10,16 +10,19 @@ object without saving it changes nothing stored, as with rows.
 tests/test_repository_contract.py runs the same assertions against these and the SQL adapters;
 a fake that drifts from SQL fails there.
 
-Not faked (a service that needs them raises NotImplementedError): statements and reconciliations.
+Statement files and reconciliation runs are faked too; their CSV exports for the matcher are
+written as the SQL adapter writes them on SQLite.
 """
 
 import copy
+import csv
 import secrets
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
-from typing import Any, TypeVar, cast
+from pathlib import Path
+from typing import Any, TypeVar
 
 from gasworks.domain.access import ApiKeyRecord
 from gasworks.domain.accounts import Customer, CustomerClass, MeterKind
@@ -55,6 +58,7 @@ from gasworks.domain.ledger import (
 from gasworks.domain.meter_security import MeterFrameSecurity
 from gasworks.domain.money import PAYMENT_FEN_ABSOLUTE_MAX, PaymentCeiling
 from gasworks.domain.payments import MONEY_SITS_IN, ONCE_PER_PAYMENT, OrderState, Payment, PaymentOrder, PaymentState
+from gasworks.domain.statements import Discrepancy, DiscrepancyClass, DiscrepancyState, Statement, StatementFile, StatementLine
 from gasworks.domain.tariffs import Tariff, Tier
 from gasworks.services import ports
 from gasworks.services.unit_of_work import UnitOfWork
@@ -99,6 +103,10 @@ class Tables:
     site_secrets: dict[str, str] = field(default_factory=dict)
     meter_security: dict[str, MeterFrameSecurity] = field(default_factory=dict)
     meter_keys: dict[tuple[str, int], tuple[bytes, datetime | None]] = field(default_factory=dict)
+    statement_files: dict[int, StatementFile] = field(default_factory=dict)
+    statement_lines: dict[int, tuple[StatementLine, ...]] = field(default_factory=dict)
+    reconciliation_runs: dict[int, dict[str, Any]] = field(default_factory=dict)
+    discrepancies: dict[int, Discrepancy] = field(default_factory=dict)
 
     def new_id(self, table: str) -> int:
         if table == "tariffs" and not self.next_id[table]:
@@ -776,14 +784,110 @@ class FakeMeterKeys(_Repository):
         return retired
 
 
-class NotFaked:
-    """A port without a fake yet: using it says so instead of pretending."""
+def _write_csv(path: Path, header: str, rows: Iterable[Iterable[Any]]) -> int:
+    """As the SQL adapter writes it on SQLite: empty for NULL, ISO 8601 for a time."""
+    count = 0
+    with path.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(header.split(","))
+        for row in rows:
+            writer.writerow(["" if v is None else (v.isoformat() if isinstance(v, datetime) else v) for v in row])
+            count += 1
+    return count
 
-    def __init__(self, name: str) -> None:
-        self._name = name
 
-    def __getattr__(self, method: str) -> Any:
-        raise NotImplementedError(f"tests/fakes.py has no fake {self._name} repository ({method}); run this test on SQL")
+class FakeStatements(_Repository):
+    def find(self, channel_id: str, statement_date: date, sha256: str) -> StatementFile | None:
+        return next((f for f in self._t.statement_files.values() if (f.channel_id, f.statement_date, f.sha256) == (channel_id, statement_date, sha256)), None)
+
+    def get(self, file_id: int) -> StatementFile | None:
+        return self._t.statement_files.get(file_id)
+
+    def add(self, *, channel_id: str, statement_date: date, format_: str, sha256: str, filename: str, statement: Statement, at: datetime, actor: str) -> int | None:
+        if self.find(channel_id, statement_date, sha256) is not None:
+            return None
+        file_id = self._t.new_id("statement_files")
+        self._t.statement_files[file_id] = StatementFile(
+            file_id, channel_id, statement_date, format_, sha256, filename[:200], len(statement.lines), statement.paid_total_fen, statement.fee_total_fen, at, actor
+        )  # fmt: skip
+        self._t.statement_lines[file_id] = tuple(statement.lines)
+        return file_id
+
+    def export_lines(self, file_id: int, path: Path) -> int:
+        rows = ((x.channel_txn_id, x.out_trade_no, x.account_no, x.amount_fen, x.fee_fen, x.status.value, x.line_no) for x in self._t.statement_lines.get(file_id, ()))
+        return _write_csv(path, "channel_txn_id,out_trade_no,account_no,amount_fen,fee_fen,status,line_no", rows)
+
+    def export_neighbour_txns(self, channel_id: str, date_from: date, date_to: date, exclude_file_id: int, path: Path) -> int:
+        files = [f.id for f in self._t.statement_files.values() if f.channel_id == channel_id and date_from <= f.statement_date <= date_to and f.id != exclude_file_id]
+        return _write_csv(path, "channel_txn_id", ((x.channel_txn_id,) for file_id in files for x in self._t.statement_lines[file_id]))
+
+
+class FakeReconciliations(_Repository):
+    def run_for_file(self, file_id: int) -> dict[str, Any] | None:
+        return _copy(next((r for r in self._t.reconciliation_runs.values() if r["file_id"] == file_id), None))
+
+    def get_run(self, run_id: int) -> dict[str, Any] | None:
+        return _copy(self._t.reconciliation_runs.get(run_id))
+
+    def add_run(
+        self, *, channel_id: str, statement_date: date, file_id: int, started_at: datetime, finished_at: datetime, actor: str, verdict: str, totals: dict[str, Any], matched: int
+    ) -> int:  # fmt: skip
+        if self.run_for_file(file_id) is not None:
+            raise DuplicateKey(f"statement file {file_id} was reconciled already")
+        run_id = self._t.new_id("reconciliation_runs")
+        self._t.reconciliation_runs[run_id] = {
+            "id": run_id, "channel_id": channel_id, "statement_date": statement_date, "file_id": file_id, "started_at": started_at,
+            "finished_at": finished_at, "actor": actor, "verdict": verdict, "totals": _copy(totals), "matched": matched,
+        }  # fmt: skip
+        return run_id
+
+    def add_discrepancies(self, run_id: int, found: list[Discrepancy]) -> None:
+        for d in found:
+            discrepancy_id = self._t.new_id("discrepancies")
+            self._t.discrepancies[discrepancy_id] = replace(
+                d, id=discrepancy_id, run_id=run_id, detail=d.detail[:500], proposed_action=d.proposed_action[:300], resolved_at=None, resolved_by=None, resolution=None
+            )  # fmt: skip
+
+    def discrepancies(
+        self, *, run_id: int | None = None, state: DiscrepancyState | None = None, klass: DiscrepancyClass | None = None, channel_id: str | None = None, limit: int
+    ) -> list[Discrepancy]:  # fmt: skip
+        found = [
+            d for _, d in sorted(self._t.discrepancies.items())
+            if (run_id is None or d.run_id == run_id) and (state is None or d.state == state) and (klass is None or d.klass == klass) and (channel_id is None or d.channel_id == channel_id)
+        ]  # fmt: skip
+        return _copy(found[:limit])
+
+    def get_discrepancy(self, discrepancy_id: int) -> Discrepancy | None:
+        return _copy(self._t.discrepancies.get(discrepancy_id))
+
+    def settle(self, discrepancy_id: int, *, state: DiscrepancyState, at: datetime, by: str, resolution: str, from_state: DiscrepancyState | None = None) -> bool:
+        d = self._t.discrepancies.get(discrepancy_id)
+        if d is None or (from_state is not None and d.state != from_state):
+            return False
+        self._t.discrepancies[discrepancy_id] = replace(d, state=state, resolved_at=at, resolved_by=by, resolution=resolution[:300])
+        return True
+
+    def carried_over(self, channel_id: str, before: date) -> list[Discrepancy]:
+        runs = self._t.reconciliation_runs
+        return _copy([
+            d for _, d in sorted(self._t.discrepancies.items())
+            if d.channel_id == channel_id and d.state == DiscrepancyState.CARRIED_OVER and runs[d.run_id or 0]["statement_date"] < before
+        ])  # fmt: skip
+
+    def export_payments(self, channel_id: str, received_from: datetime, received_to: datetime, path: Path) -> int:
+        rows = []
+        for p in self._t.payments.values():
+            received_at = self._t.payment_received_at[p.id]
+            if p.channel_id != channel_id or not received_from <= received_at < received_to:
+                continue
+            credits: list[MeterCommand | None] = [c for _, c in sorted(self._t.commands.items()) if c.payment_id == p.id and c.kind == CommandKind.CREDIT] or [None]
+            for c in credits:
+                ordered_at = self._t.command_times[c.id][0] if c is not None and c.id is not None else None
+                rows.append((
+                    p.id, p.channel_txn_id, p.amount_fen, p.state.value, p.account_no, p.paid_at or received_at,
+                    c.id if c else None, c.state.value if c else None, c.route.value if c else None, ordered_at,
+                ))  # fmt: skip
+        return _write_csv(path, "payment_id,channel_txn_id,amount_fen,state,account_no,paid_at,command_id,command_state,route,ordered_at", rows)
 
 
 class FakeUnitOfWork:
@@ -818,8 +922,8 @@ class FakeUnitOfWork:
         self.alerts: ports.AlertsRepository = FakeAlerts(db)
         self.site_secrets: ports.SiteSecretsRepository = FakeSiteSecrets(db)
         self.meter_keys: ports.MeterKeysRepository = FakeMeterKeys(db)
-        self.statements = cast(ports.StatementsRepository, NotFaked("statements"))
-        self.reconciliations = cast(ports.ReconciliationsRepository, NotFaked("reconciliations"))
+        self.statements: ports.StatementsRepository = FakeStatements(db)
+        self.reconciliations: ports.ReconciliationsRepository = FakeReconciliations(db)
 
     def __enter__(self) -> "FakeUnitOfWork":
         if self._committed is not None:

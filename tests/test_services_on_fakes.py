@@ -5,7 +5,7 @@ those stay as they are. tests/test_repository_contract.py keeps the fakes honest
 """
 
 import copy
-from datetime import timedelta
+from datetime import date, timedelta
 
 import pytest
 
@@ -15,11 +15,10 @@ from gasworks.domain.clock import FixedClock
 from gasworks.domain.errors import Conflict, GasworksError, IntakeRefused, InvalidInput
 from gasworks.domain.ledger import SUSPENSE, TransactionKind
 from gasworks.domain.payments import HoldReason, IllegalTransition, PaymentState
-from gasworks.services import accounts, holds, orders
+from gasworks.services import accounts, holds, orders, reconciliation
 from gasworks.services.cards import CardRead, CardWrite, confirm_card_write, read_card
 from gasworks.services.checks import check_ledger
 from gasworks.services.intake import Refusal, accept_payment, record_refusal
-from gasworks.services.payment_life_cycle import require_payment, settle
 from gasworks.services.timeline import payment_timeline
 from tests.conftest import START
 from tests.fakes import FakeSystem, Tables
@@ -224,31 +223,40 @@ def test_a_refund_is_confirmed_only_when_one_was_requested_and_external_only_whe
     assert_books_hold(fake)
 
 
-def reverse(system: FakeSystem, payment_id: str) -> None:
-    """What reconciliation's "reverse" decision does to the payment (statements are not faked yet)."""
-    uow = system.new_uow()
-    with uow:
-        payment = require_payment(uow, payment_id)
-        settle(uow, payment, PaymentState.REVERSED, at=uow.clock.now(), note="the channel never collected it", actor="op", action="payment.reverse", detail={})
-        uow.commit()
+def plain_statement(lines: list[tuple[str, str, int]], day: date) -> bytes:
+    body = "txn_id,account_no,amount_fen,paid_at,status\n"
+    body += "".join(f"{txn},{account},{fen},{day.isoformat()}T10:00:00+08:00,SUCCESS\n" for txn, account, fen in lines)
+    return (body + f"# total,{len(lines)},{sum(fen for _, _, fen in lines)}\n").encode()
 
 
-def test_a_second_reversal_is_refused_and_the_money_moves_once(fake):
-    """As test_importing_a_day_twice_and_reversing_twice_moves_the_money_once, without the statements."""
+def test_importing_a_day_twice_and_reversing_twice_moves_the_money_once(fake):
+    """As the test of the same name in test_payment_life_cycle: statements, the matcher and decisions on fakes."""
+    day = fake.clock.now().date()
     lost = pay(fake, "WO-NEVER-COLLECTED", 10_000)
+    pay(fake, "WO-REAL-1", 3_000)
+    runs = []
+    for lines in ([("WO-REAL-1", ACCOUNT_NO, 3_000)], [("WO-REAL-1", ACCOUNT_NO, 3_000), ("WO-OTHER", OTHER_ACCOUNT_NO, 1)]):
+        imported = reconciliation.import_statement(channel_id="wo-wallet", statement_date=day, filename="s.csv", raw=plain_statement(lines, day), uow=fake.new_uow(), actor="test")
+        runs.append(reconciliation.reconcile(file_id=imported.file_id, uow_factory=fake.new_uow, actor="test"))
+    unknown = [d for r in runs for d in r.discrepancies if d.payment_id == lost.payment_id]
+    assert len(unknown) == 2, "each import of the day finds the payment the channel never collected"
     with fake.new_uow() as uow:
         clearing_before = uow.ledger.entries_sum_fen("clearing:wo-wallet")
-    reverse(fake, lost.payment_id)
-    with pytest.raises(IllegalTransition) as refused:
-        reverse(fake, lost.payment_id)
-    assert refused.value.code == "PAYMENT_ALREADY_REVERSED"
+    first = reconciliation.decide(unknown[0].id, "reverse", "the wallet never collected it", fake.new_uow(), actor="op:wang")
+    assert first.state == "resolved"
+    with pytest.raises(IllegalTransition) as second:
+        reconciliation.decide(unknown[1].id, "reverse", "the wallet never collected it", fake.new_uow(), actor="op:li")
+    assert second.value.code == "PAYMENT_ALREADY_REVERSED" and "discrepancy" in second.value.message, "the second answer says what the first did"
     with fake.new_uow() as uow:
-        assert uow.ledger.entries_sum_fen("clearing:wo-wallet") == clearing_before - 10_000
         assert uow.payments.get(lost.payment_id).state == PaymentState.REVERSED
+        assert uow.ledger.entries_sum_fen("clearing:wo-wallet") == clearing_before - 10_000
     assert ledger_kinds(fake, lost.payment_id).count(TransactionKind.PAYMENT_REVERSED) == 1
     report = check_ledger(fake.new_uow())
     assert report.ok, report.findings
-    assert report.arrears[0] == 1, "the gas stays bought: the account owes it"
+    again = reconciliation.import_statement(
+        channel_id="wo-wallet", statement_date=day, filename="s.csv", raw=plain_statement([("WO-REAL-1", ACCOUNT_NO, 3_000)], day), uow=fake.new_uow(), actor="test"
+    )  # fmt: skip
+    assert not again.new, "the same content twice is one import"
 
 
 def test_a_reversal_after_the_gas_was_bought_leaves_arrears_paid_first_by_the_next_payment(fake):
