@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from gasworks.domain.access import ApiKeyRecord
 from gasworks.domain.accounts import Customer, CustomerClass, MeterKind
-from gasworks.domain.channels import Channel, ChannelKey, KeyStatus
+from gasworks.domain.channels import Channel, ChannelKey, KeyStatus, PaymentNotice
 from gasworks.domain.clock import Clock, FixedClock
 from gasworks.domain.delivery import (
     OPEN_STATES,
@@ -61,6 +61,16 @@ from gasworks.domain.payments import MONEY_SITS_IN, ONCE_PER_PAYMENT, OrderState
 from gasworks.domain.statements import Discrepancy, DiscrepancyClass, DiscrepancyState, Statement, StatementFile, StatementLine
 from gasworks.domain.tariffs import Tariff, Tier
 from gasworks.services import ports
+from gasworks.services.channel_gateway import (
+    ChannelGateway,
+    FetchedStatement,
+    GatewayError,
+    OrderAnswer,
+    OrderStatus,
+    RefundAnswer,
+    RefundRequest,
+    RefundState,
+)
 from gasworks.services.unit_of_work import UnitOfWork
 
 T = TypeVar("T")
@@ -964,3 +974,48 @@ class FakeSystem:
 def _conforms(db: FakeDatabase) -> UnitOfWork:
     """mypy checks here that the fake unit of work and its fakes have the ports' shapes."""
     return FakeUnitOfWork(db, FixedClock(datetime(2026, 1, 1, tzinfo=UTC)))
+
+
+class FakeChannel:
+    """A payment channel in memory: the ChannelGateway port (services/channel_gateway.py) and the
+    OrderQuery recovery asks. A test says what happened at the channel (`collect`); gasworks asks."""
+
+    def __init__(self, channel_id: str, clock: Clock) -> None:
+        self.channel_id = channel_id
+        self._clock = clock
+        self._collected: dict[str, PaymentNotice] = {}  # by out_trade_no
+        self._refunds: dict[str, RefundAnswer] = {}  # by our refund number
+        self.queries = 0
+
+    def collect(self, out_trade_no: str, channel_txn_id: str, amount_fen: int) -> PaymentNotice:
+        """The resident paid the order at the channel; no notification is sent by this."""
+        notice = PaymentNotice(self.channel_id, channel_txn_id, amount_fen, self._clock.now(), out_trade_no=out_trade_no)
+        self._collected[out_trade_no] = notice
+        return notice
+
+    def query_order(self, out_trade_no: str) -> OrderAnswer:
+        self.queries += 1
+        notice = self._collected.get(out_trade_no)
+        return OrderAnswer(out_trade_no, OrderStatus.PAID if notice else OrderStatus.NOT_FOUND, notice)
+
+    def paid_notice(self, out_trade_no: str) -> PaymentNotice | None:
+        return self.query_order(out_trade_no).notice
+
+    def refund(self, request: RefundRequest) -> RefundAnswer:
+        """Idempotent by our refund number, as the channels are: asking twice refunds once."""
+        if request.refund_no not in self._refunds:
+            self._refunds[request.refund_no] = RefundAnswer(request.refund_no, RefundState.SUCCESS, request.refund_fen, f"R-{request.refund_no}", self._clock.now())
+        return self._refunds[request.refund_no]
+
+    def refund_status(self, refund_no: str) -> RefundAnswer:
+        if refund_no not in self._refunds:
+            raise GatewayError("REFUND_NOT_FOUND", f"no refund {refund_no}", retryable=False)
+        return self._refunds[refund_no]
+
+    def fetch_statement(self, day: date) -> FetchedStatement:
+        raise GatewayError("NO_STATEMENT", f"{self.channel_id} keeps no statements in memory", retryable=False)
+
+
+def _channel_conforms(clock: Clock) -> ChannelGateway:
+    """mypy checks here that the fake channel has the gateway port's shape."""
+    return FakeChannel("wechat", clock)

@@ -15,13 +15,13 @@ from gasworks.domain.clock import FixedClock
 from gasworks.domain.errors import Conflict, GasworksError, IntakeRefused, InvalidInput
 from gasworks.domain.ledger import SUSPENSE, TransactionKind
 from gasworks.domain.payments import HoldReason, IllegalTransition, PaymentState
-from gasworks.services import accounts, holds, orders, reconciliation
+from gasworks.services import accounts, holds, orders, reconciliation, recovery
 from gasworks.services.cards import CardRead, CardWrite, confirm_card_write, read_card
 from gasworks.services.checks import check_ledger
 from gasworks.services.intake import Refusal, accept_payment, record_refusal
 from gasworks.services.timeline import payment_timeline
 from tests.conftest import START
-from tests.fakes import FakeSystem, Tables
+from tests.fakes import FakeChannel, FakeSystem, Tables
 from tests.support import ACCOUNT_NO, OTHER_ACCOUNT_NO, balance_fen, credited_fen, set_up
 
 UNKNOWN_ACCOUNT_NO = "9999999999"
@@ -323,3 +323,22 @@ def test_check_names_the_payment_whose_state_differs_from_its_money(fake):
     findings = {(f.code, f.subject.split(" and ")[0]) for f in check_ledger(fake.new_uow()).findings}
     assert ("PAYMENT_STATE_DIFFERS_FROM_LEDGER", f"payment {taken.payment_id}") in findings
     assert ("PAYMENT_MONEY_NOT_WHERE_STATE_SAYS", f"payment {taken.payment_id}") in findings
+
+
+def test_an_order_the_channel_never_notified_is_found_by_asking_and_booked_once(fake):
+    """Recovery asks the channel about open orders after ten minutes; a late notification books nothing more."""
+    wechat = FakeChannel("wechat", fake.clock)
+    order = orders.create_order(channel_id="wechat", account_no=ACCOUNT_NO, amount_fen=5_000, ceiling=fake.payment_ceiling, uow=fake.new_uow())
+    unpaid = orders.create_order(channel_id="wechat", account_no=ACCOUNT_NO, amount_fen=7_000, ceiling=fake.payment_ceiling, uow=fake.new_uow())
+    late = wechat.collect(order.out_trade_no, "4200000100", 5_000)
+    assert recovery.recover_unnotified_orders(fake.new_uow, "wechat", wechat, limit=10) == 0 and wechat.queries == 0, "the notification gets ten minutes first"
+    fake.clock.advance(recovery.QUERY_AFTER_S + 1)
+    assert recovery.recover_unnotified_orders(fake.new_uow, "wechat", wechat, limit=10) == 1 and wechat.queries == 2
+    assert credited_fen(fake, ACCOUNT_NO) == 5_000
+    assert accept_payment(late, fake.new_uow()).duplicate, "the notification arriving after all books nothing more"
+    assert recovery.recover_unnotified_orders(fake.new_uow, "wechat", wechat, limit=10) == 0 and wechat.queries == 3, "only the unpaid order is asked again"
+    assert orders.get_order(unpaid.out_trade_no, fake.new_uow()).state.value == "open"
+    with fake.new_uow() as uow:
+        assert uow.audit.count_actions("payment.recovered") == 1
+    assert credited_fen(fake, ACCOUNT_NO) == 5_000
+    assert_books_hold(fake)
