@@ -561,3 +561,15 @@ def test_a_run_keeps_its_discrepancies_and_each_is_decided_once(new_uow, tmp_pat
             "payment_id": p.id, "channel_txn_id": "T-R1", "amount_fen": "2000", "state": "verified", "account_no": ACCOUNT, "command_id": "",
         }  # fmt: skip
         assert uow.reconciliations.export_payments("wallet", START + timedelta(seconds=1), START + timedelta(days=1), tmp_path / "q.csv") == 0
+
+
+def test_a_plain_post_of_a_second_life_cycle_transaction_or_to_an_unopened_account_fails(new_uow):
+    p = payment("T-P1", 1_000)
+    with new_uow() as uow:
+        uow.payments.claim(p)
+        uow.ledger.post(booking(p))
+        with pytest.raises((DuplicateKey, IntegrityError)):
+            uow.ledger.post(booking(p))
+    with new_uow() as uow:
+        with pytest.raises((LookupError, IntegrityError)):
+            uow.ledger.post(booking(p, credit=prepaid_account("4309999999")))
