@@ -4,8 +4,8 @@ They behave as the SQL adapters do where a service can tell: a unique key taken 
 where the SQL adapter raises it; DuplicateKey also stands in for the IntegrityError of the other
 unique keys), a payment owns each life-cycle ledger transaction once (post_once answers None),
 balances are computed from the entries (customers' from a cached sum, as in SQL), and lists come in
-the order the SQL queries give them. Everything handed out is a copy, so a service that changes an
-object without saving it changes nothing stored, as with rows.
+the order the SQL queries give them. What is handed out is a copy or frozen, so a service that
+changes an object without saving it changes nothing stored, as with rows.
 
 tests/test_repository_contract.py runs the same assertions against these and the SQL adapters;
 a fake that drifts from SQL fails there.
