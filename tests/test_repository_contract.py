@@ -1,0 +1,575 @@
+"""One contract for the repositories, run against the in-memory fakes, SQLite and PostgreSQL.
+
+The service tests on fakes (tests/test_services_on_fakes.py) are only as true as the fakes: each
+behaviour a use case relies on (a key taken once, a balance from its entries, a payment's life-cycle
+transaction once, an order paid once, commands in the order they reach the meter, an alert raised
+once) is asserted here in the same words for all three. A fake that drifts from SQL fails here.
+"""
+
+import csv
+import inspect
+import shutil
+from collections.abc import Callable
+from datetime import date, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+
+from gasworks.domain.access import ApiKeyRecord
+from gasworks.domain.accounts import Customer, CustomerClass, Meter, MeterKind
+from gasworks.domain.channels import Channel, ChannelKey, ChannelKind, KeyPurpose, KeyStatus
+from gasworks.domain.delivery import AlertKind, CommandState, LinkState, MeterModel, credit_order, valve_command
+from gasworks.domain.errors import DuplicateKey
+from gasworks.domain.kiosks import Kiosk
+from gasworks.domain.ledger import DELIVERY, SUSPENSE, LedgerAccountKind, TransactionKind, clearing_account, prepaid_account, transfer
+from gasworks.domain.meter_security import DEFAULT_METER_MODEL, MeterFrameSecurity
+from gasworks.domain.payments import OrderState, Payment, PaymentOrder, PaymentState
+from gasworks.domain.statements import Discrepancy, DiscrepancyClass, DiscrepancyState, LineStatus, Statement, StatementLine
+from gasworks.domain.tariffs import Tariff, Tier
+from gasworks.services import ports
+from gasworks.services.unit_of_work import UnitOfWork
+from tests.conftest import START, make_system
+from tests.fakes import FakeSystem
+
+ACCOUNT = "4301000001"
+OTHER = "4301000002"
+SERIAL = "00000000000001"
+OTHER_SERIAL = "00000000000002"
+UnitsOfWork = Callable[[], Any]  # a FakeUnitOfWork or an SqlUnitOfWork, each a fresh one
+
+
+@pytest.fixture(params=["fake", "sqlite", "postgres"])
+def new_uow(request: pytest.FixtureRequest, tmp_path, clock) -> UnitsOfWork:
+    """A factory of units of work over an empty store of the kind named; a wallet channel and two accounts in it."""
+    if request.param == "fake":
+        new = FakeSystem(clock).new_uow
+    else:
+        if request.param == "sqlite":
+            path = tmp_path / "gasworks.db"
+            shutil.copy(request.getfixturevalue("sqlite_template"), path)
+            url = f"sqlite:///{path}"
+        else:
+            url = request.getfixturevalue("postgres_only_url")
+        system = make_system(url, clock)
+        request.addfinalizer(system.engine.dispose)
+        new = system.new_uow
+    with new() as uow:
+        uow.channels.add(Channel("wallet", ChannelKind.WALLET_HMAC, "Wallet"), START)
+        uow.ledger.open_account(clearing_account("wallet"), LedgerAccountKind.CLEARING)
+        for account_no, serial, kind in ((ACCOUNT, SERIAL, MeterKind.IOT), (OTHER, OTHER_SERIAL, MeterKind.CARD)):
+            uow.customers.add(Customer(account_no, "张三", "1 栋", "华新苑", "G-01", "13812345678", CustomerClass.RESIDENTIAL, Meter(serial, kind), START))
+            uow.ledger.open_account(prepaid_account(account_no), LedgerAccountKind.PREPAID)
+        uow.commit()
+    return new
+
+
+def payment(txn: str, amount_fen: int = 1_000, *, pid: str | None = None, account_no: str = ACCOUNT, at=START) -> Payment:
+    p = Payment.received(
+        id=pid or f"pay_{txn}", channel_id="wallet", channel_txn_id=txn, amount_fen=amount_fen, account_no=account_no,
+        out_trade_no=None, method="", paid_at=None, at=at,
+    )  # fmt: skip
+    p.move_to(PaymentState.VERIFIED, at, "verified")
+    return p
+
+
+def booking(p: Payment, kind: TransactionKind = TransactionKind.PAYMENT_BOOKED, credit: str = prepaid_account(ACCOUNT)):
+    return transfer(kind, debit=clearing_account("wallet"), credit=credit, amount_fen=p.amount_fen, at=START, payment_id=p.id, memo=p.channel_txn_id)
+
+
+# ---- the unit of work ------------------------------------------------------------------------------
+
+
+def test_leaving_without_commit_keeps_nothing_and_a_commit_keeps_all(new_uow):
+    with new_uow() as uow:
+        uow.payments.claim(payment("T-ROLLED-BACK"))
+        uow.nonces.claim("wallet", "n-1", START)
+    with new_uow() as uow:
+        assert uow.payments.get("pay_T-ROLLED-BACK") is None
+        uow.nonces.claim("wallet", "n-1", START)  # not taken: the first claim rolled back
+        uow.commit()
+        uow.payments.claim(payment("T-AFTER-COMMIT"))  # after the commit, in the same block: not kept
+    with new_uow() as uow:
+        assert uow.payments.get("pay_T-AFTER-COMMIT") is None
+        with pytest.raises(DuplicateKey):
+            uow.nonces.claim("wallet", "n-1", START)
+
+
+# ---- payments and nonces ---------------------------------------------------------------------------
+
+
+def test_a_payment_is_claimed_once_per_channel_transaction_and_the_transaction_stays_usable(new_uow):
+    first = payment("T-1", 1_000)
+    with new_uow() as uow:
+        uow.payments.claim(first)
+        uow.payments.save_progress(first, events_already_saved=0)
+        uow.commit()
+    with new_uow() as uow:
+        with pytest.raises(DuplicateKey):
+            uow.payments.claim(payment("T-1", 9_000, pid="pay_other"))
+        found = uow.payments.get_by_channel_txn("wallet", "T-1")  # still usable after the refusal
+        assert found is not None and found.id == first.id and found.amount_fen == 1_000
+        uow.nonces.claim("wallet", "after-duplicate", START)
+        uow.commit()
+    with new_uow() as uow:
+        kept = uow.payments.get(first.id)
+        assert kept == first, "the payment as claimed and saved, with its events in order"
+        assert [e.state for e in kept.events] == [PaymentState.RECEIVED, PaymentState.VERIFIED]
+        assert uow.payments.get("pay_other") is None
+        assert uow.payments.get_by_channel_txn("wallet", "T-2") is None
+
+
+def test_saved_progress_and_compare_and_set_transitions(new_uow):
+    p = payment("T-3")
+    with new_uow() as uow:
+        uow.payments.claim(p)
+        assert uow.payments.get(p.id).events == [], "events are written by save_progress, not by the claim"
+        uow.payments.save_progress(p, events_already_saved=0)
+        p.move_to(PaymentState.BOOKED, START, "booked")
+        uow.payments.save_progress(p, events_already_saved=2)
+        assert uow.payments.transition(p.id, PaymentState.BOOKED, PaymentState.REVERSED) is True
+        assert uow.payments.transition(p.id, PaymentState.BOOKED, PaymentState.REVERSED) is False, "a second decision finds it moved on"
+        assert uow.payments.transition("pay_nobody", PaymentState.BOOKED, PaymentState.REVERSED) is False
+        uow.commit()
+    with new_uow() as uow:
+        stored = uow.payments.get(p.id)
+        assert stored.state == PaymentState.REVERSED
+        assert [e.state for e in stored.events] == [PaymentState.RECEIVED, PaymentState.VERIFIED, PaymentState.BOOKED]
+
+
+def test_payments_are_listed_newest_first_for_an_account_and_oldest_first_by_state(new_uow):
+    with new_uow() as uow:
+        for n, (minutes, account) in enumerate([(5, ACCOUNT), (1, ACCOUNT), (3, OTHER), (3, ACCOUNT), (1, ACCOUNT)]):
+            p = payment(f"T-L{n}", 100 * (n + 1), pid=f"pay_{n}", account_no=account, at=START + timedelta(minutes=minutes))
+            uow.payments.claim(p)
+            uow.payments.save_progress(p, 0)
+        uow.commit()
+    with new_uow() as uow:
+        assert [p.id for p in uow.payments.list_for_account(ACCOUNT, 10)] == ["pay_0", "pay_3", "pay_1", "pay_4"], "received desc, then id"
+        assert [p.id for p in uow.payments.list_for_account(ACCOUNT, 2)] == ["pay_0", "pay_3"]
+        assert [p.id for p in uow.payments.list_in_state(PaymentState.VERIFIED, 10)] == ["pay_1", "pay_4", "pay_2", "pay_3", "pay_0"]
+        assert uow.payments.list_in_state(PaymentState.BOOKED, 10) == []
+        assert uow.payments.totals_by_state() == {"verified": (5, 1_500)}
+
+
+def test_a_nonce_is_good_once_per_channel_until_forgotten(new_uow):
+    with new_uow() as uow:
+        uow.nonces.claim("wallet", "n-1", START)
+        uow.nonces.claim("other-channel", "n-1", START)
+        with pytest.raises(DuplicateKey):
+            uow.nonces.claim("wallet", "n-1", START + timedelta(seconds=1))
+        uow.nonces.claim("wallet", "n-2", START + timedelta(minutes=10))
+        uow.commit()
+    with new_uow() as uow:
+        assert uow.nonces.forget_older_than(START + timedelta(minutes=5)) == 2
+        uow.nonces.claim("wallet", "n-1", START + timedelta(minutes=10))
+        with pytest.raises(DuplicateKey):
+            uow.nonces.claim("wallet", "n-2", START + timedelta(minutes=10))
+
+
+# ---- the ledger ------------------------------------------------------------------------------------
+
+
+def test_balances_come_from_the_entries(new_uow):
+    p = payment("T-L1", 10_000)
+    with new_uow() as uow:
+        uow.payments.claim(p)
+        p.move_to(PaymentState.BOOKED, START)
+        uow.payments.save_progress(p, 0)
+        booked_id = uow.ledger.post(booking(p))
+        uow.ledger.post(transfer(TransactionKind.PURCHASE, debit=prepaid_account(ACCOUNT), credit=DELIVERY, amount_fen=7_000, at=START, payment_id=p.id))
+        assert uow.ledger.post(transfer(TransactionKind.PURCHASE, debit=prepaid_account(ACCOUNT), credit=DELIVERY, amount_fen=1_000, at=START, payment_id=p.id)) > booked_id
+        uow.commit()
+    with new_uow() as uow:
+        assert uow.ledger.balance_fen(ACCOUNT) == 2_000
+        assert uow.ledger.balance_fen(OTHER) == 0
+        assert uow.ledger.entries_sum_fen(prepaid_account(ACCOUNT)) == -2_000
+        assert uow.ledger.entries_sum_fen(clearing_account("wallet")) == 10_000
+        assert uow.ledger.entries_sum_fen(DELIVERY) == -8_000
+        assert uow.ledger.entries_sum_fen(SUSPENSE) == 0
+        assert uow.ledger.purchases_fen(ACCOUNT) == 8_000
+        assert uow.ledger.payment_net_fen(p.id) == 10_000, "its own life-cycle transactions only; purchases are not"
+        assert uow.ledger.totals_by_kind() == {"clearing": 10_000, "prepaid": -2_000, "delivery": -8_000}
+        assert uow.ledger.find_violations(10) == []
+        assert uow.ledger.accounts_in_arrears() == (0, 0)
+        with pytest.raises(LookupError):
+            uow.ledger.entries_sum_fen(prepaid_account("4309999999"))
+
+
+def test_a_payment_owns_each_life_cycle_transaction_once(new_uow):
+    p = payment("T-O1", 5_000)
+    p.move_to(PaymentState.BOOKED, START)
+    p.move_to(PaymentState.REVERSED, START)
+    with new_uow() as uow:
+        uow.payments.claim(p)
+        uow.payments.save_progress(p, 0)
+        assert uow.ledger.post_once(booking(p)) is not None
+        reversal = transfer(TransactionKind.PAYMENT_REVERSED, debit=prepaid_account(ACCOUNT), credit=clearing_account("wallet"), amount_fen=5_000, at=START, payment_id=p.id)
+        assert uow.ledger.post_once(reversal) is not None
+        assert uow.ledger.post_once(reversal) is None, "the second reversal is refused"
+        assert uow.ledger.post_once(booking(p)) is None
+        assert uow.ledger.balance_fen(ACCOUNT) == 0, "nothing of a refused one is written"
+        assert uow.ledger.entries_sum_fen(clearing_account("wallet")) == 0
+        purchase = transfer(TransactionKind.PURCHASE, debit=clearing_account("wallet"), credit=DELIVERY, amount_fen=100, at=START, payment_id=p.id)
+        assert uow.ledger.post_once(purchase) is not None and uow.ledger.post_once(purchase) is not None, "purchases are not once per payment"
+        unnamed = transfer(TransactionKind.PAYMENT_REVERSED, debit=SUSPENSE, credit=clearing_account("wallet"), amount_fen=1, at=START)
+        assert uow.ledger.post_once(unnamed) is not None and uow.ledger.post_once(unnamed) is not None, "no payment named: nothing to be unique on"
+        uow.commit()
+    with new_uow() as uow:
+        assert uow.ledger.entries_sum_fen(DELIVERY) == -200
+        codes = sorted(f.code for f in uow.ledger.find_violations(10))
+        assert codes == ["MONEY_MOVED_FOR_NO_PAYMENT", "MONEY_MOVED_FOR_NO_PAYMENT"]
+
+
+def test_an_account_below_zero_is_in_arrears(new_uow):
+    p = payment("T-A1", 3_000)
+    with new_uow() as uow:
+        uow.payments.claim(p)
+        p.move_to(PaymentState.BOOKED, START)
+        uow.payments.save_progress(p, 0)
+        uow.ledger.post(booking(p))
+        uow.ledger.post(transfer(TransactionKind.PURCHASE, debit=prepaid_account(ACCOUNT), credit=DELIVERY, amount_fen=3_000, at=START, payment_id=p.id))
+        assert uow.payments.transition(p.id, PaymentState.BOOKED, PaymentState.REVERSED)
+        p.move_to(PaymentState.REVERSED, START)
+        uow.payments.save_progress(p, 3)
+        uow.ledger.post(transfer(TransactionKind.PAYMENT_REVERSED, debit=prepaid_account(ACCOUNT), credit=clearing_account("wallet"), amount_fen=3_000, at=START, payment_id=p.id))
+        uow.commit()
+    with new_uow() as uow:
+        assert uow.ledger.balance_fen(ACCOUNT) == -3_000
+        assert uow.ledger.accounts_in_arrears() == (1, 3_000)
+        assert uow.ledger.find_violations(10) == []
+        assert uow.ledger.payment_trails() == [("reversed", "received>verified>booked>reversed", "payment_booked,payment_reversed", 1, p.id)]
+
+
+def test_money_where_the_state_does_not_say_is_found(new_uow):
+    p = payment("T-W1", 2_000)
+    with new_uow() as uow:
+        uow.payments.claim(p)
+        p.move_to(PaymentState.BOOKED, START)
+        uow.payments.save_progress(p, 0)
+        uow.ledger.post(booking(p, credit=prepaid_account(OTHER)))  # on another account's balance
+        uow.commit()
+    with new_uow() as uow:
+        assert [(f.code, f.subject) for f in uow.ledger.find_violations(10)] == [("PAYMENT_MONEY_NOT_WHERE_STATE_SAYS", f"payment {p.id}")]
+
+
+# ---- orders ----------------------------------------------------------------------------------------
+
+
+def order(no: str, minutes: int, *, account_no: str = ACCOUNT) -> PaymentOrder:
+    return PaymentOrder(no, "wallet", account_no, 5_000, OrderState.OPEN, START + timedelta(minutes=minutes))
+
+
+def test_an_order_is_paid_once_and_open_ones_are_found_in_their_window(new_uow):
+    with new_uow() as uow:
+        for no, minutes in (("GW-3", 3), ("GW-1", 1), ("GW-2", 2), ("GW-9", 9)):
+            uow.orders.add(order(no, minutes))
+        uow.orders.add(order("GW-X", 2, account_no=OTHER))
+        uow.commit()
+    with new_uow() as uow:
+        assert uow.orders.mark_paid("GW-2", "pay_a") is True
+        assert uow.orders.mark_paid("GW-2", "pay_b") is False, "another payment already paid it"
+        assert uow.orders.mark_paid("GW-NONE", "pay_a") is False
+        uow.commit()
+    with new_uow() as uow:
+        paid = uow.orders.get("GW-2")
+        assert paid.state == OrderState.PAID and paid.payment_id == "pay_a"
+        assert uow.orders.get("GW-NONE") is None
+        window = uow.orders.open_between("wallet", START, START + timedelta(minutes=3), 10)
+        assert [o.out_trade_no for o in window] == ["GW-1", "GW-X", "GW-3"], "oldest first, paid ones left out"
+        assert [o.out_trade_no for o in uow.orders.open_between("wallet", START + timedelta(minutes=1), START + timedelta(minutes=9), 1)] == ["GW-X"]
+        assert uow.orders.count_created_since(ACCOUNT, START + timedelta(minutes=1)) == 3
+        with pytest.raises((DuplicateKey, IntegrityError)):
+            uow.orders.add(order("GW-1", 5))
+
+
+# ---- meters, commands, alerts ------------------------------------------------------------------------
+
+
+def test_commands_come_in_the_order_they_must_reach_the_meter(new_uow):
+    with new_uow() as uow:
+        def credit(seq: int, serial: str = SERIAL, route: MeterKind = MeterKind.IOT):
+            return credit_order(meter_serial=serial, account_no=ACCOUNT, route=route, payment_id=f"pay_{seq}", purchase_seq=seq, volume_litres=10 * seq, cost_fen=100 * seq, at=START, ttl_s=3600)
+
+        first_id = uow.meter_commands.add(credit(1))
+        valve_id = uow.meter_commands.add(valve_command(meter_serial=SERIAL, account_no=ACCOUNT, open_=False, at=START, ttl_s=60, why="arrears"))
+        second = credit(2)
+        second_id = uow.meter_commands.add(second)
+        assert second.id == second_id and second.events == [] and second.events_saved == 1, "added: its events are saved"
+        card_id = uow.meter_commands.add(credit(1, serial=OTHER_SERIAL, route=MeterKind.CARD))
+        uow.commit()
+    with new_uow() as uow:
+        assert [c.id for c in uow.meter_commands.for_meter(SERIAL)] == [first_id, valve_id, second_id]
+        assert [c.purchase_seq for c in uow.meter_commands.for_meter(OTHER_SERIAL, route=MeterKind.CARD)] == [1]
+        assert uow.meter_commands.for_meter(OTHER_SERIAL, route=MeterKind.IOT) == []
+        assert uow.meter_commands.count_open(SERIAL) == 3
+        assert uow.meter_commands.undelivered_cost_fen() == 100 + 200 + 100
+        applied = uow.meter_commands.credit_order(SERIAL, 1)
+        assert applied.id == first_id and applied.events == [] and applied.events_saved == 1
+        applied.move_to(CommandState.SENT, START + timedelta(seconds=1), "sent")
+        applied.move_to(CommandState.APPLIED, START + timedelta(seconds=2), "applied")
+        uow.meter_commands.save(applied, START + timedelta(seconds=2))
+        uow.commit()
+    with new_uow() as uow:
+        assert [c.id for c in uow.meter_commands.for_meter(SERIAL)] == [valve_id, second_id], "applied is no longer open"
+        assert [c.id for c in uow.meter_commands.for_meter(SERIAL, states=frozenset({CommandState.APPLIED}))] == [first_id]
+        shown = uow.meter_commands.get(first_id)
+        assert [e.state for e in shown.events] == [CommandState.PENDING, CommandState.SENT, CommandState.APPLIED] and shown.events_saved == 0
+        assert uow.meter_commands.get(first_id, with_events=False).events_saved == 3
+        assert uow.meter_commands.undelivered_cost_fen() == 200 + 100
+        assert [c.id for c in uow.meter_commands.applied_credits_since(START + timedelta(seconds=2), 10)] == [first_id]
+        assert uow.meter_commands.applied_credits_since(START + timedelta(seconds=3), 10) == []
+        assert uow.meter_commands.applied_without_proof(10) == [(SERIAL, 1, 0, 0)], "the meter's record does not cover it"
+        assert [c.id for c in uow.meter_commands.recent(limit=2)] == [card_id, second_id], "newest first"
+        assert [c.id for c in uow.meter_commands.recent(limit=10, serial=SERIAL)] == [second_id, valve_id, first_id]
+        assert [c.state for c in uow.meter_commands.recent(limit=10, states=[CommandState.APPLIED])] == [CommandState.APPLIED]
+        assert [c.purchase_seq for c in uow.meter_commands.for_payment("pay_2")] == [2]
+        assert uow.meter_commands.counts_by_state() == {("iot", "applied"): 1, ("iot", "pending"): 2, ("card", "pending"): 1}
+        assert uow.meter_commands.open_iot_credits_older_than(START + timedelta(seconds=1), 10)[0].id == valve_id
+        assert uow.meter_commands.meters_with_due_expiry(START + timedelta(seconds=60), 10) == [SERIAL]
+        assert uow.meter_commands.meters_with_due_expiry(START + timedelta(seconds=59), 10) == []
+    with new_uow() as uow:
+        with pytest.raises((DuplicateKey, IntegrityError)):
+            uow.meter_commands.add(credit_order(meter_serial=SERIAL, account_no=ACCOUNT, route=MeterKind.IOT, payment_id="pay_x", purchase_seq=2, volume_litres=1, cost_fen=1, at=START, ttl_s=60))
+
+
+def test_a_meter_is_read_as_saved_and_found_when_awake_with_work(new_uow):
+    with new_uow() as uow:
+        link = uow.meters.get_for_account(ACCOUNT)
+        assert link.serial == SERIAL and link.kind == MeterKind.IOT and link.purchase_seq_issued == 0 and link.link_state == LinkState.UNKNOWN
+        link.purchase_seq_issued, link.card_no, link.awake_until = 2, None, START + timedelta(minutes=5)
+        link.link_state, link.last_report_at = LinkState.ONLINE, START
+        uow.meters.save(link)
+        uow.meter_commands.add(valve_command(meter_serial=SERIAL, account_no=ACCOUNT, open_=True, at=START, ttl_s=60, why="paid"))
+        card_meter = uow.meters.get(OTHER_SERIAL)  # awake too, but with nothing to send over the air
+        card_meter.awake_until = START + timedelta(minutes=9)
+        uow.meters.save(card_meter)
+        uow.meter_commands.add(credit_order(meter_serial=OTHER_SERIAL, account_no=OTHER, route=MeterKind.CARD, payment_id="pay_c", purchase_seq=1, volume_litres=1, cost_fen=1, at=START, ttl_s=60))
+        uow.commit()
+    with new_uow() as uow:
+        assert uow.meters.get(SERIAL) == link
+        assert uow.meters.get("00000000009999") is None
+        assert uow.meters.awake_with_work(START, 10) == [SERIAL]
+        assert uow.meters.awake_with_work(START + timedelta(minutes=5), 10) == [], "asleep again; the card meter has no over-the-air work"
+        (sent,) = uow.meter_commands.for_meter(SERIAL)
+        sent.move_to(CommandState.SENT, START, "sent")
+        sent.next_send_at = START + timedelta(seconds=30)
+        uow.meter_commands.save(sent, START)
+        assert uow.meters.awake_with_work(START, 10) == [], "sent, and not yet due again"
+        assert uow.meters.awake_with_work(START + timedelta(seconds=30), 10) == [SERIAL], "due for a resend"
+        assert uow.meters.silent_since(START + timedelta(seconds=1), 10) == [SERIAL]
+        assert uow.meters.count_by_link_state() == {"online": 1}
+        assert uow.meters.claimed_beyond_issued(10) == []
+
+
+def test_an_alert_is_raised_once_while_it_is_open(new_uow):
+    with new_uow() as uow:
+        assert uow.alerts.raise_once(kind=AlertKind.METER_BACKLOG, subject="meter:1", reason="backlog", at=START) is True
+        assert uow.alerts.raise_once(kind=AlertKind.METER_BACKLOG, subject="meter:1", reason="again", at=START) is False
+        assert uow.alerts.raise_once(kind=AlertKind.METER_BACKLOG, subject="meter:2", reason="backlog", at=START) is True
+        assert uow.alerts.raise_once(kind="CARD_COUNTER_AHEAD", subject="meter:1", reason="x" * 900, at=START) is True
+        uow.commit()
+    with new_uow() as uow:
+        assert uow.alerts.count_open_by_kind() == {str(AlertKind.METER_BACKLOG): 2, "CARD_COUNTER_AHEAD": 1}
+        assert uow.alerts.clear(kind=AlertKind.METER_BACKLOG, subject="meter:1", at=START, resolved_by="op", resolution="drained") == 1
+        assert uow.alerts.clear(kind=AlertKind.METER_BACKLOG, subject="meter:1", at=START) == 0
+        assert uow.alerts.raise_once(kind=AlertKind.METER_BACKLOG, subject="meter:1", reason="back again", at=START) is True
+        uow.commit()
+    with new_uow() as uow:
+        opened = uow.alerts.open_of_kind(AlertKind.METER_BACKLOG, 10)
+        assert [(a.subject, a.reason) for a in opened] == [("meter:2", "backlog"), ("meter:1", "back again")]
+        everything = uow.alerts.list(limit=10, open_only=False, subject="meter:1")
+        assert [a.reason[:10] for a in everything] == ["back again", "x" * 10, "backlog"], "newest first"
+        cleared = everything[-1]
+        assert cleared.cleared_at == START and cleared.resolved_by == "op" and cleared.resolution == "drained"
+        assert len(everything[1].reason) == 500
+        assert uow.alerts.get(cleared.id) == cleared
+        assert [a.reason for a in uow.alerts.list(limit=10)][-1] == "backlog", "open only"
+
+
+# ---- the fakes' shapes ---------------------------------------------------------------------------------
+
+
+def test_every_fake_has_its_ports_methods_with_the_same_parameters(clock):
+    """A fake whose method lost or renamed a parameter would pass its own tests and fail in SQL."""
+    uow = FakeSystem(clock).new_uow()
+    for name, port in inspect.get_annotations(UnitOfWork).items():
+        if not (isinstance(port, type) and port.__module__ == ports.__name__):
+            continue
+        fake = getattr(uow, name)
+        for method in (m for m in vars(port) if not m.startswith("_")):
+            wanted = inspect.signature(getattr(port, method)).parameters
+            got = inspect.signature(getattr(fake, method)).parameters
+            assert [(p.name, p.kind, p.default) for p in list(wanted.values())[1:]] == [(p.name, p.kind, p.default) for p in got.values()], f"{name}.{method}"
+
+
+
+# ---- the rest of the money path's repositories -----------------------------------------------------------
+
+
+def test_channels_customers_tariffs_and_keys_are_read_as_written(new_uow):
+    later = START + timedelta(days=1)
+    with new_uow() as uow:
+        uow.channels.add_key(ChannelKey("wallet", "k-1", KeyPurpose.HMAC_SECRET, "s1", KeyStatus.ACTIVE, START))
+        uow.channels.add_key(ChannelKey("wallet", "k-2", KeyPurpose.HMAC_SECRET, "s2", KeyStatus.ACTIVE, later))
+        assert uow.channels.retire_key("wallet", "k-1", later) == 1
+        assert uow.channels.retire_key("wallet", "k-1", later) == 0
+        assert uow.customers.exists(ACCOUNT) and not uow.customers.exists("4309999999")
+        assert uow.customers.meter_serial_taken(OTHER_SERIAL) and not uow.customers.meter_serial_taken("00000000009999")
+        assert uow.tariffs.add(Tariff(CustomerClass.RESIDENTIAL, date(2026, 12, 1), (Tier(None, 300_000),)), at=START, actor="op") is not None
+        assert uow.tariffs.add(Tariff(CustomerClass.RESIDENTIAL, date(2026, 12, 1), (Tier(None, 310_000),)), at=START, actor="op") is None, "versions are never edited"
+        uow.commit()
+    with new_uow() as uow:
+        channel = uow.channels.get("wallet")
+        assert [(k.key_id, k.status) for k in channel.keys] == [("k-2", KeyStatus.ACTIVE), ("k-1", KeyStatus.RETIRED)], "newest first"
+        assert [c.id for c in uow.channels.list()] == ["wallet"] and uow.channels.get("nobody") is None
+        customer = uow.customers.get(ACCOUNT)
+        assert customer.meter == Meter(SERIAL, MeterKind.IOT) and customer.created_at == START and uow.customers.get("4309999999") is None
+        assert uow.tariffs.in_force(CustomerClass.RESIDENTIAL, date(2026, 11, 30)).effective_from == date(2000, 1, 1), "the seeded one"
+        assert uow.tariffs.in_force(CustomerClass.RESIDENTIAL, date(2026, 12, 1)).tiers == (Tier(None, 300_000),)
+        assert [(t.customer_class, t.effective_from) for t in uow.tariffs.list()] == [
+            (CustomerClass.COMMERCIAL, date(2000, 1, 1)), (CustomerClass.RESIDENTIAL, date(2000, 1, 1)), (CustomerClass.RESIDENTIAL, date(2026, 12, 1)),
+        ]  # fmt: skip
+
+
+def test_api_keys_audit_and_rejections_are_kept_and_listed_newest_first(new_uow):
+    with new_uow() as uow:
+        uow.api_keys.add(ApiKeyRecord("key_b", "b", "operator", None, START + timedelta(seconds=1), None), "b" * 64)
+        uow.api_keys.add(ApiKeyRecord("key_a", "a", "device", "wallet", START, None), "a" * 64)
+        assert uow.api_keys.revoke("key_b", START) == 1 and uow.api_keys.revoke("key_b", START) == 0
+        for n in range(3):
+            uow.audit.append(at=START, actor="op", action="hold.credit" if n else "account.open", subject=f"payment:{n % 2}", detail={"n": n})
+            uow.rejections.add(at=START, channel_id="wallet" if n else "w" * 60, code=f"CODE_{n}", message="m" * 600, remote_addr="10.0.0.1", request_summary={"n": n})
+        uow.commit()
+    with new_uow() as uow:
+        assert [k.id for k in uow.api_keys.list()] == ["key_a", "key_b"], "oldest first"
+        assert uow.api_keys.find_by_secret_sha256("b" * 64).revoked_at == START and uow.api_keys.find_by_secret_sha256("c" * 64) is None
+        assert uow.audit.count_actions("hold.credit") == 2
+        assert [(r["subject"], r["detail"]) for r in uow.audit.list(limit=10, subject="payment:0")] == [("payment:0", {"n": 2}), ("payment:0", {"n": 0})]
+        rejections = uow.rejections.list(limit=10)
+        assert [r["code"] for r in rejections] == ["CODE_2", "CODE_1", "CODE_0"] and rejections[-1]["channel_id"] == "w" * 40 and len(rejections[0]["message"]) == 500
+        assert [r["code"] for r in uow.rejections.list(limit=10, channel_id="wallet", code="CODE_1")] == ["CODE_1"]
+
+
+def test_meter_keys_kiosks_models_and_site_secrets(new_uow):
+    with new_uow() as uow:
+        uow.meter_keys.add_security(MeterFrameSecurity(serial=SERIAL, model=DEFAULT_METER_MODEL, active_key_version=1))
+        uow.meter_keys.add_key(SERIAL, 1, b"k" * 16, START)
+        uow.meter_keys.add_key(SERIAL, 2, b"K" * 16, START)
+        assert uow.kiosks.add(Kiosk("k-1", "Kiosk", "wallet", "华新苑", "", 26.9, 112.6, "active"), START) is True
+        assert uow.kiosks.add(Kiosk("k-1", "Again", "wallet", "华新苑", "", 26.9, 112.6, "active"), START) is False
+        assert uow.meter_models.add(MeterModel("m-1", 1), START) is True and uow.meter_models.add(MeterModel("m-1", 4), START) is False
+        secret = uow.site_secrets.get_or_create("s", START)
+        assert uow.site_secrets.get_or_create("s", START) == secret
+        uow.commit()
+    with new_uow() as uow:
+        assert uow.meter_keys.key(SERIAL, 2) == b"K" * 16
+        assert uow.meter_keys.retire_other_keys(SERIAL, 2, START) == 1
+        assert uow.meter_keys.key(SERIAL, 1) is None and uow.meter_keys.key(SERIAL, 3) is None
+        assert uow.meter_keys.get_security(SERIAL).active_key_version == 1 and uow.meter_keys.count_by_model() == {DEFAULT_METER_MODEL: 1}
+        assert uow.kiosks.set_status("k-1", "offline") == 1 and uow.kiosks.set_status("k-9", "offline") == 0
+        assert [k.status for k in uow.kiosks.list()] == ["offline"] and uow.kiosks.list(status="active") == []
+        assert uow.meter_models.get("m-1") == MeterModel("m-1", 1)
+        link = uow.meters.get(SERIAL)
+        link.model = "m-1"
+        uow.meters.save(link)
+        assert uow.meters.get(SERIAL).seq_modulus == 256, "a one-byte serial wraps"
+        assert uow.meters.set_reopen_needs_button(model="m-1", value=True) == 1
+        assert uow.meters.get(SERIAL).reopen_needs_button is True
+
+
+# ---- statements and reconciliation runs ------------------------------------------------------------------
+
+
+def read_csv(path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_statement_file_is_imported_once_by_content_and_exported_for_the_matcher(new_uow, tmp_path):
+    day = START.date()
+    lines = (
+        StatementLine(1, "T-1", None, ACCOUNT, 1_000, 6, LineStatus.PAID, START),
+        StatementLine(2, "T-2", "GW-1", None, 500, 3, LineStatus.REFUNDED, None),
+    )
+    statement = Statement("plain", lines)
+    with new_uow() as uow:
+        file_id = uow.statements.add(channel_id="wallet", statement_date=day, format_="plain", sha256="a" * 64, filename="s.csv", statement=statement, at=START, actor="op")
+        assert uow.statements.add(channel_id="wallet", statement_date=day, format_="plain", sha256="a" * 64, filename="t.csv", statement=statement, at=START, actor="op") is None
+        next_day = uow.statements.add(
+            channel_id="wallet", statement_date=day + timedelta(days=1), format_="plain", sha256="a" * 64, filename="s.csv", statement=Statement("plain", lines[:1]), at=START, actor="op"
+        )  # fmt: skip
+        assert next_day is not None and next_day != file_id, "the day is part of the key"
+        uow.commit()
+    with new_uow() as uow:
+        imported = uow.statements.get(file_id)
+        assert uow.statements.find("wallet", day, "a" * 64) == imported
+        assert (imported.lines, imported.paid_total_fen, imported.fee_total_fen, imported.imported_by) == (2, 1_000, 9, "op")
+        assert uow.statements.find("wallet", day, "b" * 64) is None and uow.statements.get(999) is None
+        assert uow.statements.export_lines(file_id, tmp_path / "lines.csv") == 2
+        assert read_csv(tmp_path / "lines.csv") == [
+            {"channel_txn_id": "T-1", "out_trade_no": "", "account_no": ACCOUNT, "amount_fen": "1000", "fee_fen": "6", "status": "paid", "line_no": "1"},
+            {"channel_txn_id": "T-2", "out_trade_no": "GW-1", "account_no": "", "amount_fen": "500", "fee_fen": "3", "status": "refunded", "line_no": "2"},
+        ]
+        assert uow.statements.export_neighbour_txns("wallet", day, day + timedelta(days=1), file_id, tmp_path / "near.csv") == 1
+        assert read_csv(tmp_path / "near.csv") == [{"channel_txn_id": "T-1"}]
+        assert uow.statements.export_neighbour_txns("wallet", day, day, file_id, tmp_path / "none.csv") == 0
+
+
+TOTALS = {"unknown_payment": {"count": 1, "amount_fen": 2_000}}
+
+
+def test_a_run_keeps_its_discrepancies_and_each_is_decided_once(new_uow, tmp_path):
+    day = START.date()
+    p = payment("T-R1", 2_000, at=START)
+    with new_uow() as uow:
+        uow.payments.claim(p)
+        uow.payments.save_progress(p, 0)
+        file_ids = [
+            uow.statements.add(channel_id="wallet", statement_date=day + timedelta(days=n), format_="plain", sha256=f"{n}" * 64, filename="s.csv", statement=Statement("plain", ()), at=START, actor="op")
+            for n in range(2)
+        ]  # fmt: skip
+        run_ids = [
+            uow.reconciliations.add_run(channel_id="wallet", statement_date=day + timedelta(days=n), file_id=file_id, started_at=START, finished_at=START, actor="op", verdict="unclean", totals=TOTALS, matched=0)
+            for n, file_id in enumerate(file_ids)
+        ]  # fmt: skip
+        found = Discrepancy(None, None, DiscrepancyClass.UNKNOWN_PAYMENT, DiscrepancyState.OPEN, "wallet", "T-R1", p.id, None, 2_000, "d" * 600, "reverse")
+        late = Discrepancy(None, None, DiscrepancyClass.MISSING_NOTIFICATION, DiscrepancyState.CARRIED_OVER, "wallet", "T-R2", None, 700, None, "near midnight", "look again")
+        uow.reconciliations.add_discrepancies(run_ids[0], [found, late])
+        uow.reconciliations.add_discrepancies(run_ids[1], [found])
+        uow.commit()
+    with new_uow() as uow:
+        run = uow.reconciliations.run_for_file(file_ids[0])
+        assert run == uow.reconciliations.get_run(run_ids[0]) and run["verdict"] == "unclean" and run["totals"] == TOTALS
+        assert uow.reconciliations.run_for_file(999) is None
+        first, carried, again = uow.reconciliations.discrepancies(limit=10)
+        assert (first.run_id, carried.run_id, again.run_id) == (run_ids[0], run_ids[0], run_ids[1]) and len(first.detail) == 500
+        assert [d.id for d in uow.reconciliations.discrepancies(run_id=run_ids[1], limit=10)] == [again.id]
+        assert [d.id for d in uow.reconciliations.discrepancies(state=DiscrepancyState.OPEN, klass=DiscrepancyClass.UNKNOWN_PAYMENT, channel_id="wallet", limit=1)] == [first.id]
+        assert [d.id for d in uow.reconciliations.carried_over("wallet", day + timedelta(days=1))] == [carried.id]
+        assert uow.reconciliations.carried_over("wallet", day) == []
+        assert uow.reconciliations.settle(first.id, state=DiscrepancyState.RESOLVED, at=START, by="op", resolution="reversed", from_state=DiscrepancyState.OPEN) is True
+        assert uow.reconciliations.settle(first.id, state=DiscrepancyState.RESOLVED, at=START, by="op2", resolution="again", from_state=DiscrepancyState.OPEN) is False
+        uow.commit()
+    with new_uow() as uow:
+        decided = uow.reconciliations.get_discrepancy(first.id)
+        assert (decided.state, decided.resolved_at, decided.resolved_by, decided.resolution) == (DiscrepancyState.RESOLVED, START, "op", "reversed")
+        assert uow.reconciliations.get_discrepancy(999) is None
+        assert uow.reconciliations.export_payments("wallet", START, START + timedelta(days=1), tmp_path / "p.csv") == 1
+        (row,) = read_csv(tmp_path / "p.csv")
+        assert {k: row[k] for k in ("payment_id", "channel_txn_id", "amount_fen", "state", "account_no", "command_id")} == {
+            "payment_id": p.id, "channel_txn_id": "T-R1", "amount_fen": "2000", "state": "verified", "account_no": ACCOUNT, "command_id": "",
+        }  # fmt: skip
+        assert uow.reconciliations.export_payments("wallet", START + timedelta(seconds=1), START + timedelta(days=1), tmp_path / "q.csv") == 0
+
+
+def test_a_plain_post_of_a_second_life_cycle_transaction_or_to_an_unopened_account_fails(new_uow):
+    p = payment("T-P1", 1_000)
+    with new_uow() as uow:
+        uow.payments.claim(p)
+        uow.ledger.post(booking(p))
+        with pytest.raises((DuplicateKey, IntegrityError)):
+            uow.ledger.post(booking(p))
+    with new_uow() as uow:
+        with pytest.raises((LookupError, IntegrityError)):
+            uow.ledger.post(booking(p, credit=prepaid_account("4309999999")))
