@@ -4,6 +4,7 @@ from types import TracebackType
 
 from sqlalchemy import Connection, Engine
 
+from gasworks.adapters.db import bulk as bulk_repos
 from gasworks.adapters.db import delivery as delivery_repos
 from gasworks.adapters.db import meter_keys as meter_key_repos
 from gasworks.adapters.db import reconciliation as reconciliation_repos
@@ -54,6 +55,8 @@ class SqlUnitOfWork:
         self.meter_keys = meter_key_repos.MeterKeys(c, site_key=self.site_key, now=self.clock.now)
         self.statements = reconciliation_repos.Statements(c)
         self.reconciliations = reconciliation_repos.Reconciliations(c)
+        self.bulk_accounts = bulk_repos.BulkAccounts(c, self.meter_keys)  # services/bulk_accounts.py
+        self.bulk_meter_reports = bulk_repos.BulkMeterReports(c, self.meter_keys)  # services/bulk_uplinks.py
         return self
 
     def __exit__(

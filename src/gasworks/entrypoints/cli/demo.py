@@ -20,12 +20,14 @@ from gasworks.config import Settings
 from gasworks.domain.clock import FixedClock
 from gasworks.domain.errors import Conflict, InvalidInput
 from gasworks.domain.money import fen_to_yuan_text
+from gasworks.entrypoints.cli.bulk_demo import bulk_outcome_holds, run_bulk_city
 from gasworks.entrypoints.cli.common import cli_errors, out
 from gasworks.observability import configure_logging
 from gasworks.services import access, reconciliation
 from gasworks.services.access import Role
 from gasworks.services.checks import check_ledger
 from gasworks.services.timeline import resident_token
+from gasworks.sim.bulk_city import BULK_HOUSEHOLDS_MIN
 from gasworks.sim.city import build_city
 from gasworks.sim.outcome import Report, summarise
 from gasworks.sim.statements import write_statements
@@ -97,6 +99,10 @@ def demo(
     engine = make_engine(database_url, sqlite_synchronous="NORMAL")  # a demo city, not money of record
     upgrade(engine)
     system = bootstrap(settings, clock=FixedClock(begin), engine=engine)
+    if households >= BULK_HOUSEHOLDS_MIN and mqtt_url is None:  # a large city: arrays and batches (sim/bulk_city.py)
+        if not bulk_outcome_holds(run_bulk_city(system, households=households, days=days, seed=seed, iot_percent=iot_percent, begin=begin, database_url=database_url)):
+            raise typer.Exit(1)
+        return
     city = build_city(households, seed=seed, iot_percent=iot_percent)
     out.print(f"[bold]gasworks demo[/]: {households:,} households ({iot_percent}% IoT meters), {days} days from {first_day}, seed {seed}, faults {faults}")
     meters = f"MQTT at {mqtt_url.split('@')[-1]} (wakes grouped in 10-minute slots)" if mqtt_url else "in-process transport"
