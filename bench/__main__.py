@@ -60,6 +60,8 @@ def main(
     """Run the benchmarks and print one table: ours, the raw limit in the same run, ratio, target, peak RSS."""
     names = parse_only(only)
     console = Console()
+    if not console.is_terminal:  # a log file or CI: wide enough for the table's notes
+        console = Console(width=200)
     rows: list[BenchRow] = []
     started = time.perf_counter()
     for name in names:
