@@ -12,6 +12,7 @@ exactly what the one-by-one path does.
 """
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -56,9 +57,10 @@ class BatchOutcome:
 
 
 def handle_uplinks(
-    items: Sequence[tuple[str, bytes]], new_uow: Callable[[], BulkUplinksUnitOfWork], opener: FrameOpener,
+    items: Sequence[tuple[str, bytes]], new_uow: Callable[[], BulkUplinksUnitOfWork], opener: FrameOpener, *, pool: Executor | None = None,
 ) -> BatchOutcome:  # fmt: skip
-    """(topic serial, payload) frames in arrival order; one outcome per frame, in the same order."""
+    """(topic serial, payload) frames in arrival order; one outcome per frame, in the same order.
+    With `pool`, the frames left for the one-by-one path are taken concurrently, one meter's in order."""
     if len(items) > UPLINKS_PER_TRANSACTION_MAX:
         raise ValueError(f"at most {UPLINKS_PER_TRANSACTION_MAX} uplinks per batch, got {len(items)}")
     split: dict[int, tuple[SealedFrame, MeterMessage]] = {}
@@ -112,7 +114,14 @@ def handle_uplinks(
         for refusal in refusals:
             _count_refusal(*refusal)
     in_batch = len(outcomes)
-    for i, (topic_serial, payload) in enumerate(items):
+    by_meter: dict[str, list[int]] = {}
+    for i, (topic_serial, _) in enumerate(items):
         if i not in outcomes:
-            outcomes[i] = handle_uplink(topic_serial, payload, new_uow())
+            by_meter.setdefault(topic_serial, []).append(i)
+
+    def one_meter(indices: list[int]) -> list[tuple[int, UplinkOutcome]]:
+        return [(i, handle_uplink(items[i][0], items[i][1], new_uow())) for i in indices]
+
+    for taken in (pool.map if pool is not None else map)(one_meter, by_meter.values()):
+        outcomes.update(taken)
     return BatchOutcome([outcomes[i] for i in range(len(items))], in_batch, len(items) - in_batch)

@@ -354,3 +354,5 @@ class BulkSimulation:
 
     def close(self) -> None:
         self._pool.shutdown()
+        if self.worker is not None:
+            self.worker.close()

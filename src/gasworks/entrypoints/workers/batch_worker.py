@@ -1,11 +1,14 @@
 """A worker that takes waiting uplinks a batch per transaction (services/bulk_uplinks.py), then does
 what every worker does (due meters, watchdog). For a fleet whose daily reports arrive in waves."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import structlog
 
 from gasworks.adapters.meters.batch_frames import SealedFrames
 from gasworks.adapters.meters.transport import TransportError
-from gasworks.entrypoints.workers.worker import Worker
+from gasworks.bootstrap import System
+from gasworks.entrypoints.workers.worker import Transport, Worker
 from gasworks.observability import uplinks_waiting
 from gasworks.services.bulk_uplinks import UPLINKS_PER_TRANSACTION_MAX, handle_uplinks
 from gasworks.services.delivery import dispatch_meter
@@ -14,9 +17,18 @@ log = structlog.get_logger(__name__)
 
 
 class BatchWorker(Worker):
-    frames = SealedFrames()
-    taken_in_batches = 0
-    taken_one_by_one = 0
+    """`concurrency`: meters served at once outside the batch (acknowledgements, sends); each meter's frames stay in order."""
+
+    def __init__(self, system: System, transport: Transport, *, concurrency: int = 8) -> None:
+        super().__init__(system, transport)
+        self.frames = SealedFrames()
+        self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="batch-worker") if concurrency > 1 else None
+        self.taken_in_batches = 0
+        self.taken_one_by_one = 0
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
 
     def drain_uplinks(self, *, batch_max: int = UPLINKS_PER_TRANSACTION_MAX) -> int:
         """Every uplink waiting now, `batch_max` per transaction; each meter with work waiting is served while it listens."""
@@ -28,13 +40,12 @@ class BatchWorker(Worker):
                     items.append(item)
             if not items:
                 break
-            batch = handle_uplinks(items, self.system.new_uow, self.frames)
+            batch = handle_uplinks(items, self.system.new_uow, self.frames, pool=self.pool)
             self.taken_in_batches += batch.in_batch
             self.taken_one_by_one += batch.one_by_one
             done += len(items)
-            for outcome in batch.outcomes:
-                if outcome.commands_waiting:
-                    done += self._send_next(outcome.serial)
+            waiting = list(dict.fromkeys(o.serial for o in batch.outcomes if o.commands_waiting))
+            done += sum((self.pool.map if self.pool is not None else map)(self._send_next, waiting))
         uplinks_waiting.set(self.transport.uplinks.pending())
         return done
 
