@@ -13,6 +13,7 @@ from gasworks.bootstrap import System
 from gasworks.domain.accounts import MeterKind
 from gasworks.domain.errors import Conflict
 from gasworks.domain.meter_messages import Alarm
+from gasworks.entrypoints.cli.bulk_demo import bulk_outcome_holds, run_bulk_city
 from gasworks.services import accounts, bulk_accounts, meter_keys
 from gasworks.services.bulk_uplinks import handle_uplinks
 from gasworks.services.delivery import handle_uplink
@@ -130,3 +131,12 @@ def test_a_small_city_kept_in_arrays_pays_reports_and_holds_its_money(system: Sy
     assert outcome.ledger.payments_by_state["booked"][0] == outcome.payments_made
     assert outcome.reports_sent == 2 * outcome.iot_meters and outcome.reports_in_batches > outcome.iot_meters
     assert 0 < outcome.purchases_proven_applied <= outcome.purchases_applied_at_meters
+
+
+def test_the_large_city_demo_shows_progress_the_outcome_and_the_money_check(system: System, capsys: pytest.CaptureFixture[str]) -> None:
+    outcome = run_bulk_city(system, households=300, days=1, seed=2, iot_percent=60, begin=system.clock.now(), database_url=str(system.engine.url))
+
+    shown = capsys.readouterr().out
+    assert bulk_outcome_holds(outcome)
+    assert "reports and payments" in shown and "money check (gasworks check): holds" in shown and "peak RSS" in shown
+    assert f"{outcome.reports_sent:,}" in shown
