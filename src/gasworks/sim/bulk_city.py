@@ -44,7 +44,6 @@ from gasworks.services.notifications import take_channel_payment
 from gasworks.sim.city import CITY_CENTRE, HOUSEHOLDS_PER_COMMUNITY, STREET_NAMES, SUFFIXES, TOP_UPS_FEN, season_factor_percent
 from gasworks.sim.meter import SimulatedMeter
 
-BULK_HOUSEHOLDS_MIN = 20_000  # `gasworks demo` takes this path from here up
 OPEN_BATCH = 20_000  # accounts per transaction while opening the register
 SLOT = timedelta(minutes=5)  # reports and payments of one slot are taken together, at its start
 WALLET_ID, WALLET_KEY_ID, WALLET_SECRET = "wo-wallet", "wo-bulk", "gasworks-bulk-city-wallet-secret-0123456789"

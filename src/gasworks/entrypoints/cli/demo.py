@@ -20,20 +20,19 @@ from gasworks.config import Settings
 from gasworks.domain.clock import FixedClock
 from gasworks.domain.errors import Conflict, InvalidInput
 from gasworks.domain.money import fen_to_yuan_text
-from gasworks.entrypoints.cli.bulk_demo import bulk_outcome_holds, run_bulk_city
 from gasworks.entrypoints.cli.common import cli_errors, out
 from gasworks.observability import configure_logging
 from gasworks.services import access, reconciliation
 from gasworks.services.access import Role
 from gasworks.services.checks import check_ledger
 from gasworks.services.timeline import resident_token
-from gasworks.sim.bulk_city import BULK_HOUSEHOLDS_MIN
 from gasworks.sim.city import build_city
 from gasworks.sim.outcome import Report, summarise
 from gasworks.sim.statements import write_statements
 from gasworks.sim.world import LOCAL, FaultRates, Simulation
 
 DEMO_DATABASE = "sqlite:///gasworks-demo.db"
+LARGE_CITY_HOUSEHOLDS = 20_000  # from here up (in-process), the city is kept as arrays: sim/bulk_city.py
 
 
 def _yuan(fen: int) -> str:
@@ -99,7 +98,9 @@ def demo(
     engine = make_engine(database_url, sqlite_synchronous="NORMAL")  # a demo city, not money of record
     upgrade(engine)
     system = bootstrap(settings, clock=FixedClock(begin), engine=engine)
-    if households >= BULK_HOUSEHOLDS_MIN and mqtt_url is None:  # a large city: arrays and batches (sim/bulk_city.py)
+    if households >= LARGE_CITY_HOUSEHOLDS and mqtt_url is None:
+        from gasworks.entrypoints.cli.bulk_demo import bulk_outcome_holds, run_bulk_city  # numpy loads only for a large city
+
         if not bulk_outcome_holds(run_bulk_city(system, households=households, days=days, seed=seed, iot_percent=iot_percent, begin=begin, database_url=database_url)):
             raise typer.Exit(1)
         return
