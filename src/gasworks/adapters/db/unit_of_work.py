@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine
 
+from gasworks.adapters.db import bulk as bulk_repos
 from gasworks.adapters.db import carriers as carrier_repos
 from gasworks.adapters.db import delivery as delivery_repos
 from gasworks.adapters.db import meter_keys as meter_key_repos
@@ -82,6 +83,8 @@ class SqlUnitOfWork:
         self.reconciliations = reconciliation_repos.Reconciliations(c)
         self.carriers = carrier_repos.Carriers(c)
         self.outbound = outbound_repos.Outbound(c)
+        self.bulk_accounts = bulk_repos.BulkAccounts(c, self.meter_keys)  # services/bulk_accounts.py
+        self.bulk_meter_reports = bulk_repos.BulkMeterReports(c, self.meter_keys)  # services/bulk_uplinks.py
         return self
 
     def __exit__(

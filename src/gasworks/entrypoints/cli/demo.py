@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 access, reconciliation = lazy_module("gasworks.services.access"), lazy_module("gasworks.services.reconciliation")
 
 DEMO_DATABASE = "sqlite:///gasworks-demo.db"
+LARGE_CITY_HOUSEHOLDS = 20_000  # from here up (in-process), the city is kept as arrays: sim/bulk_city.py
 
 
 def _yuan(fen: int) -> str:
@@ -109,6 +110,12 @@ def demo(
     engine = make_engine(database_url, sqlite_synchronous="NORMAL")  # a demo city, not money of record
     upgrade(engine)
     system = bootstrap(settings, clock=FixedClock(begin), engine=engine)
+    if households >= LARGE_CITY_HOUSEHOLDS and mqtt_url is None:
+        from gasworks.entrypoints.cli.bulk_demo import bulk_outcome_holds, run_bulk_city  # numpy loads only for a large city
+
+        if not bulk_outcome_holds(run_bulk_city(system, households=households, days=days, seed=seed, iot_percent=iot_percent, begin=begin, database_url=database_url)):
+            raise typer.Exit(1)
+        return
     city = build_city(households, seed=seed, iot_percent=iot_percent)
     out.print(f"[bold]gasworks demo[/]: {households:,} households ({iot_percent}% IoT meters), {days} days from {first_day}, seed {seed}, faults {faults}")
     meters = f"MQTT at {mqtt_url.split('@')[-1]} (wakes grouped in 10-minute slots)" if mqtt_url else "in-process transport"
