@@ -17,10 +17,11 @@ from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.sql import bindparam
 
 from gasworks.adapters.db import tables as t
-from gasworks.adapters.db.delivery import _LINK_COLUMNS, Meters, _link
+from gasworks.adapters.db.delivery import _LINK_COLUMNS, Meters, _link, model_of
 from gasworks.adapters.db.meter_keys import NONCE_BYTES, MeterKeys, SiteKeyMismatch, _aad, _security, site_key_id
 from gasworks.domain.accounts import Customer
 from gasworks.domain.delivery import CommandState, MeterLink
+from gasworks.domain.errors import InvalidInput
 from gasworks.domain.ledger import LedgerAccountKind
 from gasworks.domain.meter_security import MeterFrameSecurity
 
@@ -109,7 +110,16 @@ class BulkMeterReports:
         query = select(t.meter_frame_security).where(t.meter_frame_security.c.serial.in_(ordered)).order_by(t.meter_frame_security.c.serial)
         if self.c.dialect.name == "postgresql":
             query = query.with_for_update()
-        securities = {r.serial: _security(r) for r in self.c.execute(query)}
+        rows = list(self.c.execute(query))
+        # Each meter's model profile (meters.model -> meter_models), read once for the batch as get_security reads it for one.
+        names = {links[r.serial].model for r in rows if r.serial in links}
+        profiles = {m.name: model_of(m) for m in self.c.execute(select(t.meter_models).where(t.meter_models.c.name.in_(sorted(n for n in names if n))))}
+        securities = {}
+        for r in rows:
+            profile = profiles.get(links[r.serial].model or "") if r.serial in links else None
+            if profile is None:
+                raise InvalidInput(f"meter {r.serial} has frame security but no known model: set one with `gasworks meters set {r.serial} --model`", code="METER_MODEL_MISSING")
+            securities[r.serial] = _security(r, profile)
         return links, securities
 
     def keys(self, wanted: Sequence[tuple[str, int]]) -> dict[tuple[str, int], bytes]:

@@ -218,7 +218,18 @@ class MeterKeys:
                 rows = own.execution_options(isolation_level="AUTOCOMMIT").execute(statement).all()
         else:
             rows = self.c.execute(statement).all()
-        return {row.serial: _security(row) for row in rows}
+        profiles = self._profiles([row.serial for row in rows])
+        missing = [row.serial for row in rows if row.serial not in profiles]
+        if missing:
+            raise InvalidInput(f"meter {missing[0]} has frame security but no known model: set one with `gasworks meters set {missing[0]} --model`", code="METER_MODEL_MISSING")
+        return {row.serial: _security(row, profiles[row.serial]) for row in rows}
+
+    def _profiles(self, serials: list[str]) -> dict[str, MeterModel]:
+        """Each meter's model profile (meters.model -> meter_models), as get_security reads it for one."""
+        if not serials:
+            return {}
+        query = select(t.meters.c.serial, t.meter_models).join(t.meter_models, t.meters.c.model == t.meter_models.c.name).where(t.meters.c.serial.in_(serials))
+        return {row.serial: model_of(row) for row in self.c.execute(query)}
 
     def retire_other_keys(self, serial: str, keep_version: int, at: datetime) -> int:
         self._cache.forget_meter(serial)
