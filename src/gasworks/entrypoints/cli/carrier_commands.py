@@ -7,10 +7,11 @@ from rich.table import Table
 
 from gasworks.domain.carriers import CarrierDevice, CarrierPlatform, command_ttl_s
 from gasworks.domain.errors import InvalidInput, NotFound
-from gasworks.entrypoints.cli.common import DatabaseUrl, cli_actor, cli_errors, out, system
-from gasworks.services import carriers
+from gasworks.entrypoints.cli.common import DatabaseUrl, cli_actor, cli_errors, lazy_module, out, system
 
 carriers_app = typer.Typer(help="Meters behind NB-IoT carrier platforms (CTWing).", no_args_is_help=True)
+
+carriers = lazy_module("gasworks.services.carriers")  # the database loads when a command runs, not for --help
 
 
 def register(app: typer.Typer) -> None:

@@ -9,11 +9,12 @@ from rich.table import Table
 
 from gasworks.domain.errors import InvalidInput
 from gasworks.domain.outbound import JobKind
-from gasworks.entrypoints.cli.common import DatabaseUrl, cli_actor, cli_errors, err, out, system
+from gasworks.entrypoints.cli.common import DatabaseUrl, cli_actor, cli_errors, err, lazy_module, out, system
 from gasworks.entrypoints.cli.reconcile_commands import show
-from gasworks.entrypoints.workers.channel_jobs import channel_gateway
 from gasworks.services.channel_gateway import GatewayError
-from gasworks.services.outbound import configure_gateway, fetch_statement
+
+# The database, the gateways and DuckDB load when a command runs, not for --help.
+channel_jobs, outbound = lazy_module("gasworks.entrypoints.workers.channel_jobs"), lazy_module("gasworks.services.outbound")
 
 statements_app = typer.Typer(help="Channels' daily statements, fetched from their APIs.", no_args_is_help=True)
 
@@ -32,8 +33,8 @@ def channels_gateway(
 ) -> None:
     """Where gasworks calls the channel (order queries, refunds, statements). Keys: `channels add-key --purpose sign`."""
     sys_ = system(database_url)
-    configure_gateway(channel, base_url, uow=sys_.new_uow(), actor=cli_actor())
-    ready = channel_gateway(sys_, channel) is not None
+    outbound.configure_gateway(channel, base_url, uow=sys_.new_uow(), actor=cli_actor())
+    ready = channel_jobs.channel_gateway(sys_, channel) is not None
     out.print(f"{channel}: calls go to {base_url.rstrip('/')}" + ("" if ready else " [yellow](not callable yet: see the log line above for the missing key)[/]"))
 
 
@@ -67,11 +68,11 @@ def statements_fetch(
     except ValueError:
         raise InvalidInput(f"--date {day!r} is not YYYY-MM-DD", code="INVALID_DATE") from None
     sys_ = system(database_url)
-    gateway = channel_gateway(sys_, channel)
+    gateway = channel_jobs.channel_gateway(sys_, channel)
     if gateway is None:
         raise InvalidInput(f"{channel} has no gateway configured: gasworks channels gateway {channel} --base-url … (and its signing key)", code="GATEWAY_NOT_CONFIGURED")
     try:
-        fetched = fetch_statement(channel, statement_date, gateway, sys_.new_uow, actor=cli_actor(), timezone=sys_.settings.local_timezone)
+        fetched = outbound.fetch_statement(channel, statement_date, gateway, sys_.new_uow, actor=cli_actor(), timezone=sys_.settings.local_timezone)
     except GatewayError as error:
         err.print(f"[bold red]error[/] {error.code}: {escape(error.message)}")
         raise typer.Exit(2) from None

@@ -18,7 +18,6 @@ from gasworks.entrypoints.cli.channel_call_commands import register as register_
 from gasworks.entrypoints.cli.common import DatabaseUrl, cli_actor, cli_errors, err, lazy_module, out, system
 from gasworks.entrypoints.cli.delivery_commands import register as register_delivery
 from gasworks.entrypoints.cli.reconcile_commands import register as register_reconciliation
-from gasworks.entrypoints.cli.serve import serve_api
 from gasworks.entrypoints.cli.soak import soak
 
 access, accounts = lazy_module("gasworks.services.access"), lazy_module("gasworks.services.accounts")
@@ -44,6 +43,8 @@ def serve(
     workers: Annotated[int, typer.Option("--workers", help="API processes (uvicorn workers); SQLite serialises their writes; PostgreSQL is what more processes are for.")] = 1,
 ) -> None:
     """Migrate the database to the latest schema and serve the HTTP API."""
+    from gasworks.entrypoints.cli.serve import serve_api  # uvicorn and the database load when serving, not for --help
+
     serve_api(host=host, port=port, database_url=database_url, worker=worker, api_workers=workers)
 
 
