@@ -44,7 +44,7 @@ from gasworks.domain.delivery import (
     MeterModel,
     PurchaseSite,
 )
-from gasworks.domain.errors import DuplicateKey
+from gasworks.domain.errors import DuplicateKey, InvalidInput
 from gasworks.domain.kiosks import Kiosk
 from gasworks.domain.ledger import (
     CACHED_BALANCE_KINDS,
@@ -839,7 +839,9 @@ class FakeMeterKeys(_Repository):
         """With the meter's model as it is now (meters.model -> meter_models), as the SQL reads it."""
         meter = self._t.meters.get(security.serial)
         profile = self._t.meter_models.get(meter.model or "") if meter is not None else None
-        return replace(_copy(security), profile=profile) if profile is not None else _copy(security)
+        if profile is None:
+            raise InvalidInput(f"meter {security.serial} has frame security but no known model: set one with `gasworks meters set {security.serial} --model`", code="METER_MODEL_MISSING")
+        return replace(_copy(security), profile=profile)
 
     def get_security(self, serial: str, *, lock: bool = False) -> MeterFrameSecurity | None:
         security = self._t.meter_security.get(serial)
@@ -856,11 +858,15 @@ class FakeMeterKeys(_Repository):
         if security.serial in self._t.meter_security:
             self._t.meter_security[security.serial] = _copy(security)
 
+    def _models_of_secured(self) -> list[str | None]:
+        """meters.model of each meter with a security record, as the SQL joins them."""
+        return [self._t.meters[serial].model for serial in self._t.meter_security if serial in self._t.meters]
+
     def models_in_use(self) -> set[str]:
-        return {s.model for s in self._t.meter_security.values()}
+        return {m for m in self._models_of_secured() if m is not None}
 
     def count_by_model(self) -> dict[str, int]:
-        return dict(Counter(s.model for s in self._t.meter_security.values()))
+        return {m: n for m, n in Counter(self._models_of_secured()).items() if m is not None}
 
     def add_key(self, serial: str, key_version: int, key: bytes, at: datetime) -> None:
         if (serial, key_version) in self._t.meter_keys:

@@ -25,7 +25,7 @@ from gasworks.domain.kiosks import Kiosk
 from gasworks.domain.ledger import DELIVERY, SUSPENSE, LedgerAccountKind, TransactionKind, clearing_account, prepaid_account, transfer
 from gasworks.domain.meter_security import DEFAULT_METER_MODEL, MeterFrameSecurity
 from gasworks.domain.payments import OrderState, Payment, PaymentOrder, PaymentState
-from gasworks.domain.statements import Discrepancy, DiscrepancyClass, DiscrepancyState, LineStatus, Statement, StatementLine
+from gasworks.domain.statements import Discrepancy, DiscrepancyClass, DiscrepancyState, LineStatus, StatementLine
 from gasworks.domain.tariffs import Tariff, Tier
 from gasworks.services import ports
 from gasworks.services.unit_of_work import UnitOfWork
@@ -333,6 +333,10 @@ def test_commands_come_in_the_order_they_must_reach_the_meter(new_uow):
             uow.meter_commands.add(credit_order(meter_serial=SERIAL, account_no=ACCOUNT, route=MeterKind.IOT, payment_id="pay_x", purchase_seq=2, volume_litres=1, cost_fen=1, at=START, ttl_s=60))
 
 
+def awake_with_work(uow, now) -> list[str]:
+    return [link.serial for link in uow.meters.claim_awake_with_work(now, 10)]
+
+
 def test_a_meter_is_read_as_saved_and_found_when_awake_with_work(new_uow):
     with new_uow() as uow:
         link = uow.meters.get_for_account(ACCOUNT)
@@ -349,14 +353,17 @@ def test_a_meter_is_read_as_saved_and_found_when_awake_with_work(new_uow):
     with new_uow() as uow:
         assert uow.meters.get(SERIAL) == link
         assert uow.meters.get("00000000009999") is None
-        assert uow.meters.awake_with_work(START, 10) == [SERIAL]
-        assert uow.meters.awake_with_work(START + timedelta(minutes=5), 10) == [], "asleep again; the card meter has no over-the-air work"
+        assert uow.meters.claim_awake_with_work(START, 10) == [link], "the meter as saved, claimed"
+        assert awake_with_work(uow, START + timedelta(minutes=5)) == [], "asleep again; the card meter has no over-the-air work"
         (sent,) = uow.meter_commands.for_meter(SERIAL)
         sent.move_to(CommandState.SENT, START, "sent")
         sent.next_send_at = START + timedelta(seconds=30)
         uow.meter_commands.save(sent, START)
-        assert uow.meters.awake_with_work(START, 10) == [], "sent, and not yet due again"
-        assert uow.meters.awake_with_work(START + timedelta(seconds=30), 10) == [SERIAL], "due for a resend"
+        assert awake_with_work(uow, START) == [], "sent, and not yet due again"
+        assert awake_with_work(uow, START + timedelta(seconds=30)) == [SERIAL], "due for a resend"
+        sent.next_send_at = None  # a new report reopened its window
+        uow.meter_commands.save(sent, START)
+        assert awake_with_work(uow, START) == [SERIAL], "in flight with no wait set: due at once"
         assert uow.meters.silent_since(START + timedelta(seconds=1), 10) == [SERIAL]
         assert uow.meters.count_by_link_state() == {"online": 1}
         assert uow.meters.claimed_beyond_issued(10) == []
@@ -453,7 +460,9 @@ def test_api_keys_audit_and_rejections_are_kept_and_listed_newest_first(new_uow)
 
 def test_meter_keys_kiosks_models_and_site_secrets(new_uow):
     with new_uow() as uow:
-        uow.meter_keys.add_security(MeterFrameSecurity(serial=SERIAL, model=DEFAULT_METER_MODEL, active_key_version=1))
+        profile = uow.meter_models.get(DEFAULT_METER_MODEL)
+        uow.meters.set_model(SERIAL, profile)
+        uow.meter_keys.add_security(MeterFrameSecurity(serial=SERIAL, profile=profile, active_key_version=1))
         uow.meter_keys.add_key(SERIAL, 1, b"k" * 16, START)
         uow.meter_keys.add_key(SERIAL, 2, b"K" * 16, START)
         assert uow.kiosks.add(Kiosk("k-1", "Kiosk", "wallet", "华新苑", "", 26.9, 112.6, "active"), START) is True
@@ -481,6 +490,36 @@ def test_meter_keys_kiosks_models_and_site_secrets(new_uow):
 # ---- statements and reconciliation runs ------------------------------------------------------------------
 
 
+class LinesRead:
+    """A statement as the matcher hands it over (services/statement_matching.ReadStatement), from lines in hand."""
+
+    format = "plain"
+
+    def __init__(self, lines: tuple[StatementLine, ...], work) -> None:
+        self._lines, self._work = lines, work
+        self.lines = len(lines)
+        self.paid_total_fen = sum(x.amount_fen for x in lines if x.status == LineStatus.PAID)
+        self.fee_total_fen = sum(x.fee_fen for x in lines)
+
+    def lines_csv(self, file_id: int):
+        path = self._work / f"lines-{file_id}.csv"
+        with path.open("w", newline="") as out:
+            for x in self._lines:
+                paid_at = x.paid_at.isoformat() if x.paid_at else None
+                csv.writer(out).writerow(["" if v is None else v for v in (file_id, x.line_no, x.channel_txn_id, x.out_trade_no, x.account_no, x.amount_fen, x.fee_fen, x.status.value, paid_at)])
+        return path
+
+    def batches(self, batch_lines: int):
+        for start in range(0, len(self._lines), batch_lines):
+            yield list(self._lines[start : start + batch_lines])
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
 def read_csv(path) -> list[dict[str, str]]:
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
@@ -492,12 +531,12 @@ def test_a_statement_file_is_imported_once_by_content_and_exported_for_the_match
         StatementLine(1, "T-1", None, ACCOUNT, 1_000, 6, LineStatus.PAID, START),
         StatementLine(2, "T-2", "GW-1", None, 500, 3, LineStatus.REFUNDED, None),
     )
-    statement = Statement("plain", lines)
+    statement = LinesRead(lines, tmp_path)
     with new_uow() as uow:
         file_id = uow.statements.add(channel_id="wallet", statement_date=day, format_="plain", sha256="a" * 64, filename="s.csv", statement=statement, at=START, actor="op")
         assert uow.statements.add(channel_id="wallet", statement_date=day, format_="plain", sha256="a" * 64, filename="t.csv", statement=statement, at=START, actor="op") is None
         next_day = uow.statements.add(
-            channel_id="wallet", statement_date=day + timedelta(days=1), format_="plain", sha256="a" * 64, filename="s.csv", statement=Statement("plain", lines[:1]), at=START, actor="op"
+            channel_id="wallet", statement_date=day + timedelta(days=1), format_="plain", sha256="a" * 64, filename="s.csv", statement=LinesRead(lines[:1], tmp_path), at=START, actor="op"
         )  # fmt: skip
         assert next_day is not None and next_day != file_id, "the day is part of the key"
         uow.commit()
@@ -526,7 +565,7 @@ def test_a_run_keeps_its_discrepancies_and_each_is_decided_once(new_uow, tmp_pat
         uow.payments.claim(p)
         uow.payments.save_progress(p, 0)
         file_ids = [
-            uow.statements.add(channel_id="wallet", statement_date=day + timedelta(days=n), format_="plain", sha256=f"{n}" * 64, filename="s.csv", statement=Statement("plain", ()), at=START, actor="op")
+            uow.statements.add(channel_id="wallet", statement_date=day + timedelta(days=n), format_="plain", sha256=f"{n}" * 64, filename="s.csv", statement=LinesRead((), tmp_path), at=START, actor="op")
             for n in range(2)
         ]  # fmt: skip
         run_ids = [
