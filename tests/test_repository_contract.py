@@ -23,7 +23,7 @@ from gasworks.domain.delivery import AlertKind, CommandState, LinkState, MeterMo
 from gasworks.domain.errors import DuplicateKey
 from gasworks.domain.kiosks import Kiosk
 from gasworks.domain.ledger import DELIVERY, SUSPENSE, LedgerAccountKind, TransactionKind, clearing_account, prepaid_account, transfer
-from gasworks.domain.meter_security import DEFAULT_METER_MODEL, MeterFrameSecurity
+from gasworks.domain.meter_security import COUNTER_MAX, DEFAULT_METER_MODEL, MeterFrameSecurity
 from gasworks.domain.payments import OrderState, Payment, PaymentOrder, PaymentState
 from gasworks.domain.statements import Discrepancy, DiscrepancyClass, DiscrepancyState, LineStatus, StatementLine
 from gasworks.domain.tariffs import Tariff, Tier
@@ -612,3 +612,178 @@ def test_a_plain_post_of_a_second_life_cycle_transaction_or_to_an_unopened_accou
     with new_uow() as uow:
         with pytest.raises((LookupError, IntegrityError)):
             uow.ledger.post(booking(p, credit=prepaid_account("4309999999")))
+
+
+# ---- the batch methods of intake and delivery ------------------------------------------------------------
+
+THIRD = "4301000003"
+THIRD_SERIAL = "00000000000003"
+
+
+def add_iot_customer(uow, account_no: str = THIRD, serial: str = THIRD_SERIAL) -> None:
+    uow.customers.add(Customer(account_no, "李四", "2 栋", "华新苑", "G-01", "13812345679", CustomerClass.COMMERCIAL, Meter(serial, MeterKind.IOT), START))
+    uow.ledger.open_account(prepaid_account(account_no), LedgerAccountKind.PREPAID)
+
+
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return request.node.callspec.params["new_uow"]
+
+
+def test_post_many_posts_each_transaction_and_moves_each_cached_balance_by_its_net(new_uow):
+    first, second = payment("T-M1", 1_000), payment("T-M2", 300)
+    with new_uow() as uow:
+        uow.payments.claim(first)
+        uow.payments.claim(second)
+        delivered = transfer(TransactionKind.PURCHASE, debit=prepaid_account(ACCOUNT), credit=DELIVERY, amount_fen=400, at=START, payment_id=first.id, memo="gas")
+        ids = uow.ledger.post_many([booking(first), delivered, booking(second)])
+        assert len(ids) == 3 and ids == sorted(ids) and len(set(ids)) == 3, "one id per transaction, in the order given"
+        uow.commit()
+    with new_uow() as uow:
+        assert uow.ledger.balance_fen(ACCOUNT) == 1_000 - 400 + 300
+        assert uow.ledger.entries_sum_fen(prepaid_account(ACCOUNT)) == -(1_000 - 400 + 300), "the cached sum, as the entries say"
+        assert uow.ledger.entries_sum_fen(clearing_account("wallet")) == 1_300
+        assert uow.ledger.purchases_fen(ACCOUNT) == 400
+        assert uow.ledger.post_once(booking(first)) is None, "the batch's booking is owned by its payment"
+    third = payment("T-M3", 50)
+    with new_uow() as uow:
+        uow.payments.claim(third)
+        with pytest.raises((DuplicateKey, IntegrityError)):
+            uow.ledger.post_many([booking(third), booking(third)])
+    with new_uow() as uow:
+        with pytest.raises((LookupError, IntegrityError)):
+            uow.ledger.post_many([booking(payment("T-M4", 70)), booking(third, credit=prepaid_account("4309999999"))])
+    with new_uow() as uow:
+        assert uow.ledger.balance_fen(ACCOUNT) == 900, "a refused batch left nothing behind"
+        assert uow.ledger.payment_net_fen(third.id) == 0
+
+
+def test_a_payments_events_are_saved_without_its_state(new_uow):
+    p = payment("T-E1")
+    with new_uow() as uow:
+        uow.payments.claim(p)
+        uow.payments.save_events(p, events_already_saved=0)
+        p.move_to(PaymentState.BOOKED, START, "booked")
+        uow.payments.save_events(p, events_already_saved=2)
+        uow.payments.save_events(p, events_already_saved=3)  # nothing new: nothing written
+        uow.commit()
+    with new_uow() as uow:
+        kept = uow.payments.get(p.id)
+        assert [e.state for e in kept.events] == [PaymentState.RECEIVED, PaymentState.VERIFIED, PaymentState.BOOKED]
+        assert kept.state == PaymentState.VERIFIED, "the state as claimed: save_events writes events only"
+        with pytest.raises((DuplicateKey, IntegrityError)):
+            uow.payments.save_events(p, events_already_saved=1)
+
+
+def test_a_purchase_site_is_the_meter_with_its_class_balance_and_waiting_commands(new_uow):
+    p = payment("T-S1", 2_000)
+    with new_uow() as uow:
+        uow.payments.claim(p)
+        uow.ledger.post(booking(p))
+        uow.meter_commands.add(valve_command(meter_serial=SERIAL, account_no=ACCOUNT, open_=True, at=START, ttl_s=60, why="paid"))
+        add_iot_customer(uow)
+        uow.commit()
+    with new_uow() as uow:
+        site = uow.meters.get_for_purchase(ACCOUNT)
+        assert site.link == uow.meters.get(SERIAL)
+        assert (site.customer_class, site.prepaid_entries_sum_fen, site.open_commands) == (CustomerClass.RESIDENTIAL, -2_000, 1)
+        third = uow.meters.get_for_purchase(THIRD)
+        assert (third.link.serial, third.customer_class, third.prepaid_entries_sum_fen, third.open_commands) == (THIRD_SERIAL, CustomerClass.COMMERCIAL, 0, 0)
+        assert uow.meters.get_for_purchase("4309999999") is None
+
+
+def test_a_meter_takes_a_model_and_its_button_and_models_count_their_meters(new_uow):
+    with new_uow() as uow:
+        money = uow.meter_models.get("cjt188-money")
+        assert money is not None and money.reopen_needs_button is True, "the built-in models are there from the start"
+        assert uow.meter_models.count_meters() == {}
+        uow.meters.set_model(SERIAL, money)
+        uow.meters.set_model(OTHER_SERIAL, uow.meter_models.get(DEFAULT_METER_MODEL))
+        uow.meters.set_model("00000000009999", money)  # no such meter: nothing
+        uow.commit()
+    with new_uow() as uow:
+        link = uow.meters.get(SERIAL)
+        assert (link.model, link.reopen_needs_button, link.seq_modulus) == ("cjt188-money", True, 256)
+        assert uow.meter_models.count_meters() == {"cjt188-money": 1, DEFAULT_METER_MODEL: 1}
+
+
+def test_awake_meters_with_work_are_claimed_soonest_asleep_first(new_uow):
+    with new_uow() as uow:
+        add_iot_customer(uow)
+        for serial, account_no, awake_minutes in ((SERIAL, ACCOUNT, 9), (THIRD_SERIAL, THIRD, 3)):
+            link = uow.meters.get(serial)
+            link.awake_until = START + timedelta(minutes=awake_minutes)
+            uow.meters.save(link)
+            uow.meter_commands.add(valve_command(meter_serial=serial, account_no=account_no, open_=True, at=START, ttl_s=600, why="paid"))
+        uow.commit()
+    with new_uow() as uow:
+        claimed = uow.meters.claim_awake_with_work(START, 10)
+        assert [link.serial for link in claimed] == [THIRD_SERIAL, SERIAL], "the one falling asleep first goes first"
+        assert claimed[0] == uow.meters.get(THIRD_SERIAL)
+        assert [link.serial for link in uow.meters.claim_awake_with_work(START, 1)] == [THIRD_SERIAL]
+        assert [link.serial for link in uow.meters.claim_awake_with_work(START + timedelta(minutes=3), 10)] == [SERIAL]
+
+
+def test_commands_of_many_meters_are_read_and_saved_in_one_go(new_uow):
+    with new_uow() as uow:
+        add_iot_customer(uow)
+        ids = {
+            name: uow.meter_commands.add(command)
+            for name, command in (
+                ("a1", valve_command(meter_serial=SERIAL, account_no=ACCOUNT, open_=False, at=START, ttl_s=60, why="arrears")),
+                ("c1", valve_command(meter_serial=THIRD_SERIAL, account_no=THIRD, open_=True, at=START, ttl_s=60, why="paid")),
+                ("a2", credit_order(meter_serial=SERIAL, account_no=ACCOUNT, route=MeterKind.IOT, payment_id="pay_a2", purchase_seq=1, volume_litres=10, cost_fen=100, at=START, ttl_s=60)),
+                ("card", credit_order(meter_serial=OTHER_SERIAL, account_no=OTHER, route=MeterKind.CARD, payment_id="pay_c", purchase_seq=1, volume_litres=1, cost_fen=1, at=START, ttl_s=60)),
+            )
+        }  # fmt: skip
+        uow.commit()
+    with new_uow() as uow:
+        found = uow.meter_commands.for_meters([SERIAL, THIRD_SERIAL, OTHER_SERIAL, "00000000009999"], route=MeterKind.IOT)
+        assert {serial: [c.id for c in commands] for serial, commands in found.items()} == {SERIAL: [ids["a1"], ids["a2"]], THIRD_SERIAL: [ids["c1"]]}
+        assert found[SERIAL] == uow.meter_commands.for_meter(SERIAL, route=MeterKind.IOT), "as for_meter reads each"
+        assert uow.meter_commands.for_meters([OTHER_SERIAL], route=MeterKind.CARD)[OTHER_SERIAL][0].id == ids["card"]
+        assert uow.meter_commands.for_meters([], route=MeterKind.IOT) == {}
+        sent = [found[SERIAL][0], found[THIRD_SERIAL][0]]
+        for command in sent:
+            command.move_to(CommandState.SENT, START + timedelta(seconds=1), "sent")
+            command.sends, command.next_send_at = 1, START + timedelta(seconds=31)
+        uow.meter_commands.save_many(sent, START + timedelta(seconds=1))
+        assert [(c.events, c.events_saved) for c in sent] == [([], 2), ([], 2)], "their events are saved"
+        uow.meter_commands.save_many([], START)
+        uow.commit()
+    with new_uow() as uow:
+        for command_id in (ids["a1"], ids["c1"]):
+            kept = uow.meter_commands.get(command_id)
+            assert (kept.state, kept.sends, kept.next_send_at) == (CommandState.SENT, 1, START + timedelta(seconds=31))
+            assert [e.state for e in kept.events] == [CommandState.PENDING, CommandState.SENT]
+        assert uow.meter_commands.get(ids["a2"]).state == CommandState.PENDING, "not in the batch: unchanged"
+
+
+def test_downlink_counters_are_reserved_for_good_and_never_handed_out_twice(new_uow, request):
+    if store_kind(request) != "fake":  # strict: once the adapter is fixed this passes, and the mark must go
+        request.applymarker(pytest.mark.xfail(strict=True, raises=TypeError, reason="adapters/db/meter_keys.py calls _security(row) without the model's profile"))
+    with new_uow() as uow:
+        add_iot_customer(uow)
+        sealing, plain = uow.meter_models.get(DEFAULT_METER_MODEL), uow.meter_models.get("carrier-plain")
+        for serial, profile, version in ((SERIAL, sealing, 1), (THIRD_SERIAL, sealing, 1), (OTHER_SERIAL, plain, None)):
+            uow.meters.set_model(serial, profile)
+            uow.meter_keys.add_security(MeterFrameSecurity(serial=serial, profile=profile, active_key_version=version))
+        exhausted = uow.meter_keys.get_security(THIRD_SERIAL)
+        exhausted.downlink_counter_sent = COUNTER_MAX
+        uow.meter_keys.save_security(exhausted)
+        uow.commit()
+    with new_uow() as uow:
+        reserved = uow.meter_keys.reserve_downlink_counters([SERIAL, SERIAL, THIRD_SERIAL, OTHER_SERIAL, "00000000009999"])
+        assert list(reserved) == [SERIAL], "once per meter; an exhausted counter, a meter without a key and an unknown one are left out"
+        assert reserved[SERIAL].downlink_counter_sent == 1 and reserved[SERIAL].profile == uow.meter_models.get(DEFAULT_METER_MODEL)
+        assert uow.meter_keys.reserve_downlink_counters(iter([SERIAL]))[SERIAL].downlink_counter_sent == 2
+        assert uow.meter_keys.reserve_downlink_counters([]) == {}
+        # left without commit: the frames may have gone out already
+    with new_uow() as uow:
+        again = uow.meter_keys.reserve_downlink_counters([SERIAL])[SERIAL].downlink_counter_sent
+        if store_kind(request) == "sqlite":
+            assert again == 1, "SQLite takes them in the caller's transaction (one writer): rolled back with it"
+        else:
+            assert again == 3, "taken for good: a rolled back unit of work does not hand the same counter out again"
+        uow.commit()
+    with new_uow() as uow:
+        assert uow.meter_keys.get_security(SERIAL).downlink_counter_sent == again
