@@ -10,6 +10,7 @@ import csv
 import inspect
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import date, timedelta
 from typing import Any
 
@@ -18,16 +19,18 @@ from sqlalchemy.exc import IntegrityError
 
 from gasworks.domain.access import ApiKeyRecord
 from gasworks.domain.accounts import Customer, CustomerClass, Meter, MeterKind
+from gasworks.domain.carriers import CarrierDevice, CarrierPlatform, PlatformCommand, PlatformCommandStatus
 from gasworks.domain.channels import Channel, ChannelKey, ChannelKind, KeyPurpose, KeyStatus
 from gasworks.domain.delivery import AlertKind, CommandState, LinkState, MeterModel, credit_order, valve_command
 from gasworks.domain.errors import DuplicateKey
 from gasworks.domain.kiosks import Kiosk
 from gasworks.domain.ledger import DELIVERY, SUSPENSE, LedgerAccountKind, TransactionKind, clearing_account, prepaid_account, transfer
 from gasworks.domain.meter_security import COUNTER_MAX, DEFAULT_METER_MODEL, MeterFrameSecurity
+from gasworks.domain.outbound import JobKind, JobState, OutboundJob
 from gasworks.domain.payments import OrderState, Payment, PaymentOrder, PaymentState
 from gasworks.domain.statements import Discrepancy, DiscrepancyClass, DiscrepancyState, LineStatus, StatementLine
 from gasworks.domain.tariffs import Tariff, Tier
-from gasworks.services import ports
+from gasworks.services import carrier_ports, outbound_store, ports
 from gasworks.services.unit_of_work import UnitOfWork
 from tests.conftest import START, make_system
 from tests.fakes import FakeSystem
@@ -401,7 +404,7 @@ def test_every_fake_has_its_ports_methods_with_the_same_parameters(clock):
     """A fake whose method lost or renamed a parameter would pass its own tests and fail in SQL."""
     uow = FakeSystem(clock).new_uow()
     for name, port in inspect.get_annotations(UnitOfWork).items():
-        if not (isinstance(port, type) and port.__module__ == ports.__name__):
+        if not (isinstance(port, type) and port.__module__ in (ports.__name__, carrier_ports.__name__, outbound_store.__name__)):
             continue
         fake = getattr(uow, name)
         for method in (m for m in vars(port) if not m.startswith("_")):
@@ -787,3 +790,63 @@ def test_downlink_counters_are_reserved_for_good_and_never_handed_out_twice(new_
         uow.commit()
     with new_uow() as uow:
         assert uow.meter_keys.get_security(SERIAL).downlink_counter_sent == again
+
+
+# ---- carrier platforms and calling the channels -----------------------------------------------------------
+
+
+def test_a_carrier_device_is_bound_once_and_each_push_is_claimed_once(new_uow):
+    ctwing = CarrierPlatform.CTWING
+    device = CarrierDevice(SERIAL, ctwing, "dev-1", "p-1", "860000000000001", 3600, START)
+    with new_uow() as uow:
+        assert uow.carriers.add_device(device) is True
+        assert uow.carriers.add_device(replace(device, device_id="dev-2")) is False, "the meter is on a platform already"
+        assert uow.carriers.add_device(replace(device, serial=OTHER_SERIAL)) is False, "the platform's device is bound to another meter"
+        assert uow.carriers.device_of(OTHER_SERIAL) is None, "a refused binding leaves the unit of work usable"
+        uow.carriers.set_online(ctwing, "dev-1", True, START)
+        assert uow.carriers.claim_push(ctwing, "k-1", at=START, kind="dataReport", device_id="dev-1") == (True, None)
+        assert uow.carriers.claim_push(ctwing, "k-1", at=START, kind="dataReport", device_id="dev-1") == (False, None), "a retry while it is taken"
+        uow.carriers.settle_push(ctwing, "k-1", "TAKEN")
+        assert uow.carriers.claim_push(ctwing, "k-2", at=START + timedelta(minutes=10), kind="dataReport", device_id="dev-1") == (True, None)
+        uow.carriers.release_push(ctwing, "k-2")
+        for n, status in enumerate((PlatformCommandStatus.SAVED, PlatformCommandStatus.SENT)):
+            uow.carriers.add_command(PlatformCommand(ctwing, f"c-{n}", SERIAL, 7, 3600, START + timedelta(seconds=n), status, START))
+        uow.commit()
+    with new_uow() as uow:
+        assert uow.carriers.device_by_id(ctwing, "dev-1") == replace(device, online=True, online_changed_at=START) == uow.carriers.device_of(SERIAL)
+        assert uow.carriers.device_by_id(CarrierPlatform.ONENET, "dev-1") is None
+        assert uow.carriers.claim_push(ctwing, "k-1", at=START, kind="dataReport", device_id="dev-1") == (False, "TAKEN")
+        assert uow.carriers.claim_push(ctwing, "k-2", at=START, kind="dataReport", device_id="dev-1") == (True, None), "released: its retry is taken afresh"
+        assert uow.carriers.forget_pushes_before(START + timedelta(minutes=1)) == 2
+        assert uow.carriers.latest_command(SERIAL, 7).command_id == "c-1" and uow.carriers.latest_command(SERIAL, 8) is None
+        uow.carriers.set_command_status(ctwing, "c-0", PlatformCommandStatus.DELIVERED, START + timedelta(seconds=5))
+        delivered = uow.carriers.command(ctwing, "c-0")
+        assert (delivered.status, delivered.status_at) == (PlatformCommandStatus.DELIVERED, START + timedelta(seconds=5))
+        assert uow.carriers.command(ctwing, "c-9") is None
+
+
+def test_outbound_jobs_and_gateways_are_kept_and_orders_are_due_once_their_wait_is_over(new_uow):
+    with new_uow() as uow:
+        for no, minutes in (("GW-1", 1), ("GW-2", 2), ("GW-3", 3)):
+            uow.orders.add(order(no, minutes))
+        waiting = OutboundJob.new(JobKind.ORDER_QUERY, "GW-1", "wallet", START + timedelta(minutes=10))
+        uow.outbound.save_job(waiting, START)
+        done = replace(OutboundJob.new(JobKind.ORDER_QUERY, "GW-2", "wallet", START), state=JobState.DONE, last_outcome="x" * 400)
+        uow.outbound.save_job(done, START + timedelta(seconds=1))
+        uow.outbound.set_gateway_url("wallet", "http://127.0.0.1:1/old", START)
+        uow.outbound.set_gateway_url("wallet", "http://127.0.0.1:1/new", START)
+        uow.commit()
+    with new_uow() as uow:
+        assert uow.outbound.job(JobKind.ORDER_QUERY, "GW-2").last_outcome == "x" * 300
+        assert uow.outbound.job(JobKind.REFUND, "GW-2") is None
+        assert [j.subject for j in uow.outbound.jobs(JobKind.ORDER_QUERY)] == ["GW-2", "GW-1"], "most recently updated first"
+        assert uow.outbound.jobs(JobKind.ORDER_QUERY, channel_id="other") == [] and len(uow.outbound.jobs(JobKind.ORDER_QUERY, limit=1)) == 1
+        assert uow.outbound.gateway_url("wallet") == "http://127.0.0.1:1/new" and uow.outbound.gateway_url("other") is None
+        assert uow.outbound.gateway_channels() == ["wallet"]
+        window = (START - timedelta(days=1), START + timedelta(days=1))
+        assert [o.out_trade_no for o in uow.outbound.open_orders_due("wallet", *window, START, 10)] == ["GW-3"], "GW-1 waits, GW-2 is done"
+        assert [o.out_trade_no for o in uow.outbound.open_orders_due("wallet", *window, START + timedelta(minutes=10), 10)] == ["GW-1", "GW-3"]
+        assert uow.outbound.close_order("GW-3") is True and uow.outbound.close_order("GW-3") is False
+        assert uow.orders.get("GW-3").state == OrderState.CLOSED
+        uow.outbound.save_job(replace(waiting, tries=1), START + timedelta(seconds=2))
+        assert uow.outbound.job(JobKind.ORDER_QUERY, "GW-1").tries == 1, "saved again: updated in place"
