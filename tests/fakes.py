@@ -11,7 +11,9 @@ tests/test_repository_contract.py runs the same assertions against these and the
 a fake that drifts from SQL fails there.
 
 Statement files and reconciliation runs are faked too; their CSV exports for the matcher are
-written as the SQL adapter writes them on SQLite.
+written as the SQL adapter writes them on SQLite. The matcher itself is the real DuckDB one (it
+needs no database). Carrier platforms' registry and the outbound store are faked as their SQL
+adapters behave. Downlink counters are reserved for good, as on PostgreSQL: a rollback keeps them.
 """
 
 import copy
