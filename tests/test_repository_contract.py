@@ -762,8 +762,6 @@ def test_commands_of_many_meters_are_read_and_saved_in_one_go(new_uow):
 
 
 def test_downlink_counters_are_reserved_for_good_and_never_handed_out_twice(new_uow, request):
-    if store_kind(request) != "fake":  # strict: once the adapter is fixed this passes, and the mark must go
-        request.applymarker(pytest.mark.xfail(strict=True, raises=TypeError, reason="adapters/db/meter_keys.py calls _security(row) without the model's profile"))
     with new_uow() as uow:
         add_iot_customer(uow)
         sealing, plain = uow.meter_models.get(DEFAULT_METER_MODEL), uow.meter_models.get("carrier-plain")
