@@ -11,21 +11,25 @@ tests/test_repository_contract.py runs the same assertions against these and the
 a fake that drifts from SQL fails there.
 
 Statement files and reconciliation runs are faked too; their CSV exports for the matcher are
-written as the SQL adapter writes them on SQLite.
+written as the SQL adapter writes them on SQLite. The matcher itself is the real DuckDB one (it
+needs no database). Carrier platforms' registry and the outbound store are faked as their SQL
+adapters behave. Downlink counters are reserved for good, as on PostgreSQL: a rollback keeps them.
 """
 
 import copy
 import csv
 import secrets
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gasworks.adapters.statements.matcher import DuckDbStatementMatcher
 from gasworks.domain.access import ApiKeyRecord
 from gasworks.domain.accounts import Customer, CustomerClass, MeterKind
+from gasworks.domain.carriers import CarrierDevice, CarrierPlatform, PlatformCommand, PlatformCommandStatus
 from gasworks.domain.channels import Channel, ChannelKey, KeyStatus, PaymentNotice
 from gasworks.domain.clock import Clock, FixedClock
 from gasworks.domain.delivery import (
@@ -40,8 +44,9 @@ from gasworks.domain.delivery import (
     MeterCommand,
     MeterLink,
     MeterModel,
+    PurchaseSite,
 )
-from gasworks.domain.errors import DuplicateKey
+from gasworks.domain.errors import DuplicateKey, InvalidInput
 from gasworks.domain.kiosks import Kiosk
 from gasworks.domain.ledger import (
     CACHED_BALANCE_KINDS,
@@ -55,12 +60,15 @@ from gasworks.domain.ledger import (
     prepaid_account,
     presented_balance_fen,
 )
-from gasworks.domain.meter_security import MeterFrameSecurity
+from gasworks.domain.meter_models import BUILT_IN_MODELS
+from gasworks.domain.meter_security import COUNTER_MAX, MeterFrameSecurity
 from gasworks.domain.money import PAYMENT_FEN_ABSOLUTE_MAX, PaymentCeiling
+from gasworks.domain.outbound import JobKind, JobState, OutboundJob
 from gasworks.domain.payments import MONEY_SITS_IN, ONCE_PER_PAYMENT, OrderState, Payment, PaymentOrder, PaymentState
-from gasworks.domain.statements import Discrepancy, DiscrepancyClass, DiscrepancyState, Statement, StatementFile, StatementLine
+from gasworks.domain.statements import Discrepancy, DiscrepancyClass, DiscrepancyState, StatementFile, StatementLine
 from gasworks.domain.tariffs import Tariff, Tier
 from gasworks.services import ports
+from gasworks.services.carrier_ports import CarrierRegistry
 from gasworks.services.channel_gateway import (
     ChannelGateway,
     FetchedStatement,
@@ -71,6 +79,8 @@ from gasworks.services.channel_gateway import (
     RefundRequest,
     RefundState,
 )
+from gasworks.services.outbound_store import OutboundStore
+from gasworks.services.statement_matching import ReadStatement, StatementMatcher
 from gasworks.services.unit_of_work import UnitOfWork
 
 T = TypeVar("T")
@@ -102,7 +112,7 @@ class Tables:
     rejections: dict[int, dict[str, Any]] = field(default_factory=dict)
     api_keys: dict[str, tuple[ApiKeyRecord, str]] = field(default_factory=dict)
     audit: dict[int, dict[str, Any]] = field(default_factory=dict)
-    meter_models: dict[str, MeterModel] = field(default_factory=dict)
+    meter_models: dict[str, MeterModel] = field(default_factory=lambda: dict(BUILT_IN_MODELS))  # migration 0011 seeds them
     tariffs: dict[int, Tariff] = field(default_factory=_seeded_tariffs)
     commands: dict[int, MeterCommand] = field(default_factory=dict)  # events [] and events_saved = events_count, as a row
     command_times: dict[int, tuple[datetime, datetime]] = field(default_factory=dict)  # created_at, updated_at
@@ -117,6 +127,11 @@ class Tables:
     statement_lines: dict[int, tuple[StatementLine, ...]] = field(default_factory=dict)
     reconciliation_runs: dict[int, dict[str, Any]] = field(default_factory=dict)
     discrepancies: dict[int, Discrepancy] = field(default_factory=dict)
+    carrier_devices: dict[str, CarrierDevice] = field(default_factory=dict)  # by serial
+    carrier_pushes: dict[tuple[str, str], tuple[datetime, str | None]] = field(default_factory=dict)  # (platform, dedup_key) -> received_at, outcome
+    carrier_commands: dict[tuple[str, str], PlatformCommand] = field(default_factory=dict)  # (platform, command_id)
+    outbound_jobs: dict[tuple[str, str], tuple[OutboundJob, datetime]] = field(default_factory=dict)  # (kind, subject) -> job, updated_at
+    channel_gateways: dict[str, str] = field(default_factory=dict)  # channel_id -> base_url
 
     def new_id(self, table: str) -> int:
         if table == "tariffs" and not self.next_id[table]:
@@ -130,6 +145,17 @@ class FakeDatabase:
 
     def __init__(self) -> None:
         self.tables = Tables()
+        # Downlink counters handed out, kept whatever becomes of the unit of work that took them, as
+        # PostgreSQL's reserve_downlink_counters commits them at once on a connection of its own.
+        self.downlink_counters_taken: dict[str, int] = {}
+
+    def restore(self, tables: Tables) -> None:
+        """Back to `tables` (a rollback), all but the downlink counters taken for good."""
+        self.tables = tables
+        for serial, counter in self.downlink_counters_taken.items():
+            security = tables.meter_security.get(serial)
+            if security is not None and security.downlink_counter_sent < counter:
+                security.downlink_counter_sent = counter
 
 
 def _copy(value: T) -> T:
@@ -166,6 +192,9 @@ class FakeCustomers(_Repository):
 
 
 class FakeChannels(_Repository):
+    def get_recent(self, channel_id: str) -> Channel | None:
+        return self.get(channel_id)  # no cache: as SQL with a ttl of 0
+
     def add(self, channel: Channel, at: datetime) -> None:
         if channel.id in self._t.channels:
             raise DuplicateKey(f"channel {channel.id} exists")
@@ -213,17 +242,28 @@ class FakeLedger(_Repository):
         return any(t.payment_id == payment_id and t.kind == kind for t in self._t.ledger_transactions.values())
 
     def post(self, txn: LedgerTransaction) -> int:
-        if txn.payment_id is not None and txn.kind in _LIFE_CYCLE and self._owns(txn.payment_id, txn.kind):
-            raise DuplicateKey(f"payment {txn.payment_id} already owns a {txn.kind} transaction")  # the partial unique index
-        for entry in txn.entries:
-            if entry.account_code not in self._t.ledger_accounts:
-                raise LookupError(f"ledger account {entry.account_code!r} is not open")
-        txn_id = self._t.new_id("ledger_transactions")
-        self._t.ledger_transactions[txn_id] = replace(txn, id=txn_id)
-        for entry in txn.entries:
-            if kind_of(entry.account_code) in CACHED_BALANCE_KINDS:
-                self._t.ledger_accounts[entry.account_code][1] += entry.amount_fen
-        return txn_id
+        return self.post_many([txn])[0]
+
+    def post_many(self, txns: Sequence[LedgerTransaction]) -> list[int]:
+        """All or nothing, as the SQL statements are: everything is checked before anything is written."""
+        owned: set[tuple[str, TransactionKind]] = set()
+        for txn in txns:
+            if txn.payment_id is not None and txn.kind in _LIFE_CYCLE:
+                if (txn.payment_id, txn.kind) in owned or self._owns(txn.payment_id, txn.kind):
+                    raise DuplicateKey(f"payment {txn.payment_id} already owns a {txn.kind} transaction")  # the partial unique index
+                owned.add((txn.payment_id, txn.kind))
+            for entry in txn.entries:
+                if entry.account_code not in self._t.ledger_accounts:
+                    raise LookupError(f"ledger account {entry.account_code!r} is not open")
+        ids = []
+        for txn in txns:
+            txn_id = self._t.new_id("ledger_transactions")
+            self._t.ledger_transactions[txn_id] = replace(txn, id=txn_id)
+            for entry in txn.entries:
+                if kind_of(entry.account_code) in CACHED_BALANCE_KINDS:
+                    self._t.ledger_accounts[entry.account_code][1] += entry.amount_fen
+            ids.append(txn_id)
+        return ids
 
     def post_once(self, txn: LedgerTransaction) -> int | None:
         try:
@@ -389,6 +429,17 @@ class FakePayments(_Repository):
         stored.state, stored.hold_reason, stored.account_no = payment.state, payment.hold_reason, payment.account_no
         stored.events.extend(_copy(new_events))
 
+    def save_events(self, payment: Payment, events_already_saved: int) -> None:
+        stored = self._t.payments.get(payment.id)
+        new_events = payment.events[events_already_saved:]
+        if not new_events:
+            return
+        if stored is None:
+            raise LookupError(f"no payment {payment.id}")  # the events' foreign key
+        if len(stored.events) > events_already_saved:
+            raise DuplicateKey(f"payment {payment.id} already has event {events_already_saved + 1}")
+        stored.events.extend(_copy(new_events))
+
     def transition(self, payment_id: str, from_state: PaymentState, to_state: PaymentState) -> bool:
         stored = self._t.payments.get(payment_id)
         if stored is None or stored.state != from_state:
@@ -500,6 +551,15 @@ class FakeMeters(_Repository):
     def get_for_account(self, account_no: str, *, lock: bool = False) -> MeterLink | None:
         return self._out(next((m for m in self._t.meters.values() if m.account_no == account_no), None))
 
+    def get_for_purchase(self, account_no: str) -> PurchaseSite | None:
+        link = self.get_for_account(account_no)
+        customer = self._t.customers.get(account_no)
+        balance = self._t.ledger_accounts.get(prepaid_account(account_no))
+        if link is None or customer is None or balance is None:
+            return None  # the SQL inner-joins the customer and the prepaid account
+        waiting = sum(1 for c in self._t.commands.values() if c.meter_serial == link.serial and c.state in OPEN_STATES)
+        return PurchaseSite(link, customer.customer_class, int(balance[1]), waiting)
+
     def get_by_card(self, card_no: str, *, lock: bool = False) -> MeterLink | None:
         return self._out(next((m for m in self._t.meters.values() if m.card_no == card_no), None))
 
@@ -519,19 +579,25 @@ class FakeMeters(_Repository):
         sent = (CommandState.SENT, CommandState.DELIVERED)
         return any(
             c.meter_serial == serial and c.route == MeterKind.IOT
-            and (c.state == CommandState.PENDING or (c.state in sent and c.next_send_at is not None and c.next_send_at <= now))
+            and (c.state == CommandState.PENDING or (c.state in sent and (c.next_send_at is None or c.next_send_at <= now)))
             for c in self._t.commands.values()
         )  # fmt: skip
 
-    def awake_with_work(self, now: datetime, limit: int) -> list[str]:
+    def claim_awake_with_work(self, now: datetime, limit: int) -> list[MeterLink]:
+        """One process, one unit of work at a time: nothing is ever held by another worker, so nothing is skipped."""
         awake = [m for m in self._t.meters.values() if m.awake_until is not None and m.awake_until > now and self._has_work(m.serial, now)]
-        return [m.serial for m in sorted(awake, key=lambda m: m.awake_until or now)[:limit]]
+        return [link for m in sorted(awake, key=lambda m: m.awake_until or now)[:limit] if (link := self._out(m)) is not None]
 
     def silent_since(self, cutoff: datetime, limit: int) -> list[str]:
         return sorted(
             m.serial for m in self._t.meters.values()
             if m.kind == MeterKind.IOT and m.link_state == LinkState.ONLINE and m.last_report_at is not None and m.last_report_at < cutoff
         )[:limit]  # fmt: skip
+
+    def set_model(self, serial: str, model: MeterModel) -> None:
+        stored = self._t.meters.get(serial)
+        if stored is not None:
+            stored.model, stored.reopen_needs_button = model.name, model.reopen_needs_button
 
     def set_reopen_needs_button(self, *, serial: str | None = None, model: str | None = None, value: bool) -> int:
         matched = [m for m in self._t.meters.values() if (m.serial == serial if serial is not None else m.model == model)]
@@ -562,6 +628,9 @@ class FakeMeterModels(_Repository):
 
     def list(self) -> list[MeterModel]:
         return [self._t.meter_models[name] for name in sorted(self._t.meter_models)]
+
+    def count_meters(self) -> dict[str, int]:
+        return dict(Counter(m.model for m in self._t.meters.values() if m.model is not None))
 
 
 class FakeTariffs(_Repository):
@@ -604,6 +673,10 @@ class FakeMeterCommands(_Repository):
             return
         self._store(command, self._t.command_times[command.id][0], at)
 
+    def save_many(self, commands: list[MeterCommand], at: datetime) -> None:
+        for command in commands:
+            self.save(command, at)
+
     def _rows(self) -> list[MeterCommand]:
         return [self._t.commands[i] for i in sorted(self._t.commands)]
 
@@ -613,6 +686,14 @@ class FakeMeterCommands(_Repository):
 
     def for_meter(self, serial: str, *, states: frozenset[CommandState] = OPEN_STATES, route: MeterKind | None = None) -> list[MeterCommand]:
         return _copy([c for c in self._rows() if c.meter_serial == serial and c.state in states and (route is None or c.route == route)])
+
+    def for_meters(self, serials: list[str], *, route: MeterKind) -> dict[str, list[MeterCommand]]:
+        wanted = set(serials)
+        found: dict[str, list[MeterCommand]] = {}
+        for c in self._rows():
+            if c.meter_serial in wanted and c.state in OPEN_STATES and c.route == route:
+                found.setdefault(c.meter_serial, []).append(_copy(c))
+        return found
 
     def credit_order(self, serial: str, purchase_seq: int) -> MeterCommand | None:
         return _copy(next((c for c in self._rows() if c.meter_serial == serial and c.purchase_seq == purchase_seq), None))
@@ -756,8 +837,17 @@ class FakeMeterKeys(_Repository):
     def site_key(self) -> bytes:
         return bytes(32)
 
+    def _with_profile(self, security: MeterFrameSecurity) -> MeterFrameSecurity:
+        """With the meter's model as it is now (meters.model -> meter_models), as the SQL reads it."""
+        meter = self._t.meters.get(security.serial)
+        profile = self._t.meter_models.get(meter.model or "") if meter is not None else None
+        if profile is None:
+            raise InvalidInput(f"meter {security.serial} has frame security but no known model: set one with `gasworks meters set {security.serial} --model`", code="METER_MODEL_MISSING")
+        return replace(_copy(security), profile=profile)
+
     def get_security(self, serial: str, *, lock: bool = False) -> MeterFrameSecurity | None:
-        return _copy(self._t.meter_security.get(serial))
+        security = self._t.meter_security.get(serial)
+        return self._with_profile(security) if security is not None else None
 
     def add_security(self, security: MeterFrameSecurity) -> None:
         if security.serial in self._t.meter_security:
@@ -770,11 +860,15 @@ class FakeMeterKeys(_Repository):
         if security.serial in self._t.meter_security:
             self._t.meter_security[security.serial] = _copy(security)
 
+    def _models_of_secured(self) -> list[str | None]:
+        """meters.model of each meter with a security record, as the SQL joins them."""
+        return [self._t.meters[serial].model for serial in self._t.meter_security if serial in self._t.meters]
+
     def models_in_use(self) -> set[str]:
-        return {s.model for s in self._t.meter_security.values()}
+        return {m for m in self._models_of_secured() if m is not None}
 
     def count_by_model(self) -> dict[str, int]:
-        return dict(Counter(s.model for s in self._t.meter_security.values()))
+        return {m: n for m, n in Counter(self._models_of_secured()).items() if m is not None}
 
     def add_key(self, serial: str, key_version: int, key: bytes, at: datetime) -> None:
         if (serial, key_version) in self._t.meter_keys:
@@ -784,6 +878,18 @@ class FakeMeterKeys(_Repository):
     def key(self, serial: str, key_version: int) -> bytes | None:
         found = self._t.meter_keys.get((serial, key_version))
         return found[0] if found is not None and found[1] is None else None
+
+    def reserve_downlink_counters(self, serials: Iterable[str]) -> dict[str, MeterFrameSecurity]:
+        """Taken for good, as on PostgreSQL: a rollback of the caller's unit of work keeps them taken."""
+        reserved = {}
+        for serial in sorted(set(serials)):
+            security = self._t.meter_security.get(serial)
+            if security is None or security.active_key_version is None or security.downlink_counter_sent >= COUNTER_MAX:
+                continue
+            security.downlink_counter_sent += 1
+            self._db.downlink_counters_taken[serial] = security.downlink_counter_sent
+            reserved[serial] = self._with_profile(security)
+        return reserved
 
     def retire_other_keys(self, serial: str, keep_version: int, at: datetime) -> int:
         retired = 0
@@ -813,14 +919,14 @@ class FakeStatements(_Repository):
     def get(self, file_id: int) -> StatementFile | None:
         return self._t.statement_files.get(file_id)
 
-    def add(self, *, channel_id: str, statement_date: date, format_: str, sha256: str, filename: str, statement: Statement, at: datetime, actor: str) -> int | None:
+    def add(self, *, channel_id: str, statement_date: date, format_: str, sha256: str, filename: str, statement: ReadStatement, at: datetime, actor: str) -> int | None:
         if self.find(channel_id, statement_date, sha256) is not None:
             return None
         file_id = self._t.new_id("statement_files")
         self._t.statement_files[file_id] = StatementFile(
-            file_id, channel_id, statement_date, format_, sha256, filename[:200], len(statement.lines), statement.paid_total_fen, statement.fee_total_fen, at, actor
+            file_id, channel_id, statement_date, format_, sha256, filename[:200], statement.lines, statement.paid_total_fen, statement.fee_total_fen, at, actor
         )  # fmt: skip
-        self._t.statement_lines[file_id] = tuple(statement.lines)
+        self._t.statement_lines[file_id] = tuple(x for batch in statement.batches(1_000) for x in batch)
         return file_id
 
     def export_lines(self, file_id: int, path: Path) -> int:
@@ -900,6 +1006,118 @@ class FakeReconciliations(_Repository):
         return _write_csv(path, "payment_id,channel_txn_id,amount_fen,state,account_no,paid_at,command_id,command_state,route,ordered_at", rows)
 
 
+class FakeCarriers(_Repository):
+    def add_device(self, device: CarrierDevice) -> bool:
+        taken = device.serial in self._t.carrier_devices or any(
+            (d.platform, d.device_id) == (device.platform, device.device_id) for d in self._t.carrier_devices.values()
+        )
+        if taken:
+            return False
+        if device.serial not in self._t.meters:
+            raise LookupError(f"no meter {device.serial}")  # the foreign key
+        self._t.carrier_devices[device.serial] = device
+        return True
+
+    def device_by_id(self, platform: CarrierPlatform, device_id: str) -> CarrierDevice | None:
+        return next((d for d in self._t.carrier_devices.values() if (d.platform, d.device_id) == (platform, device_id)), None)
+
+    def device_of(self, serial: str) -> CarrierDevice | None:
+        return self._t.carrier_devices.get(serial)
+
+    def set_online(self, platform: CarrierPlatform, device_id: str, online: bool, at: datetime) -> None:
+        device = self.device_by_id(platform, device_id)
+        if device is not None:
+            self._t.carrier_devices[device.serial] = replace(device, online=online, online_changed_at=at)
+
+    def count_devices(self, platform: CarrierPlatform) -> int:
+        return sum(1 for d in self._t.carrier_devices.values() if d.platform == platform)
+
+    def claim_push(self, platform: CarrierPlatform, dedup_key: str, *, at: datetime, kind: str, device_id: str) -> tuple[bool, str | None]:
+        key = (platform.value, dedup_key)
+        if key in self._t.carrier_pushes:
+            return False, self._t.carrier_pushes[key][1]
+        self._t.carrier_pushes[key] = (at, None)
+        return True, None
+
+    def settle_push(self, platform: CarrierPlatform, dedup_key: str, outcome: str) -> None:
+        key = (platform.value, dedup_key)
+        if key in self._t.carrier_pushes:
+            self._t.carrier_pushes[key] = (self._t.carrier_pushes[key][0], outcome[:40])
+
+    def release_push(self, platform: CarrierPlatform, dedup_key: str) -> None:
+        key = (platform.value, dedup_key)
+        if key in self._t.carrier_pushes and self._t.carrier_pushes[key][1] is None:
+            del self._t.carrier_pushes[key]
+
+    def forget_pushes_before(self, before: datetime) -> int:
+        old = [key for key, (received_at, _) in self._t.carrier_pushes.items() if received_at < before]
+        for key in old:
+            del self._t.carrier_pushes[key]
+        return len(old)
+
+    def add_command(self, command: PlatformCommand) -> None:
+        key = (command.platform.value, command.command_id)
+        if key in self._t.carrier_commands:
+            raise DuplicateKey(f"platform command {key} exists")
+        self._t.carrier_commands[key] = command
+
+    def command(self, platform: CarrierPlatform, command_id: str) -> PlatformCommand | None:
+        return self._t.carrier_commands.get((platform.value, command_id))
+
+    def latest_command(self, serial: str, frame_seq: int) -> PlatformCommand | None:
+        found = [c for c in self._t.carrier_commands.values() if (c.serial, c.frame_seq) == (serial, frame_seq)]
+        return max(found, key=lambda c: c.created_at, default=None)
+
+    def set_command_status(self, platform: CarrierPlatform, command_id: str, status: PlatformCommandStatus, at: datetime) -> None:
+        key = (platform.value, command_id)
+        if key in self._t.carrier_commands:
+            self._t.carrier_commands[key] = replace(self._t.carrier_commands[key], status=status, status_at=at)
+
+
+class FakeOutbound(_Repository):
+    def job(self, kind: JobKind, subject: str, *, lock: bool = False) -> OutboundJob | None:
+        found = self._t.outbound_jobs.get((kind.value, subject))
+        return _copy(found[0]) if found is not None else None
+
+    def save_job(self, job: OutboundJob, at: datetime) -> None:
+        if job.channel_id not in self._t.channels:
+            raise LookupError(f"no channel {job.channel_id!r}")  # the foreign key
+        self._t.outbound_jobs[(job.kind.value, job.subject)] = (replace(_copy(job), last_outcome=job.last_outcome[:300], step=job.step[:20]), at)
+
+    def jobs(self, kind: JobKind, *, channel_id: str | None = None, limit: int = 100) -> list[OutboundJob]:
+        found = [(job, at) for job, at in self._t.outbound_jobs.values() if job.kind == kind and (channel_id is None or job.channel_id == channel_id)]
+        return _copy([job for job, _ in sorted(found, key=lambda pair: pair[1], reverse=True)[:limit]])
+
+    def gateway_url(self, channel_id: str) -> str | None:
+        return self._t.channel_gateways.get(channel_id)
+
+    def set_gateway_url(self, channel_id: str, base_url: str, at: datetime) -> None:
+        if channel_id not in self._t.channels:
+            raise LookupError(f"no channel {channel_id!r}")  # the foreign key
+        self._t.channel_gateways[channel_id] = base_url
+
+    def gateway_channels(self) -> list[str]:
+        return sorted(self._t.channel_gateways)
+
+    def open_orders_due(self, channel_id: str, created_after: datetime, created_before: datetime, now: datetime, limit: int) -> list[PaymentOrder]:
+        def due(out_trade_no: str) -> bool:
+            found = self._t.outbound_jobs.get((JobKind.ORDER_QUERY.value, out_trade_no))
+            return found is None or (found[0].state == JobState.WAITING and found[0].next_try_at <= now)
+
+        found = [
+            o for o in self._t.orders.values()
+            if o.channel_id == channel_id and o.state == OrderState.OPEN and created_after < o.created_at <= created_before and due(o.out_trade_no)
+        ]  # fmt: skip
+        return _copy(sorted(found, key=lambda o: o.created_at)[:limit])
+
+    def close_order(self, out_trade_no: str) -> bool:
+        order = self._t.orders.get(out_trade_no)
+        if order is None or order.state != OrderState.OPEN:
+            return False
+        order.state = OrderState.CLOSED
+        return True
+
+
 class FakeUnitOfWork:
     """Use as `with uow: ...; uow.commit()`, like SqlUnitOfWork: commit keeps the changes, leaving
     the block rolls back whatever was not committed (also changes made after a commit)."""
@@ -934,6 +1152,14 @@ class FakeUnitOfWork:
         self.meter_keys: ports.MeterKeysRepository = FakeMeterKeys(db)
         self.statements: ports.StatementsRepository = FakeStatements(db)
         self.reconciliations: ports.ReconciliationsRepository = FakeReconciliations(db)
+        self.carriers: CarrierRegistry = FakeCarriers(db)
+        self.outbound: OutboundStore = FakeOutbound(db)
+        # The real matcher, not a fake: DuckDB runs in process over the CSV files the fakes export.
+        self.statement_matcher: StatementMatcher = DuckDbStatementMatcher()
+
+    def recent_channel(self, channel_id: str) -> Channel | None:
+        with self:
+            return self.channels.get_recent(channel_id)
 
     def __enter__(self) -> "FakeUnitOfWork":
         if self._committed is not None:
@@ -943,7 +1169,7 @@ class FakeUnitOfWork:
 
     def __exit__(self, *exc: object) -> None:
         assert self._committed is not None
-        self.db.tables = self._committed  # what was committed; anything since is dropped
+        self.db.restore(self._committed)  # what was committed; anything since is dropped
         self._committed = None
 
     def commit(self) -> None:
@@ -954,7 +1180,7 @@ class FakeUnitOfWork:
 
     def rollback(self) -> None:
         assert self._committed is not None
-        self.db.tables = copy.deepcopy(self._committed)
+        self.db.restore(copy.deepcopy(self._committed))
 
 
 class FakeSystem:
@@ -1007,7 +1233,7 @@ class FakeChannel:
             self._refunds[request.refund_no] = RefundAnswer(request.refund_no, RefundState.SUCCESS, request.refund_fen, f"R-{request.refund_no}", self._clock.now())
         return self._refunds[request.refund_no]
 
-    def refund_status(self, refund_no: str) -> RefundAnswer:
+    def refund_status(self, refund_no: str, *, out_trade_no: str | None = None) -> RefundAnswer:
         if refund_no not in self._refunds:
             raise GatewayError("REFUND_NOT_FOUND", f"no refund {refund_no}", retryable=False)
         return self._refunds[refund_no]

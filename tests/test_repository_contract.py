@@ -10,6 +10,7 @@ import csv
 import inspect
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import date, timedelta
 from typing import Any
 
@@ -18,16 +19,18 @@ from sqlalchemy.exc import IntegrityError
 
 from gasworks.domain.access import ApiKeyRecord
 from gasworks.domain.accounts import Customer, CustomerClass, Meter, MeterKind
+from gasworks.domain.carriers import CarrierDevice, CarrierPlatform, PlatformCommand, PlatformCommandStatus
 from gasworks.domain.channels import Channel, ChannelKey, ChannelKind, KeyPurpose, KeyStatus
 from gasworks.domain.delivery import AlertKind, CommandState, LinkState, MeterModel, credit_order, valve_command
 from gasworks.domain.errors import DuplicateKey
 from gasworks.domain.kiosks import Kiosk
 from gasworks.domain.ledger import DELIVERY, SUSPENSE, LedgerAccountKind, TransactionKind, clearing_account, prepaid_account, transfer
-from gasworks.domain.meter_security import DEFAULT_METER_MODEL, MeterFrameSecurity
+from gasworks.domain.meter_security import COUNTER_MAX, DEFAULT_METER_MODEL, MeterFrameSecurity
+from gasworks.domain.outbound import JobKind, JobState, OutboundJob
 from gasworks.domain.payments import OrderState, Payment, PaymentOrder, PaymentState
-from gasworks.domain.statements import Discrepancy, DiscrepancyClass, DiscrepancyState, LineStatus, Statement, StatementLine
+from gasworks.domain.statements import Discrepancy, DiscrepancyClass, DiscrepancyState, LineStatus, StatementLine
 from gasworks.domain.tariffs import Tariff, Tier
-from gasworks.services import ports
+from gasworks.services import carrier_ports, outbound_store, ports
 from gasworks.services.unit_of_work import UnitOfWork
 from tests.conftest import START, make_system
 from tests.fakes import FakeSystem
@@ -333,6 +336,10 @@ def test_commands_come_in_the_order_they_must_reach_the_meter(new_uow):
             uow.meter_commands.add(credit_order(meter_serial=SERIAL, account_no=ACCOUNT, route=MeterKind.IOT, payment_id="pay_x", purchase_seq=2, volume_litres=1, cost_fen=1, at=START, ttl_s=60))
 
 
+def awake_with_work(uow, now) -> list[str]:
+    return [link.serial for link in uow.meters.claim_awake_with_work(now, 10)]
+
+
 def test_a_meter_is_read_as_saved_and_found_when_awake_with_work(new_uow):
     with new_uow() as uow:
         link = uow.meters.get_for_account(ACCOUNT)
@@ -349,14 +356,17 @@ def test_a_meter_is_read_as_saved_and_found_when_awake_with_work(new_uow):
     with new_uow() as uow:
         assert uow.meters.get(SERIAL) == link
         assert uow.meters.get("00000000009999") is None
-        assert uow.meters.awake_with_work(START, 10) == [SERIAL]
-        assert uow.meters.awake_with_work(START + timedelta(minutes=5), 10) == [], "asleep again; the card meter has no over-the-air work"
+        assert uow.meters.claim_awake_with_work(START, 10) == [link], "the meter as saved, claimed"
+        assert awake_with_work(uow, START + timedelta(minutes=5)) == [], "asleep again; the card meter has no over-the-air work"
         (sent,) = uow.meter_commands.for_meter(SERIAL)
         sent.move_to(CommandState.SENT, START, "sent")
         sent.next_send_at = START + timedelta(seconds=30)
         uow.meter_commands.save(sent, START)
-        assert uow.meters.awake_with_work(START, 10) == [], "sent, and not yet due again"
-        assert uow.meters.awake_with_work(START + timedelta(seconds=30), 10) == [SERIAL], "due for a resend"
+        assert awake_with_work(uow, START) == [], "sent, and not yet due again"
+        assert awake_with_work(uow, START + timedelta(seconds=30)) == [SERIAL], "due for a resend"
+        sent.next_send_at = None  # a new report reopened its window
+        uow.meter_commands.save(sent, START)
+        assert awake_with_work(uow, START) == [SERIAL], "in flight with no wait set: due at once"
         assert uow.meters.silent_since(START + timedelta(seconds=1), 10) == [SERIAL]
         assert uow.meters.count_by_link_state() == {"online": 1}
         assert uow.meters.claimed_beyond_issued(10) == []
@@ -394,7 +404,7 @@ def test_every_fake_has_its_ports_methods_with_the_same_parameters(clock):
     """A fake whose method lost or renamed a parameter would pass its own tests and fail in SQL."""
     uow = FakeSystem(clock).new_uow()
     for name, port in inspect.get_annotations(UnitOfWork).items():
-        if not (isinstance(port, type) and port.__module__ == ports.__name__):
+        if not (isinstance(port, type) and port.__module__ in (ports.__name__, carrier_ports.__name__, outbound_store.__name__)):
             continue
         fake = getattr(uow, name)
         for method in (m for m in vars(port) if not m.startswith("_")):
@@ -453,7 +463,9 @@ def test_api_keys_audit_and_rejections_are_kept_and_listed_newest_first(new_uow)
 
 def test_meter_keys_kiosks_models_and_site_secrets(new_uow):
     with new_uow() as uow:
-        uow.meter_keys.add_security(MeterFrameSecurity(serial=SERIAL, model=DEFAULT_METER_MODEL, active_key_version=1))
+        profile = uow.meter_models.get(DEFAULT_METER_MODEL)
+        uow.meters.set_model(SERIAL, profile)
+        uow.meter_keys.add_security(MeterFrameSecurity(serial=SERIAL, profile=profile, active_key_version=1))
         uow.meter_keys.add_key(SERIAL, 1, b"k" * 16, START)
         uow.meter_keys.add_key(SERIAL, 2, b"K" * 16, START)
         assert uow.kiosks.add(Kiosk("k-1", "Kiosk", "wallet", "华新苑", "", 26.9, 112.6, "active"), START) is True
@@ -481,6 +493,36 @@ def test_meter_keys_kiosks_models_and_site_secrets(new_uow):
 # ---- statements and reconciliation runs ------------------------------------------------------------------
 
 
+class LinesRead:
+    """A statement as the matcher hands it over (services/statement_matching.ReadStatement), from lines in hand."""
+
+    format = "plain"
+
+    def __init__(self, lines: tuple[StatementLine, ...], work) -> None:
+        self._lines, self._work = lines, work
+        self.lines = len(lines)
+        self.paid_total_fen = sum(x.amount_fen for x in lines if x.status == LineStatus.PAID)
+        self.fee_total_fen = sum(x.fee_fen for x in lines)
+
+    def lines_csv(self, file_id: int):
+        path = self._work / f"lines-{file_id}.csv"
+        with path.open("w", newline="") as out:
+            for x in self._lines:
+                paid_at = x.paid_at.isoformat() if x.paid_at else None
+                csv.writer(out).writerow(["" if v is None else v for v in (file_id, x.line_no, x.channel_txn_id, x.out_trade_no, x.account_no, x.amount_fen, x.fee_fen, x.status.value, paid_at)])
+        return path
+
+    def batches(self, batch_lines: int):
+        for start in range(0, len(self._lines), batch_lines):
+            yield list(self._lines[start : start + batch_lines])
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
 def read_csv(path) -> list[dict[str, str]]:
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
@@ -492,12 +534,12 @@ def test_a_statement_file_is_imported_once_by_content_and_exported_for_the_match
         StatementLine(1, "T-1", None, ACCOUNT, 1_000, 6, LineStatus.PAID, START),
         StatementLine(2, "T-2", "GW-1", None, 500, 3, LineStatus.REFUNDED, None),
     )
-    statement = Statement("plain", lines)
+    statement = LinesRead(lines, tmp_path)
     with new_uow() as uow:
         file_id = uow.statements.add(channel_id="wallet", statement_date=day, format_="plain", sha256="a" * 64, filename="s.csv", statement=statement, at=START, actor="op")
         assert uow.statements.add(channel_id="wallet", statement_date=day, format_="plain", sha256="a" * 64, filename="t.csv", statement=statement, at=START, actor="op") is None
         next_day = uow.statements.add(
-            channel_id="wallet", statement_date=day + timedelta(days=1), format_="plain", sha256="a" * 64, filename="s.csv", statement=Statement("plain", lines[:1]), at=START, actor="op"
+            channel_id="wallet", statement_date=day + timedelta(days=1), format_="plain", sha256="a" * 64, filename="s.csv", statement=LinesRead(lines[:1], tmp_path), at=START, actor="op"
         )  # fmt: skip
         assert next_day is not None and next_day != file_id, "the day is part of the key"
         uow.commit()
@@ -526,7 +568,7 @@ def test_a_run_keeps_its_discrepancies_and_each_is_decided_once(new_uow, tmp_pat
         uow.payments.claim(p)
         uow.payments.save_progress(p, 0)
         file_ids = [
-            uow.statements.add(channel_id="wallet", statement_date=day + timedelta(days=n), format_="plain", sha256=f"{n}" * 64, filename="s.csv", statement=Statement("plain", ()), at=START, actor="op")
+            uow.statements.add(channel_id="wallet", statement_date=day + timedelta(days=n), format_="plain", sha256=f"{n}" * 64, filename="s.csv", statement=LinesRead((), tmp_path), at=START, actor="op")
             for n in range(2)
         ]  # fmt: skip
         run_ids = [
@@ -573,3 +615,236 @@ def test_a_plain_post_of_a_second_life_cycle_transaction_or_to_an_unopened_accou
     with new_uow() as uow:
         with pytest.raises((LookupError, IntegrityError)):
             uow.ledger.post(booking(p, credit=prepaid_account("4309999999")))
+
+
+# ---- the batch methods of intake and delivery ------------------------------------------------------------
+
+THIRD = "4301000003"
+THIRD_SERIAL = "00000000000003"
+
+
+def add_iot_customer(uow, account_no: str = THIRD, serial: str = THIRD_SERIAL) -> None:
+    uow.customers.add(Customer(account_no, "李四", "2 栋", "华新苑", "G-01", "13812345679", CustomerClass.COMMERCIAL, Meter(serial, MeterKind.IOT), START))
+    uow.ledger.open_account(prepaid_account(account_no), LedgerAccountKind.PREPAID)
+
+
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return request.node.callspec.params["new_uow"]
+
+
+def test_post_many_posts_each_transaction_and_moves_each_cached_balance_by_its_net(new_uow):
+    first, second = payment("T-M1", 1_000), payment("T-M2", 300)
+    with new_uow() as uow:
+        uow.payments.claim(first)
+        uow.payments.claim(second)
+        delivered = transfer(TransactionKind.PURCHASE, debit=prepaid_account(ACCOUNT), credit=DELIVERY, amount_fen=400, at=START, payment_id=first.id, memo="gas")
+        ids = uow.ledger.post_many([booking(first), delivered, booking(second)])
+        assert len(ids) == 3 and ids == sorted(ids) and len(set(ids)) == 3, "one id per transaction, in the order given"
+        uow.commit()
+    with new_uow() as uow:
+        assert uow.ledger.balance_fen(ACCOUNT) == 1_000 - 400 + 300
+        assert uow.ledger.entries_sum_fen(prepaid_account(ACCOUNT)) == -(1_000 - 400 + 300), "the cached sum, as the entries say"
+        assert uow.ledger.entries_sum_fen(clearing_account("wallet")) == 1_300
+        assert uow.ledger.purchases_fen(ACCOUNT) == 400
+        assert uow.ledger.post_once(booking(first)) is None, "the batch's booking is owned by its payment"
+    third = payment("T-M3", 50)
+    with new_uow() as uow:
+        uow.payments.claim(third)
+        with pytest.raises((DuplicateKey, IntegrityError)):
+            uow.ledger.post_many([booking(third), booking(third)])
+    with new_uow() as uow:
+        with pytest.raises((LookupError, IntegrityError)):
+            uow.ledger.post_many([booking(payment("T-M4", 70)), booking(third, credit=prepaid_account("4309999999"))])
+    with new_uow() as uow:
+        assert uow.ledger.balance_fen(ACCOUNT) == 900, "a refused batch left nothing behind"
+        assert uow.ledger.payment_net_fen(third.id) == 0
+
+
+def test_a_payments_events_are_saved_without_its_state(new_uow):
+    p = payment("T-E1")
+    with new_uow() as uow:
+        uow.payments.claim(p)
+        uow.payments.save_events(p, events_already_saved=0)
+        p.move_to(PaymentState.BOOKED, START, "booked")
+        uow.payments.save_events(p, events_already_saved=2)
+        uow.payments.save_events(p, events_already_saved=3)  # nothing new: nothing written
+        uow.commit()
+    with new_uow() as uow:
+        kept = uow.payments.get(p.id)
+        assert [e.state for e in kept.events] == [PaymentState.RECEIVED, PaymentState.VERIFIED, PaymentState.BOOKED]
+        assert kept.state == PaymentState.VERIFIED, "the state as claimed: save_events writes events only"
+        with pytest.raises((DuplicateKey, IntegrityError)):
+            uow.payments.save_events(p, events_already_saved=1)
+
+
+def test_a_purchase_site_is_the_meter_with_its_class_balance_and_waiting_commands(new_uow):
+    p = payment("T-S1", 2_000)
+    with new_uow() as uow:
+        uow.payments.claim(p)
+        uow.ledger.post(booking(p))
+        uow.meter_commands.add(valve_command(meter_serial=SERIAL, account_no=ACCOUNT, open_=True, at=START, ttl_s=60, why="paid"))
+        add_iot_customer(uow)
+        uow.commit()
+    with new_uow() as uow:
+        site = uow.meters.get_for_purchase(ACCOUNT)
+        assert site.link == uow.meters.get(SERIAL)
+        assert (site.customer_class, site.prepaid_entries_sum_fen, site.open_commands) == (CustomerClass.RESIDENTIAL, -2_000, 1)
+        third = uow.meters.get_for_purchase(THIRD)
+        assert (third.link.serial, third.customer_class, third.prepaid_entries_sum_fen, third.open_commands) == (THIRD_SERIAL, CustomerClass.COMMERCIAL, 0, 0)
+        assert uow.meters.get_for_purchase("4309999999") is None
+
+
+def test_a_meter_takes_a_model_and_its_button_and_models_count_their_meters(new_uow):
+    with new_uow() as uow:
+        money = uow.meter_models.get("cjt188-money")
+        assert money is not None and money.reopen_needs_button is True, "the built-in models are there from the start"
+        assert uow.meter_models.count_meters() == {}
+        uow.meters.set_model(SERIAL, money)
+        uow.meters.set_model(OTHER_SERIAL, uow.meter_models.get(DEFAULT_METER_MODEL))
+        uow.meters.set_model("00000000009999", money)  # no such meter: nothing
+        uow.commit()
+    with new_uow() as uow:
+        link = uow.meters.get(SERIAL)
+        assert (link.model, link.reopen_needs_button, link.seq_modulus) == ("cjt188-money", True, 256)
+        assert uow.meter_models.count_meters() == {"cjt188-money": 1, DEFAULT_METER_MODEL: 1}
+
+
+def test_awake_meters_with_work_are_claimed_soonest_asleep_first(new_uow):
+    with new_uow() as uow:
+        add_iot_customer(uow)
+        for serial, account_no, awake_minutes in ((SERIAL, ACCOUNT, 9), (THIRD_SERIAL, THIRD, 3)):
+            link = uow.meters.get(serial)
+            link.awake_until = START + timedelta(minutes=awake_minutes)
+            uow.meters.save(link)
+            uow.meter_commands.add(valve_command(meter_serial=serial, account_no=account_no, open_=True, at=START, ttl_s=600, why="paid"))
+        uow.commit()
+    with new_uow() as uow:
+        claimed = uow.meters.claim_awake_with_work(START, 10)
+        assert [link.serial for link in claimed] == [THIRD_SERIAL, SERIAL], "the one falling asleep first goes first"
+        assert claimed[0] == uow.meters.get(THIRD_SERIAL)
+        assert [link.serial for link in uow.meters.claim_awake_with_work(START, 1)] == [THIRD_SERIAL]
+        assert [link.serial for link in uow.meters.claim_awake_with_work(START + timedelta(minutes=3), 10)] == [SERIAL]
+
+
+def test_commands_of_many_meters_are_read_and_saved_in_one_go(new_uow):
+    with new_uow() as uow:
+        add_iot_customer(uow)
+        ids = {
+            name: uow.meter_commands.add(command)
+            for name, command in (
+                ("a1", valve_command(meter_serial=SERIAL, account_no=ACCOUNT, open_=False, at=START, ttl_s=60, why="arrears")),
+                ("c1", valve_command(meter_serial=THIRD_SERIAL, account_no=THIRD, open_=True, at=START, ttl_s=60, why="paid")),
+                ("a2", credit_order(meter_serial=SERIAL, account_no=ACCOUNT, route=MeterKind.IOT, payment_id="pay_a2", purchase_seq=1, volume_litres=10, cost_fen=100, at=START, ttl_s=60)),
+                ("card", credit_order(meter_serial=OTHER_SERIAL, account_no=OTHER, route=MeterKind.CARD, payment_id="pay_c", purchase_seq=1, volume_litres=1, cost_fen=1, at=START, ttl_s=60)),
+            )
+        }  # fmt: skip
+        uow.commit()
+    with new_uow() as uow:
+        found = uow.meter_commands.for_meters([SERIAL, THIRD_SERIAL, OTHER_SERIAL, "00000000009999"], route=MeterKind.IOT)
+        assert {serial: [c.id for c in commands] for serial, commands in found.items()} == {SERIAL: [ids["a1"], ids["a2"]], THIRD_SERIAL: [ids["c1"]]}
+        assert found[SERIAL] == uow.meter_commands.for_meter(SERIAL, route=MeterKind.IOT), "as for_meter reads each"
+        assert uow.meter_commands.for_meters([OTHER_SERIAL], route=MeterKind.CARD)[OTHER_SERIAL][0].id == ids["card"]
+        assert uow.meter_commands.for_meters([], route=MeterKind.IOT) == {}
+        sent = [found[SERIAL][0], found[THIRD_SERIAL][0]]
+        for command in sent:
+            command.move_to(CommandState.SENT, START + timedelta(seconds=1), "sent")
+            command.sends, command.next_send_at = 1, START + timedelta(seconds=31)
+        uow.meter_commands.save_many(sent, START + timedelta(seconds=1))
+        assert [(c.events, c.events_saved) for c in sent] == [([], 2), ([], 2)], "their events are saved"
+        uow.meter_commands.save_many([], START)
+        uow.commit()
+    with new_uow() as uow:
+        for command_id in (ids["a1"], ids["c1"]):
+            kept = uow.meter_commands.get(command_id)
+            assert (kept.state, kept.sends, kept.next_send_at) == (CommandState.SENT, 1, START + timedelta(seconds=31))
+            assert [e.state for e in kept.events] == [CommandState.PENDING, CommandState.SENT]
+        assert uow.meter_commands.get(ids["a2"]).state == CommandState.PENDING, "not in the batch: unchanged"
+
+
+def test_downlink_counters_are_reserved_for_good_and_never_handed_out_twice(new_uow, request):
+    with new_uow() as uow:
+        add_iot_customer(uow)
+        sealing, plain = uow.meter_models.get(DEFAULT_METER_MODEL), uow.meter_models.get("carrier-plain")
+        for serial, profile, version in ((SERIAL, sealing, 1), (THIRD_SERIAL, sealing, 1), (OTHER_SERIAL, plain, None)):
+            uow.meters.set_model(serial, profile)
+            uow.meter_keys.add_security(MeterFrameSecurity(serial=serial, profile=profile, active_key_version=version))
+        exhausted = uow.meter_keys.get_security(THIRD_SERIAL)
+        exhausted.downlink_counter_sent = COUNTER_MAX
+        uow.meter_keys.save_security(exhausted)
+        uow.commit()
+    with new_uow() as uow:
+        reserved = uow.meter_keys.reserve_downlink_counters([SERIAL, SERIAL, THIRD_SERIAL, OTHER_SERIAL, "00000000009999"])
+        assert list(reserved) == [SERIAL], "once per meter; an exhausted counter, a meter without a key and an unknown one are left out"
+        assert reserved[SERIAL].downlink_counter_sent == 1 and reserved[SERIAL].profile == uow.meter_models.get(DEFAULT_METER_MODEL)
+        assert uow.meter_keys.reserve_downlink_counters(iter([SERIAL]))[SERIAL].downlink_counter_sent == 2
+        assert uow.meter_keys.reserve_downlink_counters([]) == {}
+        # left without commit: the frames may have gone out already
+    with new_uow() as uow:
+        again = uow.meter_keys.reserve_downlink_counters([SERIAL])[SERIAL].downlink_counter_sent
+        if store_kind(request) == "sqlite":
+            assert again == 1, "SQLite takes them in the caller's transaction (one writer): rolled back with it"
+        else:
+            assert again == 3, "taken for good: a rolled back unit of work does not hand the same counter out again"
+        uow.commit()
+    with new_uow() as uow:
+        assert uow.meter_keys.get_security(SERIAL).downlink_counter_sent == again
+
+
+# ---- carrier platforms and calling the channels -----------------------------------------------------------
+
+
+def test_a_carrier_device_is_bound_once_and_each_push_is_claimed_once(new_uow):
+    ctwing = CarrierPlatform.CTWING
+    device = CarrierDevice(SERIAL, ctwing, "dev-1", "p-1", "860000000000001", 3600, START)
+    with new_uow() as uow:
+        assert uow.carriers.add_device(device) is True
+        assert uow.carriers.add_device(replace(device, device_id="dev-2")) is False, "the meter is on a platform already"
+        assert uow.carriers.add_device(replace(device, serial=OTHER_SERIAL)) is False, "the platform's device is bound to another meter"
+        assert uow.carriers.device_of(OTHER_SERIAL) is None, "a refused binding leaves the unit of work usable"
+        uow.carriers.set_online(ctwing, "dev-1", True, START)
+        assert uow.carriers.claim_push(ctwing, "k-1", at=START, kind="dataReport", device_id="dev-1") == (True, None)
+        assert uow.carriers.claim_push(ctwing, "k-1", at=START, kind="dataReport", device_id="dev-1") == (False, None), "a retry while it is taken"
+        uow.carriers.settle_push(ctwing, "k-1", "TAKEN")
+        assert uow.carriers.claim_push(ctwing, "k-2", at=START + timedelta(minutes=10), kind="dataReport", device_id="dev-1") == (True, None)
+        uow.carriers.release_push(ctwing, "k-2")
+        for n, status in enumerate((PlatformCommandStatus.SAVED, PlatformCommandStatus.SENT)):
+            uow.carriers.add_command(PlatformCommand(ctwing, f"c-{n}", SERIAL, 7, 3600, START + timedelta(seconds=n), status, START))
+        uow.commit()
+    with new_uow() as uow:
+        assert uow.carriers.device_by_id(ctwing, "dev-1") == replace(device, online=True, online_changed_at=START) == uow.carriers.device_of(SERIAL)
+        assert uow.carriers.device_by_id(CarrierPlatform.ONENET, "dev-1") is None
+        assert uow.carriers.claim_push(ctwing, "k-1", at=START, kind="dataReport", device_id="dev-1") == (False, "TAKEN")
+        assert uow.carriers.claim_push(ctwing, "k-2", at=START, kind="dataReport", device_id="dev-1") == (True, None), "released: its retry is taken afresh"
+        assert uow.carriers.forget_pushes_before(START + timedelta(minutes=1)) == 2
+        assert uow.carriers.latest_command(SERIAL, 7).command_id == "c-1" and uow.carriers.latest_command(SERIAL, 8) is None
+        uow.carriers.set_command_status(ctwing, "c-0", PlatformCommandStatus.DELIVERED, START + timedelta(seconds=5))
+        delivered = uow.carriers.command(ctwing, "c-0")
+        assert (delivered.status, delivered.status_at) == (PlatformCommandStatus.DELIVERED, START + timedelta(seconds=5))
+        assert uow.carriers.command(ctwing, "c-9") is None
+
+
+def test_outbound_jobs_and_gateways_are_kept_and_orders_are_due_once_their_wait_is_over(new_uow):
+    with new_uow() as uow:
+        for no, minutes in (("GW-1", 1), ("GW-2", 2), ("GW-3", 3)):
+            uow.orders.add(order(no, minutes))
+        waiting = OutboundJob.new(JobKind.ORDER_QUERY, "GW-1", "wallet", START + timedelta(minutes=10))
+        uow.outbound.save_job(waiting, START)
+        done = replace(OutboundJob.new(JobKind.ORDER_QUERY, "GW-2", "wallet", START), state=JobState.DONE, last_outcome="x" * 400)
+        uow.outbound.save_job(done, START + timedelta(seconds=1))
+        uow.outbound.set_gateway_url("wallet", "http://127.0.0.1:1/old", START)
+        uow.outbound.set_gateway_url("wallet", "http://127.0.0.1:1/new", START)
+        uow.commit()
+    with new_uow() as uow:
+        assert uow.outbound.job(JobKind.ORDER_QUERY, "GW-2").last_outcome == "x" * 300
+        assert uow.outbound.job(JobKind.REFUND, "GW-2") is None
+        assert [j.subject for j in uow.outbound.jobs(JobKind.ORDER_QUERY)] == ["GW-2", "GW-1"], "most recently updated first"
+        assert uow.outbound.jobs(JobKind.ORDER_QUERY, channel_id="other") == [] and len(uow.outbound.jobs(JobKind.ORDER_QUERY, limit=1)) == 1
+        assert uow.outbound.gateway_url("wallet") == "http://127.0.0.1:1/new" and uow.outbound.gateway_url("other") is None
+        assert uow.outbound.gateway_channels() == ["wallet"]
+        window = (START - timedelta(days=1), START + timedelta(days=1))
+        assert [o.out_trade_no for o in uow.outbound.open_orders_due("wallet", *window, START, 10)] == ["GW-3"], "GW-1 waits, GW-2 is done"
+        assert [o.out_trade_no for o in uow.outbound.open_orders_due("wallet", *window, START + timedelta(minutes=10), 10)] == ["GW-1", "GW-3"]
+        assert uow.outbound.close_order("GW-3") is True and uow.outbound.close_order("GW-3") is False
+        assert uow.orders.get("GW-3").state == OrderState.CLOSED
+        uow.outbound.save_job(replace(waiting, tries=1), START + timedelta(seconds=2))
+        assert uow.outbound.job(JobKind.ORDER_QUERY, "GW-1").tries == 1, "saved again: updated in place"
