@@ -272,6 +272,8 @@ class Ledger:
     def post_many(self, txns: Sequence[LedgerTransaction]) -> list[int]:
         """Post balanced transactions together: one INSERT of the transactions, one of all their
         entries, one UPDATE per cached balance they touch (by the net of their entries)."""
+        if not txns:
+            return []
         ids = list(
             self.c.execute(
                 insert(t.ledger_transactions).returning(t.ledger_transactions.c.id, sort_by_parameter_order=True),
