@@ -8,20 +8,36 @@ it runs, directly or through `lazy_module`.
 import functools
 import getpass
 import importlib
+import os
 from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 
 from gasworks.domain.errors import GasworksError
 
 if TYPE_CHECKING:
     from gasworks.bootstrap import System
 
-out = Console()
-err = Console(stderr=True)
+class _Console(Console):
+    """Takes COLUMNS when it prints, not when it was made: a command run in-process (a test's
+    CliRunner, the demo) is as wide as its caller asks, whatever COLUMNS said at import."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        measured = Console.size.fget(self)  # type: ignore[attr-defined]
+        columns = os.environ.get("COLUMNS", "")
+        return ConsoleDimensions(int(columns), measured.height) if columns.isdigit() and int(columns) > 0 else measured
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+
+out = _Console()
+err = _Console(stderr=True)
 F = TypeVar("F", bound=Callable)
 
 DatabaseUrl = Annotated[str | None, typer.Option("--database-url", help="Overrides GASWORKS_DATABASE_URL.")]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from gasworks.domain.accounts import CustomerClass
 from gasworks.domain.delivery import CommandState, MeterModel, valve_reason_names
@@ -348,7 +348,9 @@ def models_list(database_url: DatabaseUrl = None) -> None:
     with system(database_url).new_uow() as uow:
         found = uow.meter_models.list()
         meters = uow.meter_models.count_meters()
-    table = Table("model", "MAC", "DI order", "unit", "serial bytes", "reports every", "reopen needs button", "meters", "description")
+    table = Table("MAC", "DI order", "unit", "serial bytes", "reports every", "reopen needs button", "meters", "description")
+    # The name is what an operator types next: never cut, however narrow the terminal.
+    table.columns.insert(0, Column("model", no_wrap=True, min_width=max((len(m.name) for m in found), default=5)))
     for m in found:
         table.add_row(
             m.name, m.mac_scheme.value, m.di_byte_order.value, m.credit_unit.value, str(m.purchase_seq_bytes), f"{m.report_interval_s} s",
