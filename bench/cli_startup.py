@@ -44,9 +44,7 @@ def measure(scale: float = 1.0) -> list[BenchRow]:
     for args, bare_args in ((["--help"], ["--help"]), (["check", "--help"], ["check", "--help"])):
         ours = _fastest_s([*gasworks, *args], runs)
         bare = _fastest_s([sys.executable, "-c", BARE_TYPER, *bare_args], runs)
-        rows.append(
-            BenchRow(f"gasworks {' '.join(args)}", ours, bare, "s", False, "< 1 s", ours < 1.0, f"fastest of {runs}; raw: a bare two-command Typer app; loaded machine")
-        )
+        rows.append(BenchRow(f"gasworks {' '.join(args)}", ours, bare, "s", False, "< 1 s", ours < 1.0, f"fastest of {runs}; raw: a bare two-command Typer app; loaded machine"))
     return rows
 
 

@@ -211,7 +211,13 @@ def measure(scale: float = 1.0) -> list[BenchRow]:
         BenchRow(f"reconcile: import {size} (DuckDB read + COPY)", ours["import_s"], t_raw, "s", False, "—", True, "raw = the whole bare join + write"),
         BenchRow("reconcile: match (COPY out, one DuckDB query, repairs)", ours["reconcile_s"], t_raw, "s", False, "—", True, ""),
         BenchRow(
-            "reconcile: import + match, total", t_ours, t_raw, "s", False, "≤ 2 × raw", exact and ledger.ok and t_ours <= 2 * t_raw,
+            "reconcile: import + match, total",
+            t_ours,
+            t_raw,
+            "s",
+            False,
+            "≤ 2 × raw",
+            exact and ledger.ok and t_ours <= 2 * t_raw,
             f"raw: join {raw['join_s']:.2f} s + COPY of its {raw['rows']:,} rows to PostgreSQL {raw['write_s']:.2f} s; {proof}; loaded machine",
         ),  # fmt: skip
         BenchRow("reconcile: peak RSS of the process (ours vs bare join)", ours["rss_mib"], raw["rss_mib"], "MiB", False, "—", True, "each measured in its own child process"),

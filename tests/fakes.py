@@ -310,9 +310,7 @@ class FakeLedger(_Repository):
         for _, e in self._entries():
             sums[e.account_code] += e.amount_fen
         differs = [(code, cached) for code, (kind, cached) in self._t.ledger_accounts.items() if kind in CACHED_BALANCE_KINDS and cached != sums.get(code, 0)]
-        findings += [
-            LedgerCheckFinding("BALANCE_DIFFERS_FROM_ENTRIES", code, f"cached {cached} fen, entries sum {sums.get(code, 0)} fen") for code, cached in differs[:limit]
-        ]
+        findings += [LedgerCheckFinding("BALANCE_DIFFERS_FROM_ENTRIES", code, f"cached {cached} fen, entries sum {sums.get(code, 0)} fen") for code, cached in differs[:limit]]
         booked_kinds = (TransactionKind.PAYMENT_BOOKED, TransactionKind.PAYMENT_HELD)
         wrong = [
             (p.id, p.amount_fen, e.amount_fen)
@@ -321,9 +319,7 @@ class FakeLedger(_Repository):
             for e in t.entries
             if e.account_code.startswith("clearing:") and e.amount_fen != p.amount_fen
         ]
-        findings += [
-            LedgerCheckFinding("PAYMENT_AMOUNT_DIFFERS_FROM_LEDGER", f"payment {pid}", f"payment {fen} fen, clearing debit {booked} fen") for pid, fen, booked in wrong[:limit]
-        ]
+        findings += [LedgerCheckFinding("PAYMENT_AMOUNT_DIFFERS_FROM_LEDGER", f"payment {pid}", f"payment {fen} fen, clearing debit {booked} fen") for pid, fen, booked in wrong[:limit]]
         nameless = [(i, t) for i, t in txns if (t.kind in _LIFE_CYCLE or t.kind == TransactionKind.PURCHASE) and (t.payment_id or "") not in self._t.payments]
         for i, t in nameless[:limit]:
             named = f"names payment {t.payment_id}, which does not exist" if t.payment_id else "names no payment"
@@ -341,9 +337,7 @@ class FakeLedger(_Repository):
             kind = LedgerAccountKind(self._t.ledger_accounts[e.account_code][0])
             net = nets.setdefault(payment.id, defaultdict(int))
             net[kind] += e.amount_fen
-            if (kind == LedgerAccountKind.PREPAID and e.account_code != f"prepaid:{payment.account_no}") or (
-                kind == LedgerAccountKind.CLEARING and e.account_code != f"clearing:{payment.channel_id}"
-            ):
+            if (kind == LedgerAccountKind.PREPAID and e.account_code != f"prepaid:{payment.account_no}") or (kind == LedgerAccountKind.CLEARING and e.account_code != f"clearing:{payment.channel_id}"):
                 elsewhere[payment.id] += 1
         findings = []
         for payment_id in sorted(nets):  # the SQL groups by payment; its order is not promised
@@ -360,7 +354,8 @@ class FakeLedger(_Repository):
                 prepaid, suspense, refunds = holders.values()
                 findings.append(
                     LedgerCheckFinding(
-                        "PAYMENT_MONEY_NOT_WHERE_STATE_SAYS", f"payment {p.id}",
+                        "PAYMENT_MONEY_NOT_WHERE_STATE_SAYS",
+                        f"payment {p.id}",
                         f"{p.state} {p.amount_fen} fen, its transactions net: clearing {clearing}, balance {-prepaid}, suspense {-suspense}, refunds in flight {-refunds} fen",
                     )  # fmt: skip
                 )
@@ -411,9 +406,7 @@ class FakeOrders(_Repository):
 
 class FakePayments(_Repository):
     def claim(self, payment: Payment) -> None:
-        if payment.id in self._t.payments or any(
-            (p.channel_id, p.channel_txn_id) == (payment.channel_id, payment.channel_txn_id) for p in self._t.payments.values()
-        ):
+        if payment.id in self._t.payments or any((p.channel_id, p.channel_txn_id) == (payment.channel_id, payment.channel_txn_id) for p in self._t.payments.values()):
             raise DuplicateKey(f"payment {payment.channel_id}/{payment.channel_txn_id} already taken")
         # As the row: the payment's fields; its events are written by save_progress.
         self._t.payments[payment.id] = replace(_copy(payment), events=[])
@@ -1008,9 +1001,7 @@ class FakeReconciliations(_Repository):
 
 class FakeCarriers(_Repository):
     def add_device(self, device: CarrierDevice) -> bool:
-        taken = device.serial in self._t.carrier_devices or any(
-            (d.platform, d.device_id) == (device.platform, device.device_id) for d in self._t.carrier_devices.values()
-        )
+        taken = device.serial in self._t.carrier_devices or any((d.platform, d.device_id) == (device.platform, device.device_id) for d in self._t.carrier_devices.values())
         if taken:
             return False
         if device.serial not in self._t.meters:
@@ -1194,7 +1185,6 @@ class FakeSystem:
 
     def new_uow(self) -> FakeUnitOfWork:
         return FakeUnitOfWork(self.db, self.clock, delivery=self.delivery, payment_ceiling=self.payment_ceiling)
-
 
 
 def _conforms(db: FakeDatabase) -> UnitOfWork:

@@ -45,23 +45,35 @@ def set_up(system: System) -> Channels:
     """Three channels, a kiosk, and two accounts (one IoT, one card meter)."""
     new_uow = system.new_uow
     channels.add_channel(
-        channel_id="wechat", kind=ChannelKind.WECHATPAY_V3, name="WeChat Pay", merchant_id=WECHAT_MCHID,
+        channel_id="wechat",
+        kind=ChannelKind.WECHATPAY_V3,
+        name="WeChat Pay",
+        merchant_id=WECHAT_MCHID,
         keys=[(KeyPurpose.VERIFY_PUBLIC_KEY, "PUB_KEY_ID_1", public_key_pem(rsa_private_key("wechat"))), (KeyPurpose.APIV3_KEY, "apiv3-1", APIV3_KEY)],
-        uow=new_uow(), actor="test",
+        uow=new_uow(),
+        actor="test",
     )
     channels.add_channel(
-        channel_id="alipay", kind=ChannelKind.ALIPAY, name="Alipay", merchant_id=ALIPAY_APP_ID,
-        keys=[(KeyPurpose.VERIFY_PUBLIC_KEY, "alipay-1", public_key_pem(rsa_private_key("alipay")))], uow=new_uow(), actor="test",
+        channel_id="alipay",
+        kind=ChannelKind.ALIPAY,
+        name="Alipay",
+        merchant_id=ALIPAY_APP_ID,
+        keys=[(KeyPurpose.VERIFY_PUBLIC_KEY, "alipay-1", public_key_pem(rsa_private_key("alipay")))],
+        uow=new_uow(),
+        actor="test",
     )
     channels.add_channel(
-        channel_id="wo-wallet", kind=ChannelKind.WALLET_HMAC, name="Wo Wallet", merchant_id="",
-        keys=[(KeyPurpose.HMAC_SECRET, "wo-1", WALLET_SECRET)], uow=new_uow(), actor="test",
+        channel_id="wo-wallet",
+        kind=ChannelKind.WALLET_HMAC,
+        name="Wo Wallet",
+        merchant_id="",
+        keys=[(KeyPurpose.HMAC_SECRET, "wo-1", WALLET_SECRET)],
+        uow=new_uow(),
+        actor="test",
     )
     channels.add_channel(channel_id="kiosk", kind=ChannelKind.KIOSK, name="Kiosks", merchant_id="", keys=[], uow=new_uow(), actor="test")
     for account_no, serial, kind in ((ACCOUNT_NO, "00000000000001", MeterKind.IOT), (OTHER_ACCOUNT_NO, "00000000000002", MeterKind.CARD)):
-        accounts.open_account(
-            accounts.OpenAccount(account_no, "张三丰", "蒸湘区 1 栋 101", "华新苑", "G-01", "13812345678", serial, kind), new_uow(), actor="test"
-        )
+        accounts.open_account(accounts.OpenAccount(account_no, "张三丰", "蒸湘区 1 栋 101", "华新苑", "G-01", "13812345678", serial, kind), new_uow(), actor="test")
     return Channels(
         wechat=WechatPayV3Notifier(platform_private_key_pem=rsa_private_key("wechat"), serial="PUB_KEY_ID_1", apiv3_key=APIV3_KEY, mchid=WECHAT_MCHID),
         alipay=AlipayNotifier(alipay_private_key_pem=rsa_private_key("alipay"), app_id=ALIPAY_APP_ID),

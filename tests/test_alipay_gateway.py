@@ -276,9 +276,7 @@ def test_the_downloaded_bill_is_read_by_the_statement_reader(stub):
     assert (fetched.channel_id, fetched.day) == ("alipay", YESTERDAY.date())
     with read_statement("alipay-business-bill", fetched.content) as statement:
         lines = [line for batch in statement.batches(1000) for line in batch]
-    assert sorted((line.channel_txn_id, line.out_trade_no, line.amount_fen, line.status) for line in lines) == sorted(
-        [(first, "GW-A", 5000, LineStatus.PAID), (second, "GW-B", 1, LineStatus.PAID), (second, "GW-B", 1, LineStatus.REFUNDED)]
-    )
+    assert sorted((line.channel_txn_id, line.out_trade_no, line.amount_fen, line.status) for line in lines) == sorted([(first, "GW-A", 5000, LineStatus.PAID), (second, "GW-B", 1, LineStatus.PAID), (second, "GW-B", 1, LineStatus.REFUNDED)])
     assert stub.requests[-1] == ("alipay.data.dataservice.bill.downloadurl.query", {"bill_type": "trade", "bill_date": YESTERDAY.date().isoformat()})
 
 

@@ -469,9 +469,7 @@ def test_the_worker_command_refuses_bad_options_with_exit_2(tmp_path):
     assert never.exit_code == 2 and "INVALID_WORKER_OPTION" in never.output
     bad_url = CliRunner().invoke(app, ["worker", "--database-url", url, "--mqtt-url", "http://broker", "--metrics-port", "0"])
     assert bad_url.exit_code == 2 and "INVALID_MQTT_SETTING" in bad_url.output
-    bad_delays = CliRunner().invoke(
-        app, ["worker", "--database-url", url, "--mqtt-url", "mqtt://127.0.0.1:1", "--metrics-port", "0"], env={"GASWORKS_MQTT_RECONNECT_DELAY_S_MIN": "60"}
-    )
+    bad_delays = CliRunner().invoke(app, ["worker", "--database-url", url, "--mqtt-url", "mqtt://127.0.0.1:1", "--metrics-port", "0"], env={"GASWORKS_MQTT_RECONNECT_DELAY_S_MIN": "60"})
     assert bad_delays.exit_code == 2 and "INVALID_MQTT_SETTING" in bad_delays.output
 
 

@@ -30,6 +30,7 @@ def opening(i: int, kind: MeterKind = MeterKind.IOT) -> accounts.OpenAccount:
 def rows_of(system: System, account_no: str, serial: str) -> dict:
     """Everything opening an account writes, without what differs by nature (key bytes, times, ids)."""
     with system.engine.connect() as c:
+
         def one(table, column, value, drop=()):  # noqa: ANN001, ANN202
             row = c.execute(select(table).where(column == value)).mappings().first()
             return None if row is None else {k: v for k, v in row.items() if k not in drop and k not in ("account_no", "serial", "code", "subject")}

@@ -89,9 +89,7 @@ def platform(database_url: str, clock: FixedClock) -> Iterator[Platform]:
     )  # fmt: skip
     system = bootstrap(settings, clock=clock)
     set_up(system)
-    carriers.register_device(
-        CarrierDevice(SERIAL, CarrierPlatform.CTWING, DEVICE_ID, PRODUCT_ID, IMEI, DAY_S, clock.now()), system.new_uow(), actor="test", ttl_margin_s=MARGIN_S
-    )
+    carriers.register_device(CarrierDevice(SERIAL, CarrierPlatform.CTWING, DEVICE_ID, PRODUCT_ID, IMEI, DAY_S, clock.now()), system.new_uow(), actor="test", ttl_margin_s=MARGIN_S)
     meter = SimulatedMeter(SERIAL)
     meter.install_key(meter_keys.export_key(SERIAL, system.new_uow(), actor="test"))
     stub.add_device(DEVICE_ID, PRODUCT_ID, IMEI, meter)

@@ -145,8 +145,7 @@ def test_validly_signed_garbage_is_refused_as_malformed(env):
 
     body = b'{"event_type": "TRANSACTION.SUCCESS", "resource": {"algorithm": "AEAD_AES_256_GCM", "ciphertext": "AAAA", "nonce": "x"}}'
     ts = str(int(system.clock.now().timestamp()))
-    headers = {"Wechatpay-Serial": "PUB_KEY_ID_1", "Wechatpay-Timestamp": ts, "Wechatpay-Nonce": "n1",
-               "Wechatpay-Signature": sign_sha256_rsa(rsa_private_key("wechat"), signed_message(ts, "n1", body))}
+    headers = {"Wechatpay-Serial": "PUB_KEY_ID_1", "Wechatpay-Timestamp": ts, "Wechatpay-Nonce": "n1", "Wechatpay-Signature": sign_sha256_rsa(rsa_private_key("wechat"), signed_message(ts, "n1", body))}
     reply = client.post(NOTIFY_WECHAT, content=body, headers=headers)
     assert reply.status_code == 400
     assert rejections(client, auditor, "wechat") == ["DECRYPT_FAILED"]
@@ -317,8 +316,7 @@ def test_wallet_reused_nonce_is_refused(env):
 
 @pytest.mark.parametrize(
     ("body", "code"),
-    [(b"not json", "MALFORMED"), (b'{"txn_id": "x", "account_no": "4301000001", "amount_fen": 12.5}', "MALFORMED"),
-     (b'{"txn_id": "x", "account_no": "4301000001", "amount_fen": -5}', "MALFORMED"), (b"[]", "MALFORMED")],
+    [(b"not json", "MALFORMED"), (b'{"txn_id": "x", "account_no": "4301000001", "amount_fen": 12.5}', "MALFORMED"), (b'{"txn_id": "x", "account_no": "4301000001", "amount_fen": -5}', "MALFORMED"), (b"[]", "MALFORMED")],
 )
 def test_wallet_malformed_bodies_are_refused_with_a_code(env, body, code):
     system, n, client, auditor = env

@@ -236,9 +236,7 @@ def test_a_refund_the_channel_cannot_pay_is_an_alert_and_the_money_stays_in_flig
 def test_a_refund_abnormal_notification_raises_the_alert_and_moves_no_money(env):
     system, n, stub, client = env
     payment_id, txn = held_payment(system, n, stub, client)
-    headers, body = n.wechat.refund_notification(
-        out_trade_no="GWNOSUCHORDER0001", transaction_id=txn, refund_fen=5000, total_fen=5000, at=system.clock.now(), refund_status="ABNORMAL"
-    )
+    headers, body = n.wechat.refund_notification(out_trade_no="GWNOSUCHORDER0001", transaction_id=txn, refund_fen=5000, total_fen=5000, at=system.clock.now(), refund_status="ABNORMAL")
     assert client.post(NOTIFY, content=body, headers=headers).status_code == 200  # acknowledged: WeChat Pay stops
     [alert] = open_alerts(system, AlertKind.REFUND_NOT_PAID)
     assert alert.subject == f"payment:{payment_id}" and "ABNORMAL" in alert.reason

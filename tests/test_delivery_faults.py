@@ -414,7 +414,7 @@ def test_the_residents_page_on_a_leak_says_closed_for_safety_and_gives_the_hotli
 # ---- the command line, and the valve rules on their own ----------------------------------------
 
 
-@given(reasons=st.integers(0, 0x1F), credit=st.one_of(st.none(), st.integers(-10**7, 10**7)))
+@given(reasons=st.integers(0, 0x1F), credit=st.one_of(st.none(), st.integers(-(10**7), 10**7)))
 def test_a_top_up_never_clears_a_leak_or_a_hazard_stop(reasons, credit):
     from gasworks.domain.delivery import SAFETY_REASONS, ValveReason, clear_by_top_up
 

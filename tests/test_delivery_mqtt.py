@@ -35,9 +35,7 @@ class PrivateBroker:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.config = directory / "mosquitto.conf"
-        self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {directory}/\n"
-        )
+        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {directory}/\n")
         self.process: subprocess.Popen | None = None
 
     @property

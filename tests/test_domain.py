@@ -26,7 +26,7 @@ def test_yuan_text_that_is_not_an_exact_amount_is_refused(text):
         yuan_text_to_fen(text)
 
 
-@given(st.lists(st.integers(min_value=-10**9, max_value=10**9).filter(bool), min_size=1, max_size=6))
+@given(st.lists(st.integers(min_value=-(10**9), max_value=10**9).filter(bool), min_size=1, max_size=6))
 def test_a_transaction_that_does_not_sum_to_zero_is_refused(amounts):
     entries = tuple(Entry(f"prepaid:{i:010d}", a) for i, a in enumerate(amounts))
     if sum(amounts) == 0 and len(amounts) >= 2:

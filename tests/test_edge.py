@@ -34,13 +34,7 @@ def env(system):
 
 
 def refusals_counted(code: str) -> int:
-    return int(sum(
-        sample.value
-        for metric in REGISTRY.collect()
-        if metric.name == "gasworks_intake_refusals"
-        for sample in metric.samples
-        if sample.name == "gasworks_intake_refusals_total" and sample.labels["code"] == code
-    ))
+    return int(sum(sample.value for metric in REGISTRY.collect() if metric.name == "gasworks_intake_refusals" for sample in metric.samples if sample.name == "gasworks_intake_refusals_total" and sample.labels["code"] == code))
 
 
 def money_taken(system) -> dict:

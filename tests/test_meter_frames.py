@@ -60,10 +60,7 @@ def test_every_message_round_trips_through_its_frame(message):
 
 def test_write_purchase_frame_is_laid_out_as_documented():
     raw = cjt188.encode(WritePurchase("12345678901234", 7, purchase_seq=3, volume_litres=33_444))
-    assert raw.hex(" ") == (
-        "fe fe 68 30 34 12 90 78 56 34 12 04 0b 13 a0 07 03 00 00 00 44 34 03 00 "
-        + f"{cjt188.checksum(raw[2:-2]):02x} 16"
-    )
+    assert raw.hex(" ") == ("fe fe 68 30 34 12 90 78 56 34 12 04 0b 13 a0 07 03 00 00 00 44 34 03 00 " + f"{cjt188.checksum(raw[2:-2]):02x} 16")
     assert raw[2] == 0x68 and raw[-1] == 0x16
 
 

@@ -114,9 +114,7 @@ def test_a_volume_meters_purchase_is_litres_with_a_four_byte_bcd_serial():
 PYTHON_CJT188_READ_90_1F = bytes.fromhex("68 10 12 00 00 00 00 00 00 01 03 90 1F 00 3D 16".replace(" ", ""))
 # The same tool's decoder self-test: a water meter's 0x901F reply in the standard layout (unit byte
 # 0x2C after each 4-byte BCD value, 7-byte clock, 2-byte ST), after three FE.
-PYTHON_CJT188_REPLY = bytes.fromhex(
-    "FE FE FE 68 10 12 00 00 00 00 00 00 81 16 90 1F 00 10 00 10 00 2C 10 00 10 00 2C 00 00 00 00 00 00 00 00 FF 67 16".replace(" ", "")
-)
+PYTHON_CJT188_REPLY = bytes.fromhex("FE FE FE 68 10 12 00 00 00 00 00 00 81 16 90 1F 00 10 00 10 00 2C 10 00 10 00 2C 00 00 00 00 00 00 00 00 FF 67 16".replace(" ", ""))
 
 
 def test_a_published_read_request_is_refused_as_a_water_meter_and_read_in_its_dialect_as_a_gas_meter():

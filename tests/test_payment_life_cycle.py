@@ -199,12 +199,7 @@ def test_a_requested_refund_is_confirmed_by_the_refund_line_in_the_channels_stat
     day = system.clock.now().date()
     held = pay(system, "WO-R-1", 4_000, account_no="9999999999")
     holds.decide_hold(held.payment_id, holds.HoldDecision.REFUND, reason="no such customer", uow=system.new_uow(), actor="op")
-    raw = (
-        "txn_id,account_no,amount_fen,paid_at,status\n"
-        f"WO-R-1,9999999999,4000,{day.isoformat()}T16:00:00+08:00,SUCCESS\n"
-        f"WO-R-1,9999999999,4000,{day.isoformat()}T16:30:00+08:00,REFUND\n"
-        "# total,2,4000\n"
-    ).encode()
+    raw = (f"txn_id,account_no,amount_fen,paid_at,status\nWO-R-1,9999999999,4000,{day.isoformat()}T16:00:00+08:00,SUCCESS\nWO-R-1,9999999999,4000,{day.isoformat()}T16:30:00+08:00,REFUND\n# total,2,4000\n").encode()
     imported = reconciliation.import_statement(channel_id="wo-wallet", statement_date=day, filename="s.csv", raw=raw, uow=system.new_uow(), actor="test")
     report = reconciliation.reconcile(file_id=imported.file_id, uow_factory=system.new_uow, actor="test")
     (confirmed,) = [d for d in report.discrepancies if d.payment_id == held.payment_id]

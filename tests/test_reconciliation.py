@@ -18,9 +18,7 @@ def reconcile_all(system, files):
     reports = []
     for path in files:
         channel_id, day = path.stem.rsplit("-", 3)[0], path.stem[-10:]
-        imported = reconciliation.import_statement(
-            channel_id=channel_id, statement_date=date.fromisoformat(day), filename=path.name, raw=path.read_bytes(), uow=system.new_uow(), actor="test"
-        )
+        imported = reconciliation.import_statement(channel_id=channel_id, statement_date=date.fromisoformat(day), filename=path.name, raw=path.read_bytes(), uow=system.new_uow(), actor="test")
         reports.append(reconciliation.reconcile(file_id=imported.file_id, uow_factory=system.new_uow, actor="test"))
     return reports
 

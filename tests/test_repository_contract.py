@@ -291,6 +291,7 @@ def test_an_order_is_paid_once_and_open_ones_are_found_in_their_window(new_uow):
 
 def test_commands_come_in_the_order_they_must_reach_the_meter(new_uow):
     with new_uow() as uow:
+
         def credit(seq: int, serial: str = SERIAL, route: MeterKind = MeterKind.IOT):
             return credit_order(meter_serial=serial, account_no=ACCOUNT, route=route, payment_id=f"pay_{seq}", purchase_seq=seq, volume_litres=10 * seq, cost_fen=100 * seq, at=START, ttl_s=3600)
 
@@ -411,7 +412,6 @@ def test_every_fake_has_its_ports_methods_with_the_same_parameters(clock):
             wanted = inspect.signature(getattr(port, method)).parameters
             got = inspect.signature(getattr(fake, method)).parameters
             assert [(p.name, p.kind, p.default) for p in list(wanted.values())[1:]] == [(p.name, p.kind, p.default) for p in got.values()], f"{name}.{method}"
-
 
 
 # ---- the rest of the money path's repositories -----------------------------------------------------------

@@ -41,9 +41,7 @@ def test_money_in_equals_money_converted_plus_money_left_to_the_fen(tiers, amoun
 
 @given(tier_lists, st.integers(min_value=0, max_value=10**8), st.integers(min_value=0, max_value=10**6), st.integers(min_value=0, max_value=3_000_000))
 def test_more_money_never_buys_less_gas(tiers, amount_fen, more_fen, bought):
-    assert convert(amount_fen, tiers=tiers, litres_bought_this_year=bought).litres <= convert(
-        amount_fen + more_fen, tiers=tiers, litres_bought_this_year=bought
-    ).litres
+    assert convert(amount_fen, tiers=tiers, litres_bought_this_year=bought).litres <= convert(amount_fen + more_fen, tiers=tiers, litres_bought_this_year=bought).litres
 
 
 def test_a_purchase_that_crosses_a_tier_boundary_is_split_at_it():

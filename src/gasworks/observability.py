@@ -30,16 +30,12 @@ meter_frames_refused = Counter(
 )
 meter_commands_sent = Counter("gasworks_meter_commands_sent_total", "Frames published to meters, resends included.", ["kind"])
 purchases_applied = Counter("gasworks_purchases_applied_total", "Credit orders the meter (or card) has applied.", ["route"])
-deliveries_open = Gauge(
-    "gasworks_deliveries_open", "Meter commands not yet applied, by route and state (set by the watchdog).", ["route", "state"]
-)
+deliveries_open = Gauge("gasworks_deliveries_open", "Meter commands not yet applied, by route and state (set by the watchdog).", ["route", "state"])
 alerts_open = Gauge("gasworks_alerts_open", "Open alerts by kind (set by the watchdog).", ["kind"])
 meters_by_link_state = Gauge("gasworks_iot_meters", "IoT meters by link state: online, offline, unknown.", ["state"])
 
 mqtt_connected = Gauge("gasworks_mqtt_connected", "1 while this process's worker transport is connected to the broker.")
-mqtt_connection_attempts = Counter(
-    "gasworks_mqtt_connection_attempts_total", "Connection attempts to the broker by outcome: connected, refused, failed.", ["outcome"]
-)
+mqtt_connection_attempts = Counter("gasworks_mqtt_connection_attempts_total", "Connection attempts to the broker by outcome: connected, refused, failed.", ["outcome"])
 mqtt_disconnects = Counter("gasworks_mqtt_disconnects_total", "Connections to the broker lost (not counting our own stop).")
 mqtt_uplinks_received = Counter("gasworks_mqtt_uplinks_received_total", "Uplink frames this process's share of the broker handed it.")
 mqtt_downlinks_in_flight = Gauge("gasworks_mqtt_downlinks_in_flight", "Downlinks handed to the broker and not yet acknowledged (the in-flight window).")
@@ -73,6 +69,8 @@ def configure_logging(*, json: bool = False, level: int = logging.INFO) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
+
+
 carrier_pushes = Counter(
     "gasworks_carrier_pushes_total",
     "Pushes from carrier platforms by outcome: TAKEN, DUPLICATE (a retry, nothing done again) or the refusal's code",

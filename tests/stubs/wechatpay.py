@@ -131,9 +131,7 @@ class WechatPayStub:
                     amount = body["amount"]
                     if amount["total"] != paid["amount"]["total"] or amount["refund"] > amount["total"]:
                         return self._answer(400, {"code": "PARAM_ERROR", "message": "金额不正确"})
-                    existing = self.refunds[no] = StubRefund(
-                        no, "50300" + secrets.token_hex(10), paid["transaction_id"], paid["out_trade_no"], amount["refund"], amount["total"], self.refund_status_on_create
-                    )
+                    existing = self.refunds[no] = StubRefund(no, "50300" + secrets.token_hex(10), paid["transaction_id"], paid["out_trade_no"], amount["refund"], amount["total"], self.refund_status_on_create)
             return self._answer(200, self._refund_json(existing))
 
         @app.get("/v3/refund/domestic/refunds/{out_refund_no}")

@@ -28,9 +28,7 @@ class CustomerClass(StrEnum):
 
 def check_account_no(account_no: str) -> str:
     if not isinstance(account_no, str) or not _ACCOUNT_NO.match(account_no):
-        raise InvalidInput(
-            f"account number must be 10 to 12 digits, got {account_no!r}", code="INVALID_ACCOUNT_NO"
-        )
+        raise InvalidInput(f"account number must be 10 to 12 digits, got {account_no!r}", code="INVALID_ACCOUNT_NO")
     return account_no
 
 

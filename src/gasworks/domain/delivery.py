@@ -291,9 +291,7 @@ class CommandState(StrEnum):
 
 
 _LEGAL: dict[CommandState, frozenset[CommandState]] = {
-    CommandState.PENDING: frozenset(
-        {CommandState.SENT, CommandState.WRITTEN_TO_CARD, CommandState.APPLIED, CommandState.EXPIRED, CommandState.CANCELLED}
-    ),
+    CommandState.PENDING: frozenset({CommandState.SENT, CommandState.WRITTEN_TO_CARD, CommandState.APPLIED, CommandState.EXPIRED, CommandState.CANCELLED}),
     CommandState.SENT: frozenset({CommandState.SENT, CommandState.DELIVERED, CommandState.APPLIED, CommandState.FAILED, CommandState.EXPIRED}),
     # Delivered to the meter's module by a carrier platform; a later report without its serial sends it again.
     CommandState.DELIVERED: frozenset({CommandState.APPLIED, CommandState.SENT}),

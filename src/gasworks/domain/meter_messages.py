@@ -118,14 +118,4 @@ class CommandRefused:
     error: MeterErrorCode
 
 
-MeterMessage = (
-    CurrentData
-    | ReadCurrentData
-    | WritePurchase
-    | PurchaseAck
-    | SetValve
-    | ValveAck
-    | ReadPurchaseRecord
-    | PurchaseRecord
-    | CommandRefused
-)
+MeterMessage = CurrentData | ReadCurrentData | WritePurchase | PurchaseAck | SetValve | ValveAck | ReadPurchaseRecord | PurchaseRecord | CommandRefused

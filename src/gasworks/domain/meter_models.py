@@ -78,9 +78,7 @@ class MeterModel:
         if self.purchase_seq_bytes not in PURCHASE_SEQ_WIDTHS:
             raise InvalidInput("a purchase serial is 1 byte (wraps at 255) or 4 BCD bytes", code="INVALID_SERIAL_WIDTH")
         if not REPORT_INTERVAL_S_MIN <= self.report_interval_s <= REPORT_INTERVAL_S_MAX:
-            raise InvalidInput(
-                f"report interval {self.report_interval_s} s outside {REPORT_INTERVAL_S_MIN}-{REPORT_INTERVAL_S_MAX} s", code="INVALID_REPORT_INTERVAL"
-            )
+            raise InvalidInput(f"report interval {self.report_interval_s} s outside {REPORT_INTERVAL_S_MIN}-{REPORT_INTERVAL_S_MAX} s", code="INVALID_REPORT_INTERVAL")
         if len(self.description) > DESCRIPTION_CHARS_MAX:
             raise InvalidInput(f"a description is at most {DESCRIPTION_CHARS_MAX} characters", code="DESCRIPTION_TOO_LONG")
         for value, kind in ((self.mac_scheme, MacScheme), (self.di_byte_order, DiByteOrder), (self.credit_unit, CreditUnit)):

@@ -125,9 +125,7 @@ def confirm_card_write(write: CardWrite, uow: UnitOfWork, *, actor: str) -> tupl
         if order.state != CommandState.PENDING:
             raise Conflict(f"purchase #{write.purchase_seq} is {order.state}: an operator must reissue it first", code="ORDER_NOT_WRITABLE")
         if write.purchase_seq != link.card_purchase_seq + 1:
-            raise Conflict(
-                f"the card holds purchase #{link.card_purchase_seq}; #{link.card_purchase_seq + 1} must be written first", code="CARD_WRITE_OUT_OF_ORDER"
-            )
+            raise Conflict(f"the card holds purchase #{link.card_purchase_seq}; #{link.card_purchase_seq + 1} must be written first", code="CARD_WRITE_OUT_OF_ORDER")
         order.move_to(CommandState.WRITTEN_TO_CARD, now, f"written to card {write.card_no} by {actor}; insert the card in the meter")
         link.card_purchase_seq = write.purchase_seq
         uow.meter_commands.save(order, now)

@@ -95,9 +95,7 @@ def add_key(*, channel_id: str, purpose: KeyPurpose, key_id: str, material: str,
         if any(k.key_id == key_id and k.purpose == purpose for k in channel.keys):
             raise Conflict(f"key {key_id} already exists on {channel_id}", code="KEY_EXISTS")
         if len(channel.active_keys(purpose)) >= 2:
-            raise Conflict(
-                f"{channel_id} already has two active {purpose.value} keys; retire one first", code="TOO_MANY_KEYS"
-            )
+            raise Conflict(f"{channel_id} already has two active {purpose.value} keys; retire one first", code="TOO_MANY_KEYS")
         now = uow.clock.now()
         uow.channels.add_key(ChannelKey(channel_id, key_id, purpose, material, KeyStatus.ACTIVE, now))
         uow.audit.append(at=now, actor=actor, action="channel.key.add", subject=f"channel:{channel_id}", detail={"key_id": key_id, "purpose": purpose.value})
@@ -132,4 +130,3 @@ def require_channel(uow: UnitOfWork, channel_id: str) -> Channel:
     if channel is None:
         raise NotFound(f"no channel {channel_id[:40]!r}", code="CHANNEL_NOT_FOUND")
     return channel
-

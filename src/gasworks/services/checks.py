@@ -76,10 +76,7 @@ def _meters_believed_no_further_than_issued(uow: UnitOfWork) -> list[LedgerCheck
         LedgerCheckFinding("PURCHASE_APPLIED_WITHOUT_PROOF", f"meter:{serial}", f"purchase #{seq} is applied; the meter has applied #{applied}, highest issued #{issued}")
         for serial, seq, applied, issued in uow.meter_commands.applied_without_proof(FINDINGS_MAX)
     ]
-    findings += [
-        LedgerCheckFinding("METER_APPLIED_BEYOND_ISSUED", f"meter:{serial}", f"meter stands at purchase #{applied}; highest issued #{issued}")
-        for serial, applied, issued in uow.meters.claimed_beyond_issued(FINDINGS_MAX)
-    ]
+    findings += [LedgerCheckFinding("METER_APPLIED_BEYOND_ISSUED", f"meter:{serial}", f"meter stands at purchase #{applied}; highest issued #{issued}") for serial, applied, issued in uow.meters.claimed_beyond_issued(FINDINGS_MAX)]
     findings += [
         LedgerCheckFinding(AlertKind.METER_CLAIMS_UNISSUED.value, alert.subject, f"{alert.reason} (alert {alert.id}, open since {alert.raised_at:%Y-%m-%d %H:%M} UTC)")
         for alert in uow.alerts.open_of_kind(AlertKind.METER_CLAIMS_UNISSUED, FINDINGS_MAX)

@@ -250,9 +250,7 @@ class _Taken:
     rewound_ids: frozenset[int | None] = frozenset()  # in flight, given a fresh allowance of sends by a new wake: saved too
 
 
-def _apply_message(
-    message: MeterMessage, link: MeterLink, commands: list[MeterCommand], uow: UnitOfWork, policy: DeliveryPolicy, now: datetime, *, counter: int | None = None
-) -> _Taken:
+def _apply_message(message: MeterMessage, link: MeterLink, commands: list[MeterCommand], uow: UnitOfWork, policy: DeliveryPolicy, now: datetime, *, counter: int | None = None) -> _Taken:
     settled: list[MeterCommand] = []
     rewound_ids: frozenset[int | None] = frozenset()
     match message:
@@ -823,8 +821,7 @@ def set_meter(serial: str, uow: UnitOfWork, *, actor: str, model: str | None = N
             security = uow.meter_keys.get_security(serial, lock=True)
             if security is not None and security.profile.mac_scheme != found.mac_scheme:
                 raise Conflict(
-                    f"meter {serial} is keyed for {security.profile.mac_scheme}; model {found.name} uses {found.mac_scheme}: "
-                    "a meter does not change its MAC scheme by a setting",
+                    f"meter {serial} is keyed for {security.profile.mac_scheme}; model {found.name} uses {found.mac_scheme}: a meter does not change its MAC scheme by a setting",
                     code="MODEL_CHANGES_MAC_SCHEME",
                 )
             link.model, link.seq_modulus, link.reopen_needs_button = found.name, found.seq_modulus, found.reopen_needs_button

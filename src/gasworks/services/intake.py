@@ -67,9 +67,7 @@ def forget_old_nonces(uow: UnitOfWork, *, skew_s: int) -> int:
         return forgotten
 
 
-def accept_payment(
-    notice: PaymentNotice, uow: UnitOfWork, *, ceiling: PaymentCeiling | None = None, refuse_above_ceiling: bool = False, audit: AuditNote | None = None
-) -> Acceptance:
+def accept_payment(notice: PaymentNotice, uow: UnitOfWork, *, ceiling: PaymentCeiling | None = None, refuse_above_ceiling: bool = False, audit: AuditNote | None = None) -> Acceptance:
     """Books or holds one payment. Above the ceiling, a synchronous channel (the money is still in
     the resident's hand or wallet: `refuse_above_ceiling`) is refused and nothing is booked; money a
     channel already took is held in suspense. The ceiling is the unit of work's (configured once)

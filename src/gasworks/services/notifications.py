@@ -47,9 +47,7 @@ def take_channel_payment(
     return accept_payment(notice, uow, ceiling=ceiling, refuse_above_ceiling=not channel.kind.uses_merchant_orders)
 
 
-def look_up_account_for_channel(
-    channel: Channel, account_no: str, request: InboundRequest, new_uow: Callable[[], UnitOfWork], *, skew_s: int
-) -> AccountView:
+def look_up_account_for_channel(channel: Channel, account_no: str, request: InboundRequest, new_uow: Callable[[], UnitOfWork], *, skew_s: int) -> AccountView:
     """The bill-payment query: signed like a payment, answered with masked details only."""
     if channel.kind != ChannelKind.WALLET_HMAC:
         raise IntakeRefused(f"a {channel.kind.value} channel does not query accounts", code="WRONG_ENDPOINT")

@@ -146,9 +146,7 @@ def advance_refunds(uow_factory: Callable[[], UnitOfWork], gateway_for: GatewayF
     return report
 
 
-def _advance_refund(
-    payment: Payment, holds_fen: int, step: str, gateway: ChannelGateway, uow_factory: Callable[[], UnitOfWork], policy: OutboundPolicy, report: PassReport
-) -> None:
+def _advance_refund(payment: Payment, holds_fen: int, step: str, gateway: ChannelGateway, uow_factory: Callable[[], UnitOfWork], policy: OutboundPolicy, report: PassReport) -> None:
     refund_no = refund_number(payment)
     requested = payment.last_event(PaymentState.REFUND_REQUESTED)
     reason = (requested.note if requested else "") or "refund"

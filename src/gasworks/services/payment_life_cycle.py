@@ -43,8 +43,17 @@ def already_decided(payment: Payment, wanted: PaymentState) -> IllegalTransition
 
 
 def settle(
-    uow: UnitOfWork, payment: Payment, state: PaymentState, *, at: datetime, note: str, actor: str, action: str, detail: dict[str, Any],
-    amount_fen: int | None = None, account_no: str | None = None,
+    uow: UnitOfWork,
+    payment: Payment,
+    state: PaymentState,
+    *,
+    at: datetime,
+    note: str,
+    actor: str,
+    action: str,
+    detail: dict[str, Any],
+    amount_fen: int | None = None,
+    account_no: str | None = None,
 ) -> int:
     """Moves `payment` to `state` with its one ledger transaction and an audit record; returns the
     ledger transaction's id. `amount_fen` defaults to what the payment's own transactions brought

@@ -167,9 +167,7 @@ def _report(uow: UnitOfWork, run: dict[str, Any], *, new: bool) -> RunReport:
     return RunReport(run["id"], run["channel_id"], run["statement_date"], run["verdict"], run["matched"], run["totals"], found, new)
 
 
-def _book_from_statement(
-    d: Discrepancy, names: tuple[str | None, str | None], channel: Channel, uow_factory: Callable[[], UnitOfWork], file_id: int, actor: str
-) -> None:
+def _book_from_statement(d: Discrepancy, names: tuple[str | None, str | None], channel: Channel, uow_factory: Callable[[], UnitOfWork], file_id: int, actor: str) -> None:
     """The repair for a lost notification: the statement line becomes the notification."""
     out_trade_no, account_no = names
     assert d.channel_txn_id is not None and d.statement_amount_fen is not None

@@ -29,9 +29,7 @@ class OrderQuery(Protocol):
         ...
 
 
-def recover_unnotified_orders(
-    uow_factory: Callable[[], UnitOfWork], channel_id: str, query: OrderQuery, *, limit: int, actor: str = "order-query"
-) -> int:
+def recover_unnotified_orders(uow_factory: Callable[[], UnitOfWork], channel_id: str, query: OrderQuery, *, limit: int, actor: str = "order-query") -> int:
     """Book every order the channel says is paid but never notified. Returns how many were booked now."""
     with uow_factory() as uow:
         now = uow.clock.now()

@@ -217,9 +217,7 @@ def forge_wallet_conflicting_txn_id(ctx: ForgeryContext) -> Forged:
     original = ctx.honest_wallet_payment()
     first = json.loads(original.body)
     first_answer = json.loads(original.reply)
-    sent = ctx.api.until_answered(
-        lambda: _signed_wallet(ctx, txn_id=first["txn_id"], account_no=first["account_no"], amount_fen=first["amount_fen"] + 1)
-    )
+    sent = ctx.api.until_answered(lambda: _signed_wallet(ctx, txn_id=first["txn_id"], account_no=first["account_no"], amount_fen=first["amount_fen"] + 1))
     # Refused outright (409), or answered with the first payment: either way nothing more is booked.
     same_answer = sent.status == 200 and json.loads(sent.reply).get("payment_id") == first_answer.get("payment_id")
     return Forged("wallet_conflicting_txn_id", _refused(sent.status) or same_answer, leaves_any(first["txn_id"]))

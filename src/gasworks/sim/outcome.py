@@ -145,10 +145,7 @@ def time_without_gas(outcome: SimOutcome) -> list[GasLine]:
     for kind, model, span in outcome.gas_off_spells:
         spells[(kind, model)].append(span)
     still = Counter((kind, model) for kind, model, _ in outcome.still_without_gas)
-    return [
-        _gas_line(kind, model, f"valve closed → gas again ({still[(kind, model)]} still without gas at the end)", spans)
-        for (kind, model), spans in sorted(spells.items())
-    ]
+    return [_gas_line(kind, model, f"valve closed → gas again ({still[(kind, model)]} still without gas at the end)", spans) for (kind, model), spans in sorted(spells.items())]
 
 
 def payment_to_gas(sim: Simulation, outcome: SimOutcome, facts: list[dict]) -> tuple[list[GasLine], GasLine]:
@@ -182,10 +179,7 @@ def payment_to_gas(sim: Simulation, outcome: SimOutcome, facts: list[dict]) -> t
         if how == PAID_THEN_PRESSED:
             pressed_all.append(took)
             pressed_within += f["applied_at"] - press <= BUTTON_GOAL  # type: ignore[operator]
-    lines = [
-        _gas_line(kind, model, how, spans, within[(kind, model, how)] if how in (PAID_THEN_PRESSED, PRESSED_LATER) else None)
-        for (kind, model, how), spans in sorted(groups.items())
-    ]
+    lines = [_gas_line(kind, model, how, spans, within[(kind, model, how)] if how in (PAID_THEN_PRESSED, PRESSED_LATER) else None) for (kind, model, how), spans in sorted(groups.items())]
     return lines, _gas_line("iot", "all models", PAID_THEN_PRESSED, pressed_all, pressed_within)
 
 
@@ -213,10 +207,7 @@ def summarise(sim: Simulation, outcome: SimOutcome, *, hotline: str) -> Report:
             line["never_reached_fen"] += c.amount_fen
     for f in facts:
         by_channel[f["channel_id"]]["booked" if f["state"] == PaymentState.BOOKED else "held"] += 1
-    channels = [
-        ChannelLine(ch, n["collected"], n["collected_fen"], n["booked"], n["held"], n["never_reached"], n["never_reached_fen"])
-        for ch, n in sorted(by_channel.items())
-    ]
+    channels = [ChannelLine(ch, n["collected"], n["collected_fen"], n["booked"], n["held"], n["never_reached"], n["never_reached_fen"]) for ch, n in sorted(by_channel.items())]
 
     iot_applied, card_written, card_applied = [], [], []
     for f in facts:
@@ -267,7 +258,8 @@ def summarise(sim: Simulation, outcome: SimOutcome, *, hotline: str) -> Report:
     faults = [
         FaultLine("notification lost", injected["notification lost"], f"{outcome.recovered_by_query} booked by asking the channel (lost, and late past 10 min)"),
         FaultLine(
-            "wallet success before booking (request lost)", injected["wallet success before booking (request lost)"],
+            "wallet success before booking (request lost)",
+            injected["wallet success before booking (request lost)"],
             "never reached gasworks: listed as stuck, for statement reconciliation",
         ),  # fmt: skip
         FaultLine("notification duplicated", injected["notification duplicated"], f"booked once each ({doubled} booked twice)"),

@@ -224,13 +224,9 @@ def judge(s: Snapshot) -> dict[str, list[str]]:
         f"meter {serial} applied #{seq} ({litres} L)" for serial, done in s.applied_before.items() for seq, litres in done
         if (serial, seq) not in s.orders or s.orders[(serial, seq)].volume_litres != litres
     ]  # fmt: skip
-    found["nothing shown applied that the meter has not applied"] = [
-        f"meter {serial} #{seq} shown applied" for (serial, seq), o in s.orders.items() if o.state == "applied" and (serial, seq) not in at_meters
-    ]
+    found["nothing shown applied that the meter has not applied"] = [f"meter {serial} #{seq} shown applied" for (serial, seq), o in s.orders.items() if o.state == "applied" and (serial, seq) not in at_meters]
     found["every forgery refused"] = [f"{f.kind} was not refused" for f in s.forged if not _refused(f, s.rejections)]
-    found["every forgery recorded (injected = rejections)"] = [
-        f"{f.kind} left no rejection record" for f in s.forged if FORGERIES[f.kind].recorded_today and not f.recorded_in(s.rejections)
-    ]
+    found["every forgery recorded (injected = rejections)"] = [f"{f.kind} left no rejection record" for f in s.forged if FORGERIES[f.kind].recorded_today and not f.recorded_in(s.rejections)]
     unbooked = list(s.honest_refused)
     if s.final:
         unbooked += [f"{k} sent, never answered" for k in s.sent if k not in s.answered]
@@ -312,12 +308,7 @@ class Soak:
         }  # fmt: skip
         self.serve = GasworksProcess("gasworks serve", ["serve", "--no-worker", "--port", str(self.api_port)], gasworks_env(**common), self.directory / "serve.log")
         self.serve.ready_port = self.api_port
-        self.workers = [
-            GasworksProcess(
-                f"gasworks worker {i}", ["worker"], gasworks_env(**common, mqtt_client_id=f"soak-worker-{i}", worker_metrics_port=str(free_port())), self.directory / f"worker-{i}.log"
-            )
-            for i in range(1, WORKERS + 1)
-        ]
+        self.workers = [GasworksProcess(f"gasworks worker {i}", ["worker"], gasworks_env(**common, mqtt_client_id=f"soak-worker-{i}", worker_metrics_port=str(free_port())), self.directory / f"worker-{i}.log") for i in range(1, WORKERS + 1)]
         self.processes = [self.serve, *self.workers]
         self.say(f"starting gasworks serve and {WORKERS} gasworks workers")
         for p in self.processes:
@@ -559,9 +550,7 @@ class Soak:
             time.sleep(0.1)
         while time.monotonic() < deadline:
             with self.audit_engine.connect() as c:
-                open_ = c.execute(
-                    select(t.meter_commands.c.id).where(t.meter_commands.c.kind == "credit", t.meter_commands.c.state != "applied").limit(1)
-                ).first()
+                open_ = c.execute(select(t.meter_commands.c.id).where(t.meter_commands.c.kind == "credit", t.meter_commands.c.state != "applied").limit(1)).first()
             if open_ is None:
                 return
             time.sleep(0.2)
@@ -610,10 +599,7 @@ class Soak:
         ledger = check_ledger(self.audit.new_uow())
         with self.audit_engine.connect() as c, c.begin():
             payments = c.execute(select(t.payments.c.channel_id, t.payments.c.channel_txn_id, t.payments.c.amount_fen, t.payments.c.state, t.payments.c.id)).all()
-            orders = c.execute(
-                select(t.meter_commands.c.meter_serial, t.meter_commands.c.purchase_seq, t.meter_commands.c.volume_litres, t.meter_commands.c.state)
-                .where(t.meter_commands.c.kind == "credit")
-            ).all()
+            orders = c.execute(select(t.meter_commands.c.meter_serial, t.meter_commands.c.purchase_seq, t.meter_commands.c.volume_litres, t.meter_commands.c.state).where(t.meter_commands.c.kind == "credit")).all()
             rejections = [dict(r._mapping) for r in c.execute(select(t.intake_rejections.c.channel_id, t.intake_rejections.c.code, t.intake_rejections.c.request_summary))]
         snapshot = Snapshot(
             sent=sent, answered=answered, honest_refused=refused, forged=forged, ledger_findings=[f"{f.code} {f.subject}: {f.detail}" for f in ledger.findings],

@@ -177,8 +177,17 @@ QUIET_S = 0.05  # over MQTT, this long without a frame means the meters and the 
 
 class Simulation:
     def __init__(
-        self, system: System, city: City, *, faults: FaultRates, start: datetime, mqtt_url: str | None = None,
-        fleet_mqtt_url: str | None = None, mqtt_topic_prefix: str | None = None, habits: GasOffHabits | None = None, ctwing_share: float = 0.0,
+        self,
+        system: System,
+        city: City,
+        *,
+        faults: FaultRates,
+        start: datetime,
+        mqtt_url: str | None = None,
+        fleet_mqtt_url: str | None = None,
+        mqtt_topic_prefix: str | None = None,
+        habits: GasOffHabits | None = None,
+        ctwing_share: float = 0.0,
     ) -> None:
         """`mqtt_url` is gasworks' (the worker's) connection; on a closed broker the simulated meters
         speak through `fleet_mqtt_url` (the `fleet` user) under the broker's `mqtt_topic_prefix`."""
@@ -258,10 +267,7 @@ class Simulation:
         self.wechat = WechatPayV3Notifier(platform_private_key_pem=self.wechat_key, serial="PUB_KEY_ID_SIM", apiv3_key=APIV3_KEY, mchid=WECHAT_MCHID)
         self.alipay = AlipayNotifier(alipay_private_key_pem=self.alipay_key, app_id=ALIPAY_APP_ID)
         self.wallet = WalletClient(key_id="wo-sim", secret=WALLET_SECRET)
-        self.device = {
-            ch: {"Authorization": f"Bearer {access.create_api_key(name=f'sim-{ch}', role=Role.DEVICE, channel_id=ch, uow=new_uow(), actor=actor)[1]}"}
-            for ch in ("kiosk", "counter")
-        }
+        self.device = {ch: {"Authorization": f"Bearer {access.create_api_key(name=f'sim-{ch}', role=Role.DEVICE, channel_id=ch, uow=new_uow(), actor=actor)[1]}"} for ch in ("kiosk", "counter")}
         self.operator = {"Authorization": f"Bearer {access.create_api_key(name='sim-operator', role=Role.OPERATOR, channel_id=None, uow=new_uow(), actor=actor)[1]}"}
         for community in self.city.kiosks:
             kiosks.add_kiosk(
@@ -561,7 +567,6 @@ class Simulation:
                 return PaymentNotice(channel_id, c.channel_txn_id, c.amount_fen, c.paid_at, out_trade_no=out_trade_no)
         return None
 
-
     # ---- card meters at kiosks ---------------------------------------------------------------
 
     def _plan_card_trip(self, h: Household, when: datetime, *, pay_there: bool) -> None:
@@ -639,9 +644,7 @@ class Simulation:
             household = self.by_account[command.account_no]
             self.outcome.truth_checks += 1
             if (command.purchase_seq or 0) > household.meter.applied_seq:
-                self.outcome.truth_violations.append(
-                    f"purchase #{command.purchase_seq} of meter {household.serial} shown applied; the meter has applied #{household.meter.applied_seq}"
-                )
+                self.outcome.truth_violations.append(f"purchase #{command.purchase_seq} of meter {household.serial} shown applied; the meter has applied #{household.meter.applied_seq}")
         # Applied is final and a meter never un-applies: each order is checked once, soon after it was applied.
         self._truth_checked_until = now
 

@@ -62,7 +62,11 @@ def parse_form(body: bytes) -> tuple[dict[str, str], str]:
     charset = declared[0]
     try:
         pairs = urllib.parse.parse_qsl(
-            raw, keep_blank_values=True, strict_parsing=True, encoding=codec_of(charset), errors="strict",
+            raw,
+            keep_blank_values=True,
+            strict_parsing=True,
+            encoding=codec_of(charset),
+            errors="strict",
             max_num_fields=PARAMETERS_MAX,
         )
     except (ValueError, UnicodeDecodeError) as error:

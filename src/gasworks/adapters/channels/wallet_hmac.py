@@ -117,10 +117,6 @@ class WalletClient:
             "X-Gasworks-Signature": signature(self.secret, canonical_string(method, path, timestamp, nonce, body)),
         }
 
-    def payment(
-        self, *, path: str, txn_id: str, account_no: str, amount_fen: int, at: datetime, nonce: str | None = None, paid_at: datetime | None = None
-    ) -> tuple[dict[str, str], bytes]:
-        body = json.dumps(
-            {"txn_id": txn_id, "account_no": account_no, "amount_fen": amount_fen, "paid_at": (paid_at or at).isoformat()}
-        ).encode()
+    def payment(self, *, path: str, txn_id: str, account_no: str, amount_fen: int, at: datetime, nonce: str | None = None, paid_at: datetime | None = None) -> tuple[dict[str, str], bytes]:
+        body = json.dumps({"txn_id": txn_id, "account_no": account_no, "amount_fen": amount_fen, "paid_at": (paid_at or at).isoformat()}).encode()
         return self.signed_headers("POST", path, body, at, nonce), body

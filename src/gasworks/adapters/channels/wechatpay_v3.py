@@ -60,9 +60,7 @@ def decode_notification(channel: Channel, request: InboundRequest, now: datetime
         )
     transaction = _json_object(_decrypt_resource(channel, envelope.get("resource")), "decrypted resource")
     if channel.merchant_id and transaction.get("mchid") != channel.merchant_id:
-        raise IntakeRefused(
-            f"mchid {str(transaction.get('mchid'))[:32]!r} is not this channel's merchant", code="MERCHANT_MISMATCH"
-        )
+        raise IntakeRefused(f"mchid {str(transaction.get('mchid'))[:32]!r} is not this channel's merchant", code="MERCHANT_MISMATCH")
     if transaction.get("trade_state") != "SUCCESS":
         raise IntakeRefused(
             f"trade_state {str(transaction.get('trade_state'))[:20]!r}; acknowledged, nothing booked",
@@ -199,9 +197,7 @@ class WechatPayV3Notifier:
         }
         return self._signed(event_type, "transaction", "支付成功", transaction, at=at, nonce=nonce)
 
-    def refund_notification(
-        self, *, out_trade_no: str, transaction_id: str, refund_fen: int, total_fen: int, at: datetime, refund_status: str = "SUCCESS", nonce: str | None = None
-    ) -> tuple[dict[str, str], bytes]:
+    def refund_notification(self, *, out_trade_no: str, transaction_id: str, refund_fen: int, total_fen: int, at: datetime, refund_status: str = "SUCCESS", nonce: str | None = None) -> tuple[dict[str, str], bytes]:
         refund = {
             "mchid": self.mchid,
             "out_trade_no": out_trade_no,
@@ -218,9 +214,7 @@ class WechatPayV3Notifier:
 
     def _signed(self, event_type: str, original_type: str, summary: str, resource: dict, *, at: datetime, nonce: str | None) -> tuple[dict[str, str], bytes]:
         resource_nonce = secrets.token_hex(6)
-        ciphertext = AESGCM(self.apiv3_key.encode()).encrypt(
-            resource_nonce.encode(), json.dumps(resource, ensure_ascii=False).encode(), original_type.encode()
-        )
+        ciphertext = AESGCM(self.apiv3_key.encode()).encrypt(resource_nonce.encode(), json.dumps(resource, ensure_ascii=False).encode(), original_type.encode())
         body = json.dumps(
             {
                 "id": secrets.token_hex(16),

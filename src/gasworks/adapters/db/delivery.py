@@ -96,11 +96,7 @@ class Meters:
         self.c.execute(update(t.meters).where(t.meters.c.serial == link.serial).values(**values))
 
     def silent_since(self, cutoff: datetime, limit: int) -> list[str]:
-        rows = self.c.execute(
-            select(t.meters.c.serial)
-            .where(t.meters.c.kind == MeterKind.IOT.value, t.meters.c.link_state == LinkState.ONLINE.value, t.meters.c.last_report_at < cutoff)
-            .limit(limit)
-        )
+        rows = self.c.execute(select(t.meters.c.serial).where(t.meters.c.kind == MeterKind.IOT.value, t.meters.c.link_state == LinkState.ONLINE.value, t.meters.c.last_report_at < cutoff).limit(limit))
         return [r.serial for r in rows]
 
     def set_model(self, serial: str, model: MeterModel) -> None:
@@ -120,9 +116,7 @@ class Meters:
         return [(r.serial, r.applied_seq, r.purchase_seq_issued) for r in rows]
 
     def count_by_link_state(self) -> dict[str, int]:
-        rows = self.c.execute(
-            select(t.meters.c.link_state, func.count()).where(t.meters.c.kind == MeterKind.IOT.value).group_by(t.meters.c.link_state)
-        )
+        rows = self.c.execute(select(t.meters.c.link_state, func.count()).where(t.meters.c.kind == MeterKind.IOT.value).group_by(t.meters.c.link_state))
         return {state: int(n) for state, n in rows}
 
 
@@ -180,9 +174,7 @@ class MeterModels:
 
     def add(self, model: MeterModel, at: datetime) -> bool:
         values = {name: getattr(model, name) for name in _MODEL_COLUMNS}
-        inserted = self.c.execute(
-            insert_unless_taken(self.c, t.meter_models).values(name=model.name, created_at=at, **values).returning(t.meter_models.c.name)
-        ).first()
+        inserted = self.c.execute(insert_unless_taken(self.c, t.meter_models).values(name=model.name, created_at=at, **values).returning(t.meter_models.c.name)).first()
         return inserted is not None
 
     def get(self, name: str) -> MeterModel | None:
@@ -222,12 +214,7 @@ class Tariffs:
         ).scalar_one_or_none()
 
     def in_force(self, customer_class: CustomerClass, day: date) -> Tariff | None:
-        row = self.c.execute(
-            select(t.tariffs)
-            .where(t.tariffs.c.customer_class == customer_class.value, t.tariffs.c.effective_from <= day)
-            .order_by(t.tariffs.c.effective_from.desc())
-            .limit(1)
-        ).first()
+        row = self.c.execute(select(t.tariffs).where(t.tariffs.c.customer_class == customer_class.value, t.tariffs.c.effective_from <= day).order_by(t.tariffs.c.effective_from.desc()).limit(1)).first()
         return _tariff(row) if row else None
 
     def list(self) -> list[Tariff]:
@@ -251,9 +238,7 @@ class MeterCommands:
         self.c = c
 
     def add(self, command: MeterCommand) -> int:
-        command.id = self.c.execute(
-            insert(t.meter_commands).values(**self._values(command) | {"created_at": command.created_at}).returning(t.meter_commands.c.id)
-        ).scalar_one()
+        command.id = self.c.execute(insert(t.meter_commands).values(**self._values(command) | {"created_at": command.created_at}).returning(t.meter_commands.c.id)).scalar_one()
         self._save_events(command)
         return command.id
 
@@ -272,10 +257,7 @@ class MeterCommands:
         )
         events = []
         for command in commands:
-            events += [
-                {"command_id": command.id, "seq": command.events_saved + i, "state": e.state.value, "at": e.at, "note": e.note[:300]}
-                for i, e in enumerate(command.events, start=1)
-            ]
+            events += [{"command_id": command.id, "seq": command.events_saved + i, "state": e.state.value, "at": e.at, "note": e.note[:300]} for i, e in enumerate(command.events, start=1)]
             command.events_saved += len(command.events)
             command.events = []
         if events:
@@ -306,10 +288,7 @@ class MeterCommands:
         if command.events:
             self.c.execute(
                 insert(t.meter_command_events),
-                [
-                    {"command_id": command.id, "seq": command.events_saved + i, "state": e.state.value, "at": e.at, "note": e.note[:300]}
-                    for i, e in enumerate(command.events, start=1)
-                ],
+                [{"command_id": command.id, "seq": command.events_saved + i, "state": e.state.value, "at": e.at, "note": e.note[:300]} for i, e in enumerate(command.events, start=1)],
             )
             command.events_saved += len(command.events)
             command.events = []
@@ -358,12 +337,7 @@ class MeterCommands:
     def applied_credits_since(self, since: datetime, limit: int) -> list[MeterCommand]:
         """Credit orders applied at or after `since` (applied is final, so its time is the last update)."""
         mc = t.meter_commands
-        rows = self.c.execute(
-            select(mc)
-            .where(mc.c.updated_at >= since, mc.c.kind == CommandKind.CREDIT.value, mc.c.state == CommandState.APPLIED.value)
-            .order_by(mc.c.id)
-            .limit(limit)
-        )
+        rows = self.c.execute(select(mc).where(mc.c.updated_at >= since, mc.c.kind == CommandKind.CREDIT.value, mc.c.state == CommandState.APPLIED.value).order_by(mc.c.id).limit(limit))
         return [_command(r) for r in rows]
 
     def applied_without_proof(self, limit: int) -> list[tuple[str, int, int, int]]:
@@ -384,22 +358,12 @@ class MeterCommands:
 
     def meters_with_due_expiry(self, now: datetime, limit: int) -> list[str]:
         mc = t.meter_commands
-        rows = self.c.execute(
-            select(mc.c.meter_serial)
-            .where(mc.c.state.in_([CommandState.PENDING.value, CommandState.SENT.value]), mc.c.expires_at <= now)
-            .group_by(mc.c.meter_serial)
-            .limit(limit)
-        )
+        rows = self.c.execute(select(mc.c.meter_serial).where(mc.c.state.in_([CommandState.PENDING.value, CommandState.SENT.value]), mc.c.expires_at <= now).group_by(mc.c.meter_serial).limit(limit))
         return [r.meter_serial for r in rows]
 
     def open_iot_credits_older_than(self, cutoff: datetime, limit: int) -> list[MeterCommand]:
         mc = t.meter_commands
-        rows = self.c.execute(
-            select(mc)
-            .where(mc.c.state.in_([s.value for s in OPEN_STATES]), mc.c.route == MeterKind.IOT.value, mc.c.created_at < cutoff)
-            .order_by(mc.c.id)
-            .limit(limit)
-        )
+        rows = self.c.execute(select(mc).where(mc.c.state.in_([s.value for s in OPEN_STATES]), mc.c.route == MeterKind.IOT.value, mc.c.created_at < cutoff).order_by(mc.c.id).limit(limit))
         return [_command(r) for r in rows]
 
     def payment_deliveries(self) -> list[dict]:
@@ -433,11 +397,7 @@ class MeterCommands:
     def undelivered_cost_fen(self) -> int:
         """What every credit order not yet applied (and not cancelled) cost: the delivery account's balance."""
         mc = t.meter_commands
-        total = self.c.execute(
-            select(func.coalesce(func.sum(mc.c.cost_fen), 0)).where(
-                mc.c.kind == CommandKind.CREDIT.value, mc.c.state.not_in([CommandState.APPLIED.value, CommandState.CANCELLED.value])
-            )
-        ).scalar_one()
+        total = self.c.execute(select(func.coalesce(func.sum(mc.c.cost_fen), 0)).where(mc.c.kind == CommandKind.CREDIT.value, mc.c.state.not_in([CommandState.APPLIED.value, CommandState.CANCELLED.value]))).scalar_one()
         return int(total)
 
     def counts_by_state(self) -> dict[tuple[str, str], int]:
@@ -447,9 +407,7 @@ class MeterCommands:
 
     def _with_events(self, row: Any) -> MeterCommand:
         command = _command(row)
-        events = self.c.execute(
-            select(t.meter_command_events).where(t.meter_command_events.c.command_id == row.id).order_by(t.meter_command_events.c.seq)
-        )
+        events = self.c.execute(select(t.meter_command_events).where(t.meter_command_events.c.command_id == row.id).order_by(t.meter_command_events.c.seq))
         command.events = [CommandEvent(CommandState(e.state), e.at, e.note) for e in events]
         command.events_saved = 0
         return command
@@ -479,15 +437,12 @@ def _command(row: Any) -> MeterCommand:
     )
 
 
-
 class Kiosks:
     def __init__(self, c: Connection) -> None:
         self.c = c
 
     def add(self, kiosk: Kiosk, at: datetime) -> bool:
-        inserted = self.c.execute(
-            insert_unless_taken(self.c, t.kiosks).values(**kiosk.__dict__, created_at=at).returning(t.kiosks.c.id)
-        ).first()
+        inserted = self.c.execute(insert_unless_taken(self.c, t.kiosks).values(**kiosk.__dict__, created_at=at).returning(t.kiosks.c.id)).first()
         return inserted is not None
 
     def set_status(self, kiosk_id: str, status: str) -> int:
@@ -500,7 +455,6 @@ class Kiosks:
         return [Kiosk(**{k: v for k, v in r._mapping.items() if k != "created_at"}) for r in self.c.execute(query)]
 
 
-
 class Alerts:
     def __init__(self, c: Connection) -> None:
         self.c = c
@@ -508,19 +462,11 @@ class Alerts:
     def raise_once(self, *, kind: AlertKind | str, subject: str, reason: str, at: datetime) -> bool:
         """Open an alert unless one is open for the same kind and subject; True if it is new."""
         kind = str(kind)
-        inserted = self.c.execute(
-            insert_unless_taken(self.c, t.alerts)
-            .values(kind=kind, subject=subject, reason=reason[:500], raised_at=at, open_key=f"{kind}:{subject}")
-            .returning(t.alerts.c.id)
-        ).first()
+        inserted = self.c.execute(insert_unless_taken(self.c, t.alerts).values(kind=kind, subject=subject, reason=reason[:500], raised_at=at, open_key=f"{kind}:{subject}").returning(t.alerts.c.id)).first()
         return inserted is not None
 
     def clear(self, *, kind: AlertKind | str, subject: str, at: datetime, resolved_by: str | None = None, resolution: str | None = None) -> int:
-        return self.c.execute(
-            update(t.alerts)
-            .where(t.alerts.c.open_key == f"{kind}:{subject}")
-            .values(cleared_at=at, open_key=None, resolved_by=resolved_by, resolution=resolution[:300] if resolution else None)
-        ).rowcount
+        return self.c.execute(update(t.alerts).where(t.alerts.c.open_key == f"{kind}:{subject}").values(cleared_at=at, open_key=None, resolved_by=resolved_by, resolution=resolution[:300] if resolution else None)).rowcount
 
     def get(self, alert_id: int) -> Alert | None:
         row = self.c.execute(select(t.alerts).where(t.alerts.c.id == alert_id)).first()

@@ -131,9 +131,7 @@ class MeterKeys:
         row = self.c.execute(query).first()
         if row is None:
             return None
-        model = self.c.execute(
-            select(t.meter_models).join(t.meters, t.meters.c.model == t.meter_models.c.name).where(t.meters.c.serial == serial)
-        ).first()
+        model = self.c.execute(select(t.meter_models).join(t.meters, t.meters.c.model == t.meter_models.c.name).where(t.meters.c.serial == serial)).first()
         if model is None:
             raise InvalidInput(f"meter {serial} has frame security but no known model: set one with `gasworks meters set {serial} --model`", code="METER_MODEL_MISSING")
         return _security(row, model_of(model))
@@ -149,9 +147,7 @@ class MeterKeys:
         return {row.model for row in self.c.execute(keyed)}
 
     def count_by_model(self) -> dict[str, int]:
-        rows = self.c.execute(
-            select(t.meters.c.model, func.count()).join(t.meter_frame_security, t.meter_frame_security.c.serial == t.meters.c.serial).group_by(t.meters.c.model)
-        )
+        rows = self.c.execute(select(t.meters.c.model, func.count()).join(t.meter_frame_security, t.meter_frame_security.c.serial == t.meters.c.serial).group_by(t.meters.c.model))
         return {model: int(n) for model, n in rows}
 
     # ---- keys --------------------------------------------------------------------------------------
@@ -160,9 +156,7 @@ class MeterKeys:
         site_key = self.site_key()
         nonce = os.urandom(NONCE_BYTES)
         sealed = nonce + AESGCM(site_key).encrypt(nonce, key, _aad(serial, key_version))
-        self.c.execute(
-            insert(t.meter_keys).values(serial=serial, key_version=key_version, key_sealed=sealed, site_key_id=site_key_id(site_key), created_at=at)
-        )
+        self.c.execute(insert(t.meter_keys).values(serial=serial, key_version=key_version, key_sealed=sealed, site_key_id=site_key_id(site_key), created_at=at))
 
     def key(self, serial: str, key_version: int) -> bytes | None:
         """The meter's key of this version, or None if there is none or it was retired.
@@ -174,16 +168,11 @@ class MeterKeys:
         cached = self._cache.get(serial, key_version, self._site_key_id)
         if cached is not None:
             return cached
-        row = self.c.execute(
-            select(t.meter_keys).where(t.meter_keys.c.serial == serial, t.meter_keys.c.key_version == key_version, t.meter_keys.c.retired_at.is_(None))
-        ).first()
+        row = self.c.execute(select(t.meter_keys).where(t.meter_keys.c.serial == serial, t.meter_keys.c.key_version == key_version, t.meter_keys.c.retired_at.is_(None))).first()
         if row is None:
             return None
         if row.site_key_id != site_key_id(site_key):
-            raise SiteKeyMismatch(
-                f"meter {serial}'s key version {key_version} was sealed under site key {row.site_key_id}; this server's is "
-                f"{site_key_id(site_key)} (check GASWORKS_SITE_KEY)"
-            )
+            raise SiteKeyMismatch(f"meter {serial}'s key version {key_version} was sealed under site key {row.site_key_id}; this server's is {site_key_id(site_key)} (check GASWORKS_SITE_KEY)")
         sealed = bytes(row.key_sealed)
         try:
             key = AESGCM(site_key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], _aad(serial, key_version))
@@ -207,12 +196,7 @@ class MeterKeys:
         if not wanted:
             return {}
         fs = t.meter_frame_security
-        statement = (
-            update(fs)
-            .where(fs.c.serial.in_(wanted), fs.c.active_key_version.is_not(None), fs.c.downlink_counter_sent < COUNTER_MAX)
-            .values(downlink_counter_sent=fs.c.downlink_counter_sent + 1)
-            .returning(*fs.c)
-        )
+        statement = update(fs).where(fs.c.serial.in_(wanted), fs.c.active_key_version.is_not(None), fs.c.downlink_counter_sent < COUNTER_MAX).values(downlink_counter_sent=fs.c.downlink_counter_sent + 1).returning(*fs.c)
         if self.c.dialect.name == "postgresql":
             with self.c.engine.connect() as own:
                 rows = own.execution_options(isolation_level="AUTOCOMMIT").execute(statement).all()
@@ -233,11 +217,7 @@ class MeterKeys:
 
     def retire_other_keys(self, serial: str, keep_version: int, at: datetime) -> int:
         self._cache.forget_meter(serial)
-        return self.c.execute(
-            update(t.meter_keys)
-            .where(t.meter_keys.c.serial == serial, t.meter_keys.c.key_version != keep_version, t.meter_keys.c.retired_at.is_(None))
-            .values(retired_at=at)
-        ).rowcount
+        return self.c.execute(update(t.meter_keys).where(t.meter_keys.c.serial == serial, t.meter_keys.c.key_version != keep_version, t.meter_keys.c.retired_at.is_(None)).values(retired_at=at)).rowcount
 
 
 _SECURITY_COLUMNS = ("active_key_version", "pending_key_version", "uplink_counter_seen", "downlink_counter_sent", "rotated_at")

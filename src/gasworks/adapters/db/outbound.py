@@ -28,9 +28,7 @@ class Outbound:
             "channel_id": job.channel_id, "state": job.state.value, "tries": job.tries, "next_try_at": job.next_try_at,
             "last_outcome": job.last_outcome[:300], "step": job.step[:20], "updated_at": at,
         }  # fmt: skip
-        inserted = self.c.execute(
-            insert_unless_taken(self.c, t.outbound_jobs).values(kind=job.kind.value, subject=job.subject, **values).returning(t.outbound_jobs.c.kind)
-        ).first()
+        inserted = self.c.execute(insert_unless_taken(self.c, t.outbound_jobs).values(kind=job.kind.value, subject=job.subject, **values).returning(t.outbound_jobs.c.kind)).first()
         if inserted is None:
             j = t.outbound_jobs
             self.c.execute(update(j).where(j.c.kind == job.kind.value, j.c.subject == job.subject).values(**values))
@@ -74,9 +72,7 @@ class Outbound:
 
     def close_order(self, out_trade_no: str) -> bool:
         o = t.payment_orders
-        closed = self.c.execute(
-            update(o).where(o.c.out_trade_no == out_trade_no, o.c.state == OrderState.OPEN.value).values(state=OrderState.CLOSED.value)
-        )
+        closed = self.c.execute(update(o).where(o.c.out_trade_no == out_trade_no, o.c.state == OrderState.OPEN.value).values(state=OrderState.CLOSED.value))
         return closed.rowcount == 1
 
 

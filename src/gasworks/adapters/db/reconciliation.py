@@ -18,8 +18,6 @@ COPY_CHUNK_BYTES = 1024 * 1024
 EXPORT_CHUNK_ROWS = 20_000
 
 
-
-
 class Statements:
     def __init__(self, c: Connection) -> None:
         self.c = c
@@ -48,9 +46,12 @@ class Statements:
             return None
         if self.c.dialect.name == "postgresql":
             lines_csv = statement.lines_csv(file_id)
-            with lines_csv.open("rb") as source, self.c.connection.driver_connection.cursor().copy(  # type: ignore[union-attr]
-                "COPY statement_lines (file_id, line_no, channel_txn_id, out_trade_no, account_no, amount_fen, fee_fen, status, paid_at) FROM STDIN (FORMAT csv)"
-            ) as copy:
+            with (
+                lines_csv.open("rb") as source,
+                self.c.connection.driver_connection.cursor().copy(  # type: ignore[union-attr]
+                    "COPY statement_lines (file_id, line_no, channel_txn_id, out_trade_no, account_no, amount_fen, fee_fen, status, paid_at) FROM STDIN (FORMAT csv)"
+                ) as copy,
+            ):
                 while chunk := source.read(COPY_CHUNK_BYTES):
                     copy.write(chunk)
             lines_csv.unlink()
@@ -72,16 +73,11 @@ class Statements:
         query = select(sl.c.channel_txn_id, sl.c.out_trade_no, sl.c.account_no, sl.c.amount_fen, sl.c.fee_fen, sl.c.status, sl.c.line_no).where(sl.c.file_id == file_id)
         return _export(self.c, query, path, LINES_HEADER)
 
-
     def export_neighbour_txns(self, channel_id: str, date_from: date, date_to: date, exclude_file_id: int, path: Path) -> int:
         """Transaction ids in the channel's other statements of nearby days: a payment dated one day
         by gasworks and the next by the channel is not unknown."""
         sl, f = t.statement_lines, t.statement_files
-        query = (
-            select(sl.c.channel_txn_id)
-            .join(f, f.c.id == sl.c.file_id)
-            .where(f.c.channel_id == channel_id, f.c.statement_date >= date_from, f.c.statement_date <= date_to, f.c.id != exclude_file_id)
-        )
+        query = select(sl.c.channel_txn_id).join(f, f.c.id == sl.c.file_id).where(f.c.channel_id == channel_id, f.c.statement_date >= date_from, f.c.statement_date <= date_to, f.c.id != exclude_file_id)
         return _export(self.c, query, path, NEAR_HEADER)
 
 
@@ -128,9 +124,7 @@ class Reconciliations:
 
     def carried_over(self, channel_id: str, before: date) -> list[Discrepancy]:
         d, r = t.discrepancies, t.reconciliation_runs
-        rows = self.c.execute(
-            select(d).join(r, r.c.id == d.c.run_id).where(d.c.channel_id == channel_id, d.c.state == DiscrepancyState.CARRIED_OVER.value, r.c.statement_date < before)
-        )
+        rows = self.c.execute(select(d).join(r, r.c.id == d.c.run_id).where(d.c.channel_id == channel_id, d.c.state == DiscrepancyState.CARRIED_OVER.value, r.c.statement_date < before))
         return [_discrepancy(x) for x in rows]
 
     def export_payments(self, channel_id: str, received_from: datetime, received_to: datetime, path: Path) -> int:
@@ -155,10 +149,7 @@ def _export(c: Connection, query: Any, path: Path, header: str) -> int:
         compiled = query.compile(dialect=c.dialect)
         names = [f"c{i}" for i in range(len(query.selected_columns))]
         cells = " || ',' || ".join(f"""CASE WHEN q.{n} IS NULL THEN '' ELSE '"' || replace(q.{n}::text, '"', '""') || '"' END""" for n in names)
-        chunks = (
-            f"SELECT string_agg(line, E'\\n') FROM (SELECT {cells} AS line, (row_number() OVER ()) / {EXPORT_CHUNK_ROWS} AS chunk "
-            f"FROM ({compiled}) AS q({', '.join(names)})) AS lines GROUP BY chunk"
-        )
+        chunks = f"SELECT string_agg(line, E'\\n') FROM (SELECT {cells} AS line, (row_number() OVER ()) / {EXPORT_CHUNK_ROWS} AS chunk FROM ({compiled}) AS q({', '.join(names)})) AS lines GROUP BY chunk"
         count = 0
         with path.open("w", encoding="utf-8") as out:
             out.write(header + "\n")
@@ -193,4 +184,3 @@ def _discrepancy(row: Any) -> Discrepancy:
         gasworks_amount_fen=m["gasworks_amount_fen"], detail=m["detail"], proposed_action=m["proposed_action"],
         resolved_at=m["resolved_at"], resolved_by=m["resolved_by"], resolution=m["resolution"],
     )  # fmt: skip
-

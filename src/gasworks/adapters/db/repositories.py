@@ -92,18 +92,14 @@ class Customers:
         )
 
     def exists(self, account_no: str) -> bool:
-        row = self.c.execute(
-            select(t.customers.c.account_no).where(t.customers.c.account_no == account_no)
-        ).first()
+        row = self.c.execute(select(t.customers.c.account_no).where(t.customers.c.account_no == account_no)).first()
         return row is not None
 
     def meter_serial_taken(self, serial: str) -> bool:
         return self.c.execute(select(t.meters.c.serial).where(t.meters.c.serial == serial)).first() is not None
 
     def _query(self):  # noqa: ANN202
-        return select(t.customers, t.meters.c.serial, t.meters.c.kind, t.meters.c.status).join(
-            t.meters, t.meters.c.account_no == t.customers.c.account_no
-        )
+        return select(t.customers, t.meters.c.serial, t.meters.c.kind, t.meters.c.status).join(t.meters, t.meters.c.account_no == t.customers.c.account_no)
 
     def get(self, account_no: str) -> Customer | None:
         row = self.c.execute(self._query().where(t.customers.c.account_no == account_no)).first()
@@ -230,11 +226,7 @@ class Channels:
         row = self.c.execute(select(t.channels).where(t.channels.c.id == channel_id)).first()
         if row is None:
             return None
-        keys = self.c.execute(
-            select(t.channel_keys)
-            .where(t.channel_keys.c.channel_id == channel_id)
-            .order_by(t.channel_keys.c.added_at.desc())
-        )
+        keys = self.c.execute(select(t.channel_keys).where(t.channel_keys.c.channel_id == channel_id).order_by(t.channel_keys.c.added_at.desc()))
         return Channel(
             id=row.id,
             kind=ChannelKind(row.kind),
@@ -282,11 +274,7 @@ class Ledger:
         )
         self.c.execute(
             insert(t.ledger_entries),
-            [
-                {"transaction_id": txn_id, "account_code": e.account_code, "amount_fen": e.amount_fen}
-                for txn_id, txn in zip(ids, txns, strict=True)
-                for e in txn.entries
-            ],
+            [{"transaction_id": txn_id, "account_code": e.account_code, "amount_fen": e.amount_fen} for txn_id, txn in zip(ids, txns, strict=True) for e in txn.entries],
         )
         # Only per-customer balances are cached: a channel's clearing account or suspense is touched
         # by every payment, and a cached sum there would be one hot row serialising all intake.
@@ -297,11 +285,7 @@ class Ledger:
                     net_fen[entry.account_code] = net_fen.get(entry.account_code, 0) + entry.amount_fen
         # Sorted, so concurrent postings lock cached balances in one order and cannot deadlock.
         for code in sorted(net_fen):
-            updated = self.c.execute(
-                update(t.ledger_accounts)
-                .where(t.ledger_accounts.c.code == code)
-                .values(entries_sum_fen=t.ledger_accounts.c.entries_sum_fen + net_fen[code])
-            ).rowcount
+            updated = self.c.execute(update(t.ledger_accounts).where(t.ledger_accounts.c.code == code).values(entries_sum_fen=t.ledger_accounts.c.entries_sum_fen + net_fen[code])).rowcount
             if updated != 1:
                 raise LookupError(f"ledger account {code!r} is not open")
         return ids
@@ -328,24 +312,18 @@ class Ledger:
         """What a payment's own life-cycle transactions brought in from its channel and still hold."""
         e, lt = t.ledger_entries, t.ledger_transactions
         total = self.c.execute(
-            select(func.coalesce(func.sum(e.c.amount_fen), 0))
-            .join(lt, lt.c.id == e.c.transaction_id)
-            .where(lt.c.payment_id == payment_id, lt.c.kind.in_(_LIFE_CYCLE_KINDS), e.c.account_code.like("clearing:%"))
+            select(func.coalesce(func.sum(e.c.amount_fen), 0)).join(lt, lt.c.id == e.c.transaction_id).where(lt.c.payment_id == payment_id, lt.c.kind.in_(_LIFE_CYCLE_KINDS), e.c.account_code.like("clearing:%"))
         ).scalar_one()
         return int(total)
 
     def entries_sum_fen(self, code: str) -> int:
         """Cached for customer balances (`check` proves it equals the entries), summed otherwise."""
         if kind_of(code) in CACHED_BALANCE_KINDS:
-            cached = self.c.execute(
-                select(t.ledger_accounts.c.entries_sum_fen).where(t.ledger_accounts.c.code == code)
-            ).scalar_one_or_none()
+            cached = self.c.execute(select(t.ledger_accounts.c.entries_sum_fen).where(t.ledger_accounts.c.code == code)).scalar_one_or_none()
             if cached is None:
                 raise LookupError(f"ledger account {code!r} is not open")
             return int(cached)
-        total = self.c.execute(
-            select(func.coalesce(func.sum(t.ledger_entries.c.amount_fen), 0)).where(t.ledger_entries.c.account_code == code)
-        ).scalar_one()
+        total = self.c.execute(select(func.coalesce(func.sum(t.ledger_entries.c.amount_fen), 0)).where(t.ledger_entries.c.account_code == code)).scalar_one()
         return int(total)
 
     def purchases_fen(self, account_no: str) -> int:
@@ -361,40 +339,19 @@ class Ledger:
         return int(total)
 
     def totals_by_kind(self) -> dict[str, int]:
-        rows = self.c.execute(
-            select(t.ledger_accounts.c.kind, func.sum(t.ledger_entries.c.amount_fen))
-            .join(t.ledger_entries, t.ledger_entries.c.account_code == t.ledger_accounts.c.code)
-            .group_by(t.ledger_accounts.c.kind)
-        )
+        rows = self.c.execute(select(t.ledger_accounts.c.kind, func.sum(t.ledger_entries.c.amount_fen)).join(t.ledger_entries, t.ledger_entries.c.account_code == t.ledger_accounts.c.code).group_by(t.ledger_accounts.c.kind))
         return {kind: int(total or 0) for kind, total in rows}
 
     def find_violations(self, limit: int) -> list[LedgerCheckFinding]:
         """Every way the ledger could be wrong, each as a finding; empty means it holds."""
         findings: list[LedgerCheckFinding] = []
-        entry_sums = (
-            select(t.ledger_entries.c.transaction_id, func.sum(t.ledger_entries.c.amount_fen).label("total"))
-            .group_by(t.ledger_entries.c.transaction_id)
-            .having(func.sum(t.ledger_entries.c.amount_fen) != 0)
-            .limit(limit)
-        )
+        entry_sums = select(t.ledger_entries.c.transaction_id, func.sum(t.ledger_entries.c.amount_fen).label("total")).group_by(t.ledger_entries.c.transaction_id).having(func.sum(t.ledger_entries.c.amount_fen) != 0).limit(limit)
         for row in self.c.execute(entry_sums):
-            findings.append(
-                LedgerCheckFinding("UNBALANCED_TRANSACTION", f"transaction {row.transaction_id}", f"sum {row.total} fen")
-            )
-        lonely = (
-            select(t.ledger_transactions.c.id)
-            .outerjoin(t.ledger_entries, t.ledger_entries.c.transaction_id == t.ledger_transactions.c.id)
-            .group_by(t.ledger_transactions.c.id)
-            .having(func.count(t.ledger_entries.c.id) < 2)
-            .limit(limit)
-        )
+            findings.append(LedgerCheckFinding("UNBALANCED_TRANSACTION", f"transaction {row.transaction_id}", f"sum {row.total} fen"))
+        lonely = select(t.ledger_transactions.c.id).outerjoin(t.ledger_entries, t.ledger_entries.c.transaction_id == t.ledger_transactions.c.id).group_by(t.ledger_transactions.c.id).having(func.count(t.ledger_entries.c.id) < 2).limit(limit)
         for row in self.c.execute(lonely):
             findings.append(LedgerCheckFinding("TOO_FEW_ENTRIES", f"transaction {row.id}", "fewer than two entries"))
-        actual = (
-            select(t.ledger_entries.c.account_code, func.sum(t.ledger_entries.c.amount_fen).label("total"))
-            .group_by(t.ledger_entries.c.account_code)
-            .subquery()
-        )
+        actual = select(t.ledger_entries.c.account_code, func.sum(t.ledger_entries.c.amount_fen).label("total")).group_by(t.ledger_entries.c.account_code).subquery()
         cached_vs_entries = (
             select(t.ledger_accounts.c.code, t.ledger_accounts.c.entries_sum_fen, actual.c.total)
             .outerjoin(actual, actual.c.account_code == t.ledger_accounts.c.code)
@@ -432,12 +389,7 @@ class Ledger:
                 )
             )
         lt = t.ledger_transactions
-        nameless = (
-            select(lt.c.id, lt.c.kind, lt.c.payment_id)
-            .outerjoin(t.payments, t.payments.c.id == lt.c.payment_id)
-            .where(lt.c.kind.in_(_LIFE_CYCLE_KINDS + [TransactionKind.PURCHASE.value]), t.payments.c.id.is_(None))
-            .limit(limit)
-        )
+        nameless = select(lt.c.id, lt.c.kind, lt.c.payment_id).outerjoin(t.payments, t.payments.c.id == lt.c.payment_id).where(lt.c.kind.in_(_LIFE_CYCLE_KINDS + [TransactionKind.PURCHASE.value]), t.payments.c.id.is_(None)).limit(limit)
         for row in self.c.execute(nameless):
             named = f"names payment {row.payment_id}, which does not exist" if row.payment_id else "names no payment"
             findings.append(LedgerCheckFinding("MONEY_MOVED_FOR_NO_PAYMENT", f"transaction {row.id}", f"{row.kind} {named}"))
@@ -454,10 +406,7 @@ class Ledger:
             paths = "SELECT payment_id, string_agg(state, '>' ORDER BY seq) AS path FROM payment_events GROUP BY payment_id"
             owned = f"SELECT payment_id, string_agg(kind, ',' ORDER BY kind) AS kinds FROM ledger_transactions WHERE payment_id IS NOT NULL AND kind IN ({kinds}) GROUP BY payment_id"
         else:  # SQLite before 3.44 has no ORDER BY inside an aggregate; as a window function it has
-            paths = (
-                "SELECT DISTINCT payment_id, group_concat(state, '>') OVER (PARTITION BY payment_id ORDER BY seq "
-                "ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS path FROM payment_events"
-            )
+            paths = "SELECT DISTINCT payment_id, group_concat(state, '>') OVER (PARTITION BY payment_id ORDER BY seq ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS path FROM payment_events"
             owned = f"SELECT payment_id, group_concat(kind, ',') AS kinds FROM (SELECT payment_id, kind FROM ledger_transactions WHERE payment_id IS NOT NULL AND kind IN ({kinds}) ORDER BY payment_id, kind) GROUP BY payment_id"
         rows = self.c.exec_driver_sql(
             f"WITH paths AS ({paths}), owned AS ({owned}) "
@@ -498,7 +447,8 @@ class Ledger:
         )
         return [
             LedgerCheckFinding(
-                "PAYMENT_MONEY_NOT_WHERE_STATE_SAYS", f"payment {row.id}",
+                "PAYMENT_MONEY_NOT_WHERE_STATE_SAYS",
+                f"payment {row.id}",
                 f"{row.state} {row.amount_fen} fen, its transactions net: clearing {row.clearing}, balance {-row.prepaid}, suspense {-row.suspense}, refunds in flight {-row.refunds} fen",
             )  # fmt: skip
             for row in self.c.execute(query)
@@ -507,11 +457,7 @@ class Ledger:
     def accounts_in_arrears(self) -> tuple[int, int]:
         """Customers whose balance is below zero (a reversal after the gas was bought): count, fen owed."""
         la = t.ledger_accounts
-        row = self.c.execute(
-            select(func.count(), func.coalesce(func.sum(la.c.entries_sum_fen), 0)).where(
-                la.c.kind == LedgerAccountKind.PREPAID.value, la.c.entries_sum_fen > 0
-            )
-        ).one()
+        row = self.c.execute(select(func.count(), func.coalesce(func.sum(la.c.entries_sum_fen), 0)).where(la.c.kind == LedgerAccountKind.PREPAID.value, la.c.entries_sum_fen > 0)).one()
         return int(row[0]), int(row[1])
 
 
@@ -533,20 +479,13 @@ class Orders:
         )
 
     def get(self, out_trade_no: str) -> PaymentOrder | None:
-        row = self.c.execute(
-            select(t.payment_orders).where(t.payment_orders.c.out_trade_no == out_trade_no)
-        ).first()
+        row = self.c.execute(select(t.payment_orders).where(t.payment_orders.c.out_trade_no == out_trade_no)).first()
         return _order(row) if row else None
 
     def open_between(self, channel_id: str, created_after: datetime, created_before: datetime, limit: int) -> list[PaymentOrder]:
         """Orders of a channel still unpaid, created in the window: candidates for asking the channel."""
         o = t.payment_orders
-        rows = self.c.execute(
-            select(o)
-            .where(o.c.channel_id == channel_id, o.c.state == OrderState.OPEN.value, o.c.created_at > created_after, o.c.created_at <= created_before)
-            .order_by(o.c.created_at)
-            .limit(limit)
-        )
+        rows = self.c.execute(select(o).where(o.c.channel_id == channel_id, o.c.state == OrderState.OPEN.value, o.c.created_at > created_after, o.c.created_at <= created_before).order_by(o.c.created_at).limit(limit))
         return [_order(r) for r in rows]
 
     def count_created_since(self, account_no: str, since: datetime) -> int:
@@ -579,7 +518,6 @@ def _order(row: Any) -> PaymentOrder:
 
 
 _LIFE_CYCLE_KINDS = sorted(k.value for k in ONCE_PER_PAYMENT)
-
 
 
 def insert_unless_taken(c: Connection, table: Table) -> Insert:
@@ -637,61 +575,35 @@ class Payments:
         if new_events:
             self.c.execute(
                 insert(t.payment_events),
-                [
-                    {"payment_id": payment.id, "seq": events_already_saved + i, "state": e.state.value, "at": e.at, "note": e.note}
-                    for i, e in enumerate(new_events, start=1)
-                ],
+                [{"payment_id": payment.id, "seq": events_already_saved + i, "state": e.state.value, "at": e.at, "note": e.note} for i, e in enumerate(new_events, start=1)],
             )
 
     def transition(self, payment_id: str, from_state: PaymentState, to_state: PaymentState) -> bool:
         """Move one payment on only if it is still in `from_state`: two operators cannot both decide it."""
-        return (
-            self.c.execute(
-                update(t.payments).where(t.payments.c.id == payment_id, t.payments.c.state == from_state.value).values(state=to_state.value)
-            ).rowcount
-            == 1
-        )
+        return self.c.execute(update(t.payments).where(t.payments.c.id == payment_id, t.payments.c.state == from_state.value).values(state=to_state.value)).rowcount == 1
 
     def get(self, payment_id: str) -> Payment | None:
         row = self.c.execute(select(t.payments).where(t.payments.c.id == payment_id)).first()
         return self._with_events(row) if row else None
 
     def get_by_channel_txn(self, channel_id: str, channel_txn_id: str) -> Payment | None:
-        row = self.c.execute(
-            select(t.payments).where(
-                t.payments.c.channel_id == channel_id, t.payments.c.channel_txn_id == channel_txn_id
-            )
-        ).first()
+        row = self.c.execute(select(t.payments).where(t.payments.c.channel_id == channel_id, t.payments.c.channel_txn_id == channel_txn_id)).first()
         return self._with_events(row) if row else None
 
     def list_for_account(self, account_no: str, limit: int) -> list[Payment]:
-        rows = self.c.execute(
-            select(t.payments)
-            .where(t.payments.c.account_no == account_no)
-            .order_by(t.payments.c.received_at.desc(), t.payments.c.id)
-            .limit(limit)
-        )
+        rows = self.c.execute(select(t.payments).where(t.payments.c.account_no == account_no).order_by(t.payments.c.received_at.desc(), t.payments.c.id).limit(limit))
         return [self._with_events(r) for r in rows]
 
     def list_in_state(self, state: PaymentState, limit: int) -> list[Payment]:
-        rows = self.c.execute(
-            select(t.payments)
-            .where(t.payments.c.state == state.value)
-            .order_by(t.payments.c.received_at, t.payments.c.id)
-            .limit(limit)
-        )
+        rows = self.c.execute(select(t.payments).where(t.payments.c.state == state.value).order_by(t.payments.c.received_at, t.payments.c.id).limit(limit))
         return [self._with_events(r) for r in rows]
 
     def totals_by_state(self) -> dict[str, tuple[int, int]]:
-        rows = self.c.execute(
-            select(t.payments.c.state, func.count(), func.sum(t.payments.c.amount_fen)).group_by(t.payments.c.state)
-        )
+        rows = self.c.execute(select(t.payments.c.state, func.count(), func.sum(t.payments.c.amount_fen)).group_by(t.payments.c.state))
         return {state: (int(n), int(total or 0)) for state, n, total in rows}
 
     def _with_events(self, row: Any) -> Payment:
-        events = self.c.execute(
-            select(t.payment_events).where(t.payment_events.c.payment_id == row.id).order_by(t.payment_events.c.seq)
-        )
+        events = self.c.execute(select(t.payment_events).where(t.payment_events.c.payment_id == row.id).order_by(t.payment_events.c.seq))
         return Payment(
             id=row.id,
             channel_id=row.channel_id,
@@ -712,11 +624,7 @@ class Nonces:
         self.c = c
 
     def claim(self, channel_id: str, nonce: str, at: datetime) -> None:
-        inserted = self.c.execute(
-            insert_unless_taken(self.c, t.used_nonces)
-            .returning(t.used_nonces.c.nonce)
-            .values(channel_id=channel_id, nonce=nonce, seen_at=at)
-        ).first()
+        inserted = self.c.execute(insert_unless_taken(self.c, t.used_nonces).returning(t.used_nonces.c.nonce).values(channel_id=channel_id, nonce=nonce, seen_at=at)).first()
         if inserted is None:
             raise DuplicateKey(f"nonce {nonce!r} already used on channel {channel_id}")
 
@@ -756,7 +664,6 @@ class Rejections:
         return [dict(r._mapping) for r in self.c.execute(query)]
 
 
-
 class ApiKeys:
     def __init__(self, c: Connection) -> None:
         self.c = c
@@ -781,9 +688,7 @@ class ApiKeys:
         return [_api_key(r) for r in self.c.execute(select(t.api_keys).order_by(t.api_keys.c.created_at))]
 
     def revoke(self, key_id: str, at: datetime) -> int:
-        return self.c.execute(
-            update(t.api_keys).where(t.api_keys.c.id == key_id, t.api_keys.c.revoked_at.is_(None)).values(revoked_at=at)
-        ).rowcount
+        return self.c.execute(update(t.api_keys).where(t.api_keys.c.id == key_id, t.api_keys.c.revoked_at.is_(None)).values(revoked_at=at)).rowcount
 
 
 def _api_key(row: Any) -> ApiKeyRecord:
@@ -805,4 +710,3 @@ class AuditLog:
         if subject:
             query = query.where(t.audit_log.c.subject == subject)
         return [dict(r._mapping) for r in self.c.execute(query)]
-

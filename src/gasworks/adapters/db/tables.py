@@ -171,8 +171,12 @@ ledger_transactions = Table(
     # A payment's life-cycle transactions (booked, held, reversed, refunded ...) exist at most once
     # each: two operators deciding at the same moment still move the money once.
     Index(
-        "uq_ledger_transactions_payment_kind", "payment_id", "kind", unique=True,
-        postgresql_where=text(_ONCE_PER_PAYMENT_SQL), sqlite_where=text(_ONCE_PER_PAYMENT_SQL),
+        "uq_ledger_transactions_payment_kind",
+        "payment_id",
+        "kind",
+        unique=True,
+        postgresql_where=text(_ONCE_PER_PAYMENT_SQL),
+        sqlite_where=text(_ONCE_PER_PAYMENT_SQL),
     ),
 )
 

@@ -398,9 +398,7 @@ def _header(serial: str, control: int, length: int) -> bytes:
     return bytes([START, GAS_METER]) + serial_to_address(serial) + bytes([control, length])
 
 
-def encode_sealed(
-    message: MeterMessage, *, key_version: int, counter: int, mac: Callable[[bytes], bytes], wake_bytes: int = 2, model: MeterModel = VOLUME_MODEL
-) -> bytes:
+def encode_sealed(message: MeterMessage, *, key_version: int, counter: int, mac: Callable[[bytes], bytes], wake_bytes: int = 2, model: MeterModel = VOLUME_MODEL) -> bytes:
     """A message as one sealed frame: `mac` computes the MAC over the bytes from 68 to CTR3."""
     if not 0 <= key_version <= 0xFF:
         raise MalformedFrame(f"key version {key_version} outside 0-255")

@@ -131,8 +131,7 @@ def require_schemes(schemes: Iterable[MacScheme]) -> None:
             from cryptography.hazmat.backends.openssl import backend
 
             raise MacSchemeUnavailable(
-                f"this process cannot compute {scheme} ({backend.openssl_version_text()}: {error}); meters whose model uses it "
-                "could not be served, so gasworks refuses to start rather than fall back to unauthenticated frames"
+                f"this process cannot compute {scheme} ({backend.openssl_version_text()}: {error}); meters whose model uses it could not be served, so gasworks refuses to start rather than fall back to unauthenticated frames"
             ) from None
 
 
@@ -228,9 +227,7 @@ def seal_downlink(message: MeterMessage, uow: "UnitOfWork", *, reserved: MeterFr
     if key is None:
         raise FrameNotSealed(f"meter {message.serial} has no active key")
     counter = security.downlink_counter_sent
-    return cjt188.encode_sealed(
-        message, key_version=version, counter=counter, mac=lambda signed: compute_mac(profile.mac_scheme, key, signed), model=profile
-    )
+    return cjt188.encode_sealed(message, key_version=version, counter=counter, mac=lambda signed: compute_mac(profile.mac_scheme, key, signed), model=profile)
 
 
 # ---- the meter's side (firmware) -------------------------------------------------------------------
@@ -247,9 +244,7 @@ class MeterKeyring:
 
     def seal(self, message: MeterMessage) -> bytes:
         counter = self.counters.next_uplink_counter()
-        return cjt188.encode_sealed(
-            message, key_version=self.counters.key_version, counter=counter, mac=lambda signed: compute_mac(self.scheme, self.key, signed), model=self.model
-        )
+        return cjt188.encode_sealed(message, key_version=self.counters.key_version, counter=counter, mac=lambda signed: compute_mac(self.scheme, self.key, signed), model=self.model)
 
     def open(self, raw: bytes) -> MeterMessage:
         """A downlink's message, or MalformedFrame / FrameRefused (unknown key version, bad MAC, replay)."""

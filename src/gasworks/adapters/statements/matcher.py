@@ -15,10 +15,7 @@ from gasworks.domain.channels import Channel
 from gasworks.domain.statements import PROPOSED_ACTIONS, Discrepancy, DiscrepancyClass, DiscrepancyState
 from gasworks.services.statement_matching import Match, MatchWindow
 
-_LINES = (
-    "{'channel_txn_id': 'VARCHAR', 'out_trade_no': 'VARCHAR', 'account_no': 'VARCHAR', 'amount_fen': 'BIGINT', 'fee_fen': 'BIGINT', "
-    "'status': 'VARCHAR', 'line_no': 'INTEGER'}"
-)
+_LINES = "{'channel_txn_id': 'VARCHAR', 'out_trade_no': 'VARCHAR', 'account_no': 'VARCHAR', 'amount_fen': 'BIGINT', 'fee_fen': 'BIGINT', 'status': 'VARCHAR', 'line_no': 'INTEGER'}"
 _PAYMENTS = (
     "{'payment_id': 'VARCHAR', 'channel_txn_id': 'VARCHAR', 'amount_fen': 'BIGINT', 'state': 'VARCHAR', 'account_no': 'VARCHAR', "
     "'paid_at': 'TIMESTAMPTZ', 'command_id': 'BIGINT', 'command_state': 'VARCHAR', 'route': 'VARCHAR', 'ordered_at': 'TIMESTAMPTZ'}"

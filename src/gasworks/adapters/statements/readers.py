@@ -170,8 +170,7 @@ class ReadStatement:
         """The lines as CSV, no header, in the order of statement_lines' columns with file_id first (for COPY)."""
         path = self._work / f"lines-{file_id}.csv"
         self._db.execute(
-            f"COPY (SELECT {int(file_id)}::BIGINT, line_no, channel_txn_id, out_trade_no, account_no, amount_fen, fee_fen, status, "
-            "CAST(paid_at AS VARCHAR) || '+00' FROM lines) TO '" + _sql_path(path) + "' (FORMAT csv, HEADER false)"
+            f"COPY (SELECT {int(file_id)}::BIGINT, line_no, channel_txn_id, out_trade_no, account_no, amount_fen, fee_fen, status, CAST(paid_at AS VARCHAR) || '+00' FROM lines) TO '" + _sql_path(path) + "' (FORMAT csv, HEADER false)"
         )
         return path
 
@@ -275,13 +274,11 @@ def read_wechat_trade_bill(raw: bytes, work: Path) -> ReadStatement:
     try:
         _load_cells(db, body, work, wrong_count="{found} cells, the header has {expected}")
         cell = {name: _stripped(f"CASE WHEN starts_with({_cell(j)}, '`') THEN {_cell(j)}[2:] ELSE {_cell(j)} END") for name, j in columns.items()}
-        db.execute(
-            f"""CREATE TABLE cells AS SELECT rowid + 2 AS line_no, {', '.join(f'{sql} AS "{name}"' for name, sql in cell.items())} FROM raw"""
-        )
+        db.execute(f"""CREATE TABLE cells AS SELECT rowid + 2 AS line_no, {", ".join(f'{sql} AS "{name}"' for name, sql in cell.items())} FROM raw""")
         db.execute("DROP TABLE raw")
         db.execute("ALTER TABLE cells RENAME TO raw")
         refunded = "\"交易状态\" = 'REFUND'"
-        amount = f"CASE WHEN {refunded} THEN \"退款金额\" ELSE \"应结订单金额\" END"
+        amount = f'CASE WHEN {refunded} THEN "退款金额" ELSE "应结订单金额" END'
         bad = _first_bad(
             db, ", ".join(f'"{name}"' for name in WECHAT_REQUIRED) + ", line_no",
             f"\"交易状态\" NOT IN ('SUCCESS', 'REFUND') OR NOT regexp_full_match({amount}, '{_YUAN_SQL}') "
@@ -360,7 +357,7 @@ def read_alipay_business_bill(raw: bytes, work: Path) -> ReadStatement:
     try:
         _load_cells(db, _Body(header, line_no, data), work, wrong_count="{found} cells, the header has {expected}")
         cell = {name: _stripped(_cell(j)) for name, j in columns.items()}  # strip() then strip("\t"): the same
-        db.execute(f"""CREATE TABLE cells AS SELECT rowid + {line_no + 1} AS line_no, {', '.join(f'{sql} AS "{name}"' for name, sql in cell.items())} FROM raw""")
+        db.execute(f"""CREATE TABLE cells AS SELECT rowid + {line_no + 1} AS line_no, {", ".join(f'{sql} AS "{name}"' for name, sql in cell.items())} FROM raw""")
         db.execute("DROP TABLE raw")
         db.execute("ALTER TABLE cells RENAME TO raw")
         for blank in skipped:  # ascending: each blank line pushes the lines after it down by one

@@ -28,9 +28,7 @@ def audit_routes(system: System, caller: Callers, errors: dict[int | str, dict[s
             return uow.rejections.list(limit=limit, channel_id=channel_id, code=code)
 
     @router.get("/v1/audit")
-    def audit_log(
-        subject: str | None = None, limit: int = Query(100, ge=1, le=settings.page_size_max), who: ApiKeyRecord = Depends(caller(*READERS))
-    ) -> list[dict[str, Any]]:
+    def audit_log(subject: str | None = None, limit: int = Query(100, ge=1, le=settings.page_size_max), who: ApiKeyRecord = Depends(caller(*READERS))) -> list[dict[str, Any]]:
         with new_uow() as uow:
             return uow.audit.list(limit=limit, subject=subject)
 

@@ -36,9 +36,7 @@ def channel_routes(system: System, errors: dict[int | str, dict[str, Any]]) -> A
         channel = await run_in_threadpool(notifications.load_channel, channel_id, new_uow)
         started = time.perf_counter()
         try:
-            taken = await run_in_threadpool(
-                lambda: notifications.take_channel_payment(channel, raw, decoders, system.new_booking_uow, skew_s=settings.notification_clock_skew_s, ceiling=system.payment_ceiling)
-            )
+            taken = await run_in_threadpool(lambda: notifications.take_channel_payment(channel, raw, decoders, system.new_booking_uow, skew_s=settings.notification_clock_skew_s, ceiling=system.payment_ceiling))
             payments_taken.labels(channel.kind.value, "duplicate" if taken.duplicate else taken.state.value).inc()
             return channel, taken, None
         except GasworksError as error:  # recorded and counted by the edge, whatever the reply's format
@@ -74,9 +72,7 @@ def channel_routes(system: System, errors: dict[int | str, dict[str, Any]]) -> A
         raw = await inbound(request, settings.request_body_bytes_max)
         channel = await run_in_threadpool(notifications.load_channel, channel_id, new_uow)
         facts_of(request).channel_kind = channel.kind.value
-        view = await run_in_threadpool(
-            notifications.look_up_account_for_channel, channel, account_no, raw, new_uow, skew_s=settings.notification_clock_skew_s
-        )
+        view = await run_in_threadpool(notifications.look_up_account_for_channel, channel, account_no, raw, new_uow, skew_s=settings.notification_clock_skew_s)
         return s.ChannelAccountOut.of(view)
 
     return router

@@ -98,9 +98,7 @@ def redacted_path(path: str) -> str:
 class Edge:
     """Pure ASGI middleware: bounds bodies, records and counts refusals before they are answered."""
 
-    def __init__(
-        self, app: ASGIApp, *, body_bytes_max: int, streamed_paths: dict[str, int], record: Callable[[Refusal], None]
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, body_bytes_max: int, streamed_paths: dict[str, int], record: Callable[[Refusal], None]) -> None:
         self.app = app
         self.body_bytes_max = body_bytes_max
         self.streamed_paths = streamed_paths  # path -> its own bound; the route reads and bounds the stream

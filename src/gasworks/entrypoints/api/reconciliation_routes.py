@@ -69,9 +69,7 @@ def reconciliation_routes(system: System, caller: Callable[..., Callable[..., Ap
         """Upload one channel's statement for one day (the file as the body); it is imported whole or refused, then reconciled.
         The same file again returns the first run."""
         raw = await read_body(request, settings.statement_bytes_max)
-        imported = await run_in_threadpool(
-            lambda: reconciliation.import_statement(channel_id=channel_id, statement_date=statement_date, filename=filename, raw=raw, uow=new_uow(), actor=actor_of(who), format_=format)
-        )
+        imported = await run_in_threadpool(lambda: reconciliation.import_statement(channel_id=channel_id, statement_date=statement_date, filename=filename, raw=raw, uow=new_uow(), actor=actor_of(who), format_=format))
         report = await run_in_threadpool(lambda: reconciliation.reconcile(file_id=imported.file_id, uow_factory=new_uow, actor=actor_of(who), timezone=settings.local_timezone))
         return RunOut.of(report)
 

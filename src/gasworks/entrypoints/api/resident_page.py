@@ -35,11 +35,7 @@ def render(t: Timeline, tz: ZoneInfo) -> str:
         return at.astimezone(tz).strftime("%Y-%m-%d %H:%M") if at else ""
 
     tone = _TONE.get(t.status, "wait")
-    steps = "".join(
-        f"<li class='{'done' if s.done else ''}'>{escape(s.title.zh)} <span class='en'>{escape(s.title.en)}</span>"
-        f"<div class='time'>{when(s.at) if s.done else ''}</div></li>"
-        for s in t.steps
-    )
+    steps = "".join(f"<li class='{'done' if s.done else ''}'>{escape(s.title.zh)} <span class='en'>{escape(s.title.en)}</span><div class='time'>{when(s.at) if s.done else ''}</div></li>" for s in t.steps)
     next_step = f"<section class='card'><h2>下一步 <span class='en'>Next step</span></h2>{_both(t.next_step)}</section>" if t.next_step else ""
     kiosks = "".join(
         f"<li class='kiosk'>{escape(n.kiosk.name)} <span class='time'>{escape(n.kiosk.address or n.kiosk.community)}</span>"

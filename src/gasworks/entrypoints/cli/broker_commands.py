@@ -66,9 +66,7 @@ def provision(
     serials = list(meter or [])
     if from_database:
         serials += _iot_serials(database_url)
-    done = broker.provision(
-        out_dir, prefix=prefix or _topic_prefix(), serials=serials, port=port, bind=bind, persistence=persistence
-    )
+    done = broker.provision(out_dir, prefix=prefix or _topic_prefix(), serials=serials, port=port, bind=bind, persistence=persistence)
     out.print(f"broker files in [bold]{done.directory}[/]: passwd ({done.meters} meters + worker + fleet), acl, mosquitto.conf; site-secret is private (0600)")
     out.print(f"start it:    mosquitto -c {done.directory / 'mosquitto.conf'}")
     out.print(f"after adding meters: run this again, then kill -HUP <mosquitto pid> (topics under {done.prefix}/)")

@@ -21,6 +21,7 @@ from gasworks.domain.errors import GasworksError
 if TYPE_CHECKING:
     from gasworks.bootstrap import System
 
+
 class _Console(Console):
     """Takes COLUMNS when it prints, not when it was made: a command run in-process (a test's
     CliRunner, the demo) is as wide as its caller asks, whatever COLUMNS said at import."""

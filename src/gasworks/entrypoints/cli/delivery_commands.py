@@ -266,9 +266,7 @@ def meters_finish_rotation(serial: str, database_url: DatabaseUrl = None) -> Non
 def meters_set(
     serial: str,
     model: Annotated[str | None, typer.Option(help="The meter's model (see `gasworks meters models`); its button setting comes with it.")] = None,
-    reopen_needs_button: Annotated[
-        bool | None, typer.Option("--reopen-needs-button/--no-reopen-needs-button", help="The resident presses the meter's button to reopen the valve.")
-    ] = None,
+    reopen_needs_button: Annotated[bool | None, typer.Option("--reopen-needs-button/--no-reopen-needs-button", help="The resident presses the meter's button to reopen the valve.")] = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Set a meter's model and whether its valve needs the resident's button to reopen."""

@@ -167,8 +167,7 @@ def show_time_without_gas(report: "Report") -> None:
     verdict = "[bold green]met[/]" if report.button_goal_met else "[bold red]missed[/]"
     share = goal.within_goal_of_press or 0
     out.print(
-        f"IoT with a button press, payment → gas: p95 {_span(goal.p95)} against the goal of {BUTTON_GOAL.seconds // 60} min: {verdict} "
-        f"({goal.n:,} payments; {share / goal.n:.0%} had gas within {BUTTON_GOAL.seconds // 60} min of the press)"
+        f"IoT with a button press, payment → gas: p95 {_span(goal.p95)} against the goal of {BUTTON_GOAL.seconds // 60} min: {verdict} ({goal.n:,} payments; {share / goal.n:.0%} had gas within {BUTTON_GOAL.seconds // 60} min of the press)"
     )
 
 
@@ -254,10 +253,7 @@ def _reconcile_all(system, files: list[Path]) -> bool:  # noqa: ANN001
         table.add_row(klass, state, f"{n:,}")
     out.print(table)
     ledger = check_ledger(system.new_uow())
-    out.print(
-        f"runs: {', '.join(f'{n} {v}' for v, n in sorted(verdicts.items()))}; booked from statements: {_yuan(repaired_fen)}; "
-        f"ledger after repairs: {'[bold green]holds[/]' if ledger.ok else '[bold red]BROKEN[/]'}"
-    )
+    out.print(f"runs: {', '.join(f'{n} {v}' for v, n in sorted(verdicts.items()))}; booked from statements: {_yuan(repaired_fen)}; ledger after repairs: {'[bold green]holds[/]' if ledger.ok else '[bold red]BROKEN[/]'}")
     return ledger.ok
 
 

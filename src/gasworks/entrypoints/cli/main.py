@@ -33,6 +33,7 @@ app.add_typer(channels_app, name="channels")
 app.add_typer(keys_app, name="keys")
 app.add_typer(accounts_app, name="accounts")
 
+
 @app.command()
 @cli_errors
 def serve(
@@ -75,10 +76,7 @@ def check(database_url: DatabaseUrl = None) -> None:
     accounts_owing, owed_fen = report.arrears
     out.print(f"accounts in arrears: {accounts_owing} (¥{fen_to_yuan_text(owed_fen)} owed, taken from their next payments)")
     if report.ok:
-        out.print(
-            "[bold green]ledger holds[/]: every transaction balances, every balance equals its entries, "
-            "every payment's state agrees with its money (booked once, reversed or refunded at most once)"
-        )
+        out.print("[bold green]ledger holds[/]: every transaction balances, every balance equals its entries, every payment's state agrees with its money (booked once, reversed or refunded at most once)")
         return
     for f in report.findings:
         err.print(f"[red]{f.code}[/] {f.subject}: {f.detail}")
@@ -113,9 +111,7 @@ def channels_add(
     secret = _read(hmac_secret_file) or (secrets.token_urlsafe(32) if generate_secret else None)
     if secret is not None:
         keys.append((KeyPurpose.HMAC_SECRET, key_id, secret))
-    channel = channels.add_channel(
-        channel_id=channel_id, kind=kind, name=name, merchant_id=merchant_id, keys=keys, uow=system(database_url).new_uow(), actor=cli_actor(), fee_ppm=fee_ppm
-    )
+    channel = channels.add_channel(channel_id=channel_id, kind=kind, name=name, merchant_id=merchant_id, keys=keys, uow=system(database_url).new_uow(), actor=cli_actor(), fee_ppm=fee_ppm)
     out.print(f"channel [bold]{channel.id}[/] ({channel.kind.value}) added with keys {[k for _, k, _ in keys]}")
     if generate_secret:
         out.print(f"shared secret for key {key_id} (shown once, give it to the channel): [bold]{secret}[/]")

@@ -102,9 +102,7 @@ def reconcile(
     sys_ = system(database_url)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=out, transient=True) as progress:
         task = progress.add_task(f"reading {file.name}")
-        imported = reconciliation.import_statement(
-            channel_id=channel, statement_date=statement_date, filename=file.name, raw=file.read_bytes(), uow=sys_.new_uow(), actor=cli_actor(), format_=format_
-        )
+        imported = reconciliation.import_statement(channel_id=channel, statement_date=statement_date, filename=file.name, raw=file.read_bytes(), uow=sys_.new_uow(), actor=cli_actor(), format_=format_)
         progress.update(task, description=f"{imported.lines:,} lines {'imported' if imported.new else 'already imported'}")
         report = reconciliation.reconcile(
             file_id=imported.file_id, uow_factory=sys_.new_uow, actor=cli_actor(), timezone=sys_.settings.local_timezone,

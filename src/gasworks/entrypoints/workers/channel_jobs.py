@@ -17,9 +17,7 @@ from gasworks.services.outbound import OutboundPolicy, PassReport, advance_refun
 
 log = structlog.get_logger(__name__)
 
-channel_job_outcomes = Counter(
-    "gasworks_channel_job_outcomes_total", "What the worker's calls to the channels achieved, by outcome (booked, closed, refunds_confirmed, failures ...).", ["outcome"]
-)
+channel_job_outcomes = Counter("gasworks_channel_job_outcomes_total", "What the worker's calls to the channels achieved, by outcome (booked, closed, refunds_confirmed, failures ...).", ["outcome"])
 channel_jobs_last_run = Gauge("gasworks_channel_jobs_last_run_timestamp_seconds", "When the worker last finished a pass over orders, refunds and statements (Unix time).")
 
 

@@ -303,4 +303,3 @@ class CtwingSender:
         uow.carriers.add_command(command)
         log.info("ctwing_command_created", meter=device.serial, command_id=created.command_id, ttl_s=ttl_s, frame_seq=frame_seq)
         return command
-

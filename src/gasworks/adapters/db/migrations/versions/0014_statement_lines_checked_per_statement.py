@@ -8,10 +8,11 @@ table), and a file with lines cannot be deleted. SQLite keeps its foreign key (i
 Revision ID: 0014
 Revises: 0011
 """
+
 from alembic import op
 
-revision = '0014'
-down_revision = '0011'
+revision = "0014"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
@@ -33,10 +34,7 @@ def upgrade() -> None:
         END $$ LANGUAGE plpgsql
         """
     )
-    op.execute(
-        "CREATE TRIGGER statement_lines_name_their_file AFTER INSERT ON statement_lines REFERENCING NEW TABLE AS new_lines "
-        "FOR EACH STATEMENT EXECUTE FUNCTION gasworks_statement_lines_name_their_file()"
-    )
+    op.execute("CREATE TRIGGER statement_lines_name_their_file AFTER INSERT ON statement_lines REFERENCING NEW TABLE AS new_lines FOR EACH STATEMENT EXECUTE FUNCTION gasworks_statement_lines_name_their_file()")
     op.execute(
         """
         CREATE FUNCTION gasworks_statement_file_keeps_its_lines() RETURNS trigger AS $$
@@ -48,10 +46,7 @@ def upgrade() -> None:
         END $$ LANGUAGE plpgsql
         """
     )
-    op.execute(
-        "CREATE TRIGGER statement_file_keeps_its_lines BEFORE DELETE OR UPDATE OF id ON statement_files "
-        "FOR EACH ROW EXECUTE FUNCTION gasworks_statement_file_keeps_its_lines()"
-    )
+    op.execute("CREATE TRIGGER statement_file_keeps_its_lines BEFORE DELETE OR UPDATE OF id ON statement_files FOR EACH ROW EXECUTE FUNCTION gasworks_statement_file_keeps_its_lines()")
 
 
 def downgrade() -> None:

@@ -49,10 +49,7 @@ def upgrade() -> None:
             continue
         new_row_rule = _on_new_row(rule)
         for operation in ("INSERT", "UPDATE"):
-            op.execute(
-                f"CREATE TRIGGER {name}_{operation.lower()} BEFORE {operation} ON {table} "
-                f"WHEN NOT ({new_row_rule}) BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: {name}'); END"
-            )
+            op.execute(f"CREATE TRIGGER {name}_{operation.lower()} BEFORE {operation} ON {table} WHEN NOT ({new_row_rule}) BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: {name}'); END")
 
 
 def downgrade() -> None:
