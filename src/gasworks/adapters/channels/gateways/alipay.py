@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gasworks.adapters.channels.alipay import codec_of
 from gasworks.adapters.channels.base import BEIJING
+from gasworks.adapters.channels.gateways.bounded import read_at_most
 from gasworks.adapters.channels.rsa import sign_sha256_rsa, verify_sha256_rsa
 from gasworks.domain.channels import Channel, ChannelKind, KeyPurpose, PaymentNotice
 from gasworks.domain.errors import GasworksError, InvalidInput
@@ -481,7 +482,7 @@ class AlipayGateway:
                 headers={"Content-Type": f"application/x-www-form-urlencoded;charset={charset}"},
                 timeout=self.config.timeout_s,
             ) as response:
-                raw = _read_bounded(response, self.config.response_bytes_max, doing)
+                raw = read_at_most(response, self.config.response_bytes_max, doing)
         except httpx.HTTPError as error:
             raise GatewayError("UNREACHABLE", f"{doing}: {type(error).__name__} {str(error)[:100]}", retryable=True) from None
         if response.status_code != 200:
@@ -494,7 +495,7 @@ class AlipayGateway:
             raise _BillUrlExpired()
         try:
             with self._http.stream("GET", url, timeout=self.config.timeout_s) as response:
-                archive = _read_bounded(response, self.config.bill_zip_bytes_max, "bill download")
+                archive = read_at_most(response, self.config.bill_zip_bytes_max, "bill download")
         except httpx.HTTPError as error:
             raise GatewayError("UNREACHABLE", f"bill download: {type(error).__name__} {str(error)[:100]}", retryable=True) from None
         if response.status_code != 200 or not archive.startswith(b"PK\x03\x04"):
@@ -503,16 +504,6 @@ class AlipayGateway:
                 raise GatewayError("HTTP_STATUS", f"bill download: HTTP {response.status_code}", retryable=True)
             raise _BillUrlExpired()
         return archive
-
-
-def _read_bounded(response: httpx.Response, bytes_max: int, doing: str) -> bytes:
-    chunks, size = [], 0
-    for chunk in response.iter_bytes():
-        size += len(chunk)
-        if size > bytes_max:
-            raise GatewayError("RESPONSE_TOO_LARGE", f"{doing}: the answer exceeds {bytes_max} bytes", retryable=False)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _utc(at: datetime | None) -> datetime | None:
