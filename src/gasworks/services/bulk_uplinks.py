@@ -4,7 +4,7 @@
 unusual, too slow for a million daily reports. Here a batch of frames is split, the meters, their
 frame security and their keys are read and locked once for the batch, and every frame that is a
 plain daily report (sealed under the active key, MAC valid, counter above the last one, a meter with
-no command open or stopped) is taken by the very same rules (`delivery._apply_message`), the changed
+no command open or stopped) is taken by the very same rules (`delivery.apply_message`), the changed
 meters written back together. Every other frame (an acknowledgement, a refusal, a bad MAC, a replay,
 a rotation in progress, a meter with commands, a second frame of one meter in the batch) goes
 through `handle_uplink` one at a time afterwards, so what is refused, recorded and alerted is
@@ -20,7 +20,7 @@ from gasworks.domain.accounts import MeterKind
 from gasworks.domain.delivery import OPEN_STATES, STOPPED_STATES, CommandState, MeterCommand, MeterLink
 from gasworks.domain.meter_messages import CurrentData, MeterMessage
 from gasworks.domain.meter_security import MacScheme, MeterFrameSecurity
-from gasworks.services.delivery import UplinkOutcome, _apply_message, _count_refusal, _record_refusal, handle_uplink
+from gasworks.services.delivery import UplinkOutcome, apply_message, count_frame_refusal, handle_uplink, record_frame_refusal
 from gasworks.services.unit_of_work import UnitOfWork
 
 UPLINKS_PER_TRANSACTION_MAX = 2_000  # one transaction's lock set and statement size; a bound, not a target
@@ -97,9 +97,9 @@ def handle_uplinks(
                 security.take_uplink(key_version=sealed.key_version, counter=sealed.counter, at=now)
                 changed_securities.append(security)
                 commands: list[MeterCommand] = []
-                taken = _apply_message(message, link, commands, uow, uow.delivery, now, counter=sealed.counter)
+                taken = apply_message(message, link, commands, uow, uow.delivery, now, counter=sealed.counter)
                 if taken.refusal is not None:
-                    _record_refusal(uow, serial, *taken.refusal, payload)
+                    record_frame_refusal(uow, serial, *taken.refusal, payload)
                     refusals.append((serial, *taken.refusal))
                 for command in commands:  # a valve command the report called for
                     if command.events:
@@ -112,7 +112,7 @@ def handle_uplinks(
             store.save(changed_links, changed_securities)
             uow.commit()
         for refusal in refusals:
-            _count_refusal(*refusal)
+            count_frame_refusal(*refusal)
     in_batch = len(outcomes)
     by_meter: dict[str, list[int]] = {}
     for i, (topic_serial, _) in enumerate(items):

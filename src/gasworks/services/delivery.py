@@ -227,16 +227,16 @@ def handle_uplink(topic_serial: str, payload: bytes, uow: UnitOfWork, *, carrier
         link = uow.meters.get(message.serial, lock=True)
         if link is not None and link.kind == MeterKind.IOT:
             commands = uow.meter_commands.for_meter(link.serial, states=OPEN_STATES | STOPPED_STATES, route=MeterKind.IOT)
-            taken = _apply_message(message, link, commands, uow, uow.delivery, now, counter=counter)
+            taken = apply_message(message, link, commands, uow, uow.delivery, now, counter=counter)
             if taken.refusal is not None:
-                _record_refusal(uow, link.serial, *taken.refusal, payload)
+                record_frame_refusal(uow, link.serial, *taken.refusal, payload)
             for command in commands:
                 if command.events or command.id in taken.rewound_ids:
                     uow.meter_commands.save(command, now)
             uow.meters.save(link)
             uow.commit()
             if taken.refusal is not None:
-                _count_refusal(link.serial, *taken.refusal)
+                count_frame_refusal(link.serial, *taken.refusal)
                 return UplinkOutcome(link.serial, False, f"{taken.refusal[0]}: {taken.refusal[1]}")
             waiting = any(c.state in OPEN_STATES for c in commands)
             return UplinkOutcome(link.serial, True, taken.what, commands_waiting=waiting)
@@ -244,13 +244,13 @@ def handle_uplink(topic_serial: str, payload: bytes, uow: UnitOfWork, *, carrier
 
 
 @dataclass(frozen=True)
-class _Taken:
+class MessageTaken:
     what: str
     refusal: tuple[str, str] | None = None  # (code, reason): the frame changed nothing and is kept among rejections
     rewound_ids: frozenset[int | None] = frozenset()  # in flight, given a fresh allowance of sends by a new wake: saved too
 
 
-def _apply_message(message: MeterMessage, link: MeterLink, commands: list[MeterCommand], uow: UnitOfWork, policy: DeliveryPolicy, now: datetime, *, counter: int | None = None) -> _Taken:
+def apply_message(message: MeterMessage, link: MeterLink, commands: list[MeterCommand], uow: UnitOfWork, policy: DeliveryPolicy, now: datetime, *, counter: int | None = None) -> MessageTaken:
     settled: list[MeterCommand] = []
     rewound_ids: frozenset[int | None] = frozenset()
     match message:
@@ -261,14 +261,14 @@ def _apply_message(message: MeterMessage, link: MeterLink, commands: list[MeterC
             newest = ReportKey(link.last_report_clock, link.last_report_counter) if link.last_report_clock else None
             order = report_order(ReportKey(message.meter_clock, counter), newest)
             if order == ReportOrder.OLDER:
-                return _Taken("stale report", ("STALE_REPORT", f"report of {message.meter_clock:%Y-%m-%d %H:%M:%S} (meter clock) is older than the newest taken, of {link.last_report_clock:%Y-%m-%d %H:%M:%S}: ignored"))
+                return MessageTaken("stale report", ("STALE_REPORT", f"report of {message.meter_clock:%Y-%m-%d %H:%M:%S} (meter clock) is older than the newest taken, of {link.last_report_clock:%Y-%m-%d %H:%M:%S}: ignored"))
             claimed = unwrap_seq(message.last_applied_seq, applied_seq=link.applied_seq, highest_issued=_highest_sent(link, commands), modulus=link.seq_modulus)
             verdict = judge_claim(claimed, applied_seq=link.applied_seq, highest_issued=link.purchase_seq_issued)
             if verdict == ClaimVerdict.BEYOND_ISSUED:
                 _take_alarms(message, link, uow, now)  # its serial is not believed; a leak it reports is, to be safe
                 return _claims_unissued(uow, link, claimed, "report", now)
             if verdict == ClaimVerdict.BACKWARDS and order == ReportOrder.SAME:
-                return _Taken("stale report", ("STALE_REPORT", f"a report of the same moment as the newest taken claims purchase #{claimed}, below #{link.applied_seq}: ignored"))
+                return MessageTaken("stale report", ("STALE_REPORT", f"a report of the same moment as the newest taken claims purchase #{claimed}, below #{link.applied_seq}: ignored"))
             _take_report(message, link, uow, now, policy, claimed=claimed, backwards=verdict == ClaimVerdict.BACKWARDS)
             link.last_report_counter = counter
             in_flight = [c for c in commands if c.state in (CommandState.SENT, CommandState.DELIVERED)]
@@ -288,13 +288,13 @@ def _apply_message(message: MeterMessage, link: MeterLink, commands: list[MeterC
             if verdict == ClaimVerdict.BEYOND_ISSUED:
                 return _claims_unissued(uow, link, claimed, "acknowledgement", now)
             if verdict == ClaimVerdict.BACKWARDS:
-                return _Taken("acknowledgement", ("SERIAL_BACKWARDS", f"acknowledgement says the meter has applied purchase #{claimed}; it had applied #{link.applied_seq}: not taken"))
+                return MessageTaken("acknowledgement", ("SERIAL_BACKWARDS", f"acknowledgement says the meter has applied purchase #{claimed}; it had applied #{link.applied_seq}: not taken"))
             link.applied_seq = claimed
             link.credit_litres, link.credit_fen = message.credit_litres, message.credit_fen
             settled = settle_by_meter(commands, applied_seq=link.applied_seq, valve_open=None, at=now, source="acknowledged")
             what = "purchase acknowledged"
         case PurchaseRecord():
-            return _Taken("purchase record", ("UNSOLICITED_REPLY", f"a purchase record (frame serial {message.frame_seq}) gasworks never asked for: nothing settled"))
+            return MessageTaken("purchase record", ("UNSOLICITED_REPLY", f"a purchase record (frame serial {message.frame_seq}) gasworks never asked for: nothing settled"))
         case ValveAck():
             if _outstanding(commands, message.frame_seq, CommandKind.VALVE_OPEN, CommandKind.VALVE_CLOSE) is None:
                 return _unmatched(message.frame_seq, "valve acknowledgement")
@@ -316,7 +316,7 @@ def _apply_message(message: MeterMessage, link: MeterLink, commands: list[MeterC
         else:
             clear_command_alerts(uow, command, now)
     _keep_valve_right(link, commands, uow, policy, now)
-    return _Taken(what, rewound_ids=rewound_ids)
+    return MessageTaken(what, rewound_ids=rewound_ids)
 
 
 def _highest_sent(link: MeterLink, commands: list[MeterCommand]) -> int:
@@ -333,17 +333,17 @@ def _outstanding(commands: list[MeterCommand], frame_seq: int, *kinds: CommandKi
     return next((c for c in commands if c.kind in kinds and c.sends > 0 and c.state in answerable and c.frame_seq == frame_seq), None)
 
 
-def _unmatched(frame_seq: int, what: str) -> _Taken:
-    return _Taken(what, ("UNMATCHED_REPLY", f"{what} with frame serial {frame_seq} answers no command in flight: nothing settled"))
+def _unmatched(frame_seq: int, what: str) -> MessageTaken:
+    return MessageTaken(what, ("UNMATCHED_REPLY", f"{what} with frame serial {frame_seq} answers no command in flight: nothing settled"))
 
 
-def _claims_unissued(uow: UnitOfWork, link: MeterLink, claimed: int, source: str, now: datetime) -> _Taken:
+def _claims_unissued(uow: UnitOfWork, link: MeterLink, claimed: int, source: str, now: datetime) -> MessageTaken:
     """Nothing from outside is believed beyond what we issued: the claim settles nothing, books
     nothing, and a person must look (`gasworks check` lists it until then)."""
     reason = f"meter {link.serial} claims purchase #{claimed}; highest issued #{link.purchase_seq_issued} (in a {source}): nothing settled"
     uow.alerts.raise_once(kind=AlertKind.METER_CLAIMS_UNISSUED, subject=f"meter:{link.serial}", reason=reason, at=now)
     log.warning("meter_claims_unissued", meter=link.serial, claimed=claimed, issued=link.purchase_seq_issued, source=source)
-    return _Taken(source, ("SERIAL_NOT_ISSUED", reason))
+    return MessageTaken(source, ("SERIAL_NOT_ISSUED", reason))
 
 
 def _take_report(report: CurrentData, link: MeterLink, uow: UnitOfWork, now: datetime, policy: DeliveryPolicy, *, claimed: int, backwards: bool) -> None:
@@ -387,7 +387,7 @@ def _add_valve_reason(uow: UnitOfWork, link: MeterLink, reason: ValveReason, why
         )  # fmt: skip
 
 
-def _take_refusal(refusal: CommandRefused, link: MeterLink, commands: list[MeterCommand], uow: UnitOfWork, policy: DeliveryPolicy, now: datetime) -> _Taken:
+def _take_refusal(refusal: CommandRefused, link: MeterLink, commands: list[MeterCommand], uow: UnitOfWork, policy: DeliveryPolicy, now: datetime) -> MessageTaken:
     di_of = {CommandKind.CREDIT: cjt188.DI_WRITE_PURCHASE, CommandKind.VALVE_OPEN: cjt188.DI_VALVE, CommandKind.VALVE_CLOSE: cjt188.DI_VALVE}
     in_flight = next((c for c in commands if c.state == CommandState.SENT and di_of[c.kind] == refusal.refused_di and c.frame_seq == refusal.frame_seq), None)
     if in_flight is None:
@@ -396,13 +396,13 @@ def _take_refusal(refusal: CommandRefused, link: MeterLink, commands: list[Meter
         wait = policy.ack_wait(in_flight.window_sends)
         in_flight.next_send_at = now + wait
         in_flight.move_to(CommandState.SENT, now, f"the meter is busy: sent again in {int(wait.total_seconds())} s")
-        return _Taken("meter busy")
+        return MessageTaken("meter busy")
     in_flight.move_to(CommandState.FAILED, now, f"the meter refused it: {refusal.error.name}")
     uow.alerts.raise_once(
         kind=AlertKind.COMMAND_REFUSED, subject=f"command:{in_flight.id}",
         reason=f"meter {link.serial} refused {in_flight.kind} #{in_flight.id} ({refusal.error.name}); reissue or cancel it", at=now,
     )  # fmt: skip
-    return _Taken(f"command refused: {refusal.error.name}")
+    return MessageTaken(f"command refused: {refusal.error.name}")
 
 
 def clear_command_alerts(uow: UnitOfWork, command: MeterCommand, at: datetime) -> None:
@@ -465,23 +465,23 @@ def _add_valve_command(uow: UnitOfWork, link: MeterLink, commands: list[MeterCom
     commands.append(command)
 
 
-def _record_refusal(uow: UnitOfWork, serial: str, code: str, reason: str, payload: bytes) -> None:
+def record_frame_refusal(uow: UnitOfWork, serial: str, code: str, reason: str, payload: bytes) -> None:
     uow.rejections.add(
         at=uow.clock.now(), channel_id=METERS_CHANNEL, code=code, message=reason[:500], remote_addr="",
         request_summary={"topic_serial": serial[:20], "frame_hex": payload[:96].hex()},
     )  # fmt: skip
 
 
-def _count_refusal(serial: str, code: str, reason: str) -> None:
+def count_frame_refusal(serial: str, code: str, reason: str) -> None:
     meter_frames_refused.labels(code=code).inc()
     log.warning("meter_frame_refused", topic_serial=serial, code=code, reason=reason)
 
 
 def _refuse(uow: UnitOfWork, serial: str, code: str, reason: str, payload: bytes) -> UplinkOutcome:
     with uow:
-        _record_refusal(uow, serial, code, reason, payload)
+        record_frame_refusal(uow, serial, code, reason, payload)
         uow.commit()
-    _count_refusal(serial, code, reason)
+    count_frame_refusal(serial, code, reason)
     return UplinkOutcome(serial, False, f"{code}: {reason}")
 
 
