@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from gasworks.adapters.db.engine import make_engine
+from gasworks.adapters.db.engine import is_cut_off, make_engine
 from gasworks.adapters.db.group_commit import GroupCommit
 from gasworks.adapters.db.meter_keys import UnsealedKeys, parse_site_key
 from gasworks.adapters.db.repositories import ChannelCache
@@ -14,6 +14,7 @@ from gasworks.config import Settings
 from gasworks.domain.clock import Clock, SystemClock
 from gasworks.domain.delivery import DeliveryPolicy
 from gasworks.domain.money import PaymentCeiling
+from gasworks.services.cut_retry import CutRetry
 from gasworks.services.delivery import policy_from
 from gasworks.services.timeline import resident_link_secret
 
@@ -29,6 +30,11 @@ class System:
             self.engine, self.clock, delivery=self.delivery, local_timezone=self.settings.local_timezone,
             payment_ceiling=self.payment_ceiling, site_key=self.site_key, channel_cache=self.channel_cache, key_cache=self.key_cache,
         )  # fmt: skip
+
+    @functools.cached_property
+    def cut_retry(self) -> CutRetry:
+        s = self.settings
+        return CutRetry(attempts=s.cut_retry_attempts, first_backoff_s=s.cut_retry_backoff_ms / 1000, is_cut_off=is_cut_off)
 
     @functools.cached_property
     def payment_ceiling(self) -> PaymentCeiling:

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     # each in its own savepoint, answered after the shared COMMIT (0: off; see adapters/db/group_commit.py).
     group_commit_ms: float = Field(0.0, ge=0, le=50)
     group_commit_members_max: int = Field(32, ge=1, le=256)
+    # A booking cut off by the database (failover, dropped connection) is run again this many times in
+    # all, pausing from this many ms, doubling, before the caller gets 503 TRY_AGAIN_LATER (see services/cut_retry.py).
+    cut_retry_attempts: int = Field(4, ge=1, le=10)
+    cut_retry_backoff_ms: int = Field(250, ge=0, le=5000)
     # One payment ceiling for every channel: synchronous channels (wallet, kiosk, counter, orders)
     # refuse above it (422 AMOUNT_ABOVE_LIMIT); money a channel already took is held in suspense.
     payment_fen_max: int = Field(1_000_000, ge=1, le=PAYMENT_FEN_ABSOLUTE_MAX)  # ¥10,000

@@ -4,14 +4,16 @@ Every refusal raised here is recorded once, at the HTTP edge (entrypoints/api/ed
 channel, code, body size and body hash, before the reply goes out.
 """
 
+import dataclasses
 from collections.abc import Callable
 
 from gasworks.adapters.channels import Decoder, InboundRequest
 from gasworks.adapters.channels.wallet_hmac import verify_request
-from gasworks.domain.channels import Channel, ChannelKind, RefundNotice
+from gasworks.domain.channels import Channel, ChannelKind, PaymentNotice, RefundNotice
 from gasworks.domain.errors import IntakeRefused, NotFound
 from gasworks.domain.money import PaymentCeiling
 from gasworks.services.accounts import AccountView, get_account
+from gasworks.services.cut_retry import NO_RETRY, CutRetry
 from gasworks.services.holds import take_channel_refund
 from gasworks.services.intake import Acceptance, accept_payment, claim_nonce
 from gasworks.services.unit_of_work import UnitOfWork
@@ -33,18 +35,35 @@ def take_channel_payment(
     *,
     skew_s: int,
     ceiling: PaymentCeiling | None = None,
+    retry: CutRetry = NO_RETRY,
 ) -> Acceptance:
     """Verify, decode and take one channel message. Merchant-order channels (WeChat Pay, Alipay)
     notify money already taken: above the ceiling it is held. A bill payment is refused instead.
-    A refund notification refunds its payment (see `take_channel_refund`)."""
+    A refund notification refunds its payment (see `take_channel_refund`).
+
+    Cut off by the database (`retry`), the message is taken again the same way. A nonce found
+    used on such a rerun was used by the run that was cut, whose commit therefore happened (or by a
+    replay of this very request, which takes the same payment): the rerun then looks the payment
+    up by its transaction id without claiming the nonce again, and answers as a duplicate."""
     decode = decoders.get(channel.kind)
     if decode is None:
         raise IntakeRefused(f"a {channel.kind.value} channel does not post here", code="WRONG_ENDPOINT")
-    uow = new_uow()
-    notice = decode(channel, request, uow.clock.now(), skew_s)
-    if isinstance(notice, RefundNotice):
-        return Acceptance.of(take_channel_refund(notice, uow), duplicate=False)
-    return accept_payment(notice, uow, ceiling=ceiling, refuse_above_ceiling=not channel.kind.uses_merchant_orders)
+    notice = decode(channel, request, new_uow().clock.now(), skew_s)
+
+    def take(after_cut: bool) -> Acceptance:
+        try:
+            return take_once(notice)
+        except IntakeRefused as refused:
+            if not (after_cut and refused.code == "NONCE_REUSED"):
+                raise
+            return take_once(dataclasses.replace(notice, replay_nonce=None))
+
+    def take_once(notice: PaymentNotice | RefundNotice) -> Acceptance:
+        if isinstance(notice, RefundNotice):
+            return Acceptance.of(take_channel_refund(notice, new_uow()), duplicate=False)
+        return accept_payment(notice, new_uow(), ceiling=ceiling, refuse_above_ceiling=not channel.kind.uses_merchant_orders)
+
+    return retry.run(take)
 
 
 def look_up_account_for_channel(channel: Channel, account_no: str, request: InboundRequest, new_uow: Callable[[], UnitOfWork], *, skew_s: int) -> AccountView:

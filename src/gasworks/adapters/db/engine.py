@@ -1,13 +1,21 @@
 """Engines for the system of record: a SQLite file by default, PostgreSQL in production."""
 
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+LIBPQ_SCHEMES = ("postgres://", "postgresql://")
 
 
 def make_engine(database_url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
     """`sqlite_synchronous`: FULL (default) survives power loss; NORMAL, for throwaway data such as
-    a demo city, survives a crash of gasworks but may lose the last commits on power loss."""
-    if database_url.startswith("postgresql://"):
-        database_url = "postgresql+psycopg://" + database_url.removeprefix("postgresql://")
+    a demo city, survives a crash of gasworks but may lose the last commits on power loss.
+
+    PostgreSQL URLs may name several hosts, as libpq's do (`postgres://h1:p1,h2:p2/db?target_session_attrs=read-write`,
+    what `pg_autoctl show uri` prints) or as SQLAlchemy's do (`...?host=h1:p1&host=h2:p2`): each new
+    connection tries them in turn and keeps the one that is the primary now."""
+    database_url = sqlalchemy_url(database_url)
     if database_url.startswith("sqlite"):
         engine = create_engine(database_url, connect_args={"timeout": 30, "check_same_thread": False})
         if sqlite_synchronous not in ("FULL", "NORMAL"):
@@ -15,6 +23,29 @@ def make_engine(database_url: str, *, sqlite_synchronous: str = "FULL") -> Engin
         _serialise_sqlite_writers(engine, sqlite_synchronous)
         return engine
     return create_engine(database_url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+def sqlalchemy_url(database_url: str) -> str:
+    """A libpq URL, single- or multi-host, as SQLAlchemy's psycopg 3 dialect takes it."""
+    scheme = next((prefix for prefix in LIBPQ_SCHEMES if database_url.startswith(prefix)), None)
+    if scheme is None:
+        return database_url
+    parts = urlsplit(database_url)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    if "," not in hosts:
+        return "postgresql+psycopg://" + database_url.removeprefix(scheme)
+    query = [("host", host) for host in hosts.split(",") if host] + parse_qsl(parts.query)
+    netloc = f"{userinfo}@" if userinfo else ""
+    return f"postgresql+psycopg://{netloc}{parts.path}?{urlencode(query, safe=':')}"
+
+
+def is_cut_off(error: BaseException) -> bool:
+    """The database went away under a unit of work (a failover, a dropped connection, a deadlock
+    or a serialisation failure): whether its commit happened is unknown, and running the use case
+    again through its idempotent path is the way to know."""
+    if isinstance(error, (OperationalError, InterfaceError)):
+        return True
+    return isinstance(error, DBAPIError) and error.connection_invalidated
 
 
 def _serialise_sqlite_writers(engine: Engine, synchronous: str) -> None:

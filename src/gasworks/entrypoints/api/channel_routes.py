@@ -36,7 +36,7 @@ def channel_routes(system: System, errors: dict[int | str, dict[str, Any]]) -> A
         channel = await run_in_threadpool(notifications.load_channel, channel_id, new_uow)
         started = time.perf_counter()
         try:
-            taken = await run_in_threadpool(lambda: notifications.take_channel_payment(channel, raw, decoders, system.new_booking_uow, skew_s=settings.notification_clock_skew_s, ceiling=system.payment_ceiling))
+            taken = await run_in_threadpool(lambda: notifications.take_channel_payment(channel, raw, decoders, system.new_booking_uow, skew_s=settings.notification_clock_skew_s, ceiling=system.payment_ceiling, retry=system.cut_retry))
             payments_taken.labels(channel.kind.value, "duplicate" if taken.duplicate else taken.state.value).inc()
             return channel, taken, None
         except GasworksError as error:  # recorded and counted by the edge, whatever the reply's format

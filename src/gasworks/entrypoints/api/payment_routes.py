@@ -75,7 +75,8 @@ def device_routes(system: System, caller: Callers, errors: Errors) -> APIRouter:
             method=body.method,
         )
         audit = intake.AuditNote(access.actor_of(device), "payment.take", {"txn_id": body.txn_id, "account_no": body.account_no, "method": body.method})
-        taken = intake.accept_payment(notice, new_uow(), ceiling=system.payment_ceiling, refuse_above_ceiling=True, audit=audit)  # 422 above the ceiling
+        # 422 above the ceiling; cut off by a failover, taken again by its txn id (never twice)
+        taken = system.cut_retry.run(lambda _after_cut: intake.accept_payment(notice, new_uow(), ceiling=system.payment_ceiling, refuse_above_ceiling=True, audit=audit))
         payments_taken.labels("device", "duplicate" if taken.duplicate else taken.state.value).inc()
         return s.AcceptanceOut.of(taken, resident_url=resident_url(system, request, taken.payment_id))
 
