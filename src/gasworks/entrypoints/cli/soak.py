@@ -1,6 +1,7 @@
 """`gasworks soak`: real gasworks processes under chaos, and the proof that nothing was lost."""
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -21,9 +22,17 @@ def soak(
     payments_per_minute: Annotated[int, typer.Option(min=1, max=100_000, help="Honest payments planned per minute.")] = 90,
     forgeries_per_minute: Annotated[int, typer.Option(min=0, max=10_000, help="Forged messages per minute, every kind in turn.")] = 28,
     keep: Annotated[bool, typer.Option(help="Keep the run's directory (databases, logs) even when it passes.")] = False,
+    kill_primary: Annotated[bool, typer.Option(help="Instead of the chaos rounds: the primary-kill drill on the pg_auto_failover formation of scripts/pg-failover (its `up` prints --database-url).")] = False,
+    database_url: Annotated[str | None, typer.Option(help="With --kill-primary: the formation's multi-host URL.")] = None,
+    failover_scripts: Annotated[Path, typer.Option(help="With --kill-primary: where kill-primary and start-node are.")] = Path("scripts/pg-failover"),
 ) -> None:
     """Run real `gasworks serve` and workers on a private PostgreSQL and Mosquitto, kill and restart
-    them at random, harm and forge messages, and prove the invariants after every fault."""
+    them at random, harm and forge messages, and prove the invariants after every fault.
+    With --kill-primary, kill the primary of a failing-over PostgreSQL under load and prove every
+    acknowledged payment booked once."""
+    if kill_primary:
+        drill_failover(database_url, failover_scripts, minutes=minutes, payments_per_minute=payments_per_minute, households=households)
+        return
     from gasworks.observability import configure_logging
     from gasworks.sim.soak import (  # the simulator's imports only when soaking
         Soak,
@@ -36,6 +45,43 @@ def soak(
     started = time.monotonic()
     report = Soak(options, say=lambda line: out.print(f"  {time.monotonic() - started:5.1f} s  {line}")).run()
     show(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def drill_failover(database_url: str | None, scripts: Path, *, minutes: int, payments_per_minute: int, households: int) -> None:
+    from gasworks.observability import configure_logging
+    from gasworks.sim.failover_drill import DrillOptions, FailoverDrill
+
+    if database_url is None:
+        raise typer.BadParameter("--kill-primary needs --database-url: the multi-host URL scripts/pg-failover/up prints", param_hint="--database-url")
+    if not (scripts / "kill-primary").exists():
+        raise typer.BadParameter(f"no kill-primary script in {scripts}", param_hint="--failover-scripts")
+    configure_logging(level=40)
+    run_s = minutes * 60
+    options = DrillOptions(database_url, scripts, households=min(households, 1000), payments_per_s=max(1, payments_per_minute // 60), before_kill_s=min(10.0, run_s / 4), after_kill_s=run_s - min(10.0, run_s / 4))
+    started = time.monotonic()
+    report = FailoverDrill(options, say=lambda line: out.print(f"  {time.monotonic() - started:5.1f} s  {line}")).run()
+    table = Table(title="primary killed under load (pg_auto_failover)", title_justify="left")
+    table.add_column("measure", no_wrap=True)
+    table.add_column("value", justify="right")
+    seconds = lambda s: "-" if s is None else f"{s:.1f} s"  # noqa: E731
+    for name, value in (
+        ("killed (node, port)", report.killed),
+        ("payments sent", f"{report.payments_sent:,}"),
+        ("acknowledged to the channel", f"{report.acknowledged:,}"),
+        ("booked", f"{report.booked:,}"),
+        ("lost (acknowledged, not booked)", f"{len(report.lost):,}"),
+        ("doubled", f"{len(report.doubled):,}"),
+        ("never answered", f"{report.unanswered:,}"),
+        ("kill → first booking after it", seconds(report.failover_s)),
+        ("time without service", seconds(report.service_gap_s)),
+        ("attempts refused meanwhile", ", ".join(f"{n:,} × {status}" for status, n in sorted(report.refused_by_status.items())) or "0"),
+        ("`gasworks check`", "passed" if report.gasworks_check_exit == 0 else f"exit {report.gasworks_check_exit}"),
+    ):
+        table.add_row(name, value)
+    out.print(table)
+    out.print(f"drill {'[bold green]passed[/]' if report.ok else '[bold red]FAILED[/]'} in {report.wall_s:.0f} s")
     if not report.ok:
         raise typer.Exit(1)
 
