@@ -21,6 +21,10 @@ class Settings(BaseSettings):
     # Meter transport: None runs the in-process loopback; mqtt://user:password@host:1883 a broker.
     mqtt_url: str | None = None
     mqtt_topic_prefix: str = "gasworks/meters"
+    # Meters on a NATS cluster (scripts/nats-cluster): uplinks from a JetStream work queue, one worker
+    # each, downlinks on NATS, e.g. "nats://127.0.0.1:4301,nats://127.0.0.1:4302". None: MQTT as above.
+    uplink_queue_urls: str | None = None
+    uplink_queue_replicas: int = Field(1, ge=1, le=5)  # 3 on a three-node cluster
     mqtt_client_id: str = ""  # empty: a random one per process; unique per worker (clean sessions)
     mqtt_shared_subscription: bool = True  # workers share uplinks ($share/gasworks/...): each goes to one
     mqtt_keepalive_s: int = 15  # a worker gone silent with its socket open leaves the share 1.5 x this after its last packet

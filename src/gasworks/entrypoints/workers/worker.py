@@ -50,6 +50,11 @@ def make_transport(system: System) -> Transport:
 
 def _meter_transport(system: System) -> Transport:
     settings = system.settings
+    if settings.uplink_queue_urls:
+        from gasworks.adapters.meters.jetstream import JetStreamTransport  # nats-py only when meters are on NATS
+
+        servers = [url.strip() for url in settings.uplink_queue_urls.split(",") if url.strip()]
+        return JetStreamTransport(servers, prefix=settings.mqtt_topic_prefix, replicas=settings.uplink_queue_replicas)
     if settings.mqtt_url:
         return MqttTransport(
             settings.mqtt_url,
