@@ -25,6 +25,12 @@ class System:
     engine: Engine
     clock: Clock
 
+    def migrate(self) -> None:
+        """The schema to head, as `gasworks serve` does before it answers."""
+        from gasworks.adapters.db.migrate import upgrade  # Alembic only when asked
+
+        upgrade(self.engine)
+
     def new_uow(self) -> SqlUnitOfWork:
         return SqlUnitOfWork(
             self.engine, self.clock, delivery=self.delivery, local_timezone=self.settings.local_timezone,

@@ -14,7 +14,7 @@ from datetime import datetime
 
 import paho.mqtt.client as mqtt
 
-from gasworks.adapters.meters.transport import mqtt_client, topic_down, topic_up
+from gasworks.adapters.meters.transport import mqtt_client, next_broker, topic_down, topic_up
 from gasworks.sim.meter import SimulatedMeter
 
 SUBSCRIBE_WAIT_S = 10.0
@@ -32,8 +32,13 @@ class MqttFleet:
         self.client = mqtt_client(url, f"fleet-{uuid.uuid4().hex[:10]}")
         self.client.on_connect = lambda c, *a: c.subscribe(topic_down(prefix, "+"), qos=1)
         self.client.on_subscribe = lambda *a: self._subscribed.set()
-        self.client.on_disconnect = lambda *a: self._subscribed.clear()
+        self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+
+    def _on_disconnect(self, *_args: object) -> None:
+        """Lost: paho reconnects by itself, to the next node when the broker is a cluster."""
+        self._subscribed.clear()
+        next_broker(self.client)
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         arrived = time.perf_counter()
@@ -56,8 +61,15 @@ class MqttFleet:
                 self._handling -= 1
 
     def start(self) -> None:
-        host, port = self.client._gasworks_address  # type: ignore[attr-defined]
-        self.client.connect(host, port, keepalive=30)
+        for _ in self.client._gasworks_addresses:  # type: ignore[attr-defined]
+            host, port = self.client._gasworks_address  # type: ignore[attr-defined]
+            try:
+                self.client.connect(host, port, keepalive=30)
+                break
+            except OSError:  # a cluster's node that is down: the next one
+                next_broker(self.client)
+        else:
+            raise ConnectionError(f"no MQTT broker answers at {self.client._gasworks_addresses}")  # type: ignore[attr-defined]
         self.client.loop_start()
         if not self._subscribed.wait(SUBSCRIBE_WAIT_S):
             raise TimeoutError(f"meter fleet could not subscribe within {SUBSCRIBE_WAIT_S} s")

@@ -121,16 +121,38 @@ def topic_down(prefix: str, serial: str) -> str:
 
 
 def mqtt_client(url: str, client_id: str, *, clean_session: bool = False) -> mqtt.Client:
-    """A paho client for mqtt://[user:password@]host[:port] (credentials from the URL, i.e. config)."""
+    """A paho client for mqtt://[user:password@]host[:port] (credentials from the URL, i.e. config).
+
+    A clustered broker is named by its nodes, `mqtt://[user:password@]h1:p1,h2:p2,h3:p3`: the
+    client starts on the first, and `next_broker` moves it to the next after a lost connection."""
     parsed = urlparse(url)
-    if parsed.scheme not in ("mqtt", "tcp") or not parsed.hostname:
-        raise ValueError(f"MQTT URL must look like mqtt://user:password@host:1883, got {url!r}")
+    userinfo, _, hosts = parsed.netloc.rpartition("@")
+    addresses = [_address(host) for host in hosts.split(",") if host]
+    if parsed.scheme not in ("mqtt", "tcp") or not addresses or not all(host for host, _ in addresses):
+        raise ValueError(f"MQTT URL must look like mqtt://user:password@host:1883 (or host1:port1,host2:port2), got {url!r}")
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"gasworks-{uuid.uuid4().hex[:12]}", clean_session=clean_session)
-    if parsed.username:
-        client.username_pw_set(unquote(parsed.username), unquote(parsed.password or ""))
+    if userinfo:
+        username, _, password = userinfo.partition(":")
+        client.username_pw_set(unquote(username), unquote(password))
     client.reconnect_delay_set(min_delay=1, max_delay=10)
-    client._gasworks_address = (parsed.hostname, parsed.port or 1883)  # type: ignore[attr-defined]
+    client._gasworks_addresses = addresses  # type: ignore[attr-defined]
+    client._gasworks_address = addresses[0]  # type: ignore[attr-defined]
     return client
+
+
+def _address(host_port: str) -> tuple[str, int]:
+    host, _, port = host_port.rpartition(":") if host_port.rsplit(":", 1)[-1].isdigit() else (host_port, "", "")
+    return host, int(port) if port else 1883
+
+
+def next_broker(client: mqtt.Client) -> tuple[str, int]:
+    """Point a disconnected client at the next node of its cluster (the same one if it has one)."""
+    addresses: list[tuple[str, int]] = client._gasworks_addresses  # type: ignore[attr-defined]
+    current = client._gasworks_address  # type: ignore[attr-defined]
+    following = addresses[(addresses.index(current) + 1) % len(addresses)]
+    client._gasworks_address = following  # type: ignore[attr-defined]
+    client._host, client._port = following  # paho's own fields: its `host` setter refuses while a connection is being made
+    return following
 
 
 @dataclass(frozen=True)
@@ -290,6 +312,8 @@ class MqttTransport:
         self._client.connect_async(host, port, keepalive=self.keepalive_s)
         attempt = 0
         while not self._stopping.is_set():
+            if attempt > 0:
+                host, port = next_broker(self._client)
             try:
                 self._client.reconnect()
             except OSError as error:

@@ -65,9 +65,9 @@ def worker(
         raise InvalidInput(f"--processes is 1 to {PROCESSES_MAX - 1}", code="INVALID_WORKER_OPTION")
     if settings.worker_processes > 1 and sys_.engine.url.get_backend_name() != "postgresql":
         raise InvalidInput("SQLite has one writer: run one worker (several need PostgreSQL)", code="ONE_WORKER_ON_SQLITE")
-    if not settings.mqtt_url:
+    if not settings.mqtt_url and not settings.uplink_queue_urls:
         raise InvalidInput(
-            "no broker configured (GASWORKS_MQTT_URL or --mqtt-url); with the in-process transport the worker runs inside `gasworks serve`",
+            "no broker configured (GASWORKS_MQTT_URL or --mqtt-url, or GASWORKS_UPLINK_QUEUE_URLS for NATS); with the in-process transport the worker runs inside `gasworks serve`",
             code="NO_BROKER",
         )
     if not 0 <= settings.worker_metrics_port < 65536 or settings.watchdog_interval_s < 1:
@@ -89,7 +89,8 @@ def worker(
                 "give each worker on a host its own --metrics-port", code="METRICS_PORT_UNAVAILABLE",
             ) from None  # fmt: skip
     metrics = f"http://{settings.worker_metrics_host}:{settings.worker_metrics_port}/metrics" if settings.worker_metrics_port else "off"
-    out.print(f"worker on {sys_.engine.url.render_as_string(hide_password=True)}, broker {settings.mqtt_url.split('@')[-1]}; Ctrl-C stops")
+    broker = f"NATS {settings.uplink_queue_urls}" if settings.uplink_queue_urls else str(settings.mqtt_url).split("@")[-1]
+    out.print(f"worker on {sys_.engine.url.render_as_string(hide_password=True)}, broker {broker}; Ctrl-C stops")
     out.print(f"  metrics: {metrics}; watchdog every {settings.watchdog_interval_s} s")
     others = WorkerProcesses(settings, settings.worker_processes - 1)
     if others.count:

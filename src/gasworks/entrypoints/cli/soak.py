@@ -25,11 +25,18 @@ def soak(
     kill_primary: Annotated[bool, typer.Option(help="Instead of the chaos rounds: the primary-kill drill on the pg_auto_failover formation of scripts/pg-failover (its `up` prints --database-url).")] = False,
     database_url: Annotated[str | None, typer.Option(help="With --kill-primary: the formation's multi-host URL.")] = None,
     failover_scripts: Annotated[Path, typer.Option(help="With --kill-primary: where kill-primary and start-node are.")] = Path("scripts/pg-failover"),
+    kill_broker_node: Annotated[int | None, typer.Option(min=1, max=3, help="Instead of the chaos rounds: the broker-node-kill drill on the NATS cluster of scripts/nats-cluster; kills this node.")] = None,
+    uplink_queue_urls: Annotated[str | None, typer.Option(help="With --kill-broker-node: the cluster's nats:// URLs, comma-separated.")] = None,
+    mqtt_url: Annotated[str | None, typer.Option(help="With --kill-broker-node: the cluster's MQTT gateways, mqtt://h:p1,h:p2,h:p3.")] = None,
+    nats_scripts: Annotated[Path, typer.Option(help="With --kill-broker-node: where kill-node is.")] = Path("scripts/nats-cluster"),
 ) -> None:
     """Run real `gasworks serve` and workers on a private PostgreSQL and Mosquitto, kill and restart
     them at random, harm and forge messages, and prove the invariants after every fault.
     With --kill-primary, kill the primary of a failing-over PostgreSQL under load and prove every
     acknowledged payment booked once."""
+    if kill_broker_node is not None:
+        drill_broker(kill_broker_node, database_url, uplink_queue_urls, mqtt_url, nats_scripts, minutes=minutes, payments_per_minute=payments_per_minute, households=households)
+        return
     if kill_primary:
         drill_failover(database_url, failover_scripts, minutes=minutes, payments_per_minute=payments_per_minute, households=households)
         return
@@ -78,6 +85,42 @@ def drill_failover(database_url: str | None, scripts: Path, *, minutes: int, pay
         ("time without service", seconds(report.service_gap_s)),
         ("attempts refused meanwhile", ", ".join(f"{n:,} × {status}" for status, n in sorted(report.refused_by_status.items())) or "0"),
         ("`gasworks check`", "passed" if report.gasworks_check_exit == 0 else f"exit {report.gasworks_check_exit}"),
+    ):
+        table.add_row(name, value)
+    out.print(table)
+    out.print(f"drill {'[bold green]passed[/]' if report.ok else '[bold red]FAILED[/]'} in {report.wall_s:.0f} s")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def drill_broker(node: int, database_url: str | None, uplink_queue_urls: str | None, mqtt_url: str | None, scripts: Path, *, minutes: int, payments_per_minute: int, households: int) -> None:
+    from gasworks.observability import configure_logging
+    from gasworks.sim.broker_drill import BrokerDrill, BrokerDrillOptions
+
+    for value, name in ((database_url, "--database-url"), (uplink_queue_urls, "--uplink-queue-urls"), (mqtt_url, "--mqtt-url")):
+        if not value:
+            raise typer.BadParameter(f"--kill-broker-node needs {name} (scripts/nats-cluster/up prints the cluster's URLs)", param_hint=name)
+    if not (scripts / "kill-node").exists():
+        raise typer.BadParameter(f"no kill-node script in {scripts}", param_hint="--nats-scripts")
+    assert database_url and uplink_queue_urls and mqtt_url
+    configure_logging(level=40)
+    run_s = minutes * 60
+    before_s = min(10.0, run_s / 4)
+    options = BrokerDrillOptions(database_url, uplink_queue_urls, mqtt_url, scripts, households=min(households, 1000), payments_per_s=max(1, payments_per_minute // 60), before_kill_s=before_s, after_kill_s=run_s - before_s, kill_node=node)
+    started = time.monotonic()
+    report = BrokerDrill(options, say=lambda line: out.print(f"  {time.monotonic() - started:5.1f} s  {line}")).run()
+    table = Table(title="a NATS node killed under load (JetStream work queue, MQTT meters)", title_justify="left")
+    table.add_column("measure", no_wrap=True)
+    table.add_column("value", justify="right")
+    for name, value in (
+        ("killed", report.killed),
+        ("payments booked", f"{report.payments_booked:,}"),
+        ("purchases applied at meters", f"{report.purchases_applied:,}"),
+        ("meters with a purchase lost", f"{len(report.lost):,}"),
+        ("meters with a purchase applied twice", f"{len(report.applied_twice):,}"),
+        ("kill → first downlink at a meter", "-" if report.kill_to_first_downlink_s is None else f"{report.kill_to_first_downlink_s:.1f} s"),
+        ("longest time with no downlink, around the kill", f"{report.longest_gap_s:.1f} s"),
+        ("`gasworks check` (ledger)", "passed" if report.ledger_ok else "FAILED"),
     ):
         table.add_row(name, value)
     out.print(table)
