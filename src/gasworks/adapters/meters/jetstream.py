@@ -19,6 +19,7 @@ at the meter's next report, as any frame the meter did not answer.
 
 import asyncio
 import concurrent.futures
+import re
 import threading
 
 import nats
@@ -32,7 +33,7 @@ from gasworks.adapters.meters.transport import TransportError, Uplinks
 
 log = structlog.get_logger(__name__)
 
-STREAM = "GASWORKS_UPLINKS"
+STREAM_PREFIX = "GASWORKS_UPLINKS"
 DURABLE = "gasworks-workers"
 FETCH_BATCH = 64
 FETCH_WAIT_S = 1.0
@@ -45,6 +46,11 @@ def subject_prefix(topic_prefix: str) -> str:
     return topic_prefix.strip("/").replace("/", ".")
 
 
+def stream_name(topic_prefix: str) -> str:
+    """One work-queue stream per topic prefix (a work queue's subjects may not overlap another's)."""
+    return f"{STREAM_PREFIX}_" + re.sub(r"[^A-Za-z0-9_-]", "_", topic_prefix.strip("/")).upper()
+
+
 class JetStreamTransport:
     def __init__(self, servers: list[str], *, prefix: str, replicas: int = 1) -> None:
         if not servers:
@@ -53,6 +59,7 @@ class JetStreamTransport:
             raise ValueError(f"JetStream replicas are 1-5, got {replicas}")
         self.servers = servers
         self.subjects = subject_prefix(prefix)
+        self.stream = stream_name(prefix)
         self.replicas = replicas
         self.uplinks = Uplinks()
         self._loop = asyncio.new_event_loop()
@@ -86,14 +93,14 @@ class JetStreamTransport:
             try:
                 self._nc = await self._connect()
                 js = self._nc.jetstream()
-                config = StreamConfig(name=STREAM, subjects=[f"{self.subjects}.*.up"], retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE, num_replicas=self.replicas)
+                config = StreamConfig(name=self.stream, subjects=[f"{self.subjects}.*.up"], retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE, num_replicas=self.replicas)
                 try:
                     await js.add_stream(config)
                 except BadRequestError:  # there, made by another worker: keep its config
-                    pass
-                pull = await js.pull_subscribe(f"{self.subjects}.*.up", durable=DURABLE, stream=STREAM, config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S))
+                    log.info("jetstream_stream_exists", stream=self.stream)
+                pull = await js.pull_subscribe(f"{self.subjects}.*.up", durable=DURABLE, stream=self.stream, config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S))
                 self._ready.set()
-                log.info("jetstream_pulling", stream=STREAM, durable=DURABLE, replicas=self.replicas)
+                log.info("jetstream_pulling", stream=self.stream, durable=DURABLE, replicas=self.replicas)
                 while not self._stopping.is_set():
                     try:
                         messages = await pull.fetch(FETCH_BATCH, timeout=FETCH_WAIT_S)
