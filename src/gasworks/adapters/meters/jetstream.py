@@ -27,7 +27,7 @@ import structlog
 from nats.aio.client import Client as NatsClient
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from gasworks.adapters.meters.transport import TransportError, Uplinks
 
@@ -96,8 +96,12 @@ class JetStreamTransport:
                 config = StreamConfig(name=self.stream, subjects=[f"{self.subjects}.*.up"], retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE, num_replicas=self.replicas)
                 try:
                     await js.add_stream(config)
-                except BadRequestError:  # there, made by another worker: keep its config
-                    log.info("jetstream_stream_exists", stream=self.stream)
+                except BadRequestError as refused:  # there already (another worker made it: keep its config), or not placeable
+                    try:
+                        await js.stream_info(self.stream)
+                    except NotFoundError:
+                        # e.g. 3 replicas asked with a node down: a new replicated stream needs them all placed
+                        raise RuntimeError(f"stream {self.stream} cannot be made: {refused.description}") from None
                 pull = await js.pull_subscribe(f"{self.subjects}.*.up", durable=DURABLE, stream=self.stream, config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S))
                 self._ready.set()
                 log.info("jetstream_pulling", stream=self.stream, durable=DURABLE, replicas=self.replicas)
