@@ -1,5 +1,6 @@
 """Payment channels and what a verified channel message says, whatever its wire format."""
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -90,3 +91,27 @@ class RefundNotice:
     refunded_at: datetime | None
     replay_nonce: str | None = None
     not_paid_because: str | None = None  # the channel closed the refund or could not pay it back (WeChat REFUND.CLOSED / ABNORMAL)
+
+
+@dataclass(frozen=True)
+class InboundRequest:
+    """A channel's HTTP request exactly as received: signatures cover the raw bytes."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]  # lower-case names
+    body: bytes
+    remote_addr: str = ""
+
+    def header(self, name: str) -> str:
+        return self.headers.get(name.lower(), "")
+
+    def summary(self, body_chars_max: int = 2000) -> dict[str, object]:
+        """What a rejection record keeps: enough to investigate, bounded in size."""
+        return {
+            "method": self.method,
+            "path": self.path,
+            "headers": {k: v[:200] for k, v in self.headers.items() if k.startswith(("wechatpay", "x-gasworks", "content-type"))},
+            "body": self.body[:body_chars_max].decode("utf-8", errors="replace"),
+            "body_bytes": len(self.body),
+        }

@@ -6,10 +6,9 @@ channel, code, body size and body hash, before the reply goes out.
 
 import dataclasses
 from collections.abc import Callable
+from datetime import datetime
 
-from gasworks.adapters.channels import Decoder, InboundRequest
-from gasworks.adapters.channels.wallet_hmac import verify_request
-from gasworks.domain.channels import Channel, ChannelKind, PaymentNotice, RefundNotice
+from gasworks.domain.channels import Channel, ChannelKind, InboundRequest, PaymentNotice, RefundNotice
 from gasworks.domain.errors import IntakeRefused, NotFound
 from gasworks.domain.money import PaymentCeiling
 from gasworks.services.accounts import AccountView, get_account
@@ -17,6 +16,11 @@ from gasworks.services.cut_retry import NO_RETRY, CutRetry
 from gasworks.services.holds import take_channel_refund
 from gasworks.services.intake import Acceptance, accept_payment, claim_nonce
 from gasworks.services.unit_of_work import UnitOfWork
+
+# A channel kind's codec (adapters/channels): verifies a request as received, returns what it says.
+Decoder = Callable[[Channel, InboundRequest, datetime, int], PaymentNotice | RefundNotice]
+# A signed request that pays nothing (a bill-payment account query): verified, its nonce returned.
+RequestVerifier = Callable[[Channel, InboundRequest, datetime, int], str]
 
 
 def load_channel(channel_id: str, new_uow: Callable[[], UnitOfWork]) -> Channel:
@@ -66,11 +70,11 @@ def take_channel_payment(
     return retry.run(take)
 
 
-def look_up_account_for_channel(channel: Channel, account_no: str, request: InboundRequest, new_uow: Callable[[], UnitOfWork], *, skew_s: int) -> AccountView:
+def look_up_account_for_channel(channel: Channel, account_no: str, request: InboundRequest, new_uow: Callable[[], UnitOfWork], *, skew_s: int, verify: RequestVerifier) -> AccountView:
     """The bill-payment query: signed like a payment, answered with masked details only."""
     if channel.kind != ChannelKind.WALLET_HMAC:
         raise IntakeRefused(f"a {channel.kind.value} channel does not query accounts", code="WRONG_ENDPOINT")
     with (uow := new_uow()):
-        claim_nonce(uow, channel.id, verify_request(channel, request, uow.clock.now(), skew_s))
+        claim_nonce(uow, channel.id, verify(channel, request, uow.clock.now(), skew_s))
         uow.commit()
     return get_account(account_no, new_uow())

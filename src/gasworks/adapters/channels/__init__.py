@@ -1,13 +1,9 @@
 """One codec per payment channel kind: verify the wire format, return a PaymentNotice, format replies."""
 
-from collections.abc import Callable
-from datetime import datetime
-
 from gasworks.adapters.channels import alipay, wallet_hmac, wechatpay_v3
 from gasworks.adapters.channels.base import InboundRequest, Reply
-from gasworks.domain.channels import Channel, ChannelKind, PaymentNotice, RefundNotice
-
-Decoder = Callable[[Channel, InboundRequest, datetime, int], PaymentNotice | RefundNotice]
+from gasworks.domain.channels import ChannelKind
+from gasworks.services.notifications import Decoder
 
 # POST /v1/channels/{id}/notify: merchant-order notifications.
 NOTIFY_DECODERS: dict[ChannelKind, Decoder] = {

@@ -1,36 +1,13 @@
-"""What every channel codec shares: the raw request it verifies and the reply it formats."""
+"""What every channel codec shares: the raw request it verifies (`InboundRequest`, a domain value)
+and the reply it formats."""
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 
+from gasworks.domain.channels import InboundRequest as InboundRequest  # the codecs import it from here
 from gasworks.domain.errors import IntakeRefused
 
 BEIJING = timezone(timedelta(hours=8))  # the wall clock Chinese channels write their times in
-
-
-@dataclass(frozen=True)
-class InboundRequest:
-    """A channel's HTTP request exactly as received: signatures cover the raw bytes."""
-
-    method: str
-    path: str
-    headers: Mapping[str, str]  # lower-case names
-    body: bytes
-    remote_addr: str = ""
-
-    def header(self, name: str) -> str:
-        return self.headers.get(name.lower(), "")
-
-    def summary(self, body_chars_max: int = 2000) -> dict:
-        """What a rejection record keeps: enough to investigate, bounded in size."""
-        return {
-            "method": self.method,
-            "path": self.path,
-            "headers": {k: v[:200] for k, v in self.headers.items() if k.startswith(("wechatpay", "x-gasworks", "content-type"))},
-            "body": self.body[:body_chars_max].decode("utf-8", errors="replace"),
-            "body_bytes": len(self.body),
-        }
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from gasworks.adapters.channels import BILL_PAYMENT_DECODERS, NOTIFY_DECODERS, Reply, alipay, wechatpay_v3
+from gasworks.adapters.channels import BILL_PAYMENT_DECODERS, NOTIFY_DECODERS, Reply, alipay, wallet_hmac, wechatpay_v3
 from gasworks.bootstrap import System
 from gasworks.domain.channels import Channel, ChannelKind
 from gasworks.domain.errors import GasworksError
@@ -72,7 +72,7 @@ def channel_routes(system: System, errors: dict[int | str, dict[str, Any]]) -> A
         raw = await inbound(request, settings.request_body_bytes_max)
         channel = await run_in_threadpool(notifications.load_channel, channel_id, new_uow)
         facts_of(request).channel_kind = channel.kind.value
-        view = await run_in_threadpool(notifications.look_up_account_for_channel, channel, account_no, raw, new_uow, skew_s=settings.notification_clock_skew_s)
+        view = await run_in_threadpool(lambda: notifications.look_up_account_for_channel(channel, account_no, raw, new_uow, skew_s=settings.notification_clock_skew_s, verify=wallet_hmac.verify_request))
         return s.ChannelAccountOut.of(view)
 
     return router
