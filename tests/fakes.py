@@ -26,6 +26,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gasworks.adapters.channels.rsa import RsaKeyChecks
 from gasworks.adapters.statements.matcher import DuckDbStatementMatcher
 from gasworks.domain.access import ApiKeyRecord
 from gasworks.domain.accounts import Customer, CustomerClass, MeterKind
@@ -81,7 +82,7 @@ from gasworks.services.channel_gateway import (
 )
 from gasworks.services.outbound_store import OutboundStore
 from gasworks.services.statement_matching import ReadStatement, StatementMatcher
-from gasworks.services.unit_of_work import UnitOfWork
+from gasworks.services.unit_of_work import KeyMaterialChecks, UnitOfWork
 
 T = TypeVar("T")
 
@@ -1122,6 +1123,7 @@ class FakeUnitOfWork:
         self.delivery = delivery or DeliveryPolicy()
         self.payment_ceiling = payment_ceiling or PaymentCeiling(PAYMENT_FEN_ABSOLUTE_MAX)
         self.local_timezone = local_timezone
+        self.key_checks: KeyMaterialChecks = RsaKeyChecks()
         self._committed: Tables | None = None
         self.commits = 0
         self.customers: ports.CustomersRepository = FakeCustomers(db)

@@ -2,11 +2,10 @@
 
 import re
 
-from gasworks.adapters.channels.rsa import check_private_key_pem, check_public_key_pem
 from gasworks.domain.channels import Channel, ChannelKey, ChannelKind, KeyPurpose, KeyStatus
 from gasworks.domain.errors import Conflict, InvalidInput, NotFound
 from gasworks.domain.ledger import LedgerAccountKind, clearing_account
-from gasworks.services.unit_of_work import UnitOfWork
+from gasworks.services.unit_of_work import KeyMaterialChecks, UnitOfWork
 
 _CHANNEL_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,39}$")
 
@@ -22,15 +21,15 @@ REQUIRED_KEYS = {
 OPTIONAL_KEYS = {ChannelKind.WECHATPAY_V3: (KeyPurpose.SIGNING_KEY,), ChannelKind.ALIPAY: (KeyPurpose.SIGNING_KEY,)}
 
 
-def check_key_material(purpose: KeyPurpose, material: str) -> None:
+def check_key_material(purpose: KeyPurpose, material: str, checks: KeyMaterialChecks) -> None:
     if purpose == KeyPurpose.VERIFY_PUBLIC_KEY:
         try:
-            check_public_key_pem(material)
+            checks.public_key_pem(material)
         except ValueError as error:
             raise InvalidInput(f"not an RSA public key in PEM: {error}", code="INVALID_KEY") from None
     elif purpose == KeyPurpose.SIGNING_KEY:
         try:
-            check_private_key_pem(material)
+            checks.private_key_pem(material)
         except ValueError as error:
             raise InvalidInput(f"not an RSA private key in PEM (unencrypted PKCS#8 or PKCS#1): {error}", code="INVALID_KEY") from None
     elif purpose == KeyPurpose.APIV3_KEY and len(material.encode()) != 32:
@@ -59,7 +58,7 @@ def add_channel(
     if missing:
         raise InvalidInput(f"a {kind.value} channel needs keys: {', '.join(missing)}", code="MISSING_KEY")
     for purpose, _, material in keys:
-        check_key_material(purpose, material)
+        check_key_material(purpose, material, uow.key_checks)
     with uow:
         if uow.channels.get(channel_id) is not None:
             raise Conflict(f"channel {channel_id} already exists", code="CHANNEL_EXISTS")
@@ -87,7 +86,7 @@ def add_channel(
 
 def add_key(*, channel_id: str, purpose: KeyPurpose, key_id: str, material: str, uow: UnitOfWork, actor: str) -> None:
     """Start a rollover: the new key is valid alongside the old until the old is retired."""
-    check_key_material(purpose, material)
+    check_key_material(purpose, material, uow.key_checks)
     with uow:
         channel = require_channel(uow, channel_id)
         if purpose not in REQUIRED_KEYS[channel.kind] + OPTIONAL_KEYS.get(channel.kind, ()):

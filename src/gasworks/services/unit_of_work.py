@@ -14,8 +14,17 @@ from gasworks.services.outbound_store import OutboundStore
 from gasworks.services.statement_matching import StatementMatcher
 
 
+class KeyMaterialChecks(Protocol):
+    """Whether key material an operator gives is what it claims (parsing it is the codec's craft)."""
+
+    def public_key_pem(self, pem: str) -> None: ...  # ValueError unless an RSA public key
+
+    def private_key_pem(self, pem: str) -> None: ...  # ValueError unless an unencrypted RSA private key
+
+
 class UnitOfWork(Protocol):
     clock: Clock
+    key_checks: KeyMaterialChecks
     delivery: DeliveryPolicy
     payment_ceiling: PaymentCeiling  # every booking path is bounded by it, whoever calls
     local_timezone: str

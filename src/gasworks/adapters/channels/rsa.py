@@ -36,6 +36,16 @@ def check_private_key_pem(pem: str) -> None:
         raise ValueError("not an RSA private key")
 
 
+class RsaKeyChecks:
+    """services.unit_of_work.KeyMaterialChecks for the RSA keys WeChat Pay and Alipay use."""
+
+    def public_key_pem(self, pem: str) -> None:
+        check_public_key_pem(pem)
+
+    def private_key_pem(self, pem: str) -> None:
+        check_private_key_pem(pem)
+
+
 @functools.lru_cache(maxsize=16)
 def _private_key(private_key_pem: str) -> rsa.RSAPrivateKey:
     """Parsing and checking a private key costs tens of milliseconds; a signer reuses its key."""

@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine
 
+from gasworks.adapters.channels.rsa import RsaKeyChecks
 from gasworks.adapters.db import bulk as bulk_repos
 from gasworks.adapters.db import carriers as carrier_repos
 from gasworks.adapters.db import delivery as delivery_repos
@@ -20,6 +21,7 @@ from gasworks.domain.money import PAYMENT_FEN_ABSOLUTE_MAX, PaymentCeiling
 
 if TYPE_CHECKING:
     from gasworks.services.statement_matching import StatementMatcher
+    from gasworks.services.unit_of_work import KeyMaterialChecks
 
 
 class SqlUnitOfWork:
@@ -36,6 +38,7 @@ class SqlUnitOfWork:
         # Unwired (a bare unit of work in a tool), only the absolute bound applies; bootstrap wires the configured one.
         self.payment_ceiling = payment_ceiling or PaymentCeiling(PAYMENT_FEN_ABSOLUTE_MAX)
         self.local_timezone = local_timezone
+        self.key_checks: KeyMaterialChecks = RsaKeyChecks()
         self.site_key = site_key  # None: the development default generated into the database
         self.channel_cache = channel_cache  # shared by the units of work of one System
         self.group_commit = group_commit  # None: a transaction of its own (see group_commit.py)
