@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gasworks.adapters.channels.rsa import RsaKeyChecks
+from gasworks.adapters.meters.frame_security import FrameSecurityCodec
 from gasworks.adapters.statements.matcher import DuckDbStatementMatcher
 from gasworks.domain.access import ApiKeyRecord
 from gasworks.domain.accounts import Customer, CustomerClass, MeterKind
@@ -82,7 +83,7 @@ from gasworks.services.channel_gateway import (
 )
 from gasworks.services.outbound_store import OutboundStore
 from gasworks.services.statement_matching import ReadStatement, StatementMatcher
-from gasworks.services.unit_of_work import KeyMaterialChecks, UnitOfWork
+from gasworks.services.unit_of_work import KeyMaterialChecks, MeterFrames, UnitOfWork
 
 T = TypeVar("T")
 
@@ -1124,6 +1125,7 @@ class FakeUnitOfWork:
         self.payment_ceiling = payment_ceiling or PaymentCeiling(PAYMENT_FEN_ABSOLUTE_MAX)
         self.local_timezone = local_timezone
         self.key_checks: KeyMaterialChecks = RsaKeyChecks()
+        self.frames: MeterFrames = FrameSecurityCodec()
         self._committed: Tables | None = None
         self.commits = 0
         self.customers: ports.CustomersRepository = FakeCustomers(db)

@@ -9,6 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum, IntFlag
 
+# CJ/T 188 data identifiers of what gasworks writes to a meter: a refusal names the one it refuses.
+DI_WRITE_PURCHASE = 0xA013
+DI_VALVE = 0xA017
+
 
 class Alarm(IntFlag):
     """Status bits a meter reports (two bytes, CJ/T 188's ST word)."""

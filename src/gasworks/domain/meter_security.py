@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from gasworks.domain.errors import GasworksError
+from gasworks.domain.meter_messages import MeterMessage
 from gasworks.domain.meter_models import BUILT_IN_MODELS, MeterModel, built_in_model
 from gasworks.domain.meter_models import DEFAULT_METER_MODEL as DEFAULT_METER_MODEL  # re-exported: older imports name it here
 from gasworks.domain.meter_models import MacScheme as MacScheme
@@ -148,3 +149,16 @@ class SiteKeyMismatch(GasworksError):
 
     code = "SITE_KEY_MISMATCH"
     http_status = 500
+
+
+@dataclass(frozen=True)
+class OpenedUplink:
+    """An uplink whose MAC, key version and counter were checked: what the meter said, and the counter it used."""
+
+    message: MeterMessage
+    key_version: int | None  # None: a model without MAC, through an authenticated carrier platform
+    counter: int | None
+
+
+class FrameNotSealed(Exception):
+    """A downlink cannot be sealed (no key for the meter): it is not sent; the command stays where it is."""

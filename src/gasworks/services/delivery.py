@@ -12,7 +12,6 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from gasworks.adapters.meters import cjt188, frame_security
 from gasworks.config import Settings
 from gasworks.domain.accounts import MeterKind
 from gasworks.domain.delivery import (
@@ -57,6 +56,8 @@ from gasworks.domain.delivery import (
 from gasworks.domain.errors import Conflict, InvalidInput, MalformedFrame, NotFound
 from gasworks.domain.ledger import DELIVERY, REVENUE, LedgerTransaction, TransactionKind, prepaid_account, presented_balance_fen, transfer
 from gasworks.domain.meter_messages import (
+    DI_VALVE,
+    DI_WRITE_PURCHASE,
     Alarm,
     CommandRefused,
     CurrentData,
@@ -70,7 +71,7 @@ from gasworks.domain.meter_messages import (
     ValveAck,
     WritePurchase,
 )
-from gasworks.domain.meter_security import FrameRefused, MeterFrameSecurity
+from gasworks.domain.meter_security import FrameNotSealed, FrameRefused, MeterFrameSecurity
 from gasworks.domain.tariffs import convert
 from gasworks.observability import (
     alerts_open,
@@ -213,8 +214,8 @@ def handle_uplink(topic_serial: str, payload: bytes, uow: UnitOfWork, *, carrier
     """One frame from a meter: a report, an acknowledgement or a refusal. Bad frames are refused and
     kept; so are stale reports, replies matching nothing sent, and claims beyond what was issued.
     `carrier_authenticated`: it came through an authenticated carrier platform (the only way for models without MAC)."""
-    try:  # MAC, key version and counter checked first (adapters/meters/frame_security.py)
-        opened = frame_security.open_uplink(payload, topic_serial, uow, carrier_authenticated=carrier_authenticated)
+    try:  # MAC, key version and counter checked first (uow.frames: adapters/meters/frame_security.py)
+        opened = uow.frames.open_uplink(payload, topic_serial, uow, carrier_authenticated=carrier_authenticated)
         message, counter = opened.message, opened.counter
     except (MalformedFrame, FrameRefused) as error:
         return _refuse(uow, topic_serial, error.code, error.message, payload)
@@ -388,7 +389,7 @@ def _add_valve_reason(uow: UnitOfWork, link: MeterLink, reason: ValveReason, why
 
 
 def _take_refusal(refusal: CommandRefused, link: MeterLink, commands: list[MeterCommand], uow: UnitOfWork, policy: DeliveryPolicy, now: datetime) -> MessageTaken:
-    di_of = {CommandKind.CREDIT: cjt188.DI_WRITE_PURCHASE, CommandKind.VALVE_OPEN: cjt188.DI_VALVE, CommandKind.VALVE_CLOSE: cjt188.DI_VALVE}
+    di_of = {CommandKind.CREDIT: DI_WRITE_PURCHASE, CommandKind.VALVE_OPEN: DI_VALVE, CommandKind.VALVE_CLOSE: DI_VALVE}
     in_flight = next((c for c in commands if c.state == CommandState.SENT and di_of[c.kind] == refusal.refused_di and c.frame_seq == refusal.frame_seq), None)
     if in_flight is None:
         return _unmatched(refusal.frame_seq, f"refusal ({refusal.error.name})")
@@ -502,8 +503,8 @@ def frame_for(command: MeterCommand, uow: UnitOfWork, seq_modulus: int | None = 
         assert command.purchase_seq is not None and command.volume_litres is not None
         wire_seq = seq_on_wire(command.purchase_seq, seq_modulus)  # a one-byte model counts 254, 255, 0, 1 ...
         purchase = WritePurchase(command.meter_serial, frame_seq, wire_seq, command.volume_litres, amount_fen=command.cost_fen)
-        return frame_security.seal_downlink(purchase, uow, reserved=reserved)  # a money meter is written the amount, a volume meter the litres
-    return frame_security.seal_downlink(SetValve(command.meter_serial, frame_seq, command.kind == CommandKind.VALVE_OPEN), uow, reserved=reserved)
+        return uow.frames.seal_downlink(purchase, uow, reserved=reserved)  # a money meter is written the amount, a volume meter the litres
+    return uow.frames.seal_downlink(SetValve(command.meter_serial, frame_seq, command.kind == CommandKind.VALVE_OPEN), uow, reserved=reserved)
 
 
 def dispatch_meter(serial: str, uow: UnitOfWork, publisher: Publisher) -> MeterCommand | None:
@@ -557,7 +558,7 @@ def _send_next_commands(links: list[MeterLink], uow: UnitOfWork, publisher: Publ
     for link, command in due:
         try:
             frame = frame_for(command, uow, link.seq_modulus, reserved=reserved.get(link.serial))
-        except frame_security.FrameNotSealed as error:  # this meter only: no key; the others still go
+        except FrameNotSealed as error:  # this meter only: no key; the others still go
             log.warning("meter_send_failed", meter=link.serial, reason=str(error))
             continue
         try:

@@ -7,6 +7,8 @@ from typing import Protocol
 from gasworks.domain.channels import Channel
 from gasworks.domain.clock import Clock
 from gasworks.domain.delivery import DeliveryPolicy
+from gasworks.domain.meter_messages import MeterMessage
+from gasworks.domain.meter_security import MeterFrameSecurity, OpenedUplink
 from gasworks.domain.money import PaymentCeiling
 from gasworks.services import ports
 from gasworks.services.carrier_ports import CarrierRegistry
@@ -22,9 +24,20 @@ class KeyMaterialChecks(Protocol):
     def private_key_pem(self, pem: str) -> None: ...  # ValueError unless an unencrypted RSA private key
 
 
+class MeterFrames(Protocol):
+    """The meters' wire: open an uplink (structure, MAC, key version, counter, taken in a transaction
+    of its own; raises MalformedFrame or FrameRefused) and seal a downlink in the caller's open unit
+    of work (raises FrameNotSealed). The CJ/T 188 codec in adapters/meters is the one gasworks runs."""
+
+    def open_uplink(self, payload: bytes, topic_serial: str, uow: "UnitOfWork", *, carrier_authenticated: bool = False) -> OpenedUplink: ...
+
+    def seal_downlink(self, message: MeterMessage, uow: "UnitOfWork", *, reserved: MeterFrameSecurity | None = None) -> bytes: ...
+
+
 class UnitOfWork(Protocol):
     clock: Clock
     key_checks: KeyMaterialChecks
+    frames: MeterFrames
     delivery: DeliveryPolicy
     payment_ceiling: PaymentCeiling  # every booking path is bounded by it, whoever calls
     local_timezone: str

@@ -14,6 +14,7 @@ from gasworks.adapters.db import outbound as outbound_repos
 from gasworks.adapters.db import reconciliation as reconciliation_repos
 from gasworks.adapters.db import repositories as repos
 from gasworks.adapters.db.group_commit import CommitGroup, GroupCommit, GroupCommitFailed
+from gasworks.adapters.meters.frame_security import FrameSecurityCodec
 from gasworks.domain.channels import Channel
 from gasworks.domain.clock import Clock
 from gasworks.domain.delivery import DeliveryPolicy
@@ -21,7 +22,7 @@ from gasworks.domain.money import PAYMENT_FEN_ABSOLUTE_MAX, PaymentCeiling
 
 if TYPE_CHECKING:
     from gasworks.services.statement_matching import StatementMatcher
-    from gasworks.services.unit_of_work import KeyMaterialChecks
+    from gasworks.services.unit_of_work import KeyMaterialChecks, MeterFrames
 
 
 class SqlUnitOfWork:
@@ -39,6 +40,7 @@ class SqlUnitOfWork:
         self.payment_ceiling = payment_ceiling or PaymentCeiling(PAYMENT_FEN_ABSOLUTE_MAX)
         self.local_timezone = local_timezone
         self.key_checks: KeyMaterialChecks = RsaKeyChecks()
+        self.frames: MeterFrames = FrameSecurityCodec()
         self.site_key = site_key  # None: the development default generated into the database
         self.channel_cache = channel_cache  # shared by the units of work of one System
         self.group_commit = group_commit  # None: a transaction of its own (see group_commit.py)

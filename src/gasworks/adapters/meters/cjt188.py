@@ -60,6 +60,8 @@ from datetime import datetime
 
 from gasworks.domain.errors import MalformedFrame
 from gasworks.domain.meter_messages import (
+    DI_VALVE,
+    DI_WRITE_PURCHASE,
     Alarm,
     CommandRefused,
     CurrentData,
@@ -92,8 +94,6 @@ FRAME_BYTES_MAX = WAKE_BYTES_MAX + 1 + 1 + 7 + 1 + 1 + DATA_BYTES_MAX + 2
 
 DI_CURRENT_DATA = 0x901F
 DI_PURCHASE_RECORD = 0x8105
-DI_WRITE_PURCHASE = 0xA013
-DI_VALVE = 0xA017
 
 VALVE_OPEN = 0x55
 VALVE_CLOSED = 0x99

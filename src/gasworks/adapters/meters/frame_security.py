@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from gasworks.adapters.meters import cjt188
 from gasworks.adapters.meters.transport import TransportError
+from gasworks.domain import meter_security
 from gasworks.domain.accounts import MeterKind
 from gasworks.domain.errors import GasworksError
 from gasworks.domain.meter_messages import MeterMessage
@@ -33,6 +34,7 @@ from gasworks.domain.meter_security import (
     MeterFrameCounters,
     MeterFrameSecurity,
     MeterModel,
+    OpenedUplink,
     model_profile,
 )
 
@@ -49,8 +51,8 @@ class MacSchemeUnavailable(GasworksError):
     http_status = 500
 
 
-class FrameNotSealed(TransportError):
-    """A downlink cannot be sealed (no key for the meter): it is not sent; the command stays where it is."""
+class FrameNotSealed(TransportError, meter_security.FrameNotSealed):
+    """A downlink cannot be sealed (no key for the meter): not sent, as a transport that cannot send."""
 
 
 def compute_mac(scheme: MacScheme, key: bytes, data: bytes) -> bytes:
@@ -145,13 +147,6 @@ def require_schemes_in_use(uow: "UnitOfWork", *, also_models: Iterable[str] = ()
 # ---- gasworks' side ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class OpenedUplink:
-    message: MeterMessage
-    key_version: int | None  # None: a model without MAC, through an authenticated carrier platform
-    counter: int | None
-
-
 def open_uplink(payload: bytes, topic_serial: str, uow: "UnitOfWork", *, carrier_authenticated: bool = False) -> OpenedUplink:
     """Verify one uplink and take its counter, in a transaction of its own; raise MalformedFrame or FrameRefused.
 
@@ -199,6 +194,16 @@ def open_uplink(payload: bytes, topic_serial: str, uow: "UnitOfWork", *, carrier
             uow.audit.append(at=now, actor=f"meter:{security.serial}", action="meter.key.rotated", subject=f"meter:{security.serial}", detail={"note": event})
         uow.commit()
         return OpenedUplink(message, sealed.key_version, sealed.counter)
+
+
+class FrameSecurityCodec:
+    """services.unit_of_work.MeterFrames over CJ/T 188 frames with the meter's MAC scheme."""
+
+    def open_uplink(self, payload: bytes, topic_serial: str, uow: "UnitOfWork", *, carrier_authenticated: bool = False) -> OpenedUplink:
+        return open_uplink(payload, topic_serial, uow, carrier_authenticated=carrier_authenticated)
+
+    def seal_downlink(self, message: MeterMessage, uow: "UnitOfWork", *, reserved: MeterFrameSecurity | None = None) -> bytes:
+        return seal_downlink(message, uow, reserved=reserved)
 
 
 def seal_downlink(message: MeterMessage, uow: "UnitOfWork", *, reserved: MeterFrameSecurity | None = None) -> bytes:
