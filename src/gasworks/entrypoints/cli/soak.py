@@ -69,11 +69,8 @@ def drill_failover(database_url: str | None, scripts: Path, *, minutes: int, pay
     options = DrillOptions(database_url, scripts, households=min(households, 1000), payments_per_s=max(1, payments_per_minute // 60), before_kill_s=min(10.0, run_s / 4), after_kill_s=run_s - min(10.0, run_s / 4))
     started = time.monotonic()
     report = FailoverDrill(options, say=lambda line: out.print(f"  {time.monotonic() - started:5.1f} s  {line}")).run()
-    table = Table(title="primary killed under load (pg_auto_failover)", title_justify="left")
-    table.add_column("measure", no_wrap=True)
-    table.add_column("value", justify="right")
     seconds = lambda s: "-" if s is None else f"{s:.1f} s"  # noqa: E731
-    for name, value in (
+    rows = (
         ("killed (node, port)", report.killed),
         ("payments sent", f"{report.payments_sent:,}"),
         ("acknowledged to the channel", f"{report.acknowledged:,}"),
@@ -85,12 +82,8 @@ def drill_failover(database_url: str | None, scripts: Path, *, minutes: int, pay
         ("time without service", seconds(report.service_gap_s)),
         ("attempts refused meanwhile", ", ".join(f"{n:,} × {status}" for status, n in sorted(report.refused_by_status.items())) or "0"),
         ("`gasworks check`", "passed" if report.gasworks_check_exit == 0 else f"exit {report.gasworks_check_exit}"),
-    ):
-        table.add_row(name, value)
-    out.print(table)
-    out.print(f"drill {'[bold green]passed[/]' if report.ok else '[bold red]FAILED[/]'} in {report.wall_s:.0f} s")
-    if not report.ok:
-        raise typer.Exit(1)
+    )
+    show_drill("primary killed under load (pg_auto_failover)", rows, ok=report.ok, wall_s=report.wall_s)
 
 
 def drill_broker(node: int, database_url: str | None, uplink_queue_urls: str | None, mqtt_url: str | None, scripts: Path, *, minutes: int, payments_per_minute: int, households: int) -> None:
@@ -109,10 +102,7 @@ def drill_broker(node: int, database_url: str | None, uplink_queue_urls: str | N
     options = BrokerDrillOptions(database_url, uplink_queue_urls, mqtt_url, scripts, households=min(households, 1000), payments_per_s=max(1, payments_per_minute // 60), before_kill_s=before_s, after_kill_s=run_s - before_s, kill_node=node)
     started = time.monotonic()
     report = BrokerDrill(options, say=lambda line: out.print(f"  {time.monotonic() - started:5.1f} s  {line}")).run()
-    table = Table(title="a NATS node killed under load (JetStream work queue, MQTT meters)", title_justify="left")
-    table.add_column("measure", no_wrap=True)
-    table.add_column("value", justify="right")
-    for name, value in (
+    rows = (
         ("killed", report.killed),
         ("payments booked", f"{report.payments_booked:,}"),
         ("purchases applied at meters", f"{report.purchases_applied:,}"),
@@ -121,11 +111,20 @@ def drill_broker(node: int, database_url: str | None, uplink_queue_urls: str | N
         ("kill → first downlink at a meter", "-" if report.kill_to_first_downlink_s is None else f"{report.kill_to_first_downlink_s:.1f} s"),
         ("longest time with no downlink, around the kill", f"{report.longest_gap_s:.1f} s"),
         ("`gasworks check` (ledger)", "passed" if report.ledger_ok else "FAILED"),
-    ):
+    )
+    show_drill("a NATS node killed under load (JetStream work queue, MQTT meters)", rows, ok=report.ok, wall_s=report.wall_s)
+
+
+def show_drill(title: str, rows: tuple[tuple[str, str], ...], *, ok: bool, wall_s: float) -> None:
+    """A drill's measures as one table and its verdict; exit 1 when it failed."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("measure", no_wrap=True)
+    table.add_column("value", justify="right")
+    for name, value in rows:
         table.add_row(name, value)
     out.print(table)
-    out.print(f"drill {'[bold green]passed[/]' if report.ok else '[bold red]FAILED[/]'} in {report.wall_s:.0f} s")
-    if not report.ok:
+    out.print(f"drill {'[bold green]passed[/]' if ok else '[bold red]FAILED[/]'} in {wall_s:.0f} s")
+    if not ok:
         raise typer.Exit(1)
 
 
