@@ -460,9 +460,12 @@ class FakePayments(_Repository):
     def list_in_state(self, state: PaymentState, limit: int) -> list[Payment]:
         return _copy(self._received_order([p for p in self._t.payments.values() if p.state == state])[:limit])
 
-    def totals_by_state(self) -> dict[str, tuple[int, int]]:
+    def totals_by_state(self, received_since: datetime | None = None, received_until: datetime | None = None) -> dict[str, tuple[int, int]]:
         totals: dict[str, tuple[int, int]] = {}
         for p in self._t.payments.values():
+            received_at = self._t.payment_received_at[p.id]
+            if (received_since is not None and received_at < received_since) or (received_until is not None and received_at >= received_until):
+                continue
             n, fen = totals.get(p.state.value, (0, 0))
             totals[p.state.value] = (n + 1, fen + p.amount_fen)
         return totals
@@ -701,6 +704,16 @@ class FakeMeterCommands(_Repository):
 
     def for_payment(self, payment_id: str) -> list[MeterCommand]:
         return [self._with_events(c) for c in self._rows() if c.payment_id == payment_id]
+
+    def purchase_waits_s(self, received_since: datetime, received_until: datetime, limit: int) -> list[int | None]:
+        waits: list[int | None] = []
+        for c in self._rows():
+            received_at = self._t.payment_received_at.get(c.payment_id or "")
+            if c.kind != CommandKind.CREDIT or received_at is None or not received_since <= received_at < received_until:
+                continue
+            applied = [e.at for e in self._t.command_events.get(c.id or 0, []) if e.state == CommandState.APPLIED]
+            waits.append(max(0, int((min(applied) - received_at).total_seconds())) if applied else None)
+        return waits[:limit]
 
     def recent(self, *, limit: int, states: list[CommandState] | None = None, serial: str | None = None) -> list[MeterCommand]:
         found = [c for c in reversed(self._rows()) if (not states or c.state in states) and (not serial or c.meter_serial == serial)]

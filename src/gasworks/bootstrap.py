@@ -88,4 +88,4 @@ class System:
 
 def bootstrap(settings: Settings | None = None, *, clock: Clock | None = None, engine: Engine | None = None) -> System:
     settings = settings or Settings()
-    return System(settings=settings, engine=engine or make_engine(settings.database_url), clock=clock or SystemClock())
+    return System(settings=settings, engine=engine or make_engine(settings.database_url, connect_timeout_s=settings.database_connect_timeout_s), clock=clock or SystemClock())

@@ -1,9 +1,10 @@
 """Settings from the environment (GASWORKS_*) or a TOML file (GASWORKS_CONFIG, default gasworks.toml)."""
 
 import os
+import tomllib
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -11,7 +12,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from gasworks.domain.errors import InvalidInput
 from gasworks.domain.money import PAYMENT_FEN_ABSOLUTE_MAX
+from gasworks.domain.province import City, Province
 
 
 class Settings(BaseSettings):
@@ -107,6 +110,12 @@ class Settings(BaseSettings):
     worker_dispatch_batch_max: int = Field(50, ge=1, le=10_000)  # meters claimed (and locked) per dispatch transaction
     worker_uplink_threads: int = Field(4, ge=1, le=64)  # threads per worker taking uplinks (PostgreSQL; each waits mostly on the database)
     worker_processes: int = 1  # 1 to 63; `gasworks worker` runs this many processes, sharing uplinks through the broker
+    # A PostgreSQL host that does not answer (a dead machine, a cut network) is given up on after this.
+    database_connect_timeout_s: int = Field(5, ge=1, le=120)
+    # A province (README "A province of cities"): GASWORKS_PROVINCE_FILE names its TOML (cities, their databases and channels).
+    province_file: str = ""
+    province_city_requests_max: int = Field(16, ge=1, le=1000)  # in flight per city: a stuck city cannot take every thread
+    province_report_answer_within_s: float = Field(30.0, gt=0, le=600)  # a city's figures not back by then: reported unavailable
 
     @field_validator("payment_fen_max_by_channel", "payment_fen_max_by_class")
     @classmethod
@@ -131,3 +140,61 @@ class Settings(BaseSettings):
             env_settings,
             TomlConfigSettingsSource(settings_cls, toml_file=toml_path),
         )
+
+
+class CityConfig(BaseModel):
+    """One city of a province: its code (the first four digits of its account numbers), its own
+    database, the channels (merchant accounts) that are its, and its meters' topic prefix."""
+
+    model_config = ConfigDict(extra="forbid")
+    code: str = Field(pattern=r"^[0-9]{4}$")
+    name: str = Field(min_length=1, max_length=50)
+    database_url: str = Field(min_length=1)
+    channels: list[str] = Field(default_factory=list, max_length=100)
+    mqtt_topic_prefix: str = ""  # empty: gasworks/<code>/meters
+
+    def topic_prefix(self) -> str:
+        return self.mqtt_topic_prefix or f"gasworks/{self.code}/meters"
+
+
+class ProvinceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cities: list[CityConfig] = Field(min_length=1)
+
+    def province(self) -> Province:
+        return Province(tuple(City(c.code, c.name, frozenset(c.channels)) for c in self.cities))
+
+    def city(self, code: str) -> CityConfig:
+        self.province().city(code)  # UNKNOWN_CITY unless listed
+        return next(c for c in self.cities if c.code == code)
+
+    def city_settings(self, base: Settings, code: str, index: int = 0) -> Settings:
+        """The deployment's settings as city `code` runs them: its database, its meters' topics, its
+        resident links under /cities/<code>, and (for its worker) a metrics port of its own."""
+        city = self.city(code)
+        return base.model_copy(
+            update={
+                "database_url": city.database_url,
+                "mqtt_topic_prefix": city.topic_prefix(),
+                "public_base_url": f"{base.public_base_url.rstrip('/')}/cities/{code}" if base.public_base_url else "",
+                "worker_metrics_port": base.worker_metrics_port + index if base.worker_metrics_port else 0,
+                "mqtt_client_id": f"{base.mqtt_client_id}-{code}" if base.mqtt_client_id else "",
+            }
+        )
+
+
+def load_province(path: str | Path) -> ProvinceConfig:
+    """The province file, checked whole: every city, database and channel, or a clear refusal."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise InvalidInput(f"cannot read the province file {path}: {error.strerror}", code="INVALID_PROVINCE") from None
+    try:
+        config = ProvinceConfig.model_validate(tomllib.loads(text))
+    except tomllib.TOMLDecodeError as error:
+        raise InvalidInput(f"the province file {path} is not TOML: {error}", code="INVALID_PROVINCE") from None
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()[:10])
+        raise InvalidInput(f"the province file {path}: {problems}", code="INVALID_PROVINCE") from None
+    config.province()  # codes and channels unique
+    return config

@@ -325,6 +325,17 @@ class MeterCommands:
         rows = self.c.execute(select(t.meter_commands).where(t.meter_commands.c.payment_id == payment_id).order_by(t.meter_commands.c.id))
         return [self._with_events(r) for r in rows]
 
+    def purchase_waits_s(self, received_since: datetime, received_until: datetime, limit: int) -> list[int | None]:
+        mc, p, events = t.meter_commands, t.payments, t.meter_command_events
+        first_applied = select(func.min(events.c.at)).where(events.c.command_id == mc.c.id, events.c.state == CommandState.APPLIED.value).scalar_subquery()
+        rows = self.c.execute(
+            select(p.c.received_at, first_applied.label("applied_at"))
+            .select_from(mc.join(p, p.c.id == mc.c.payment_id))
+            .where(mc.c.kind == CommandKind.CREDIT.value, p.c.received_at >= received_since, p.c.received_at < received_until)
+            .limit(limit)
+        )
+        return [None if applied_at is None else max(0, int((applied_at - received_at).total_seconds())) for received_at, applied_at in rows]
+
     def recent(self, *, limit: int, states: list[CommandState] | None = None, serial: str | None = None) -> list[MeterCommand]:
         mc = t.meter_commands
         query = select(mc).order_by(mc.c.id.desc()).limit(limit)

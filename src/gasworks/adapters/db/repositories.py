@@ -598,8 +598,13 @@ class Payments:
         rows = self.c.execute(select(t.payments).where(t.payments.c.state == state.value).order_by(t.payments.c.received_at, t.payments.c.id).limit(limit))
         return [self._with_events(r) for r in rows]
 
-    def totals_by_state(self) -> dict[str, tuple[int, int]]:
-        rows = self.c.execute(select(t.payments.c.state, func.count(), func.sum(t.payments.c.amount_fen)).group_by(t.payments.c.state))
+    def totals_by_state(self, received_since: datetime | None = None, received_until: datetime | None = None) -> dict[str, tuple[int, int]]:
+        query = select(t.payments.c.state, func.count(), func.sum(t.payments.c.amount_fen)).group_by(t.payments.c.state)
+        if received_since is not None:
+            query = query.where(t.payments.c.received_at >= received_since)
+        if received_until is not None:
+            query = query.where(t.payments.c.received_at < received_until)
+        rows = self.c.execute(query)
         return {state: (int(n), int(total or 0)) for state, n, total in rows}
 
     def _with_events(self, row: Any) -> Payment:

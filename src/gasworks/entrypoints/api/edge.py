@@ -77,6 +77,13 @@ def note_caller(request: Request, key: ApiKeyRecord) -> None:
         facts.channel_id, facts.channel_kind = key.channel_id, "device"
 
 
+def route_path(scope: Scope) -> str:
+    """The path as this app's routes see it: a province's /cities/<code> prefix (the root path) taken off."""
+    path: str = scope.get("path", "")
+    root = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root + "/") else path
+
+
 def family_of(path: str) -> tuple[str, str | None]:
     """Who a refusal is recorded under when no route said: (channel id or endpoint family, channel id from the path)."""
     parts = [p for p in path.split("/") if p]
@@ -109,7 +116,7 @@ class Edge:
             await self.app(scope, receive, send)
             return
         facts = scope[SCOPE_KEY] = EdgeFacts()
-        path = scope.get("path", "")
+        path = route_path(scope)
         streamed = path in self.streamed_paths
         bytes_max = self.streamed_paths.get(path, self.body_bytes_max)
         answered = False
@@ -188,7 +195,7 @@ class Edge:
         await send({"type": "http.response.body", "body": payload})
 
     async def _record(self, scope: Scope, facts: EdgeFacts, status: int) -> None:
-        family, path_channel = family_of(scope.get("path", ""))
+        family, path_channel = family_of(route_path(scope))
         channel_id = facts.channel_id or path_channel or family
         code = facts.code or f"HTTP_{status}"
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")[:200] for k, v in scope.get("headers", [])}
@@ -203,7 +210,7 @@ class Edge:
             body_sha256=facts.body_sha256.hexdigest() if facts.body_complete else None,
             request_summary={
                 "method": scope.get("method", ""),
-                "path": redacted_path(scope.get("path", ""))[:300],
+                "path": redacted_path(route_path(scope))[:300],
                 "query": scope.get("query_string", b"")[:300].decode("latin-1"),
                 "status": status,
                 "headers": {k: v for k, v in headers.items() if k.startswith(SUMMARY_HEADERS)},

@@ -17,6 +17,7 @@ from gasworks.entrypoints.cli.carrier_commands import register as register_carri
 from gasworks.entrypoints.cli.channel_call_commands import register as register_channel_calls
 from gasworks.entrypoints.cli.common import DatabaseUrl, cli_actor, cli_errors, err, lazy_module, out, system
 from gasworks.entrypoints.cli.delivery_commands import register as register_delivery
+from gasworks.entrypoints.cli.province_commands import register as register_province
 from gasworks.entrypoints.cli.reconcile_commands import register as register_reconciliation
 from gasworks.entrypoints.cli.soak import soak
 
@@ -220,4 +221,5 @@ register_reconciliation(app)
 register_broker(app)
 register_carriers(app)
 register_channel_calls(app, channels_app)
+register_province(app)
 app.command()(soak)
