@@ -230,3 +230,40 @@ def worker(province: ProvinceFile = None) -> None:
         city_workers.supervise(stop)
     finally:
         city_workers.stop()
+
+
+@province_app.command("drill")
+@cli_errors
+def drill(
+    cities: Annotated[int, typer.Option(help="Cities, each on a PostgreSQL server of its own.", min=2, max=5)] = 3,
+    kill: Annotated[str, typer.Option(help="The city whose database server dies.")] = "4103",
+    rate: Annotated[int, typer.Option(help="Signed wallet payments per second to each city.", min=1, max=200)] = 10,
+    before_kill_s: Annotated[float, typer.Option(help="Seconds of load before the kill.", min=1)] = 10.0,
+    down_s: Annotated[float, typer.Option(help="Seconds the city's server stays dead.", min=1)] = 20.0,
+    after_restart_s: Annotated[float, typer.Option(help="Seconds of load after it is back.", min=1)] = 15.0,
+) -> None:
+    """Kill one city's database server under load: the other cities carry on, nothing is lost or doubled (exit 1 if not)."""
+    from gasworks.entrypoints.cli.soak import show_drill
+    from gasworks.sim.province_drill import ProvinceDrill, ProvinceDrillOptions
+
+    try:
+        options = ProvinceDrillOptions(cities=cities, kill=kill, payments_per_s_per_city=rate, before_kill_s=before_kill_s, down_s=down_s, after_restart_s=after_restart_s)
+        report = ProvinceDrill(options, say=lambda line: out.print(f"[dim]{line}[/]")).run()
+    except ValueError as error:
+        raise InvalidInput(str(error), code="INVALID_DRILL_OPTION") from None
+    rows: list[tuple[str, str]] = []
+    for code, c in report.cities.items():
+        name = f"{code}{' (killed)' if code == report.killed else ''}"
+        rows.append((f"{name}: sent / acknowledged / booked", f"{c.sent:,} / {c.acknowledged:,} / {c.booked:,}"))
+        rows.append((f"{name}: lost / doubled / unanswered", f"{c.lost} / {c.doubled} / {c.unanswered}"))
+        refused = ", ".join(f"{n:,}×{status}" for status, n in sorted(c.refused_while_down.items())) or "none"
+        rows.append((f"{name}: attempts refused while {report.killed} was down", refused))
+        if code != report.killed:
+            rows.append((f"{name}: answered p50 / p99, before → while down", f"{c.p(c.answered_ms_before, 50)} / {c.p(c.answered_ms_before, 99)} → {c.p(c.answered_ms_while_down, 50)} / {c.p(c.answered_ms_while_down, 99)}"))
+    if report.back_after_restart_s is None or report.without_service_s is None:
+        rows.append((f"{report.killed}: its first booking after the restart", "never"))
+    else:
+        rows.append((f"{report.killed}: restart → first booking (crash recovery included)", f"{report.back_after_restart_s:.1f} s"))
+        rows.append((f"{report.killed}: without service, kill → first booking", f"{report.without_service_s:.1f} s"))
+    rows.append(("gasworks province check", "passed" if report.check_exit == 0 else f"FAILED (exit {report.check_exit})"))
+    show_drill("city shard killed under load", tuple(rows), ok=report.ok, wall_s=report.wall_s)
