@@ -230,7 +230,10 @@ def test_a_city_database_lost_under_load_stops_that_city_and_its_retry_books_onc
         assert [_pay(base_url, "4101", f"Z-{i}", "410100000002", 1_000).status_code for i in range(5)] == [200] * 5
         with admin.connect() as c:
             c.execute(text(f'ALTER DATABASE "{luoyang}" ALLOW_CONNECTIONS true'))
-        retried = _pay(base_url, "4103", "L-1", "410300000001", 2_000)  # the channel's retry of what was refused
+        too_soon = _pay(base_url, "4103", "L-1", "410300000001", 2_000)  # within the city's rest after a 503: the router answers
+        assert too_soon.status_code == 503 and too_soon.json()["error"]["code"] == "TRY_AGAIN_LATER"
+        time.sleep(Settings().province_city_rest_s + 0.1)
+        retried = _pay(base_url, "4103", "L-1", "410300000001", 2_000)  # the channel's retry after Retry-After
         assert retried.status_code == 200 and retried.json()["duplicate"] is False
         assert _booked(urls["4103"]) == {"booked": (1, 2_000)}
         assert _booked(urls["4101"]) == {"booked": (5, 5_000)}
@@ -322,3 +325,16 @@ def _pay_in_process(url: str, txn_id: str, account_no: str, fen: int) -> bool:
 def test_the_cli_needs_a_province_file():
     result = CliRunner().invoke(cli, ["province", "report"], env={"GASWORKS_PROVINCE_FILE": ""})
     assert result.exit_code == 2 and "NO_PROVINCE" in result.output
+
+
+def test_a_city_prefix_keeps_the_edges_rules_streamed_statements_and_unkept_push_secrets(province):
+    base_url, urls, _ = province
+    statement = httpx.post(f"{base_url}/cities/4103/v1/statements", content=b"x" * 100_000, timeout=10)
+    assert statement.status_code == 401  # streamed to the route (which wants a key), not cut at the 64 KiB body bound
+    push = httpx.post(f"{base_url}/cities/4103/v1/carriers/ctwing/a-guessed-secret/push", json={}, timeout=10)
+    assert push.status_code in (401, 403, 404)
+    system = bootstrap(Settings(database_url=urls["4103"]))
+    with system.new_uow() as uow:
+        paths = [row["request_summary"]["path"] for row in uow.rejections.list(limit=10)]
+    system.engine.dispose()
+    assert "/v1/carriers/ctwing/(secret)/push" in paths and not any("a-guessed-secret" in p for p in paths)

@@ -115,6 +115,7 @@ class Settings(BaseSettings):
     # A province (README "A province of cities"): GASWORKS_PROVINCE_FILE names its TOML (cities, their databases and channels).
     province_file: str = ""
     province_city_requests_max: int = Field(16, ge=1, le=1000)  # in flight per city: a stuck city cannot take every thread
+    province_city_rest_s: float = Field(1.0, ge=0, le=60)  # after a city answers 503, the router answers its requests 503 itself this long (0: off)
     province_report_answer_within_s: float = Field(30.0, gt=0, le=600)  # a city's figures not back by then: reported unavailable
 
     @field_validator("payment_fen_max_by_channel", "payment_fen_max_by_class")

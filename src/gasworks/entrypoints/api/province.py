@@ -14,11 +14,15 @@ city's prefix is the root path, so the links a city writes carry it.
 
 One city's database down or slow stops that city only: its requests are answered 503 by its own
 API (TRY_AGAIN_LATER), at most `province_city_requests_max` of them are in flight at once (more are
-answered 503 CITY_BUSY at once), so a stuck city cannot take the threads every city shares.
+answered 503 CITY_BUSY at once), so a stuck city cannot take the threads every city shares; and for
+`province_city_rest_s` after a 503 the city's requests are answered 503 TRY_AGAIN_LATER by the router
+itself (a circuit breaker), so a storm of channel retries costs neither the dead database's
+connection attempts nor the others' CPU.
 """
 
 import asyncio
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -40,11 +44,19 @@ HEALTH_ANSWER_WITHIN_S = 3.0
 ACCOUNT_IN_BODY_PATHS = frozenset({"/v1/accounts", "/v1/orders", "/v1/devices/payments"})
 
 province_refusals = Counter("gasworks_province_refusals_total", "Requests the province router could not give to a city, by code.", ["code"])
+city_requests_refused_resting = Counter("gasworks_province_city_resting_total", "Requests answered 503 at once because their city's database had just failed one, by city.", ["city"])
 city_requests_refused_busy = Counter("gasworks_province_city_busy_total", "Requests refused because their city had too many in flight, by city.", ["city"])
 
 
 class CityBusy(GasworksError):
     code = "CITY_BUSY"
+    http_status = 503
+
+
+class CityResting(GasworksError):
+    """Its database just failed a request: the city is left alone for a moment (a circuit breaker)."""
+
+    code = "TRY_AGAIN_LATER"
     http_status = 503
 
 
@@ -57,13 +69,15 @@ class Routed:
 class ProvinceRouter:
     """Pure ASGI: picks the city, bounds its requests in flight, hands the request to its API."""
 
-    def __init__(self, province: Province, apps: Mapping[str, ASGIApp], systems: Mapping[str, System], *, body_bytes_max: int, city_requests_max: int) -> None:
+    def __init__(self, province: Province, apps: Mapping[str, ASGIApp], systems: Mapping[str, System], *, body_bytes_max: int, city_requests_max: int, city_rest_s: float = 0.0) -> None:
         self.province = province
         self.apps = apps
         self.systems = systems
         self.body_bytes_max = body_bytes_max
         self.city_requests_max = city_requests_max
         self.in_flight = dict.fromkeys(apps, 0)
+        self.city_rest_s = city_rest_s  # after a city answers 503, its next requests are answered 503 at once for this long
+        self.resting_until = dict.fromkeys(apps, 0.0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -80,6 +94,9 @@ class ProvinceRouter:
             return
         try:
             routed = await self._route(scope, receive)
+            if time.monotonic() < self.resting_until[routed.code]:
+                city_requests_refused_resting.labels(routed.code).inc()
+                raise CityResting(f"city {routed.code}'s database could not answer a moment ago; nothing was taken: send it again")
             if self.in_flight[routed.code] >= self.city_requests_max:
                 city_requests_refused_busy.labels(routed.code).inc()
                 raise CityBusy(f"city {routed.code} has {self.city_requests_max} requests in flight: its database is slow or down; send it again")
@@ -89,9 +106,16 @@ class ProvinceRouter:
             headers = [(b"retry-after", b"5")] if error.http_status == 503 else []
             await _answer(send, error.http_status, json.dumps({"error": {"code": error.code, "message": error.message}}).encode(), "application/json", headers)
             return
+        code = routed.code
+
+        async def send_watched(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 503 and self.city_rest_s > 0:
+                self.resting_until[code] = time.monotonic() + self.city_rest_s
+            await send(message)
+
         self.in_flight[routed.code] += 1
         try:
-            await self.apps[routed.code]({**scope, "root_path": scope.get("root_path", "") + f"/cities/{routed.code}"}, routed.receive, send)
+            await self.apps[routed.code]({**scope, "root_path": scope.get("root_path", "") + f"/cities/{routed.code}"}, routed.receive, send_watched)
         finally:
             self.in_flight[routed.code] -= 1
 
@@ -189,7 +213,7 @@ def create_province_app(config: ProvinceConfig, base: Settings) -> ProvinceRoute
     """Every city's API on its own System (engine, pool, caches), behind one router."""
     systems = {city.code: bootstrap(config.city_settings(base, city.code)) for city in config.cities}
     apps = {code: create_app(system) for code, system in systems.items()}
-    return ProvinceRouter(config.province(), apps, systems, body_bytes_max=base.request_body_bytes_max, city_requests_max=base.province_city_requests_max)
+    return ProvinceRouter(config.province(), apps, systems, body_bytes_max=base.request_body_bytes_max, city_requests_max=base.province_city_requests_max, city_rest_s=base.province_city_rest_s)
 
 
 PROVINCE_APP_FACTORY = "gasworks.entrypoints.api.province:province_app_from_environment"
