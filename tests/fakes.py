@@ -192,6 +192,10 @@ class FakeCustomers(_Repository):
     def get(self, account_no: str) -> Customer | None:
         return _copy(self._t.customers.get(account_no))
 
+    def numbers_outside(self, prefix: str, limit: int) -> tuple[int, list[str]]:
+        outside = sorted(no for no in self._t.customers if not no.startswith(prefix))
+        return len(outside), outside[:limit]
+
 
 class FakeChannels(_Repository):
     def get_recent(self, channel_id: str) -> Channel | None:

@@ -338,3 +338,17 @@ def test_a_city_prefix_keeps_the_edges_rules_streamed_statements_and_unkept_push
         paths = [row["request_summary"]["path"] for row in uow.rejections.list(limit=10)]
     system.engine.dispose()
     assert "/v1/carriers/ctwing/(secret)/push" in paths and not any("a-guessed-secret" in p for p in paths)
+
+
+def test_an_account_can_only_be_opened_in_the_city_its_number_names(province):
+    base_url, urls, path = province
+    elsewhere = httpx.post(f"{base_url}/cities/4103/v1/accounts", json={"account_no": "410100000009", "name": "x"}, timeout=10)
+    assert elsewhere.status_code == 422 and elsewhere.json()["error"]["code"] == "ACCOUNT_OF_ANOTHER_CITY"
+    at_home = httpx.post(f"{base_url}/cities/4103/v1/accounts", json={"account_no": "410300000009", "name": "x"}, timeout=10)
+    assert at_home.status_code == 401  # Luoyang's API took it, and asks for an operator's key
+    # One opened behind the router's back (the CLI on the city's database) is found by the check.
+    system = bootstrap(Settings(database_url=urls["4103"]))
+    accounts.open_account(accounts.OpenAccount("410100000009", "住户", "1 栋", "华新苑", "G-01", "13800000000", "41010000000009", MeterKind.IOT), system.new_uow(), actor="test")
+    system.engine.dispose()
+    check = CliRunner().invoke(cli, ["province", "check", "--province", str(path)], env={"COLUMNS": "250"})
+    assert check.exit_code == 1 and "ACCOUNTS_OF_ANOTHER_CITY 1 (e.g. 410100000009)" in check.output

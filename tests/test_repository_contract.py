@@ -848,3 +848,31 @@ def test_outbound_jobs_and_gateways_are_kept_and_orders_are_due_once_their_wait_
         assert uow.orders.get("GW-3").state == OrderState.CLOSED
         uow.outbound.save_job(replace(waiting, tries=1), START + timedelta(seconds=2))
         assert uow.outbound.job(JobKind.ORDER_QUERY, "GW-1").tries == 1, "saved again: updated in place"
+
+
+# ---- a province's figures --------------------------------------------------------------------------
+
+
+def test_a_citys_figures_payments_in_a_window_time_to_gas_and_accounts_of_other_cities(new_uow):
+    with new_uow() as uow:
+        for n, minutes in enumerate((0, 30, 90)):  # received at 09:00, 09:30 and 10:30
+            p = payment(f"T-W{n}", 1_000 * (n + 1), pid=f"pay_{n + 1}", at=START + timedelta(minutes=minutes))
+            uow.payments.claim(p)
+            uow.payments.save_progress(p, 0)
+        for seq in (1, 2):
+            uow.meter_commands.add(credit_order(meter_serial=SERIAL, account_no=ACCOUNT, route=MeterKind.IOT, payment_id=f"pay_{seq}", purchase_seq=seq, volume_litres=10, cost_fen=100, at=START, ttl_s=3600))
+        uow.commit()
+    with new_uow() as uow:
+        applied = uow.meter_commands.credit_order(SERIAL, 1)
+        applied.move_to(CommandState.SENT, START + timedelta(seconds=30), "sent")
+        applied.move_to(CommandState.APPLIED, START + timedelta(seconds=95), "applied")
+        uow.meter_commands.save(applied, START + timedelta(seconds=95))
+        uow.commit()
+    an_hour = (START, START + timedelta(hours=1))
+    with new_uow() as uow:
+        assert uow.payments.totals_by_state(*an_hour) == {"verified": (2, 3_000)}
+        assert uow.payments.totals_by_state(START + timedelta(hours=1)) == {"verified": (1, 3_000)}
+        assert sorted(uow.meter_commands.purchase_waits_s(*an_hour, 10), key=str) == [95, None]  # applied 95 s after paid; one still on its way
+        assert uow.meter_commands.purchase_waits_s(START + timedelta(hours=1), START + timedelta(hours=2), 10) == []
+        assert uow.customers.numbers_outside("4301", 5) == (0, [])
+        assert uow.customers.numbers_outside("4103", 1) == (2, [ACCOUNT])

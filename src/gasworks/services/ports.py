@@ -31,6 +31,10 @@ class CustomersRepository(Protocol):
 
     def get(self, account_no: str) -> Customer | None: ...
 
+    def numbers_outside(self, prefix: str, limit: int) -> tuple[int, list[str]]:
+        """Accounts whose number does not start with `prefix` (a province city's code): how many, and up to `limit` of them."""
+        ...
+
 
 class ChannelsRepository(Protocol):
     def get_recent(self, channel_id: str) -> Channel | None:

@@ -26,6 +26,13 @@ def city_figures(code: str, name: str, uow: UnitOfWork, since: datetime, until: 
     return CityFigures(code, name, payments, TimeToGas.of(waits), owing, owed_fen)
 
 
+def accounts_of_other_cities(code: str, uow: UnitOfWork, *, examples_max: int = 3) -> tuple[int, list[str]]:
+    """Accounts in city `code`'s database whose number names another city: the router would send
+    their requests elsewhere, so `gasworks province check` counts them as a fault."""
+    with uow:
+        return uow.customers.numbers_outside(code, examples_max)
+
+
 def group_report(
     province: Province,
     new_uow: Mapping[str, Callable[[], UnitOfWork]],

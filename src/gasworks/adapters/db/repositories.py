@@ -101,6 +101,12 @@ class Customers:
     def _query(self):  # noqa: ANN202
         return select(t.customers, t.meters.c.serial, t.meters.c.kind, t.meters.c.status).join(t.meters, t.meters.c.account_no == t.customers.c.account_no)
 
+    def numbers_outside(self, prefix: str, limit: int) -> tuple[int, list[str]]:
+        outside = t.customers.c.account_no.not_like(f"{prefix}%")
+        count = self.c.execute(select(func.count()).select_from(t.customers).where(outside)).scalar_one()
+        examples = self.c.execute(select(t.customers.c.account_no).where(outside).order_by(t.customers.c.account_no).limit(limit)).scalars().all()
+        return int(count), list(examples)
+
     def get(self, account_no: str) -> Customer | None:
         row = self.c.execute(self._query().where(t.customers.c.account_no == account_no)).first()
         return _customer(row) if row else None

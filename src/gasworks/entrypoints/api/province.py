@@ -123,7 +123,13 @@ class ProvinceRouter:
         path: str = scope["path"]
         parts = path.split("/")
         if len(parts) >= 4 and parts[1] == "cities":  # /cities/<code>/…
-            return Routed(self.province.city(parts[2]).code, receive)
+            code = self.province.city(parts[2]).code
+            if "/" + "/".join(parts[3:]) in ACCOUNT_IN_BODY_PATHS and scope["method"] == "POST":
+                body = await self._read_body(scope, receive)
+                if self._city_of_account(_account_in(body)) != code:
+                    raise InvalidInput(f"the account number names another city than {code}: send it to that city", code="ACCOUNT_OF_ANOTHER_CITY")
+                return Routed(code, _replay(body))
+            return Routed(code, receive)
         if len(parts) >= 4 and parts[1:3] == ["v1", "channels"]:
             return Routed(self.province.city_of_channel(parts[3]).code, receive)
         if len(parts) >= 4 and parts[1:3] == ["v1", "accounts"]:

@@ -80,6 +80,7 @@ def check(province: ProvinceFile = None) -> None:
     from gasworks.adapters.db.engine import is_cut_off
     from gasworks.bootstrap import bootstrap
     from gasworks.services.checks import check_ledger
+    from gasworks.services.province import accounts_of_other_cities
 
     config, settings = _load(province)
     table = Table(title="ledger check by city")
@@ -90,6 +91,7 @@ def check(province: ProvinceFile = None) -> None:
         sys_ = bootstrap(config.city_settings(settings, city.code))
         try:
             report = check_ledger(sys_.new_uow())
+            misplaced, examples = accounts_of_other_cities(city.code, sys_.new_uow())
         except Exception as error:
             if not is_cut_off(error):
                 raise
@@ -100,10 +102,12 @@ def check(province: ProvinceFile = None) -> None:
             sys_.engine.dispose()
         payments = sum(n for n, _ in report.payments_by_state.values())
         fen = sum(f for _, f in report.payments_by_state.values())
-        if not report.ok:
-            failed += 1
-        findings = "; ".join(f"{f.code} {f.subject}" for f in report.findings[:3])
-        table.add_row(city.code, city.name, "[green]holds[/]" if report.ok else "[red]BROKEN[/]", f"{payments:,}", fen_to_yuan_text(fen), findings)
+        findings = [f"{f.code} {f.subject}" for f in report.findings[:3]]
+        if misplaced:
+            findings.append(f"ACCOUNTS_OF_ANOTHER_CITY {misplaced:,} (e.g. {', '.join(examples)})")
+        holds = report.ok and not misplaced
+        failed += not holds
+        table.add_row(city.code, city.name, "[green]holds[/]" if holds else "[red]BROKEN[/]", f"{payments:,}", fen_to_yuan_text(fen), "; ".join(findings))
     out.print(table)
     if failed:
         err.print(f"[bold red]{failed} of {len(config.cities)} cities not proven[/]")
