@@ -464,6 +464,9 @@ class FakePayments(_Repository):
     def list_in_state(self, state: PaymentState, limit: int) -> list[Payment]:
         return _copy(self._received_order([p for p in self._t.payments.values() if p.state == state])[:limit])
 
+    def every_claim(self, limit: int) -> list[tuple[str, str, int, str, str]]:
+        return [(p.channel_id, p.channel_txn_id, p.amount_fen, p.state.value, p.id) for p in sorted(self._t.payments.values(), key=lambda p: p.id)][:limit]
+
     def totals_by_state(self, received_since: datetime | None = None, received_until: datetime | None = None) -> dict[str, tuple[int, int]]:
         totals: dict[str, tuple[int, int]] = {}
         for p in self._t.payments.values():
@@ -708,6 +711,9 @@ class FakeMeterCommands(_Repository):
 
     def for_payment(self, payment_id: str) -> list[MeterCommand]:
         return [self._with_events(c) for c in self._rows() if c.payment_id == payment_id]
+
+    def every_credit_order(self, limit: int) -> list[tuple[str, int, int, str]]:
+        return [(c.meter_serial, c.purchase_seq or 0, c.volume_litres or 0, c.state.value) for c in self._rows() if c.kind == CommandKind.CREDIT][:limit]
 
     def purchase_waits_s(self, received_since: datetime, received_until: datetime, limit: int) -> list[int | None]:
         waits: list[int | None] = []

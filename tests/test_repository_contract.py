@@ -876,3 +876,18 @@ def test_a_citys_figures_payments_in_a_window_time_to_gas_and_accounts_of_other_
         assert uow.meter_commands.purchase_waits_s(START + timedelta(hours=1), START + timedelta(hours=2), 10) == []
         assert uow.customers.numbers_outside("4301", 5) == (0, [])
         assert uow.customers.numbers_outside("4103", 1) == (2, [ACCOUNT])
+
+
+def test_an_auditors_snapshot_reads_every_claim_and_every_credit_order(new_uow):
+    with new_uow() as uow:
+        for n in (2, 1):
+            p = payment(f"T-S{n}", 1_000 * n, pid=f"pay_{n}")
+            uow.payments.claim(p)
+            uow.payments.save_progress(p, 0)
+        uow.meter_commands.add(credit_order(meter_serial=SERIAL, account_no=ACCOUNT, route=MeterKind.IOT, payment_id="pay_1", purchase_seq=1, volume_litres=10, cost_fen=100, at=START, ttl_s=3600))
+        uow.meter_commands.add(valve_command(meter_serial=SERIAL, account_no=ACCOUNT, open_=False, at=START, ttl_s=60, why="arrears"))
+        uow.commit()
+    with new_uow() as uow:
+        assert uow.payments.every_claim(10) == [("wallet", "T-S1", 1_000, "verified", "pay_1"), ("wallet", "T-S2", 2_000, "verified", "pay_2")]
+        assert uow.payments.every_claim(1) == [("wallet", "T-S1", 1_000, "verified", "pay_1")]
+        assert uow.meter_commands.every_credit_order(10) == [(SERIAL, 1, 10, "pending")]  # the valve command is no credit order

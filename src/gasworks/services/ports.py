@@ -142,6 +142,10 @@ class PaymentsRepository(Protocol):
 
     def list_in_state(self, state: PaymentState, limit: int) -> list[Payment]: ...
 
+    def every_claim(self, limit: int) -> list[tuple[str, str, int, str, str]]:
+        """(channel id, channel transaction id, amount fen, state, payment id) of every payment: what an auditor's snapshot reads."""
+        ...
+
     def totals_by_state(self, received_since: datetime | None = None, received_until: datetime | None = None) -> dict[str, tuple[int, int]]:
         """state → (count, fen), of every payment or of those received in [since, until)."""
         ...
@@ -264,6 +268,10 @@ class MeterCommandsRepository(Protocol):
     def get(self, command_id: int, *, with_events: bool = True) -> MeterCommand | None: ...
 
     def for_payment(self, payment_id: str) -> list[MeterCommand]: ...
+
+    def every_credit_order(self, limit: int) -> list[tuple[str, int, int, str]]:
+        """(meter serial, purchase serial, litres, state) of every credit order: what an auditor's snapshot reads."""
+        ...
 
     def purchase_waits_s(self, received_since: datetime, received_until: datetime, limit: int) -> list[int | None]:
         """For each purchase whose payment was received in [since, until): seconds from the payment

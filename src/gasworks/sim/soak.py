@@ -25,25 +25,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select
-
 from gasworks.adapters.channels.alipay import AlipayNotifier
 from gasworks.adapters.channels.rsa import new_private_key_pem, public_key_pem
 from gasworks.adapters.channels.wallet_hmac import WalletClient
 from gasworks.adapters.channels.wechatpay_v3 import WechatPayV3Notifier
-from gasworks.adapters.db import tables as t
-from gasworks.adapters.db.engine import make_engine
-from gasworks.adapters.db.migrate import upgrade
 from gasworks.bootstrap import System, bootstrap
 from gasworks.config import Settings
 from gasworks.domain.accounts import MeterKind
 from gasworks.domain.channels import ChannelKind, KeyPurpose
-from gasworks.domain.delivery import AlertKind
+from gasworks.domain.delivery import AlertKind, CommandState
 from gasworks.domain.meter_messages import CurrentData
 from gasworks.services import access, accounts, channels, meter_keys
 from gasworks.services.access import Role
 from gasworks.services.checks import check_ledger
 from gasworks.services.delivery import resolve_alert
+from gasworks.services.unit_of_work import UnitOfWork
 from gasworks.sim.chaos import (
     FORGED_CLAIM_SEQ_MIN,
     FORGERIES,
@@ -75,6 +71,7 @@ WORKERS = 2
 METER_REPORT_EVERY_S = 3.0
 FORGERY_RECORD_WAIT_S = 20.0
 DRAIN_WAIT_S = 30.0
+SNAPSHOT_ROWS_MAX = 1_000_000  # payments, credit orders or rejections one snapshot reads: far above a soak's
 TOP_UPS_FEN = (3_000, 5_000, 10_000, 20_000)
 HONEST_CHANNELS = ("wo-wallet", "wechat", "alipay", "kiosk")
 PREFIX = "soak/meters"
@@ -294,11 +291,10 @@ class Soak:
         self.serials = [f"{31_000_000_000_000 + i:014d}" for i in range(self.options.households)]
         self.broker = PrivateBroker(self.directory / "mosquitto", PREFIX, self.serials)
         self.broker.start()
-        engine = make_engine(self.postgres.url)
-        upgrade(engine)
-        self.system = bootstrap(Settings(database_url=self.postgres.url), engine=engine)
-        self.audit_engine = engine.execution_options(isolation_level="REPEATABLE READ")  # one snapshot per check
-        self.audit = bootstrap(Settings(database_url=self.postgres.url), engine=self.audit_engine)
+        self.system = bootstrap(Settings(database_url=self.postgres.url))
+        self.system.migrate()
+        audit_engine = self.system.engine.execution_options(isolation_level="REPEATABLE READ")  # one snapshot per check
+        self.audit = bootstrap(Settings(database_url=self.postgres.url), engine=audit_engine)
         self.keys = self._set_up_city()
         self.api_port = free_port()
         common = {
@@ -509,8 +505,8 @@ class Soak:
             time.sleep(0.2)
 
     def _rejections(self) -> list[dict]:
-        with self.audit_engine.connect() as c:
-            return [dict(r._mapping) for r in c.execute(select(t.intake_rejections.c.channel_id, t.intake_rejections.c.code, t.intake_rejections.c.request_summary))]
+        with self.audit.new_uow() as uow:
+            return _rejection_rows(uow)
 
     # ---- process faults (FaultTarget) ------------------------------------------------------------------------
 
@@ -549,9 +545,9 @@ class Soak:
         while time.monotonic() < deadline and (len(self.sends) < self._planned_sends() or not all(s.done() for s in self.sends)):
             time.sleep(0.1)
         while time.monotonic() < deadline:
-            with self.audit_engine.connect() as c:
-                open_ = c.execute(select(t.meter_commands.c.id).where(t.meter_commands.c.kind == "credit", t.meter_commands.c.state != "applied").limit(1)).first()
-            if open_ is None:
+            with self.audit.new_uow() as uow:
+                settled = all(state == CommandState.APPLIED for _, _, _, state in uow.meter_commands.every_credit_order(SNAPSHOT_ROWS_MAX))
+            if settled:
                 return
             time.sleep(0.2)
         self.findings.append(f"not everything settled within {DRAIN_WAIT_S:.0f} s of the chaos ending")
@@ -597,14 +593,14 @@ class Soak:
         applied_before = self.fleet.applied()
         self._resolve_forged_claims()
         ledger = check_ledger(self.audit.new_uow())
-        with self.audit_engine.connect() as c, c.begin():
-            payments = c.execute(select(t.payments.c.channel_id, t.payments.c.channel_txn_id, t.payments.c.amount_fen, t.payments.c.state, t.payments.c.id)).all()
-            orders = c.execute(select(t.meter_commands.c.meter_serial, t.meter_commands.c.purchase_seq, t.meter_commands.c.volume_litres, t.meter_commands.c.state).where(t.meter_commands.c.kind == "credit")).all()
-            rejections = [dict(r._mapping) for r in c.execute(select(t.intake_rejections.c.channel_id, t.intake_rejections.c.code, t.intake_rejections.c.request_summary))]
+        with self.audit.new_uow() as uow:  # one REPEATABLE READ transaction: one snapshot
+            payments = uow.payments.every_claim(SNAPSHOT_ROWS_MAX)
+            orders = uow.meter_commands.every_credit_order(SNAPSHOT_ROWS_MAX)
+            rejections = _rejection_rows(uow)
         snapshot = Snapshot(
             sent=sent, answered=answered, honest_refused=refused, forged=forged, ledger_findings=[f"{f.code} {f.subject}: {f.detail}" for f in ledger.findings],
-            payments={(p.channel_id, p.channel_txn_id): BookedPayment(p.id, p.amount_fen, p.state) for p in payments},
-            orders={(o.meter_serial, o.purchase_seq): IssuedPurchase(o.volume_litres, o.state) for o in orders},
+            payments={(channel_id, txn_id): BookedPayment(payment_id, amount_fen, state) for channel_id, txn_id, amount_fen, state, payment_id in payments},
+            orders={(serial, seq): IssuedPurchase(litres, state) for serial, seq, litres, state in orders},
             rejections=rejections, applied_before=applied_before, applied_after=self.fleet.applied(), final=final,
         )  # fmt: skip
         found = judge(snapshot)
@@ -653,3 +649,8 @@ class Soak:
         report.purchases_issued = len(final.orders)
         report.purchases_applied = sum(1 for o in final.orders.values() if o.state == "applied")
         return report
+
+
+def _rejection_rows(uow: UnitOfWork) -> list[dict]:
+    """What the soak's invariants read of each recorded refusal."""
+    return [{k: row[k] for k in ("channel_id", "code", "request_summary")} for row in uow.rejections.list(limit=SNAPSHOT_ROWS_MAX)]

@@ -325,6 +325,11 @@ class MeterCommands:
         rows = self.c.execute(select(t.meter_commands).where(t.meter_commands.c.payment_id == payment_id).order_by(t.meter_commands.c.id))
         return [self._with_events(r) for r in rows]
 
+    def every_credit_order(self, limit: int) -> list[tuple[str, int, int, str]]:
+        mc = t.meter_commands
+        rows = self.c.execute(select(mc.c.meter_serial, mc.c.purchase_seq, mc.c.volume_litres, mc.c.state).where(mc.c.kind == CommandKind.CREDIT.value).order_by(mc.c.id).limit(limit))
+        return [(r.meter_serial, int(r.purchase_seq), int(r.volume_litres), r.state) for r in rows]
+
     def purchase_waits_s(self, received_since: datetime, received_until: datetime, limit: int) -> list[int | None]:
         mc, p, events = t.meter_commands, t.payments, t.meter_command_events
         first_applied = select(func.min(events.c.at)).where(events.c.command_id == mc.c.id, events.c.state == CommandState.APPLIED.value).scalar_subquery()

@@ -604,6 +604,11 @@ class Payments:
         rows = self.c.execute(select(t.payments).where(t.payments.c.state == state.value).order_by(t.payments.c.received_at, t.payments.c.id).limit(limit))
         return [self._with_events(r) for r in rows]
 
+    def every_claim(self, limit: int) -> list[tuple[str, str, int, str, str]]:
+        p = t.payments
+        rows = self.c.execute(select(p.c.channel_id, p.c.channel_txn_id, p.c.amount_fen, p.c.state, p.c.id).order_by(p.c.id).limit(limit))
+        return [(r.channel_id, r.channel_txn_id, int(r.amount_fen), r.state, r.id) for r in rows]
+
     def totals_by_state(self, received_since: datetime | None = None, received_until: datetime | None = None) -> dict[str, tuple[int, int]]:
         query = select(t.payments.c.state, func.count(), func.sum(t.payments.c.amount_fen)).group_by(t.payments.c.state)
         if received_since is not None:
