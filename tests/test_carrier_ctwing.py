@@ -28,7 +28,7 @@ from gasworks.domain.delivery import CommandState
 from gasworks.domain.errors import InvalidInput
 from gasworks.entrypoints.api.app import create_app
 from gasworks.entrypoints.api.carrier_routes import keep_secrets_out_of_access_log
-from gasworks.entrypoints.workers.worker import Worker, make_transport
+from gasworks.entrypoints.workers.worker import Worker
 from gasworks.services import accounts, carriers, meter_keys
 from gasworks.services.checks import check_ledger
 from gasworks.services.delivery import handle_uplink
@@ -95,7 +95,7 @@ def platform(database_url: str, clock: FixedClock) -> Iterator[Platform]:
     stub.add_device(DEVICE_ID, PRODUCT_ID, IMEI, meter)
     with served_in_thread(create_app(system)) as api:
         stub.push_url = f"{api}/v1/carriers/ctwing/{PUSH_SECRET}/push"
-        worker = Worker(system, make_transport(system))
+        worker = Worker(system, system.meter_transport())
         yield Platform(system, stub, api, meter, worker)
         worker.transport.stop()
     stub.stop()

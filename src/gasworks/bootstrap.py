@@ -2,7 +2,9 @@
 
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import structlog
 from sqlalchemy import Engine
 
 from gasworks.adapters.db.engine import is_cut_off, make_engine
@@ -17,6 +19,12 @@ from gasworks.domain.money import PaymentCeiling
 from gasworks.services.cut_retry import CutRetry
 from gasworks.services.delivery import policy_from
 from gasworks.services.timeline import resident_link_secret
+
+if TYPE_CHECKING:
+    from gasworks.adapters.meters.carriers.routing import Transport
+    from gasworks.services.channel_gateway import ChannelGateway
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass
@@ -79,6 +87,50 @@ class System:
     def key_cache(self) -> UnsealedKeys:
         """Meter keys opened under the site key, kept (bounded) for this process's units of work."""
         return UnsealedKeys(self.settings.meter_keys_cached_max)
+
+    def meter_transport(self) -> "Transport":
+        """How this process reaches the meters: a JetStream work queue on a NATS cluster
+        (GASWORKS_UPLINK_QUEUE_URLS), an MQTT broker (GASWORKS_MQTT_URL) or, with neither, the
+        in-process loopback; meters registered on CTWing go through it when CTWing is configured."""
+        from gasworks.adapters.meters.carriers.routing import with_carriers
+        from gasworks.adapters.meters.transport import Backoff, LoopbackTransport, MqttTransport
+
+        s = self.settings
+        inner: Transport
+        if s.uplink_queue_urls:
+            from gasworks.adapters.meters.jetstream import JetStreamTransport  # nats-py only when meters are on NATS
+
+            servers = [url.strip() for url in s.uplink_queue_urls.split(",") if url.strip()]
+            inner = JetStreamTransport(servers, prefix=s.mqtt_topic_prefix, replicas=s.uplink_queue_replicas)
+        elif s.mqtt_url:
+            inner = MqttTransport(
+                s.mqtt_url, prefix=s.mqtt_topic_prefix, client_id=s.mqtt_client_id, shared=s.mqtt_shared_subscription, keepalive_s=s.mqtt_keepalive_s,
+                backoff=Backoff(s.mqtt_reconnect_delay_s_min, s.mqtt_reconnect_delay_s_max), inflight_max=s.mqtt_inflight_max,
+            )  # fmt: skip
+        else:
+            inner = LoopbackTransport()
+        return with_carriers(inner, s, self.new_uow)
+
+    def channel_gateway(self, channel_id: str) -> "ChannelGateway | None":
+        """The channel's gateway (adapters/channels/gateways), or None (logged) when it has no base URL or lacks a key.
+        Built from the database each time: a key rollover or a new base URL needs no restart."""
+        from gasworks.adapters.channels.gateways import GatewayNotConfigured, gateway_for
+
+        with self.new_uow() as uow:
+            channel = uow.channels.get(channel_id)
+            base_url = uow.outbound.gateway_url(channel_id)
+        if channel is None or base_url is None:
+            return None
+        s = self.settings
+        notify_url = f"{s.public_base_url.rstrip('/')}/v1/channels/{channel_id}/notify" if s.public_base_url else None
+        try:
+            return gateway_for(
+                channel, base_url, now=self.clock.now, skew_s=s.notification_clock_skew_s, timeout_s=s.channel_call_timeout_s,
+                notify_url=notify_url, alipay_app_private_key_file=s.alipay_app_private_key_file,
+            )  # fmt: skip
+        except GatewayNotConfigured as missing:
+            log.warning("channel_gateway_not_configured", channel_id=channel_id, reason=str(missing))
+            return None
 
     @functools.cached_property
     def resident_link_secret(self) -> str:

@@ -14,7 +14,7 @@ from gasworks.entrypoints.cli.reconcile_commands import show
 from gasworks.services.channel_gateway import GatewayError
 
 # The database, the gateways and DuckDB load when a command runs, not for --help.
-channel_jobs, outbound = lazy_module("gasworks.entrypoints.workers.channel_jobs"), lazy_module("gasworks.services.outbound")
+outbound = lazy_module("gasworks.services.outbound")
 
 statements_app = typer.Typer(help="Channels' daily statements, fetched from their APIs.", no_args_is_help=True)
 
@@ -34,7 +34,7 @@ def channels_gateway(
     """Where gasworks calls the channel (order queries, refunds, statements). Keys: `channels add-key --purpose sign`."""
     sys_ = system(database_url)
     outbound.configure_gateway(channel, base_url, uow=sys_.new_uow(), actor=cli_actor())
-    ready = channel_jobs.channel_gateway(sys_, channel) is not None
+    ready = sys_.channel_gateway(channel) is not None
     out.print(f"{channel}: calls go to {base_url.rstrip('/')}" + ("" if ready else " [yellow](not callable yet: see the log line above for the missing key)[/]"))
 
 
@@ -68,7 +68,7 @@ def statements_fetch(
     except ValueError:
         raise InvalidInput(f"--date {day!r} is not YYYY-MM-DD", code="INVALID_DATE") from None
     sys_ = system(database_url)
-    gateway = channel_jobs.channel_gateway(sys_, channel)
+    gateway = sys_.channel_gateway(channel)
     if gateway is None:
         raise InvalidInput(f"{channel} has no gateway configured: gasworks channels gateway {channel} --base-url … (and its signing key)", code="GATEWAY_NOT_CONFIGURED")
     try:

@@ -57,7 +57,7 @@ def worker(
     from prometheus_client import start_http_server
 
     from gasworks.entrypoints.workers.processes import PROCESSES_MAX, WorkerProcesses
-    from gasworks.entrypoints.workers.worker import Worker, make_transport
+    from gasworks.entrypoints.workers.worker import Worker
 
     sys_ = system(database_url, mqtt_url=mqtt_url, worker_metrics_port=metrics_port, watchdog_interval_s=watchdog_interval_s, worker_processes=processes)
     settings = sys_.settings
@@ -73,7 +73,7 @@ def worker(
     if not 0 <= settings.worker_metrics_port < 65536 or settings.watchdog_interval_s < 1:
         raise InvalidInput("metrics port must be 0-65535 and the watchdog interval at least 1 s", code="INVALID_WORKER_OPTION")
     try:
-        transport = make_transport(sys_)
+        transport = sys_.meter_transport()
     except ValueError as error:  # a malformed URL, reconnect delays out of order
         raise InvalidInput(str(error), code="INVALID_MQTT_SETTING") from None
     stop = threading.Event()

@@ -29,20 +29,20 @@ def run_delivery_worker(database_url: str) -> None:
     import signal
 
     from gasworks.bootstrap import bootstrap
-    from gasworks.entrypoints.workers.worker import Worker, make_transport
+    from gasworks.entrypoints.workers.worker import Worker
 
     settings = Settings(database_url=database_url)
     configure_logging(json=settings.log_json)
     sys_ = bootstrap(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    Worker(sys_, make_transport(sys_)).run(stop)
+    Worker(sys_, sys_.meter_transport()).run(stop)
 
 
 def serve_api(*, host: str | None, port: int | None, database_url: str | None, worker: bool, api_workers: int) -> None:
     from gasworks.entrypoints.api.app import create_app
     from gasworks.entrypoints.api.factory import APP_FACTORY
-    from gasworks.entrypoints.workers.worker import Worker, make_transport
+    from gasworks.entrypoints.workers.worker import Worker
 
     if not 1 <= api_workers <= API_WORKERS_MAX:
         raise InvalidInput(f"--workers is 1 to {API_WORKERS_MAX}", code="INVALID_WORKERS")
@@ -54,7 +54,7 @@ def serve_api(*, host: str | None, port: int | None, database_url: str | None, w
     if api_workers == 1:
         stop = threading.Event()
         if worker:
-            threading.Thread(target=Worker(sys_, make_transport(sys_)).run, args=(stop,), name="gasworks-worker", daemon=True).start()
+            threading.Thread(target=Worker(sys_, sys_.meter_transport()).run, args=(stop,), name="gasworks-worker", daemon=True).start()
         try:
             uvicorn.run(create_app(sys_), host=host, port=port, log_level="info")
         finally:

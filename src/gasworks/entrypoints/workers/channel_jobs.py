@@ -1,7 +1,7 @@
 """The worker's calls to the channels: order recovery, refunds, statements (services/outbound.py).
 
 Runs in its own thread beside the meter loop, so a slow channel never delays a meter's command.
-Gateways are built per pass from the database (a key rollover or a new base URL needs no restart).
+Gateways are built per pass from the database by the System (a key rollover or a new base URL needs no restart).
 """
 
 import threading
@@ -9,7 +9,6 @@ import threading
 import structlog
 from prometheus_client import Counter, Gauge
 
-from gasworks.adapters.channels.gateways import GatewayNotConfigured, gateway_for
 from gasworks.bootstrap import System
 from gasworks.domain.outbound import Backoff
 from gasworks.services.channel_gateway import ChannelGateway
@@ -31,25 +30,6 @@ def policy_of(system: System) -> OutboundPolicy:
     )  # fmt: skip
 
 
-def channel_gateway(system: System, channel_id: str) -> ChannelGateway | None:
-    """The channel's gateway, or None (logged) when it has no base URL or lacks a key."""
-    with system.new_uow() as uow:
-        channel = uow.channels.get(channel_id)
-        base_url = uow.outbound.gateway_url(channel_id)
-    if channel is None or base_url is None:
-        return None
-    notify_url = f"{system.settings.public_base_url.rstrip('/')}/v1/channels/{channel_id}/notify" if system.settings.public_base_url else None
-    try:
-        return gateway_for(
-            channel, base_url, now=system.clock.now, skew_s=system.settings.notification_clock_skew_s,
-            timeout_s=system.settings.channel_call_timeout_s, notify_url=notify_url,
-            alipay_app_private_key_file=system.settings.alipay_app_private_key_file,
-        )  # fmt: skip
-    except GatewayNotConfigured as missing:
-        log.warning("channel_gateway_not_configured", channel_id=channel_id, reason=str(missing))
-        return None
-
-
 class ChannelJobs:
     def __init__(self, system: System) -> None:
         self.system = system
@@ -59,7 +39,7 @@ class ChannelJobs:
 
         def gateway(channel_id: str) -> ChannelGateway | None:
             if channel_id not in gateways:
-                gateways[channel_id] = channel_gateway(self.system, channel_id)
+                gateways[channel_id] = self.system.channel_gateway(channel_id)
             return gateways[channel_id]
 
         policy, new_uow = policy_of(self.system), self.system.new_uow

@@ -22,9 +22,8 @@ import psycopg
 import structlog
 
 from gasworks.adapters.db.delivery import METER_WORK_CHANNEL
-from gasworks.adapters.meters.carriers.routing import with_carriers
 from gasworks.adapters.meters.frame_security import require_schemes_in_use
-from gasworks.adapters.meters.transport import Backoff, LoopbackTransport, MqttTransport, TransportError, Uplinks
+from gasworks.adapters.meters.transport import TransportError, Uplinks
 from gasworks.bootstrap import System
 from gasworks.domain.meter_security import DEFAULT_METER_MODEL
 from gasworks.entrypoints.workers.channel_jobs import ChannelJobs
@@ -42,30 +41,6 @@ class Transport(Protocol):
     def publish(self, serial: str, payload: bytes) -> None: ...
     def start(self) -> None: ...
     def stop(self) -> None: ...
-
-
-def make_transport(system: System) -> Transport:
-    return with_carriers(_meter_transport(system), system.settings, system.new_uow)  # meters on CTWing go through it
-
-
-def _meter_transport(system: System) -> Transport:
-    settings = system.settings
-    if settings.uplink_queue_urls:
-        from gasworks.adapters.meters.jetstream import JetStreamTransport  # nats-py only when meters are on NATS
-
-        servers = [url.strip() for url in settings.uplink_queue_urls.split(",") if url.strip()]
-        return JetStreamTransport(servers, prefix=settings.mqtt_topic_prefix, replicas=settings.uplink_queue_replicas)
-    if settings.mqtt_url:
-        return MqttTransport(
-            settings.mqtt_url,
-            prefix=settings.mqtt_topic_prefix,
-            client_id=settings.mqtt_client_id,
-            shared=settings.mqtt_shared_subscription,
-            keepalive_s=settings.mqtt_keepalive_s,
-            backoff=Backoff(settings.mqtt_reconnect_delay_s_min, settings.mqtt_reconnect_delay_s_max),
-            inflight_max=settings.mqtt_inflight_max,
-        )
-    return LoopbackTransport()
 
 
 class Worker:
