@@ -104,12 +104,17 @@ def _empty_postgres(url: str):  # noqa: ANN202
     return engine
 
 
+def sqlite_copy(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh SQLite database at head, copied from the session's migrated template."""
+    path = tmp_path / "gasworks.db"
+    shutil.copy(request.getfixturevalue("sqlite_template"), path)
+    return f"sqlite:///{path}"
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        path = tmp_path / "gasworks.db"
-        shutil.copy(request.getfixturevalue("sqlite_template"), path)
-        return f"sqlite:///{path}"
+        return sqlite_copy(request, tmp_path)
     url = request.getfixturevalue("postgres_url")
     _empty_postgres(url).dispose()
     return url

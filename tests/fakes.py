@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from gasworks.adapters.channels.rsa import RsaKeyChecks
 from gasworks.adapters.meters.frame_security import FrameSecurityCodec
 from gasworks.adapters.statements.matcher import DuckDbStatementMatcher
+from gasworks.config import Settings
 from gasworks.domain.access import ApiKeyRecord
 from gasworks.domain.accounts import Customer, CustomerClass, MeterKind
 from gasworks.domain.carriers import CarrierDevice, CarrierPlatform, PlatformCommand, PlatformCommandStatus
@@ -1206,6 +1207,7 @@ class FakeSystem:
 
     def __init__(self, clock: FixedClock, *, payment_ceiling: PaymentCeiling | None = None, delivery: DeliveryPolicy | None = None) -> None:
         self.clock = clock
+        self.settings = Settings.model_construct()  # the defaults, not the environment: the worker reads its bounds here, as from a System
         self.db = FakeDatabase()
         self.payment_ceiling = payment_ceiling or PaymentCeiling(PAYMENT_FEN_ABSOLUTE_MAX)
         self.delivery = delivery or DeliveryPolicy()

@@ -1,5 +1,7 @@
 """Meter delivery over the in-process transport, on SQLite and PostgreSQL: every purchase is applied once."""
 
+from collections.abc import Iterator
+
 import pytest
 
 from gasworks.adapters.meters.transport import LoopbackTransport
@@ -7,14 +9,24 @@ from gasworks.domain.delivery import CommandKind, CommandState
 from gasworks.domain.meter_messages import Alarm
 from gasworks.services.checks import check_ledger
 from gasworks.services.delivery import handle_uplink
+from tests.conftest import make_system, sqlite_copy
 from tests.delivery_rig import IOT_SERIAL, Rig
+from tests.fakes import FakeSystem
 from tests.support import ACCOUNT_NO, balance_fen, set_up
 
 
-@pytest.fixture
-def rig(system) -> Rig:
+@pytest.fixture(params=["fake", "sqlite", "postgres"])
+def rig(request: pytest.FixtureRequest, tmp_path, clock) -> Iterator[Rig]:
+    """The delivery use cases on the in-memory fakes (tests/fakes.py) and on both databases: the same assertions."""
+    if request.param == "fake":
+        system = FakeSystem(clock)
+    else:
+        system = make_system(sqlite_copy(request, tmp_path) if request.param == "sqlite" else request.getfixturevalue("postgres_only_url"), clock)
     set_up(system)
-    return Rig(system, LoopbackTransport())
+    yield Rig(system, LoopbackTransport())
+    engine = getattr(system, "engine", None)
+    if engine is not None:
+        engine.dispose()
 
 
 def test_a_payment_reaches_an_awake_meter_and_is_applied_once(rig):
