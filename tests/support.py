@@ -1,15 +1,7 @@
 """Test helpers: channels with real keys, accounts, and the channels' own signers."""
 
 import functools
-import socket
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-
-import uvicorn
-from fastapi import FastAPI
 
 from gasworks.adapters.channels.alipay import AlipayNotifier
 from gasworks.adapters.channels.rsa import new_private_key_pem, public_key_pem
@@ -20,6 +12,7 @@ from gasworks.domain.accounts import MeterKind
 from gasworks.domain.channels import ChannelKind, KeyPurpose
 from gasworks.services import access, accounts, channels
 from gasworks.services.access import Role
+from gasworks.sim.stubs.serving import served_in_thread  # noqa: F401 - the tests' name for it
 
 WECHAT_MCHID = "1900000109"
 ALIPAY_APP_ID = "2021000000000001"
@@ -95,23 +88,3 @@ def credited_fen(system: System, account_no: str) -> int:
     with system.new_uow() as uow:
         purchases = uow.ledger.purchases_fen(account_no)
     return balance_fen(system, account_no) + purchases
-
-
-@contextmanager
-def served_in_thread(app: FastAPI) -> Iterator[str]:
-    """A real uvicorn server for `app` on a free local port; yields its base URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)

@@ -24,8 +24,8 @@ from gasworks.services.checks import check_ledger
 from gasworks.services.holds import HoldDecision, decide_hold
 from gasworks.services.outbound import configure_gateway, refund_number
 from gasworks.sim.statements import wechat_trade_bill
+from gasworks.sim.stubs.wechatpay import WechatPayStub
 from gasworks.sim.world import Collected
-from tests.stubs.wechatpay import WechatPayStub
 from tests.support import ACCOUNT_NO, WECHAT_MCHID, public_key_pem, rsa_private_key, served_in_thread, set_up
 
 MERCHANT_SERIAL = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1"

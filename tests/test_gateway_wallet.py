@@ -7,7 +7,7 @@ import pytest
 
 from gasworks.adapters.channels.gateways.wallet import WalletGateway
 from gasworks.services.channel_gateway import GatewayError, OrderStatus, RefundRequest
-from tests.stubs.wallet import WalletStub
+from gasworks.sim.stubs.wallet import WalletStub
 from tests.support import WALLET_SECRET, served_in_thread
 
 

@@ -14,7 +14,7 @@ from gasworks.adapters.channels.gateways.wechatpay_v3 import WechatPayV3Gateway,
 from gasworks.adapters.channels.rsa import public_key_pem, verify_sha256_rsa
 from gasworks.adapters.channels.wechatpay_v3 import signed_message
 from gasworks.services.channel_gateway import GatewayError, OrderStatus, RefundRequest, RefundState
-from tests.stubs.wechatpay import WechatPayStub
+from gasworks.sim.stubs.wechatpay import WechatPayStub
 from tests.support import APIV3_KEY, WECHAT_MCHID, rsa_private_key, served_in_thread
 
 MERCHANT_SERIAL = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1"

@@ -4,7 +4,7 @@ It has its own platform RSA key (answers are signed with it, like WeChat Pay's),
 request's WECHATPAY2-SHA256-RSA2048 Authorization against the merchant's public key (refusing 401
 SIGN_ERROR otherwise, and recording it), holds orders, refunds and bills, and can be told to fail
 (HTTP 500), to tamper with an answer after signing it, or to serve a bill other than the one it
-hashed. Serve it with `tests.support.served_in_thread(stub.app())`.
+hashed. Serve it with `gasworks.sim.stubs.serving.served_in_thread(stub.app())`.
 """
 
 import hashlib
