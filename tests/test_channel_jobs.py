@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from gasworks.adapters.meters.transport import LoopbackTransport
+from gasworks.config import Settings
 from gasworks.domain.channels import KeyPurpose
 from gasworks.domain.delivery import AlertKind
 from gasworks.domain.outbound import JobKind, JobState
@@ -18,6 +19,7 @@ from gasworks.entrypoints.api.app import create_app
 from gasworks.entrypoints.cli.common import out as cli_out
 from gasworks.entrypoints.cli.main import app as cli
 from gasworks.entrypoints.workers.channel_jobs import ChannelJobs
+from gasworks.entrypoints.workers.processes import child_environment
 from gasworks.entrypoints.workers.worker import Worker
 from gasworks.services import channels as channel_admin
 from gasworks.services.checks import check_ledger
@@ -277,6 +279,23 @@ def test_the_worker_fetches_checks_imports_and_reconciles_yesterdays_statement_a
     assert ChannelJobs(system).run_once().statements_imported == 0  # once a day
     with system.new_uow() as uow:
         assert uow.audit.count_actions("statement.fetched") == 1
+
+
+def test_a_worker_told_to_call_for_orders_only_leaves_the_statements_to_another(statements_env):
+    system, n, stub, client = statements_env
+    stub.bills[DAY.isoformat()] = wechat_trade_bill(DAY, [paid_on_the_day(system, n, stub, client)])
+    system.clock.move_to(datetime(2026, 11, 24, 2, 5, tzinfo=UTC))  # 10:05 Beijing: due
+    system.settings.channel_jobs = "orders"
+    assert ChannelJobs(system).run_once().statements_imported == 0 and not any("tradebill" in call for call in stub.calls)
+    system.settings.channel_jobs = "orders,statements"
+    assert ChannelJobs(system).run_once().statements_imported == 1
+
+
+def test_worker_processes_call_the_channels_from_the_first_only():
+    settings = Settings(database_url="postgresql://x/y", channel_jobs="orders,statements")
+    assert child_environment(settings, 1, base={})["GASWORKS_CHANNEL_JOBS"] == ""
+    with pytest.raises(ValueError, match="channel jobs are orders, refunds, statements"):
+        Settings(channel_jobs="orders,payouts")
 
 
 def test_a_bill_whose_hash_does_not_match_is_not_imported_and_raises_an_alert(statements_env):

@@ -16,6 +16,8 @@ from gasworks.domain.errors import InvalidInput
 from gasworks.domain.money import PAYMENT_FEN_ABSOLUTE_MAX
 from gasworks.domain.province import City, Province
 
+CHANNEL_JOBS = ("orders", "refunds", "statements")
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GASWORKS_", extra="ignore")
@@ -97,6 +99,9 @@ class Settings(BaseSettings):
     carrier_push_bytes_max: int = 8 * 1024
     # Calling the channels (services/outbound.py, README "Calling the channels").
     channel_jobs_interval_s: int = 30  # seconds between the worker's passes over orders, refunds and statements
+    # Which of the calls to the channels this worker makes: any of orders, refunds, statements ("" for none).
+    # `gasworks worker --processes N` gives them to the first process only; the others deliver.
+    channel_jobs: str = "orders,refunds,statements"
     channel_call_timeout_s: float = 10.0  # one HTTP call to a channel
     order_query_after_s: int = 600  # an open order is first asked about this long after it was created
     channel_retry_s_first: int = 60  # a failed or unfinished call is tried again after this, doubling ...
@@ -117,6 +122,17 @@ class Settings(BaseSettings):
     province_city_requests_max: int = Field(16, ge=1, le=1000)  # in flight per city: a stuck city cannot take every thread
     province_city_rest_s: float = Field(1.0, ge=0, le=60)  # after a city answers 503, the router answers its requests 503 itself this long (0: off)
     province_report_answer_within_s: float = Field(30.0, gt=0, le=600)  # a city's figures not back by then: reported unavailable
+
+    @field_validator("channel_jobs")
+    @classmethod
+    def _known_channel_jobs(cls, jobs: str) -> str:
+        unknown = {job.strip() for job in jobs.split(",") if job.strip()} - set(CHANNEL_JOBS)
+        if unknown:
+            raise ValueError(f"channel jobs are {', '.join(CHANNEL_JOBS)}, not {', '.join(sorted(unknown))}")
+        return jobs
+
+    def channel_jobs_on(self) -> frozenset[str]:
+        return frozenset(job.strip() for job in self.channel_jobs.split(",") if job.strip())
 
     @field_validator("payment_fen_max_by_channel", "payment_fen_max_by_class")
     @classmethod

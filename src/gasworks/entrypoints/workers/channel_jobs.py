@@ -44,10 +44,14 @@ class ChannelJobs:
 
         policy, new_uow = policy_of(self.system), self.system.new_uow
         report = PassReport()
+        jobs = self.system.settings.channel_jobs_on()
         try:
-            recover_orders(new_uow, gateway, policy, report)
-            advance_refunds(new_uow, gateway, policy, report)
-            fetch_due_statements(new_uow, gateway, policy, report)
+            if "orders" in jobs:
+                recover_orders(new_uow, gateway, policy, report)
+            if "refunds" in jobs:
+                advance_refunds(new_uow, gateway, policy, report)
+            if "statements" in jobs:
+                fetch_due_statements(new_uow, gateway, policy, report)
         finally:
             for built in gateways.values():
                 close = getattr(built, "close", None)

@@ -30,6 +30,7 @@ def child_environment(settings: Settings, index: int, base: dict[str, str] | Non
     if settings.mqtt_url:
         env["GASWORKS_MQTT_URL"] = settings.mqtt_url
     env["GASWORKS_WORKER_PROCESSES"] = "1"  # a child never starts children of its own
+    env["GASWORKS_CHANNEL_JOBS"] = ""  # the parent calls the channels; children deliver (each call once, not N times)
     env["GASWORKS_WATCHDOG_INTERVAL_S"] = str(settings.watchdog_interval_s)
     env["GASWORKS_WORKER_METRICS_PORT"] = str(settings.worker_metrics_port + index if settings.worker_metrics_port else 0)
     env["GASWORKS_MQTT_CLIENT_ID"] = f"{settings.mqtt_client_id}-{index}" if settings.mqtt_client_id else ""  # clean sessions: one id, one worker

@@ -28,6 +28,7 @@ def city_worker_environment(settings: Settings) -> dict[str, str]:
     env.pop("GASWORKS_PROVINCE_FILE", None)
     env["GASWORKS_MQTT_TOPIC_PREFIX"] = settings.mqtt_topic_prefix
     env["GASWORKS_PUBLIC_BASE_URL"] = settings.public_base_url
+    env["GASWORKS_CHANNEL_JOBS"] = settings.channel_jobs  # each city's worker calls its own city's channels
     return env
 
 
