@@ -32,16 +32,17 @@ from gasworks.adapters.channels.wechatpay_v3 import WechatPayV3Notifier
 from gasworks.adapters.meters.transport import LoopbackTransport, MqttTransport, TransportError, Uplinks
 from gasworks.bootstrap import System
 from gasworks.domain.accounts import MeterKind
-from gasworks.domain.channels import ChannelKind, KeyPurpose, PaymentNotice
+from gasworks.domain.channels import ChannelKind, KeyPurpose
 from gasworks.domain.clock import FixedClock
 from gasworks.domain.kiosks import Kiosk
 from gasworks.domain.meter_messages import Alarm
 from gasworks.entrypoints.api.app import create_app
+from gasworks.entrypoints.workers.channel_jobs import ChannelJobs
 from gasworks.entrypoints.workers.worker import Worker
 from gasworks.services import access, accounts, channels, kiosks, meter_keys
 from gasworks.services.access import Role
 from gasworks.services.kiosks import distance_m
-from gasworks.services.recovery import recover_unnotified_orders
+from gasworks.services.outbound import StatementFetched, fetch_statement
 from gasworks.sim.carrier_fleet import CtwingFleet
 from gasworks.sim.city import KIOSK_OPENING_HOURS, City, Household, season_factor_percent
 from gasworks.sim.fleet import MqttFleet
@@ -215,6 +216,17 @@ class Simulation:
         self._txn = itertools.count(1)
         self._truth_checked_until = start
         self._set_up_gasworks()
+        from gasworks.sim.channel_platforms import ChannelPlatforms  # it builds on this module's records
+
+        self.platforms = ChannelPlatforms(
+            system, self.clock, wechat_platform_key_pem=self.wechat_key, wechat_platform_serial="PUB_KEY_ID_SIM", alipay_key_pem=self.alipay_key,
+            wallet_key_id="wo-sim", wallet_secret=WALLET_SECRET,
+        )  # fmt: skip
+        # The worker's calls to those platforms: order recovery and refunds as the run goes; the statements
+        # are fetched through the same gateways once the run is over (`fetch_statements`), so the money
+        # check compares what the world collected with what gasworks heard before any statement repaired it.
+        system.settings.channel_jobs = "orders,refunds"
+        self.channel_jobs = ChannelJobs(system)
         iot = [h for h in city.households if h.kind == MeterKind.IOT]
         self.fleet: MqttFleet | None = None
         self.wake_batch: list[Household] = []
@@ -237,12 +249,25 @@ class Simulation:
         self.worker = Worker(system, self.transport)
 
     def close(self) -> None:
-        """Disconnect from the broker and the CTWing stub, if any."""
+        """Stop the channels' platforms; disconnect from the broker and the CTWing stub, if any."""
+        self.platforms.close()
         if self.ctwing is not None:
             self.ctwing.close()
         if self.fleet is not None:
             self.fleet.stop()
             self.transport.stop()
+
+    def fetch_statements(self) -> list[StatementFetched]:
+        """Each online channel's statement for each day of the run, fetched from its platform through
+        gasworks' gateway (hash, signature and format checked), imported once and reconciled, as the
+        worker's daily job does. Kiosks and counters have no platform to call: their files are carried."""
+        fetched = []
+        for channel_id, day in self.platforms.publish_statements(self.outcome.collected):
+            gateway = self.system.channel_gateway(channel_id)
+            if gateway is None:
+                raise RuntimeError(f"the simulated {channel_id} has no gateway configured")
+            fetched.append(fetch_statement(channel_id, day, gateway, self.system.new_uow, actor="simulator", timezone=self.system.settings.local_timezone))
+        return fetched
 
     # ---- set-up through the real services and API ----------------------------------------------
 
@@ -334,8 +359,11 @@ class Simulation:
     def _watch(self) -> None:
         self.settle()
         self.worker.watch()
-        for channel_id in ("wechat", "alipay"):
-            self.outcome.recovered_by_query += recover_unnotified_orders(self.system.new_uow, channel_id, _Query(self, channel_id), limit=500)
+        self.outcome.recovered_by_query += self.channel_jobs.run_once().booked
+        asked = self.platforms.orders_asked()
+        for c in self.outcome.collected:  # an order its platform was asked about, paid there, is booked by that answer
+            if not c.reached_gasworks and c.out_trade_no and (c.channel_id, c.out_trade_no) in asked:
+                c.reached_gasworks = True
         self._check_the_truth()
 
     # ---- days, meters, residents -------------------------------------------------------------------
@@ -517,6 +545,7 @@ class Simulation:
         collected = Collected(channel, self._txn_id({"wo-wallet": "WO", "wechat": "42", "alipay": "2026"}[channel]), h.account_no, h.top_up_fen, now)
         self.outcome.collected.append(collected)
         if channel == "wo-wallet":
+            self.platforms.collected(collected)
             if rng.random() < f.success_before_booking:
                 collected.fault = "wallet showed success; its request never reached gasworks"
                 self.outcome.faults_injected["wallet success before booking (request lost)"] += 1
@@ -526,6 +555,7 @@ class Simulation:
             # The resident orders in the app where they bound their account (number + holder's name).
             order = self.client.post("/v1/orders", json={"channel_id": channel, "account_no": h.account_no, "amount_fen": h.top_up_fen, "holder_name": h.name})
             collected.out_trade_no = order.json()["out_trade_no"]
+            self.platforms.collected(collected)
             if rng.random() < f.notification_lost:
                 collected.fault = "channel never notified"
                 self.outcome.faults_injected["notification lost"] += 1
@@ -559,13 +589,6 @@ class Simulation:
             headers, body = self.alipay.notification(out_trade_no=c.out_trade_no, trade_no=c.channel_txn_id, amount_fen=c.amount_fen, at=self.clock.now(), paid_at=c.paid_at)
         reply = self.client.post(f"/v1/channels/{c.channel_id}/notify", content=body, headers=headers)
         c.reached_gasworks |= reply.status_code == 200 and reply.content != b"failure"  # WeChat refuses with 4xx, Alipay with "failure"
-
-    def _query(self, channel_id: str, out_trade_no: str) -> PaymentNotice | None:
-        for c in reversed(self.outcome.collected):
-            if c.channel_id == channel_id and c.out_trade_no == out_trade_no:
-                c.reached_gasworks = True
-                return PaymentNotice(channel_id, c.channel_txn_id, c.amount_fen, c.paid_at, out_trade_no=out_trade_no)
-        return None
 
     # ---- card meters at kiosks ---------------------------------------------------------------
 
@@ -647,17 +670,6 @@ class Simulation:
                 self.outcome.truth_violations.append(f"purchase #{command.purchase_seq} of meter {household.serial} shown applied; the meter has applied #{household.meter.applied_seq}")
         # Applied is final and a meter never un-applies: each order is checked once, soon after it was applied.
         self._truth_checked_until = now
-
-
-@dataclass
-class _Query:
-    """The simulated channel's answer to gasworks' order query (services/recovery.py OrderQuery)."""
-
-    sim: Simulation
-    channel_id: str
-
-    def paid_notice(self, out_trade_no: str) -> PaymentNotice | None:
-        return self.sim._query(self.channel_id, out_trade_no)
 
 
 def simulation_start(year: int = 2026, month: int = 11, day: int = 1) -> datetime:

@@ -18,6 +18,7 @@ from gasworks.domain.money import fen_to_yuan_text
 from gasworks.entrypoints.cli.common import cli_errors, lazy_module, out
 
 if TYPE_CHECKING:
+    from gasworks.services.outbound import StatementFetched
     from gasworks.sim.outcome import Report
 
 # The simulator, SQLAlchemy and Alembic load when the demo runs, not when `gasworks --help` does.
@@ -92,6 +93,7 @@ def demo(
     from gasworks.bootstrap import bootstrap
     from gasworks.config import Settings
     from gasworks.observability import configure_logging
+    from gasworks.sim.channel_platforms import PLATFORM_CHANNELS
     from gasworks.sim.city import build_city
     from gasworks.sim.outcome import summarise
     from gasworks.sim.statements import write_statements
@@ -129,13 +131,20 @@ def demo(
         task = progress.add_task("simulating days", total=days)
         try:
             outcome = sim.run(days, progress=lambda done: progress.update(task, completed=done))
+            report = summarise(sim, outcome, hotline=settings.service_hotline)  # before any statement repairs the books
+            fetching = progress.add_task("fetching statements from the channels' platforms", total=None)
+            fetched = sim.fetch_statements()
+            progress.remove_task(fetching)
         finally:
             sim.close()
-    report = summarise(sim, outcome, hotline=settings.service_hotline)
     show(report)
     files = write_statements(outcome.collected, statements_dir)
-    out.print(f"\nthe channels' daily statements: {len(files)} files in {statements_dir}/ (WeChat trade bill, Alipay GBK bill, plain CSV)")
-    if not _reconcile_all(system, files):
+    out.print(
+        f"\nthe channels' daily statements: {len(fetched)} fetched from WeChat Pay's, Alipay's and the wallet's platforms through gasworks' gateways "
+        f"(hash, signature and format checked); copies of all {len(files)} in {statements_dir}/ (kiosks and counters: carried, no platform to call)"
+    )
+    carried = [path for path in files if path.stem[:-11] not in PLATFORM_CHANNELS]
+    if not _reconcile_all(system, fetched, carried):
         raise typer.Exit(1)
     out.print(f"\nsimulated {days} days of {households:,} households in {time.perf_counter() - started:.0f} s")
     _next_steps(system, report, database_url)
@@ -229,17 +238,19 @@ def show(report: "Report") -> None:
     out.print(f"'gas available' shown before the meter applied it: {truth} ({report.truth_checks:,} purchases checked as they were applied)")
 
 
-def _reconcile_all(system, files: list[Path]) -> bool:  # noqa: ANN001
-    """Reconcile every statement the channels wrote; True if the ledger still holds afterwards."""
+def _reconcile_all(system, fetched: "list[StatementFetched]", carried: list[Path]) -> bool:  # noqa: ANN001
+    """The runs of the statements fetched, and of the files carried (reconciled here); True if the ledger still holds afterwards."""
     from gasworks.services.checks import check_ledger
 
     verdicts: Counter = Counter()
     classes: Counter = Counter()
     repaired_fen = 0
-    for path in files:
+    runs = [f.report for f in fetched]
+    for path in carried:
         channel_id, day = path.stem[:-11], date.fromisoformat(path.stem[-10:])
         imported = reconciliation.import_statement(channel_id=channel_id, statement_date=day, filename=path.name, raw=path.read_bytes(), uow=system.new_uow(), actor="demo")
-        run = reconciliation.reconcile(file_id=imported.file_id, uow_factory=system.new_uow, actor="demo")
+        runs.append(reconciliation.reconcile(file_id=imported.file_id, uow_factory=system.new_uow, actor="demo"))
+    for run in runs:
         verdicts[run.verdict] += 1
         for d in run.discrepancies:
             classes[(d.klass.value, d.state.value)] += 1

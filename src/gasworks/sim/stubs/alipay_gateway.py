@@ -112,6 +112,7 @@ class AlipayGatewayStub:
         self.fee_ppm = fee_ppm
         self.now = now
         self.trades: dict[str, StubTrade] = {}
+        self.bill_details: dict[date, bytes] = {}  # a day's 业务明细 CSV (GBK) given whole, instead of one made from the trades
         self.calls: list[str] = []  # the methods of the verified requests, in order
         self.requests: list[tuple[str, dict]] = []  # (method, biz_content) of each verified request
         self.refused: list[str] = []  # the sub_codes of refused requests, in order
@@ -160,9 +161,9 @@ class AlipayGatewayStub:
 
     # ---- the world as Alipay sees it ----
 
-    def create_trade(self, out_trade_no: str, amount_fen: int, *, remark: str = "") -> StubTrade:
+    def create_trade(self, out_trade_no: str, amount_fen: int, *, remark: str = "", trade_no: str | None = None) -> StubTrade:
         with self._lock:
-            trade = StubTrade("2026" + secrets.token_hex(12), out_trade_no, amount_fen, self.now(), remark=remark)
+            trade = StubTrade(trade_no or "2026" + secrets.token_hex(12), out_trade_no, amount_fen, self.now(), remark=remark)
             self.trades[out_trade_no] = trade
             return trade
 
@@ -370,6 +371,8 @@ class AlipayGatewayStub:
         return (amount_fen * self.fee_ppm + 500_000) // 1_000_000
 
     def bill_detail_csv(self, day: date) -> bytes:
+        if day in self.bill_details:  # the day's bill as the simulated world wrote it (its statement faults included)
+            return self.bill_details[day]
         out = io.StringIO()
         out.write("#支付宝业务明细查询\r\n")
         out.write(f"#账号：[{self.pid}]\r\n")
