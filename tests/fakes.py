@@ -202,6 +202,9 @@ class FakeChannels(_Repository):
     def get_recent(self, channel_id: str) -> Channel | None:
         return self.get(channel_id)  # no cache: as SQL with a ttl of 0
 
+    def seal_plain_keys(self) -> int:
+        return 0  # memory is not storage: nothing here was ever written out in the clear
+
     def add(self, channel: Channel, at: datetime) -> None:
         if channel.id in self._t.channels:
             raise DuplicateKey(f"channel {channel.id} exists")

@@ -34,10 +34,15 @@ class System:
     clock: Clock
 
     def migrate(self) -> None:
-        """The schema to head, as `gasworks serve` does before it answers."""
+        """The schema to head, and any channel secret stored before secrets were sealed sealed under the
+        site key, as `gasworks serve` and `gasworks db upgrade` do before anything else."""
         from gasworks.adapters.db.migrate import upgrade  # Alembic only when asked
+        from gasworks.services.channels import seal_stored_keys
 
         upgrade(self.engine)
+        sealed = seal_stored_keys(self.new_uow(), actor="migrate")
+        if sealed:
+            log.warning("channel_keys_sealed", keys=sealed, why="stored in the clear before gasworks sealed channel secrets")
 
     def new_uow(self) -> SqlUnitOfWork:
         return SqlUnitOfWork(

@@ -101,6 +101,16 @@ def add_key(*, channel_id: str, purpose: KeyPurpose, key_id: str, material: str,
         uow.commit()
 
 
+def seal_stored_keys(uow: UnitOfWork, *, actor: str) -> int:
+    """Seal the channels' secret keys stored in the clear before gasworks sealed them (safe to run again)."""
+    with uow:
+        sealed = uow.channels.seal_plain_keys()
+        if sealed:
+            uow.audit.append(at=uow.clock.now(), actor=actor, action="channel.keys.sealed", subject="channels", detail={"keys": sealed})
+        uow.commit()
+    return sealed
+
+
 def retire_key(*, channel_id: str, key_id: str, uow: UnitOfWork, actor: str) -> None:
     with uow:
         channel = require_channel(uow, channel_id)

@@ -24,6 +24,7 @@ from sqlalchemy import Connection, func, insert, select, update
 
 from gasworks.adapters.db import tables as t
 from gasworks.adapters.db.delivery import SiteSecrets, model_of
+from gasworks.adapters.db.repositories import SEALED_TEXT_PREFIX
 from gasworks.domain.errors import InvalidInput
 from gasworks.domain.meter_models import MeterModel
 from gasworks.domain.meter_security import COUNTER_MAX, MeterFrameSecurity, SiteKeyMismatch
@@ -120,6 +121,29 @@ class MeterKeys:
                 self._site_key = self._cache.site_key = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))[:SITE_KEY_BYTES]
             self._site_key_id = site_key_id(self._site_key)
         return self._site_key
+
+    # ---- other secrets under the same site key (channels' keys) ------------------------------------
+
+    def seal_text(self, text: str, aad: str) -> str:
+        """`text` sealed AES-256-GCM under the site key, bound to `aad`, as one printable string."""
+        site_key = self.site_key()
+        nonce = os.urandom(NONCE_BYTES)
+        sealed = nonce + AESGCM(site_key).encrypt(nonce, text.encode(), aad.encode())
+        return f"{SEALED_TEXT_PREFIX}{site_key_id(site_key)}:{base64.b64encode(sealed).decode()}"
+
+    def open_text(self, stored: str, aad: str) -> str:
+        """What `seal_text` sealed; text stored before sealing existed comes back as it is."""
+        if not stored.startswith(SEALED_TEXT_PREFIX):
+            return stored
+        sealed_under, _, body = stored.removeprefix(SEALED_TEXT_PREFIX).partition(":")
+        site_key = self.site_key()
+        if sealed_under != site_key_id(site_key):
+            raise SiteKeyMismatch(f"{aad} was sealed under site key {sealed_under}; this server's is {site_key_id(site_key)} (check GASWORKS_SITE_KEY)")
+        sealed = base64.b64decode(body)
+        try:
+            return AESGCM(site_key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], aad.encode()).decode()
+        except InvalidTag:
+            raise SiteKeyMismatch(f"{aad} does not open under the site key: tampered with?") from None
 
     # ---- per-meter security state -----------------------------------------------------------------
 

@@ -4,7 +4,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     Connection,
@@ -166,10 +166,23 @@ class ChannelCache:
             self._entries.pop(channel_id, None)
 
 
+SEALED_TEXT_PREFIX = "sealed:v1:"  # then the site key's id, ":", base64(nonce + AES-256-GCM ciphertext)
+
+
+class TextSealer(Protocol):
+    def seal_text(self, text: str, aad: str) -> str: ...
+    def open_text(self, stored: str, aad: str) -> str: ...
+
+
 class Channels:
-    def __init__(self, c: Connection, cache: ChannelCache | None = None) -> None:
+    """Channels and their keys. Secret material (HMAC secrets, APIv3 keys, our private keys) is
+    stored sealed under the site key, as meter keys are (adapters/db/meter_keys.py); a channel's
+    public keys are stored as they are."""
+
+    def __init__(self, c: Connection, cache: ChannelCache | None = None, *, sealer: TextSealer) -> None:
         self.c = c
         self.cache = cache or ChannelCache(0)
+        self.sealer = sealer
         self.changed: set[str] = set()  # forgotten again once the unit of work commits
 
     def _changing(self, channel_id: str) -> None:
@@ -209,7 +222,7 @@ class Channels:
                 channel_id=key.channel_id,
                 key_id=key.key_id,
                 purpose=key.purpose.value,
-                material=key.material,
+                material=self._stored(key.channel_id, key.key_id, key.purpose, key.material),
                 status=key.status.value,
                 added_at=key.added_at,
             )
@@ -244,7 +257,7 @@ class Channels:
                     channel_id=k.channel_id,
                     key_id=k.key_id,
                     purpose=KeyPurpose(k.purpose),
-                    material=k.material,
+                    material=self._material(k.channel_id, k.key_id, KeyPurpose(k.purpose), k.material),
                     status=KeyStatus(k.status),
                     added_at=k.added_at,
                 )
@@ -252,9 +265,28 @@ class Channels:
             ),
         )
 
+    def seal_plain_keys(self) -> int:
+        """Seal every secret key stored before keys were sealed; how many there were."""
+        rows = self.c.execute(select(t.channel_keys).where(t.channel_keys.c.purpose != KeyPurpose.VERIFY_PUBLIC_KEY.value, t.channel_keys.c.material.not_like(f"{SEALED_TEXT_PREFIX}%"))).all()
+        for k in rows:
+            self._changing(k.channel_id)
+            where = (t.channel_keys.c.channel_id == k.channel_id, t.channel_keys.c.key_id == k.key_id, t.channel_keys.c.purpose == k.purpose)
+            self.c.execute(update(t.channel_keys).where(*where).values(material=self._stored(k.channel_id, k.key_id, KeyPurpose(k.purpose), k.material)))
+        return len(rows)
+
+    def _stored(self, channel_id: str, key_id: str, purpose: KeyPurpose, material: str) -> str:
+        return material if purpose == KeyPurpose.VERIFY_PUBLIC_KEY else self.sealer.seal_text(material, _key_aad(channel_id, key_id, purpose))
+
+    def _material(self, channel_id: str, key_id: str, purpose: KeyPurpose, stored: str) -> str:
+        return stored if purpose == KeyPurpose.VERIFY_PUBLIC_KEY else self.sealer.open_text(stored, _key_aad(channel_id, key_id, purpose))
+
     def list(self) -> list[Channel]:
         ids = self.c.execute(select(t.channels.c.id).order_by(t.channels.c.id)).scalars().all()
         return [channel for channel_id in ids if (channel := self.get(channel_id)) is not None]
+
+
+def _key_aad(channel_id: str, key_id: str, purpose: KeyPurpose) -> str:
+    return f"gasworks channel key {channel_id} {key_id} {purpose.value}"
 
 
 class Ledger:

@@ -68,7 +68,6 @@ class SqlUnitOfWork:
             self._transaction = self._connection.begin()
         c = self._connection
         self.customers = repos.Customers(c)
-        self.channels = repos.Channels(c, self.channel_cache)
         self.ledger = repos.Ledger(c)
         self.orders = repos.Orders(c)
         self.payments = repos.Payments(c)
@@ -84,6 +83,7 @@ class SqlUnitOfWork:
         self.alerts = delivery_repos.Alerts(c)
         self.site_secrets = delivery_repos.SiteSecrets(c)
         self.meter_keys = meter_key_repos.MeterKeys(c, site_key=self.site_key, now=self.clock.now, cache=self.key_cache)
+        self.channels = repos.Channels(c, self.channel_cache, sealer=self.meter_keys)  # channels' secrets sealed under the same site key
         self.statements = reconciliation_repos.Statements(c)
         self.reconciliations = reconciliation_repos.Reconciliations(c)
         self.carriers = carrier_repos.Carriers(c)

@@ -54,10 +54,10 @@ def serve(
 @cli_errors
 def db_upgrade(database_url: DatabaseUrl = None) -> None:
     """Apply every pending migration (safe to run again)."""
-    from gasworks.adapters.db.migrate import current_revision, upgrade
+    from gasworks.adapters.db.migrate import current_revision
 
     sys_ = system(database_url)
-    upgrade(sys_.engine)
+    sys_.migrate()  # and any channel secret stored in the clear is sealed
     out.print(f"database at revision {current_revision(sys_.engine)}")
 
 
@@ -138,6 +138,14 @@ def channels_retire_key(channel_id: str, key_id: str, database_url: DatabaseUrl 
     """End a rollover: messages signed with this key are refused from now on."""
     channels.retire_key(channel_id=channel_id, key_id=key_id, uow=system(database_url).new_uow(), actor=cli_actor())
     out.print(f"key {key_id} retired on {channel_id}")
+
+
+@channels_app.command("seal-keys")
+@cli_errors
+def channels_seal_keys(database_url: DatabaseUrl = None) -> None:
+    """Seal under the site key the channels' secret keys stored in the clear by an older gasworks (serve and db upgrade do it too)."""
+    sealed = channels.seal_stored_keys(system(database_url).new_uow(), actor=cli_actor())
+    out.print(f"{sealed} channel key(s) sealed under the site key" if sealed else "every channel secret is sealed already")
 
 
 @channels_app.command("list")

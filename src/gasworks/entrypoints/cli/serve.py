@@ -12,7 +12,6 @@ import threading
 
 import uvicorn
 
-from gasworks.adapters.db.migrate import upgrade
 from gasworks.bootstrap import System
 from gasworks.config import Settings
 from gasworks.domain.errors import InvalidInput
@@ -47,7 +46,7 @@ def serve_api(*, host: str | None, port: int | None, database_url: str | None, w
     if not 1 <= api_workers <= API_WORKERS_MAX:
         raise InvalidInput(f"--workers is 1 to {API_WORKERS_MAX}", code="INVALID_WORKERS")
     sys_ = system(database_url)
-    upgrade(sys_.engine)
+    sys_.migrate()
     host = host or sys_.settings.host
     port = port or sys_.settings.port
     _print_banner(sys_, host, port, worker, api_workers)
