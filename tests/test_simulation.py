@@ -52,6 +52,22 @@ def test_a_faulty_week_in_a_small_city_keeps_the_money_and_the_truth(database_ur
     assert_faults_caught_and_truth_kept(outcome, report)
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_worker_recovers_orders_and_fetches_statements_from_the_channels_platforms(database_url):
+    """Over real HTTP with real signatures: a lost order is booked by asking its platform, and each
+    morning the worker fetches yesterday's statement from each platform, which books what a wallet
+    lost on the way."""
+    sim, outcome, report = simulate(database_url, households=300, days=6, seed=5)
+    wechat_queries = [call for call in sim.platforms.wechat.calls if call.startswith("GET /v3/pay/transactions/out-trade-no/")]
+    assert outcome.recovered_by_query > 0 and wechat_queries
+    days = outcome.days + 1  # the day before the run as well: the channel's bill with no gas payments
+    assert outcome.statements_fetched_in_run == 3 * days - 3  # the run's last day is fetched the next morning, after it
+    assert {channel for channel, _ in sim.platforms.statements_served()} == {"wechat", "alipay", "wo-wallet"}
+    lost_by_wallet = [c for c in outcome.collected if c.fault.startswith("wallet showed success")]
+    assert lost_by_wallet and outcome.booked_from_statements > 0
+    assert report.money.holds and not sim.platforms.wechat.refused and not sim.platforms.alipay.refused and not sim.platforms.wallet.refused
+
+
 def test_a_faulty_city_on_postgresql_and_a_real_mosquitto(postgres_only_url, broker_url):
     _, outcome, report = simulate(postgres_only_url, households=60, days=4, seed=4, mqtt_url=broker_url)
     assert outcome.faults_injected["meter acknowledgement lost"] > 0

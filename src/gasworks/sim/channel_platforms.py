@@ -10,7 +10,7 @@ the platform serves for that day, fetched through gasworks' own gateways.
 
 from collections import defaultdict
 from datetime import date
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 from gasworks.adapters.channels.base import BEIJING
 from gasworks.adapters.channels.rsa import new_private_key_pem, public_key_pem
@@ -73,18 +73,31 @@ class ChannelPlatforms:
         asked |= {("alipay", str(content.get("out_trade_no"))) for method, content in self.alipay.requests if method == "alipay.trade.query"}
         return asked
 
-    def publish_statements(self, collected: list[Collected]) -> list[tuple[str, date]]:
-        """Each platform's bill for each day of `collected`, as the world writes it; the (channel, day)s published."""
+    def publish_statements(self, collected: list[Collected], days: list[date]) -> list[tuple[str, date]]:
+        """Each platform's bill for each of `days`, as the world writes it from what it collected (a day
+        with none is an empty bill); the (channel, day)s published."""
         by_day: dict[tuple[str, date], list[Collected]] = defaultdict(list)
+        wanted = set(days)
         for c in collected:
-            if c.channel_id in PLATFORM_CHANNELS:
-                by_day[(c.channel_id, c.paid_at.astimezone(BEIJING).date())].append(c)
-        for (channel_id, day), payments in by_day.items():
-            payments.sort(key=lambda c: c.paid_at)
-            if channel_id == "wechat":
-                self.wechat.bills[day.isoformat()] = wechat_trade_bill(day, payments)
-            elif channel_id == "alipay":
-                self.alipay.bill_details[day] = alipay_business_bill(day, payments)
-            else:
-                self.wallet.statements[day.isoformat()] = plain_statement(day, payments)
-        return sorted(by_day)
+            day = c.paid_at.astimezone(BEIJING).date()
+            if c.channel_id in PLATFORM_CHANNELS and day in wanted:
+                by_day[(c.channel_id, day)].append(c)
+        published = []
+        for channel_id in PLATFORM_CHANNELS:
+            for day in days:
+                payments = sorted(by_day.get((channel_id, day), []), key=lambda c: c.paid_at)
+                if channel_id == "wechat":
+                    self.wechat.bills[day.isoformat()] = wechat_trade_bill(day, payments)
+                elif channel_id == "alipay":
+                    self.alipay.bill_details[day] = alipay_business_bill(day, payments)
+                else:
+                    self.wallet.statements[day.isoformat()] = plain_statement(day, payments)
+                published.append((channel_id, day))
+        return published
+
+    def statements_served(self) -> set[tuple[str, date]]:
+        """(channel, day) of every statement a platform has handed to gasworks."""
+        served = {("wechat", date.fromisoformat(parse_qs(call.split("?", 1)[1])["bill_date"][0])) for call in self.wechat.calls if call.startswith("GET /v3/bill/tradebill?")}
+        served |= {("alipay", date.fromisoformat(str(content["bill_date"]))) for method, content in self.alipay.requests if method == "alipay.data.dataservice.bill.downloadurl.query"}
+        served |= {("wo-wallet", date.fromisoformat(day)) for day in self.wallet.statements_served}
+        return served

@@ -256,11 +256,11 @@ def summarise(sim: Simulation, outcome: SimOutcome, *, hotline: str) -> Report:
     proven = {key for key, f in orders.items() if f["applied_at"] is not None}
     injected = outcome.faults_injected
     faults = [
-        FaultLine("notification lost", injected["notification lost"], f"{outcome.recovered_by_query} booked by asking the channel (lost, and late past 10 min)"),
+        FaultLine("notification lost", injected["notification lost"], f"{outcome.recovered_by_query} booked by the worker asking the channel's platform (lost, and late past 10 min)"),
         FaultLine(
             "wallet success before booking (request lost)",
             injected["wallet success before booking (request lost)"],
-            "never reached gasworks: listed as stuck, for statement reconciliation",
+            f"{outcome.booked_from_statements} booked from the channel's statement, fetched by the worker the next morning (the rest: listed as stuck until theirs is)",
         ),  # fmt: skip
         FaultLine("notification duplicated", injected["notification duplicated"], f"booked once each ({doubled} booked twice)"),
         FaultLine("notification delayed (reordered)", injected["notification delayed (reordered)"], "booked when they came, in any order"),

@@ -134,6 +134,8 @@ class SimOutcome:
     truth_checks: int = 0
     truth_violations: list[str] = field(default_factory=list)
     recovered_by_query: int = 0
+    booked_from_statements: int = 0  # never notified, booked when the worker fetched the channel's statement the next morning
+    statements_fetched_in_run: int = 0  # by the worker's daily job, while the city ran
     gas_off_spells: list[tuple[str, str, timedelta]] = field(default_factory=list)  # (meter kind, model, valve closed -> gas again)
     still_without_gas: list[tuple[str, str, timedelta]] = field(default_factory=list)  # at the end of the run, how long so far
     button_presses: dict[str, list[datetime]] = field(default_factory=dict)  # meter serial -> when its resident pressed the button
@@ -222,11 +224,7 @@ class Simulation:
             system, self.clock, wechat_platform_key_pem=self.wechat_key, wechat_platform_serial="PUB_KEY_ID_SIM", alipay_key_pem=self.alipay_key,
             wallet_key_id="wo-sim", wallet_secret=WALLET_SECRET,
         )  # fmt: skip
-        # The worker's calls to those platforms: order recovery and refunds as the run goes; the statements
-        # are fetched through the same gateways once the run is over (`fetch_statements`), so the money
-        # check compares what the world collected with what gasworks heard before any statement repaired it.
-        system.settings.channel_jobs = "orders,refunds"
-        self.channel_jobs = ChannelJobs(system)
+        self.channel_jobs = ChannelJobs(system)  # the worker's calls to those platforms: orders, refunds, yesterday's statements
         iot = [h for h in city.households if h.kind == MeterKind.IOT]
         self.fleet: MqttFleet | None = None
         self.wake_batch: list[Household] = []
@@ -259,10 +257,14 @@ class Simulation:
 
     def fetch_statements(self) -> list[StatementFetched]:
         """Each online channel's statement for each day of the run, fetched from its platform through
-        gasworks' gateway (hash, signature and format checked), imported once and reconciled, as the
-        worker's daily job does. Kiosks and counters have no platform to call: their files are carried."""
+        gasworks' gateway (hash, signature and format checked), imported once and reconciled: the days
+        the worker's daily job fetched during the run come back as they were (imported once), the last
+        ones as the job would fetch them the next morning. Kiosks and counters have no platform to call:
+        their files are carried."""
         fetched = []
-        for channel_id, day in self.platforms.publish_statements(self.outcome.collected):
+        first, last = self.start.astimezone(LOCAL).date(), (self.clock.now() - timedelta(seconds=1)).astimezone(LOCAL).date()
+        days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
+        for channel_id, day in self.platforms.publish_statements(self.outcome.collected, days):
             gateway = self.system.channel_gateway(channel_id)
             if gateway is None:
                 raise RuntimeError(f"the simulated {channel_id} has no gateway configured")
@@ -325,6 +327,7 @@ class Simulation:
         for h in self.city.households:
             if h.kind == MeterKind.IOT:
                 self.at(self.start + timedelta(seconds=h.wake_second), "wake", lambda h=h: self._wake(h))
+        self.platforms.publish_statements([], [self.start.astimezone(LOCAL).date() - timedelta(days=1)])  # before gasworks: no gas payments
         done_days = 0
         while self.events and self.events[0][0] < end:
             when, _, what, action = heapq.heappop(self.events)
@@ -359,11 +362,18 @@ class Simulation:
     def _watch(self) -> None:
         self.settle()
         self.worker.watch()
-        self.outcome.recovered_by_query += self.channel_jobs.run_once().booked
-        asked = self.platforms.orders_asked()
-        for c in self.outcome.collected:  # an order its platform was asked about, paid there, is booked by that answer
-            if not c.reached_gasworks and c.out_trade_no and (c.channel_id, c.out_trade_no) in asked:
+        calls = self.channel_jobs.run_once()
+        self.outcome.recovered_by_query += calls.booked
+        self.outcome.statements_fetched_in_run += calls.statements_imported
+        asked, served = self.platforms.orders_asked(), self.platforms.statements_served()
+        for c in self.outcome.collected:
+            if c.reached_gasworks:
+                continue
+            if c.out_trade_no and (c.channel_id, c.out_trade_no) in asked:  # asked about, paid there: booked by that answer
                 c.reached_gasworks = True
+            elif (c.channel_id, c.paid_at.astimezone(LOCAL).date()) in served:  # on a statement gasworks reconciled: booked from it
+                c.reached_gasworks = True
+                self.outcome.booked_from_statements += 1
         self._check_the_truth()
 
     # ---- days, meters, residents -------------------------------------------------------------------
@@ -371,6 +381,7 @@ class Simulation:
     def _day(self, midnight: datetime) -> None:
         f, rng = self.faults, self.rng
         local_day = midnight.astimezone(LOCAL).date()
+        self.platforms.publish_statements(self.outcome.collected, [local_day - timedelta(days=1)])  # yesterday's bills, for 10:00
         for h in self.city.households:
             litres = h.litres_per_day * season_factor_percent(local_day) // 100 * rng.randrange(70, 131) // 100
             h.meter.use(litres)

@@ -140,8 +140,9 @@ def demo(
     show(report)
     files = write_statements(outcome.collected, statements_dir)
     out.print(
-        f"\nthe channels' daily statements: {len(fetched)} fetched from WeChat Pay's, Alipay's and the wallet's platforms through gasworks' gateways "
-        f"(hash, signature and format checked); copies of all {len(files)} in {statements_dir}/ (kiosks and counters: carried, no platform to call)"
+        f"\nthe channels' daily statements, from WeChat Pay's, Alipay's and the wallet's platforms through gasworks' gateways (hash, signature and format checked): "
+        f"{outcome.statements_fetched_in_run} fetched by the worker each morning after 10:00 during the run, {sum(f.new for f in fetched)} (the last day's) after it; "
+        f"copies of all {len(files)} in {statements_dir}/ (kiosks and counters: carried, no platform to call)"
     )
     carried = [path for path in files if path.stem[:-11] not in PLATFORM_CHANNELS]
     if not _reconcile_all(system, fetched, carried):

@@ -25,6 +25,7 @@ class WalletStub:
     tamper: bool = False
     replay: bool = False  # answer with the previous answer, headers and all
     refused: list[str] = field(default_factory=list)
+    statements_served: list[str] = field(default_factory=list)  # the days whose statement it handed out
     _last: tuple[int, bytes, dict] | None = None
 
     def app(self) -> FastAPI:
@@ -38,7 +39,10 @@ class WalletStub:
         @app.get(self.prefix + "/statements/{day}")
         def statement(day: str, request: Request) -> Response:
             content = self.statements.get(day)
-            return self._answer(request, 200 if content is not None else 404, content or b"")
+            answer = self._answer(request, 200 if content is not None else 404, content or b"")
+            if answer.status_code == 200:
+                self.statements_served.append(day)
+            return answer
 
         return app
 
