@@ -1,5 +1,7 @@
 """A small seeded city through the real gasworks: money holds, the truth holds, every fault is caught or listed."""
 
+import dataclasses
+
 import pytest
 from typer.testing import CliRunner
 
@@ -13,11 +15,11 @@ from gasworks.sim.outcome import summarise
 from gasworks.sim.world import FaultRates, Simulation, simulation_start
 
 
-def simulate(url: str, *, households: int = 120, days: int = 8, seed: int = 3, faults: str = "heavy", mqtt_url: str | None = None):
+def simulate(url: str, *, households: int = 120, days: int = 8, seed: int = 3, faults: str | FaultRates = "heavy", mqtt_url: str | None = None):
     start = simulation_start()
     system = bootstrap(Settings(database_url=url, watchdog_interval_s=10**9), clock=FixedClock(start))
     upgrade(system.engine)  # a no-op on the fixtures' databases, which are migrated already
-    sim = Simulation(system, build_city(households, seed=seed), faults=FaultRates.preset(faults), start=start, mqtt_url=mqtt_url)
+    sim = Simulation(system, build_city(households, seed=seed), faults=FaultRates.preset(faults) if isinstance(faults, str) else faults, start=start, mqtt_url=mqtt_url)
     try:
         outcome = sim.run(days)
     finally:
@@ -54,10 +56,12 @@ def test_a_faulty_week_in_a_small_city_keeps_the_money_and_the_truth(database_ur
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_the_worker_recovers_orders_and_fetches_statements_from_the_channels_platforms(database_url):
-    """Over real HTTP with real signatures: a lost order is booked by asking its platform, and each
+    """Over real HTTP with real signatures: a lost order is booked by asking its platform; each
     morning the worker fetches yesterday's statement from each platform, which books what a wallet
-    lost on the way."""
-    sim, outcome, report = simulate(database_url, households=300, days=6, seed=5)
+    lost on the way; an order paid twice is held, refunded by an operator, asked of the platform by
+    the worker, and refunded only when the platform says the money went back."""
+    faults = dataclasses.replace(FaultRates.preset("heavy"), success_before_booking=0.3, order_paid_twice=0.3)
+    sim, outcome, report = simulate(database_url, households=150, days=5, seed=5, faults=faults)
     wechat_queries = [call for call in sim.platforms.wechat.calls if call.startswith("GET /v3/pay/transactions/out-trade-no/")]
     assert outcome.recovered_by_query > 0 and wechat_queries
     days = outcome.days + 1  # the day before the run as well: the channel's bill with no gas payments
@@ -65,6 +69,12 @@ def test_the_worker_recovers_orders_and_fetches_statements_from_the_channels_pla
     assert {channel for channel, _ in sim.platforms.statements_served()} == {"wechat", "alipay", "wo-wallet"}
     lost_by_wallet = [c for c in outcome.collected if c.fault.startswith("wallet showed success")]
     assert lost_by_wallet and outcome.booked_from_statements > 0
+    paid_twice = [c for c in outcome.collected if c.fault == "order paid twice"]
+    assert paid_twice and outcome.refunds_requested == outcome.refunds_confirmed > 0  # refunded at the platform, confirmed by the worker asking
+    # Whichever of the two payments reached gasworks second is the one held and refunded.
+    refunded = [c for c in outcome.collected if c.refunded_at is not None]
+    assert len(refunded) == outcome.refunds_confirmed == len(sim.platforms.wechat.refund_calls)
+    assert all(sum(1 for c in outcome.collected if c.out_trade_no == r.out_trade_no) == 2 for r in refunded)
     assert report.money.holds and not sim.platforms.wechat.refused and not sim.platforms.alipay.refused and not sim.platforms.wallet.refused
 
 

@@ -42,6 +42,7 @@ class ChannelPlatforms:
         self.alipay = AlipayGatewayStub(app_id=ALIPAY_APP_ID, app_public_key_pem=public_key_pem(app_key), alipay_private_key_pem=alipay_key_pem, now=clock.now)
         self.wallet = WalletStub(key_id=wallet_key_id, secret=wallet_secret, now=clock.now)
         self._served = [ServedApp(self.wechat.app()).start(), ServedApp(self.wallet.app()).start()]
+        self._refunds_processing: set[str] = set()
         self.alipay.start()
         new_uow, actor = system.new_uow, "simulator"
         channels.add_key(channel_id="wechat", purpose=KeyPurpose.SIGNING_KEY, key_id=WECHAT_MERCHANT_SERIAL, material=merchant_key, uow=new_uow(), actor=actor)
@@ -67,6 +68,17 @@ class ChannelPlatforms:
                 "txn_id": c.channel_txn_id, "status": "paid", "account_no": c.account_no, "amount_fen": c.amount_fen, "paid_at": c.paid_at.isoformat(),
             }  # fmt: skip
 
+    def settle_refunds(self) -> set[str]:
+        """Refunds the platform took an hour or more ago (at the previous look) are paid back now:
+        the transactions paid back."""
+        settled = set()
+        for refund in self.wechat.refunds.values():
+            if refund.status == "PROCESSING" and refund.out_refund_no in self._refunds_processing:
+                self.wechat.settle_refund(refund.out_refund_no, "SUCCESS")
+                settled.add(refund.transaction_id)
+        self._refunds_processing = {r.out_refund_no for r in self.wechat.refunds.values() if r.status == "PROCESSING"}
+        return settled
+
     def orders_asked(self) -> set[tuple[str, str]]:
         """(channel, out_trade_no) of every order gasworks has asked its platform about."""
         asked = {("wechat", unquote(call.split(ORDER_QUERY_PATH, 1)[1].split("?", 1)[0])) for call in self.wechat.calls if ORDER_QUERY_PATH in call}
@@ -77,17 +89,20 @@ class ChannelPlatforms:
         """Each platform's bill for each of `days`, as the world writes it from what it collected (a day
         with none is an empty bill); the (channel, day)s published."""
         by_day: dict[tuple[str, date], list[Collected]] = defaultdict(list)
+        refunds_by_day: dict[date, list[Collected]] = defaultdict(list)
         wanted = set(days)
         for c in collected:
             day = c.paid_at.astimezone(BEIJING).date()
             if c.channel_id in PLATFORM_CHANNELS and day in wanted:
                 by_day[(c.channel_id, day)].append(c)
+            if c.refunded_at is not None and c.refunded_at.astimezone(BEIJING).date() in wanted:
+                refunds_by_day[c.refunded_at.astimezone(BEIJING).date()].append(c)
         published = []
         for channel_id in PLATFORM_CHANNELS:
             for day in days:
                 payments = sorted(by_day.get((channel_id, day), []), key=lambda c: c.paid_at)
                 if channel_id == "wechat":
-                    self.wechat.bills[day.isoformat()] = wechat_trade_bill(day, payments)
+                    self.wechat.bills[day.isoformat()] = wechat_trade_bill(day, payments, refunds=refunds_by_day.get(day, []))
                 elif channel_id == "alipay":
                     self.alipay.bill_details[day] = alipay_business_bill(day, payments)
                 else:

@@ -79,6 +79,8 @@ class MoneyCheck:
     in_delivery_fen: int  # bought, on its way to meters
     gas_applied_fen: int  # revenue: applied at meters
     suspense_fen: int
+    refunds_in_flight_fen: int  # refunds gasworks asked a channel for, not yet paid back
+    refunded_fen: int  # paid back by the channels on gasworks' request (their records)
     litres_applied_at_meters: int  # ground truth, summed over the simulated meters
     litres_proven_applied: int  # what gasworks has proof of (an acknowledgement, a report, a card back)
     meter_purchases_unknown_to_gasworks: int  # applied at a meter with no matching credit order: must be 0
@@ -89,8 +91,8 @@ class MoneyCheck:
     def holds(self) -> bool:
         return (
             self.collected_fen == self.reached_fen + self.never_reached_fen
-            and self.reached_fen == self.clearing_fen
-            and self.clearing_fen == self.on_balances_fen + self.in_delivery_fen + self.gas_applied_fen + self.suspense_fen
+            and self.reached_fen == self.clearing_fen + self.refunded_fen
+            and self.clearing_fen == self.on_balances_fen + self.in_delivery_fen + self.gas_applied_fen + self.suspense_fen + self.refunds_in_flight_fen
             and self.meter_purchases_unknown_to_gasworks == 0
             and self.proven_but_not_at_meter == 0
             and self.litres_proven_applied <= self.litres_applied_at_meters
@@ -270,6 +272,11 @@ def summarise(sim: Simulation, outcome: SimOutcome, *, hotline: str) -> Report:
         FaultLine("card lost after writing", injected["card lost after writing"], f"{replaced_cards} cards replaced; what they held is written again"),
         FaultLine("worker crash", injected["worker crash"], "frames it held are settled by the meters' next reports"),
         FaultLine("broker outage", injected["broker outage"], "sends refused, tried again after the outage"),
+        FaultLine(
+            "order paid twice",
+            injected["order paid twice"],
+            f"second payment held; {outcome.refunds_requested} refunded by an operator, {outcome.refunds_confirmed} confirmed paid back by the channel (the worker asked)",
+        ),  # fmt: skip
     ]
     money = MoneyCheck(
         collected_fen=sum(c.amount_fen for c in outcome.collected),
@@ -280,6 +287,8 @@ def summarise(sim: Simulation, outcome: SimOutcome, *, hotline: str) -> Report:
         in_delivery_fen=-totals.get(LedgerAccountKind.DELIVERY.value, 0),
         gas_applied_fen=-totals.get(LedgerAccountKind.REVENUE.value, 0),
         suspense_fen=-totals.get(LedgerAccountKind.SUSPENSE.value, 0),
+        refunds_in_flight_fen=-totals.get(LedgerAccountKind.REFUNDS.value, 0),
+        refunded_fen=sum(c.amount_fen for c in outcome.collected if c.refunded_at is not None),
         litres_applied_at_meters=sum(at_meters.values()),
         litres_proven_applied=sum(orders[key]["volume_litres"] or 0 for key in proven),
         meter_purchases_unknown_to_gasworks=unknown,

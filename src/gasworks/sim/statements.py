@@ -15,7 +15,7 @@ the files three-way reconciliation reads.
 import csv
 import io
 from collections import defaultdict
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 from gasworks.adapters.channels.base import BEIJING
@@ -45,7 +45,11 @@ ALIPAY_COLUMNS = (
 
 
 def _local(c: Collected) -> str:
-    return c.paid_at.astimezone(BEIJING).strftime("%Y-%m-%d %H:%M:%S")
+    return _local_time(c.paid_at)
+
+
+def _local_time(at: datetime) -> str:
+    return at.astimezone(BEIJING).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _fee(c: Collected) -> int:
@@ -57,17 +61,19 @@ def _listed(payments: list[Collected]) -> list[Collected]:
     return [c for c in payments if not c.left_out for _ in range(2 if c.listed_twice else 1)]
 
 
-def wechat_trade_bill(day: date, payments: list[Collected]) -> bytes:
+def wechat_trade_bill(day: date, payments: list[Collected], *, refunds: list[Collected] | None = None) -> bytes:
+    """`refunds`: payments of earlier days the channel paid back on this day, on gasworks' request."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(WECHAT_COLUMNS)
     rows, paid_fen, fees_fen, refunded_fen = 0, 0, 0, 0
-    for c in _listed(payments):
+    lines = [(c, _local(c), [("SUCCESS", "0.00"), ("REFUND", fen_to_yuan_text(c.listed_amount_fen))] if c.refunded else [("SUCCESS", "0.00")]) for c in _listed(payments)]
+    lines += [(c, _local_time(c.refunded_at), [("REFUND", fen_to_yuan_text(c.amount_fen))]) for c in refunds or [] if c.refunded_at is not None]
+    for c, when, states in lines:
         yuan, fee = fen_to_yuan_text(c.listed_amount_fen), fen_to_yuan_text(_fee(c))
-        states = [("SUCCESS", "0.00"), ("REFUND", yuan)] if c.refunded else [("SUCCESS", "0.00")]
         for state, refund in states:
             row = (
-                _local(c), "wxgasworks0000001", WECHAT_MCHID, "0", "", c.channel_txn_id, c.out_trade_no or "", "oGasworksResident",
+                when, "wxgasworks0000001", WECHAT_MCHID, "0", "", c.channel_txn_id, c.out_trade_no or "", "oGasworksResident",
                 "JSAPI", state, "OTHERS", "CNY", yuan, "0.00", "0", "0", refund, "0.00", "", "", "燃气费充值", c.account_no,
                 fee, "0.60%", yuan, "0.00", "",
             )  # fmt: skip
@@ -132,12 +138,16 @@ def write_statements(collected: list[Collected], directory: Path) -> list[Path]:
     """One file per channel and local day, named `<channel>-<YYYY-MM-DD>.csv`. Returns the paths."""
     directory.mkdir(parents=True, exist_ok=True)
     by_file: dict[tuple[str, date], list[Collected]] = defaultdict(list)
+    refunds: dict[date, list[Collected]] = defaultdict(list)
     for c in collected:
         by_file[(c.channel_id, c.paid_at.astimezone(BEIJING).date())].append(c)
+        if c.refunded_at is not None:
+            refunds[c.refunded_at.astimezone(BEIJING).date()].append(c)
     written = []
     for (channel_id, day), payments in sorted(by_file.items()):
         writer, extension = WRITERS.get(channel_id, (plain_statement, "csv"))
         path = directory / f"{channel_id}-{day.isoformat()}.{extension}"
-        path.write_bytes(writer(day, sorted(payments, key=lambda c: c.paid_at)))
+        in_order = sorted(payments, key=lambda c: c.paid_at)
+        path.write_bytes(wechat_trade_bill(day, in_order, refunds=refunds.get(day, [])) if channel_id == "wechat" else writer(day, in_order))
         written.append(path)
     return written

@@ -88,13 +88,14 @@ class FaultRates:
     card_lost: float = 0.0  # per card written at a kiosk
     worker_crash: float = 0.0  # per day: the worker dies with frames in hand
     transport_outage: float = 0.0  # per day: the broker is away for 5 to 60 minutes
+    order_paid_twice: float = 0.0  # per WeChat order: paid a second time (two devices, one order); refunded by an operator
 
     @classmethod
     def preset(cls, name: str) -> "FaultRates":
         presets = {
             "none": cls(),
-            "default": cls(0.02, 0.01, 0.03, 0.03, 0.002, 0.02, 0.0002, 0.01, 0.05, 0.05),
-            "heavy": cls(0.10, 0.05, 0.10, 0.10, 0.01, 0.10, 0.001, 0.05, 0.30, 0.30),
+            "default": cls(0.02, 0.01, 0.03, 0.03, 0.002, 0.02, 0.0002, 0.01, 0.05, 0.05, order_paid_twice=0.01),
+            "heavy": cls(0.10, 0.05, 0.10, 0.10, 0.01, 0.10, 0.001, 0.05, 0.30, 0.30, order_paid_twice=0.05),
         }
         if name not in presets:
             raise ValueError(f"faults must be one of {', '.join(presets)}")
@@ -117,6 +118,7 @@ class Collected:
     refunded: bool = False  # a refund line follows the payment line
     statement_amount_fen: int | None = None  # the channel's records disagree on the amount
     statement_fee_fen: int | None = None  # a fee other than the agreed one
+    refunded_at: datetime | None = None  # the channel paid it back on gasworks' request (its statement that day shows it)
     listed_twice: bool = False
     left_out: bool = False  # missing from the statement altogether
 
@@ -135,6 +137,8 @@ class SimOutcome:
     truth_violations: list[str] = field(default_factory=list)
     recovered_by_query: int = 0
     booked_from_statements: int = 0  # never notified, booked when the worker fetched the channel's statement the next morning
+    refunds_requested: int = 0  # by the simulated operator, for orders paid twice
+    refunds_confirmed: int = 0  # by the worker, when the channel's platform said the money went back
     statements_fetched_in_run: int = 0  # by the worker's daily job, while the city ran
     gas_off_spells: list[tuple[str, str, timedelta]] = field(default_factory=list)  # (meter kind, model, valve closed -> gas again)
     still_without_gas: list[tuple[str, str, timedelta]] = field(default_factory=list)  # at the end of the run, how long so far
@@ -174,6 +178,7 @@ class FlakyTransport:
         self.inner.stop()
 
 
+OPERATOR_HOUR = 9  # local: when the simulated operator looks at the holds
 WAKE_SLOT = timedelta(minutes=10)  # over MQTT, meters waking in the same slot report together
 QUIET_S = 0.05  # over MQTT, this long without a frame means the meters and the worker are done
 
@@ -203,6 +208,7 @@ class Simulation:
         self.habits = habits or GasOffHabits()
         self.rng = random.Random(city.seed * 7919 + 1)
         self.residents_rng = random.Random(city.seed * 6_151 + 3)  # gas-off habits: their own draws, the rest of the run unchanged
+        self.twice_rng = random.Random(city.seed * 104_729 + 5)  # orders paid twice: their own draws too
         self.gas_off_since: dict[str, datetime] = {}
         self.pays_only_when_gas_off = {h.account_no for h in city.households if self.residents_rng.random() < self.habits.pays_only_when_gas_off_share}
         self.start = start
@@ -362,8 +368,16 @@ class Simulation:
     def _watch(self) -> None:
         self.settle()
         self.worker.watch()
+        if self.clock.now().astimezone(LOCAL).hour == OPERATOR_HOUR:
+            self._operator_refunds_orders_paid_twice()
+        settled = self.platforms.settle_refunds()  # the platform pays back what it took an hour or so ago
+        if settled:
+            for c in self.outcome.collected:
+                if c.channel_id == "wechat" and c.channel_txn_id in settled:
+                    c.refunded_at = self.clock.now()
         calls = self.channel_jobs.run_once()
         self.outcome.recovered_by_query += calls.booked
+        self.outcome.refunds_confirmed += calls.refunds_confirmed
         self.outcome.statements_fetched_in_run += calls.statements_imported
         asked, served = self.platforms.orders_asked(), self.platforms.statements_served()
         for c in self.outcome.collected:
@@ -567,6 +581,8 @@ class Simulation:
             order = self.client.post("/v1/orders", json={"channel_id": channel, "account_no": h.account_no, "amount_fen": h.top_up_fen, "holder_name": h.name})
             collected.out_trade_no = order.json()["out_trade_no"]
             self.platforms.collected(collected)
+            if channel == "wechat" and self.twice_rng.random() < f.order_paid_twice:
+                self._pay_order_again(collected)
             if rng.random() < f.notification_lost:
                 collected.fault = "channel never notified"
                 self.outcome.faults_injected["notification lost"] += 1
@@ -574,6 +590,23 @@ class Simulation:
                 self._deliver(collected, lambda: self._notify(collected))
         if h.kind == MeterKind.CARD:
             self._plan_card_trip(h, now + timedelta(minutes=rng.randrange(60, 4 * 24 * 60)), pay_there=False)
+
+    def _pay_order_again(self, first: Collected) -> None:
+        """The resident pays the same order again on a second device: the platform takes the money,
+        gasworks holds it (ORDER_ALREADY_PAID) and, the next morning, an operator refunds it."""
+        self.outcome.faults_injected["order paid twice"] += 1
+        again = Collected(first.channel_id, self._txn_id("42"), first.account_no, first.amount_fen, self.clock.now(), out_trade_no=first.out_trade_no, fault="order paid twice")
+        self.outcome.collected.append(again)
+        self.platforms.collected(again)
+        self._deliver(again, lambda: self._notify(again))
+
+    def _operator_refunds_orders_paid_twice(self) -> None:
+        """Each morning an operator refunds the second payments of orders paid twice (GET /v1/holds, then a decision)."""
+        held = self.client.get("/v1/holds", params={"limit": 500}, headers=self.operator).json()
+        for payment in held:
+            if payment["hold_reason"] == "ORDER_ALREADY_PAID":
+                self.client.post(f"/v1/holds/{payment['id']}/decisions", headers=self.operator, json={"decision": "refund", "reason": "paid twice for one order"})
+                self.outcome.refunds_requested += 1
 
     def _deliver(self, collected: Collected, send: Callable[[], None]) -> None:
         rng, f, now = self.rng, self.faults, self.clock.now()

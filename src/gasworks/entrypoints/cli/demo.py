@@ -226,6 +226,8 @@ def show(report: "Report") -> None:
         ("  bought, on its way to meters", m.in_delivery_fen),
         ("  applied at meters", m.gas_applied_fen),
         ("  in suspense, held for an operator", m.suspense_fen),
+        ("  refunds asked of channels, not yet paid back", m.refunds_in_flight_fen),
+        ("paid back by channels on gasworks' request (their records)", m.refunded_fen),
     ):
         money.add_row(label, _yuan(fen))
     money.add_row("gas applied at the meters (the meters' own count)", f"{m.litres_applied_at_meters:,} L")

@@ -46,6 +46,7 @@ class WechatPayStub:
     platform_private_key_pem: str = field(default_factory=new_private_key_pem)
     platform_serial: str = PLATFORM_SERIAL
     orders: dict[str, dict] = field(default_factory=dict)  # out_trade_no → the transaction as the query answers it
+    transactions: dict[str, dict] = field(default_factory=dict)  # transaction_id → it: an order paid twice has two
     refunds: dict[str, StubRefund] = field(default_factory=dict)
     bills: dict[str, bytes] = field(default_factory=dict)  # "YYYY-MM-DD" → the bill (decompressed)
     # Faults, set by a test:
@@ -68,13 +69,18 @@ class WechatPayStub:
     # ---- what happened at WeChat Pay ---------------------------------------------------------
 
     def pay(self, out_trade_no: str, amount_fen: int, *, transaction_id: str | None = None) -> str:
+        """A payment of the order. Paid again (it happens: two devices, one order), the order still
+        answers with its first payment and the second is a transaction of its own, refundable."""
         transaction_id = transaction_id or "4200" + secrets.token_hex(10)
-        self.orders[out_trade_no] = {
+        paid = {
             "appid": "wxgasworks0000001", "mchid": self.mchid, "out_trade_no": out_trade_no, "transaction_id": transaction_id,
             "trade_type": "JSAPI", "trade_state": "SUCCESS", "trade_state_desc": "支付成功", "bank_type": "OTHERS", "attach": "",
             "success_time": self.now().isoformat(timespec="seconds"), "payer": {"openid": "oGasworksResident"},
             "amount": {"total": amount_fen, "payer_total": amount_fen, "currency": "CNY", "payer_currency": "CNY"},
         }  # fmt: skip
+        self.transactions[transaction_id] = paid
+        if self.orders.get(out_trade_no, {}).get("trade_state") != "SUCCESS":
+            self.orders[out_trade_no] = paid
         return transaction_id
 
     def set_state(self, out_trade_no: str, trade_state: str) -> None:
@@ -125,7 +131,7 @@ class WechatPayStub:
             with self._lock:
                 existing = self.refunds.get(no)
                 if existing is None:
-                    paid = next((o for o in self.orders.values() if o.get("transaction_id") == body.get("transaction_id")), None)
+                    paid = self.transactions.get(str(body.get("transaction_id")))
                     if paid is None:
                         return self._answer(404, {"code": "RESOURCE_NOT_EXISTS", "message": "订单不存在"})
                     amount = body["amount"]
