@@ -83,7 +83,7 @@ def demo(
     mqtt_url: Annotated[str | None, typer.Option("--mqtt-url", help="Meters talk through this broker instead of in-process.")] = None,
     fleet_mqtt_url: Annotated[str | None, typer.Option("--fleet-mqtt-url", help="On a closed broker: the simulated meters' `fleet` URL (--mqtt-url is the worker's).")] = None,
     mqtt_topic_prefix: Annotated[str | None, typer.Option("--mqtt-topic-prefix", help="On a closed broker: the prefix it was provisioned for (default: a random one).")] = None,
-    ctwing_share: Annotated[float, typer.Option("--ctwing-share", min=0.0, max=1.0, help="Share of IoT meters behind the local CTWing platform stub (e.g. 0.2).")] = 0.0,
+    ctwing_share: Annotated[float, typer.Option("--ctwing-share", min=0.0, max=1.0, help="Share of IoT meters behind the local CTWing platform stub (0 for none).")] = 0.05,
 ) -> None:
     """Simulate a city for a month through the real gasworks and show what reached the meters."""
     from sqlalchemy.engine import make_url
