@@ -20,7 +20,7 @@ import copy
 import csv
 import secrets
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -597,10 +597,12 @@ class FakeMeters(_Repository):
         awake = [m for m in self._t.meters.values() if m.awake_until is not None and m.awake_until > now and self._has_work(m.serial, now)]
         return [link for m in sorted(awake, key=lambda m: m.awake_until or now)[:limit] if (link := self._out(m)) is not None]
 
-    def silent_since(self, cutoff: datetime, limit: int) -> list[str]:
+    def silent_since(self, cutoff: datetime, limit: int, *, cutoff_by_model: Mapping[str, datetime] | None = None) -> list[str]:
+        by_model = cutoff_by_model or {}
         return sorted(
             m.serial for m in self._t.meters.values()
-            if m.kind == MeterKind.IOT and m.link_state == LinkState.ONLINE and m.last_report_at is not None and m.last_report_at < cutoff
+            if m.kind == MeterKind.IOT and m.link_state == LinkState.ONLINE and m.last_report_at is not None
+            and m.last_report_at < by_model.get(m.model or "", cutoff)
         )[:limit]  # fmt: skip
 
     def set_model(self, serial: str, model: MeterModel) -> None:

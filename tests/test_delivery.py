@@ -5,10 +5,10 @@ from collections.abc import Iterator
 import pytest
 
 from gasworks.adapters.meters.transport import LoopbackTransport
-from gasworks.domain.delivery import CommandKind, CommandState
+from gasworks.domain.delivery import CommandKind, CommandState, MeterModel
 from gasworks.domain.meter_messages import Alarm
 from gasworks.services.checks import check_ledger
-from gasworks.services.delivery import handle_uplink
+from gasworks.services.delivery import add_meter_model, handle_uplink, set_meter
 from tests.conftest import make_system, sqlite_copy
 from tests.delivery_rig import IOT_SERIAL, Rig
 from tests.fakes import FakeSystem
@@ -312,3 +312,16 @@ def test_the_residents_page_never_says_gas_available_while_the_valve_stays_close
     rig.settle()
     assert rig.meter.valve_open is True
     assert payment_timeline(enough.payment_id, rig.system.new_uow(), hotline="12319").status == "GAS_AVAILABLE"
+
+
+def test_a_meter_whose_model_reports_weekly_is_offline_only_after_its_week_and_the_margin(rig):
+    add_meter_model(MeterModel("nbiot-weekly", report_interval_s=7 * 86_400), rig.system.new_uow(), actor="test")
+    set_meter(IOT_SERIAL, rig.system.new_uow(), actor="test", model="nbiot-weekly")
+    rig.wake()
+    rig.settle()
+    rig.advance(days=3)
+    rig.worker.watch()
+    assert "METER_OFFLINE" not in rig.alerts()  # a daily model's meter would be offline by now
+    rig.advance(days=4, seconds=rig.system.settings.meter_offline_margin_s + 1)
+    rig.worker.watch()
+    assert "METER_OFFLINE" in rig.alerts()

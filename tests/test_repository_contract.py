@@ -891,3 +891,19 @@ def test_an_auditors_snapshot_reads_every_claim_and_every_credit_order(new_uow):
         assert uow.payments.every_claim(10) == [("wallet", "T-S1", 1_000, "verified", "pay_1"), ("wallet", "T-S2", 2_000, "verified", "pay_2")]
         assert uow.payments.every_claim(1) == [("wallet", "T-S1", 1_000, "verified", "pay_1")]
         assert uow.meter_commands.every_credit_order(10) == [(SERIAL, 1, 10, "pending")]  # the valve command is no credit order
+
+
+def test_a_model_that_reports_weekly_is_not_silent_after_a_day(new_uow):
+    weekly = MeterModel("weekly-nbiot", report_interval_s=7 * 86_400)
+    with new_uow() as uow:
+        uow.meter_models.add(weekly, START)
+        uow.meters.set_model(SERIAL, weekly)
+        link = uow.meters.get(SERIAL)
+        link.last_report_at, link.link_state = START, LinkState.ONLINE
+        uow.meters.save(link)
+        uow.commit()
+    two_days_later = START + timedelta(days=2)
+    with new_uow() as uow:
+        assert uow.meters.silent_since(two_days_later, 10) == [SERIAL], "one cutoff for every model"
+        assert uow.meters.silent_since(two_days_later, 10, cutoff_by_model={"weekly-nbiot": START}) == [], "its model's own cutoff"
+        assert uow.meters.silent_since(two_days_later, 10, cutoff_by_model={"weekly-nbiot": START + timedelta(seconds=1)}) == [SERIAL]

@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     meter_command_ttl_s: int = 48 * 3600
     meter_open_commands_max: int = 20
     meter_offline_after_s: int = 25 * 3600
+    meter_offline_margin_s: int = Field(3600, ge=0, le=7 * 86_400)  # a slower model: offline after its report interval and this
     iot_applied_within_s: int = 600
     meter_overdraft_litres: int = 3_344
     worker_poll_interval_s: float = 0.05  # seconds between looks for due work

@@ -425,8 +425,14 @@ class DeliveryPolicy:
     ttl_s: int = 48 * 3600
     open_commands_per_meter_max: int = 20
     offline_after_s: int = 25 * 3600
+    offline_margin_s: int = 3600  # a model reporting less often than daily is offline after its interval and this
     iot_applied_within_s: int = 600  # after the meter's next report
     overdraft_litres: int = 3_344  # about ¥10 at ¥2.99/m³: the meter closes its valve beyond this
+
+    def offline_after_for(self, report_interval_s: int) -> int:
+        """Silent this long, a meter of a model reporting every `report_interval_s` is offline: never
+        sooner than `offline_after_s`, and a weekly reporter not before its week and the margin."""
+        return max(self.offline_after_s, report_interval_s + self.offline_margin_s)
 
     def ack_wait(self, window_sends: int) -> timedelta:
         """Bounded exponential backoff: 8 s, 16 s, 32 s, 32 s ..."""

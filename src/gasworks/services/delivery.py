@@ -100,6 +100,7 @@ def policy_from(settings: Settings) -> DeliveryPolicy:
         ttl_s=settings.meter_command_ttl_s,
         open_commands_per_meter_max=settings.meter_open_commands_max,
         offline_after_s=settings.meter_offline_after_s,
+        offline_margin_s=settings.meter_offline_margin_s,
         iot_applied_within_s=settings.iot_applied_within_s,
         overdraft_litres=settings.meter_overdraft_litres,
     )
@@ -599,7 +600,9 @@ def watch_deliveries(uow_factory: Callable[[], UnitOfWork], *, batch_max: int) -
     with uow_factory() as uow:
         now, policy = uow.clock.now(), uow.delivery
         due = uow.meter_commands.meters_with_due_expiry(now, batch_max)
-        silent = uow.meters.silent_since(now - timedelta(seconds=policy.offline_after_s), batch_max)
+        offline_after_by_model = {m.name: policy.offline_after_for(m.report_interval_s) for m in uow.meter_models.list()}
+        later = {name: now - timedelta(seconds=s) for name, s in offline_after_by_model.items() if s > policy.offline_after_s}
+        silent = uow.meters.silent_since(now - timedelta(seconds=policy.offline_after_s), batch_max, cutoff_by_model=later)
     for serial in due:
         with uow_factory() as uow:
             now = uow.clock.now()
@@ -615,7 +618,8 @@ def watch_deliveries(uow_factory: Callable[[], UnitOfWork], *, batch_max: int) -
         with uow_factory() as uow:
             now = uow.clock.now()
             link = uow.meters.get(serial, lock=True)
-            if link is None or link.last_report_at is None or link.last_report_at >= now - timedelta(seconds=policy.offline_after_s):
+            offline_after_s = offline_after_by_model.get(link.model or "", policy.offline_after_s) if link is not None else policy.offline_after_s
+            if link is None or link.last_report_at is None or link.last_report_at >= now - timedelta(seconds=offline_after_s):
                 continue
             link.link_state = LinkState.OFFLINE
             uow.meters.save(link)

@@ -4,7 +4,7 @@ The SQL adapters in `adapters/db` implement them for SQLite and PostgreSQL. A se
 these shapes, never a table or a connection.
 """
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -211,7 +211,9 @@ class MetersRepository(Protocol):
 
     def save(self, link: MeterLink) -> None: ...
 
-    def silent_since(self, cutoff: datetime, limit: int) -> list[str]: ...
+    def silent_since(self, cutoff: datetime, limit: int, *, cutoff_by_model: Mapping[str, datetime] | None = None) -> list[str]:
+        """Online IoT meters whose last report is before `cutoff`, or before their model's own cutoff where one is given."""
+        ...
 
     def set_model(self, serial: str, model: MeterModel) -> None:
         """A meter takes a model, and the model's button setting with it."""

@@ -1,6 +1,7 @@
 """Repositories for meter delivery: meters' delivery side, tariffs, meter commands, kiosks, alerts."""
 
 import secrets
+from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any
 
@@ -95,8 +96,13 @@ class Meters:
         values["link_state"] = link.link_state.value
         self.c.execute(update(t.meters).where(t.meters.c.serial == link.serial).values(**values))
 
-    def silent_since(self, cutoff: datetime, limit: int) -> list[str]:
-        rows = self.c.execute(select(t.meters.c.serial).where(t.meters.c.kind == MeterKind.IOT.value, t.meters.c.link_state == LinkState.ONLINE.value, t.meters.c.last_report_at < cutoff).limit(limit))
+    def silent_since(self, cutoff: datetime, limit: int, *, cutoff_by_model: Mapping[str, datetime] | None = None) -> list[str]:
+        m, by_model = t.meters, dict(cutoff_by_model or {})
+        silent = or_(
+            and_(or_(m.c.model.is_(None), m.c.model.not_in(list(by_model))), m.c.last_report_at < cutoff) if by_model else m.c.last_report_at < cutoff,
+            *(and_(m.c.model == name, m.c.last_report_at < model_cutoff) for name, model_cutoff in by_model.items()),
+        )
+        rows = self.c.execute(select(m.c.serial).where(m.c.kind == MeterKind.IOT.value, m.c.link_state == LinkState.ONLINE.value, silent).limit(limit))
         return [r.serial for r in rows]
 
     def set_model(self, serial: str, model: MeterModel) -> None:
