@@ -3,10 +3,13 @@
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
+from typer.testing import CliRunner
 
+from gasworks.adapters.db.engine import SCHEMA_HEAD, schema_revision
 from gasworks.adapters.db.migrate import current_revision, upgrade
 from gasworks.domain.channels import KeyPurpose, PaymentNotice
 from gasworks.domain.errors import Conflict
+from gasworks.entrypoints.cli.main import app as cli
 from gasworks.services import channels
 from gasworks.services.intake import accept_payment
 from tests.support import ACCOUNT_NO, WALLET_SECRET, set_up
@@ -14,7 +17,12 @@ from tests.support import ACCOUNT_NO, WALLET_SECRET, set_up
 
 def test_migrations_reach_head_and_are_idempotent(system):
     upgrade(system.engine)
-    assert current_revision(system.engine) == "0017"
+    assert current_revision(system.engine) == "0017" == SCHEMA_HEAD == schema_revision(system.engine)
+
+
+def test_a_command_on_a_database_never_migrated_says_so_instead_of_a_traceback(tmp_path):
+    result = CliRunner().invoke(cli, ["check", "--database-url", f"sqlite:///{tmp_path / 'empty.db'}"])
+    assert result.exit_code == 2 and "SCHEMA_NOT_CURRENT" in result.output and "gasworks db upgrade" in result.output
 
 
 @pytest.mark.parametrize("statement", ["UPDATE ledger_entries SET amount_fen = amount_fen + 1", "DELETE FROM ledger_entries", "DELETE FROM audit_log", "UPDATE payment_events SET note = 'x'", "UPDATE meter_command_events SET note = 'x'"])

@@ -57,7 +57,7 @@ def group_report(
             except Exception as error:
                 if not is_unavailable(error):
                     raise
-                report.append(CityUnavailable(city.code, city.name, f"database unavailable: {reason_of(error)}"))
+                report.append(CityUnavailable(city.code, city.name, f"database unavailable or not migrated: {reason_of(error)}"))
         return report
     finally:
         pool.shutdown(wait=False, cancel_futures=True)  # a hung city's thread is left to its own timeout

@@ -2,10 +2,13 @@
 
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from gasworks.domain.errors import InvalidInput
+
 LIBPQ_SCHEMES = ("postgres://", "postgresql://")
+SCHEMA_HEAD = "0017"  # the newest migration; tests/test_database.py holds it to Alembic's head
 
 
 def make_engine(database_url: str, *, sqlite_synchronous: str = "FULL", connect_timeout_s: int = 5) -> Engine:
@@ -66,3 +69,28 @@ def _serialise_sqlite_writers(engine: Engine, synchronous: str) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection):  # noqa: ANN001
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def is_schema_behind(error: BaseException) -> bool:
+    """A table or column this gasworks needs is not in the database: it was not migrated."""
+    import psycopg
+
+    return isinstance(error, DBAPIError) and isinstance(error.orig, (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn))
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The schema's migration revision, None for a database gasworks never migrated. Without
+    Alembic: a command that only reads must not pay for importing it."""
+    if not inspect(engine).has_table("alembic_version"):
+        return None
+    with engine.connect() as c:
+        return c.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def require_current_schema(engine: Engine) -> None:
+    """A clear refusal, instead of a missing table's traceback, for a database not at this gasworks' schema."""
+    revision = schema_revision(engine)
+    if revision != SCHEMA_HEAD:
+        where = engine.url.render_as_string(hide_password=True)
+        have = f"at revision {revision}" if revision else "empty (never migrated)"
+        raise InvalidInput(f"the database {where} is {have}; this gasworks needs {SCHEMA_HEAD}: run `gasworks db upgrade` first", code="SCHEMA_NOT_CURRENT")

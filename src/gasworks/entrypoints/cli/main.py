@@ -65,7 +65,11 @@ def db_upgrade(database_url: DatabaseUrl = None) -> None:
 @cli_errors
 def check(database_url: DatabaseUrl = None) -> None:
     """Prove the ledger's invariants; exit 1 if any is broken."""
-    report = checks.check_ledger(system(database_url).new_uow())
+    from gasworks.adapters.db.engine import require_current_schema
+
+    sys_ = system(database_url)
+    require_current_schema(sys_.engine)
+    report = checks.check_ledger(sys_.new_uow())
     table = Table(title="ledger totals (sum of entries, fen)")
     table.add_column("account kind")
     table.add_column("sum fen", justify="right")

@@ -77,7 +77,7 @@ def _migrate_every_city(config: "ProvinceConfig", settings: "Settings") -> int:
 @cli_errors
 def check(province: ProvinceFile = None) -> None:
     """`gasworks check` on every city's ledger; exit 1 if any city's is broken or cannot be read."""
-    from gasworks.adapters.db.engine import is_cut_off
+    from gasworks.adapters.db.engine import is_cut_off, require_current_schema
     from gasworks.bootstrap import bootstrap
     from gasworks.services.checks import check_ledger
     from gasworks.services.province import accounts_of_other_cities
@@ -90,8 +90,13 @@ def check(province: ProvinceFile = None) -> None:
     for city in config.cities:
         sys_ = bootstrap(config.city_settings(settings, city.code))
         try:
+            require_current_schema(sys_.engine)
             report = check_ledger(sys_.new_uow())
             misplaced, examples = accounts_of_other_cities(city.code, sys_.new_uow())
+        except InvalidInput as not_current:
+            failed += 1
+            table.add_row(city.code, city.name, "[red]not migrated[/]", "", "", f"{not_current.code}: gasworks province migrate")
+            continue
         except Exception as error:
             if not is_cut_off(error):
                 raise
@@ -125,7 +130,7 @@ def report(
     """The group's figures by city: payments, time from payment to gas, arrears (exit 1 if a city is unavailable).
 
     A city that cannot answer is named unavailable; the others are reported all the same."""
-    from gasworks.adapters.db.engine import is_cut_off
+    from gasworks.adapters.db.engine import is_cut_off, is_schema_behind
     from gasworks.bootstrap import bootstrap
     from gasworks.domain.province import CityFigures
     from gasworks.services.province import group_report
@@ -140,7 +145,10 @@ def report(
     until = since + timedelta(days=days)
     systems = {city.code: bootstrap(config.city_settings(settings, city.code)) for city in config.cities}
     try:
-        figures = group_report(config.province(), {code: s.new_uow for code, s in systems.items()}, since, until, is_unavailable=is_cut_off, answer_within_s=settings.province_report_answer_within_s)
+        figures = group_report(
+            config.province(), {code: s.new_uow for code, s in systems.items()}, since, until,
+            is_unavailable=lambda error: is_cut_off(error) or is_schema_behind(error), answer_within_s=settings.province_report_answer_within_s,
+        )  # fmt: skip
     finally:
         for s in systems.values():
             s.engine.dispose()
