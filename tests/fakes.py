@@ -777,7 +777,7 @@ class FakeMeterCommands(_Repository):
                 rows.append({
                     "payment_id": p.id, "channel_id": p.channel_id, "channel_txn_id": p.channel_txn_id, "amount_fen": p.amount_fen,
                     "account_no": p.account_no, "state": p.state.value, "hold_reason": p.hold_reason.value if p.hold_reason else None,
-                    "paid_at": p.paid_at or self._t.payment_received_at[p.id],
+                    "paid_at": p.paid_at or self._t.payment_received_at[p.id], "received_at": self._t.payment_received_at[p.id],
                     "command_id": c.id if c else None, "route": c.route.value if c else None, "command_state": c.state.value if c else None,
                     "purchase_seq": c.purchase_seq if c else None, "volume_litres": c.volume_litres if c else None, "meter_serial": c.meter_serial if c else None,
                     "written_at": first_at(CommandState.WRITTEN_TO_CARD), "applied_at": first_at(CommandState.APPLIED),

@@ -28,6 +28,8 @@ class MqttFleet:
         self.on_frame = on_frame  # (serial, frame, perf_counter at arrival): for benchmarks
         self._lock = threading.Lock()
         self._handling = 0
+        self.frames_down = 0  # downlinks heard, for its meters
+        self.frames_up = 0  # reports and replies it published
         self._subscribed = threading.Event()
         self.client = mqtt_client(url, f"fleet-{uuid.uuid4().hex[:10]}")
         self.client.on_connect = lambda c, *a: c.subscribe(topic_down(prefix, "+"), qos=1)
@@ -49,11 +51,13 @@ class MqttFleet:
         payload = bytes(message.payload)
         with self._lock:
             self._handling += 1
+            self.frames_down += 1
         try:
             if self.on_frame is not None:
                 self.on_frame(serial, payload, arrived)
             with self._lock:
                 replies = meter.on_downlink(payload)
+                self.frames_up += len(replies)
             for reply in replies:
                 client.publish(topic_up(self.prefix, serial), reply, qos=1)
         finally:
@@ -82,8 +86,15 @@ class MqttFleet:
         with self._lock:
             return self._handling == 0
 
+    def caught_up(self, *, downlinks_sent: int, uplinks_taken: int) -> bool:
+        """Every downlink gasworks sent has reached its meter and every frame the meters sent has
+        reached gasworks: nothing is on the wire. The simulation's clock may move on."""
+        with self._lock:
+            return self._handling == 0 and self.frames_down >= downlinks_sent and uplinks_taken >= self.frames_up
+
     def report(self, serial: str, clock: datetime) -> None:
         """The meter wakes and reports; it listens until told to sleep."""
         with self._lock:
             frame = self.meters[serial].report(clock)
+            self.frames_up += 1
         self.client.publish(topic_up(self.prefix, serial), frame, qos=1).wait_for_publish(PUBLISH_WAIT_S)

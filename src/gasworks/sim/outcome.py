@@ -118,7 +118,8 @@ class Report:
     sample_payment_ids: dict[str, str] = field(default_factory=dict)
     without_gas: list[GasLine] = field(default_factory=list)  # valve closed -> gas again, by kind and model
     to_gas: list[GasLine] = field(default_factory=list)  # payment -> gas, by kind, model and path
-    button_goal: GasLine | None = None  # every IoT payment whose gas came after a button press, against BUTTON_GOAL
+    button_goal: GasLine | None = None  # every IoT payment on gasworks' own transport whose gas came after a button press, against BUTTON_GOAL
+    button_carrier: GasLine | None = None  # the same behind a carrier platform: its module may sleep before gasworks answers
 
     @property
     def button_goal_met(self) -> bool | None:
@@ -150,7 +151,7 @@ def time_without_gas(outcome: SimOutcome) -> list[GasLine]:
     return [_gas_line(kind, model, f"valve closed → gas again ({still[(kind, model)]} still without gas at the end)", spans) for (kind, model), spans in sorted(spells.items())]
 
 
-def payment_to_gas(sim: Simulation, outcome: SimOutcome, facts: list[dict]) -> tuple[list[GasLine], GasLine]:
+def payment_to_gas(sim: Simulation, outcome: SimOutcome, facts: list[dict]) -> tuple[list[GasLine], GasLine, GasLine | None]:
     """Paid -> gas at the meter, by kind, model and path: an IoT payment whose gas came after the
     resident pressed the meter's button counts as "button pressed", with the share of those whose
     gas came within BUTTON_GOAL of the press; the others waited for the meter's own report."""
@@ -159,6 +160,8 @@ def payment_to_gas(sim: Simulation, outcome: SimOutcome, facts: list[dict]) -> t
     within: Counter = Counter()
     pressed_all: list[timedelta] = []
     pressed_within = 0
+    carrier_pressed: list[timedelta] = []
+    carrier_within = 0
     for f in facts:
         h = households.get(f["meter_serial"] or "")
         if h is None or f["applied_at"] is None:
@@ -170,23 +173,31 @@ def payment_to_gas(sim: Simulation, outcome: SimOutcome, facts: list[dict]) -> t
         press = next((at for at in outcome.button_presses.get(h.serial, []) if f["paid_at"] <= at <= f["applied_at"]), None)
         if press is None:
             how = WAITED
+        elif press < f["received_at"]:
+            how = PRESSED_TOO_EARLY  # the channel told gasworks after the press: nothing to send yet, the next report brings it
         elif press - f["paid_at"] <= timedelta(seconds=sim.habits.button_press_delay_s[1]):
             how = PAID_THEN_PRESSED
         else:
             how = PRESSED_LATER  # paid long before, the button pressed when the gas went off
-        key = ("iot", h.model_label, how)
+        behind_carrier = sim.ctwing is not None and sim.ctwing.has(h.serial)
+        key = ("iot", h.model_label + (" via CTWing" if behind_carrier else ""), how)
         groups[key].append(took)
         if press is not None and f["applied_at"] - press <= BUTTON_GOAL:
             within[key] += 1
-        if how == PAID_THEN_PRESSED:
+        if how == PAID_THEN_PRESSED and behind_carrier:
+            carrier_pressed.append(took)
+            carrier_within += f["applied_at"] - press <= BUTTON_GOAL  # type: ignore[operator]
+        elif how == PAID_THEN_PRESSED:
             pressed_all.append(took)
             pressed_within += f["applied_at"] - press <= BUTTON_GOAL  # type: ignore[operator]
-    lines = [_gas_line(kind, model, how, spans, within[(kind, model, how)] if how in (PAID_THEN_PRESSED, PRESSED_LATER) else None) for (kind, model, how), spans in sorted(groups.items())]
-    return lines, _gas_line("iot", "all models", PAID_THEN_PRESSED, pressed_all, pressed_within)
+    lines = [_gas_line(kind, model, how, spans, within[(kind, model, how)] if how in (PAID_THEN_PRESSED, PRESSED_LATER, PRESSED_TOO_EARLY) else None) for (kind, model, how), spans in sorted(groups.items())]
+    carrier = _gas_line("iot", "via CTWing", PAID_THEN_PRESSED, carrier_pressed, carrier_within) if carrier_pressed else None
+    return lines, _gas_line("iot", "all models", PAID_THEN_PRESSED, pressed_all, pressed_within), carrier
 
 
 PAID_THEN_PRESSED = "paid, then pressed the button"
 PRESSED_LATER = "pressed the button later"
+PRESSED_TOO_EARLY = "pressed before the channel told gasworks"
 WAITED = "waited for the meter's report"
 
 
@@ -300,7 +311,7 @@ def summarise(sim: Simulation, outcome: SimOutcome, *, hotline: str) -> Report:
         key = f"{f['route']} {'applied' if f['applied_at'] else 'waiting'}"
         if f["route"] and key not in samples:
             samples[key] = f["payment_id"]
-    to_gas, button_goal = payment_to_gas(sim, outcome, facts)
+    to_gas, button_goal, button_carrier = payment_to_gas(sim, outcome, facts)
     return Report(
         days=outcome.days,
         households=outcome.households,
@@ -319,6 +330,7 @@ def summarise(sim: Simulation, outcome: SimOutcome, *, hotline: str) -> Report:
         without_gas=time_without_gas(outcome),
         to_gas=to_gas,
         button_goal=button_goal,
+        button_carrier=button_carrier,
     )
 
 

@@ -13,6 +13,7 @@ each meter really applied), which is how the outcome can prove gasworks told the
 import heapq
 import itertools
 import random
+import time
 import uuid
 import warnings
 from collections import Counter
@@ -146,6 +147,18 @@ class SimOutcome:
     kiosk_walks_m: list[int] = field(default_factory=list)  # card households without gas: metres to the nearest working kiosk
 
 
+class CountedUplinks(Uplinks):
+    """The worker's uplink queue, counting what arrives: with the fleet's count, whether the wire is empty."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived = 0
+
+    def put(self, serial: str, payload: bytes) -> None:
+        self.arrived += 1
+        super().put(serial, payload)
+
+
 class FlakyTransport:
     """A transport with simulated outages: while down, frames are refused and reports lost."""
 
@@ -154,6 +167,7 @@ class FlakyTransport:
         self.uplinks: Uplinks = inner.uplinks
         self.down_until: datetime | None = None
         self.clock = clock
+        self.frames_out = 0  # handed to the broker
 
     def is_down(self) -> bool:
         return self.down_until is not None and self.clock.now() < self.down_until
@@ -162,6 +176,7 @@ class FlakyTransport:
         if self.is_down():
             raise TransportError("broker away (simulated outage)")
         self.inner.publish(serial, payload)
+        self.frames_out += 1
 
     def publish_in(self, serial: str, payload: bytes, uow) -> None:  # noqa: ANN001 - the dispatcher's unit of work
         """As `publish`, within the dispatcher's unit of work when the inner transport wants it (meters on CTWing)."""
@@ -181,6 +196,7 @@ class FlakyTransport:
 OPERATOR_HOUR = 9  # local: when the simulated operator looks at the holds
 WAKE_SLOT = timedelta(minutes=10)  # over MQTT, meters waking in the same slot report together
 QUIET_S = 0.05  # over MQTT, this long without a frame means the meters and the worker are done
+WIRE_DRAIN_S_MAX = 5.0  # over MQTT, real seconds to wait for frames on the wire to arrive
 
 
 class Simulation:
@@ -241,7 +257,9 @@ class Simulation:
             self.transport = FlakyTransport(loopback, self.clock)
         else:
             prefix = mqtt_topic_prefix or f"sim-{uuid.uuid4().hex[:10]}/meters"  # default: a run of its own on a shared broker
-            self.transport = FlakyTransport(MqttTransport(mqtt_url, prefix=prefix, client_id=f"gasworks-sim-{uuid.uuid4().hex[:8]}"), self.clock)
+            mqtt = MqttTransport(mqtt_url, prefix=prefix, client_id=f"gasworks-sim-{uuid.uuid4().hex[:8]}")
+            mqtt.uplinks = self.uplinks_heard = CountedUplinks()
+            self.transport = FlakyTransport(mqtt, self.clock)
             self.fleet = MqttFleet(fleet_mqtt_url or mqtt_url, prefix=prefix, meters=[h.meter for h in iot])
             self.transport.start()
             self.fleet.start()
@@ -360,9 +378,14 @@ class Simulation:
                 return
 
     def _quiet(self) -> bool:
-        """Over MQTT: nothing arrives for a moment and the meters are not busy. In-process: always."""
+        """Over MQTT: nothing is on the wire (every frame sent either way has arrived), nothing arrives
+        for a moment, and the meters are not busy. In-process: always. Without the first, a meter could
+        be put back to sleep before its purchase reached it, and the simulation's clock would move on."""
         if self.fleet is None:
             return True
+        deadline = time.monotonic() + WIRE_DRAIN_S_MAX
+        while not self.fleet.caught_up(downlinks_sent=self.transport.frames_out, uplinks_taken=self.uplinks_heard.arrived) and time.monotonic() < deadline:
+            self.worker.run_once(wait_s=QUIET_S, due_meters=False)  # a frame lost in a broker outage: the meter's next report says it again
         return self.fleet.idle() and self.worker.run_once(wait_s=QUIET_S, due_meters=False) == 0 and self.fleet.idle()
 
     def _watch(self) -> None:
@@ -519,11 +542,18 @@ class Simulation:
         if h.serial in self.dead:
             return
         self.asleep_until.pop(h.serial, None)  # the button wakes even a meter that was sleeping through its reports
-        if self.fleet is not None:
+        if self.ctwing is not None and self.ctwing.has(h.serial):  # its module reports through the platform, which hands it what it holds
             h.meter.button_pressed()
-            if not self.wake_batch:
-                self.at(now + WAKE_SLOT, "wake slot", self._wake_slot)
-            self.wake_batch.append(h)
+            self.ctwing.wake(h.serial, self.settle)
+            self._asleep_again(h)
+            return
+        if self.fleet is not None:  # a press reports at once, not in the next wake slot: it is what the resident waits on
+            h.meter.button_pressed()
+            if not self.transport.is_down():
+                self.fleet.report(h.serial, now)
+                while not self._quiet():
+                    pass
+            self._asleep_again(h)
             return
         report = h.meter.press_button(now)
         if not self.transport.is_down():

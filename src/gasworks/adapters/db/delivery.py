@@ -398,7 +398,7 @@ class MeterCommands:
         rows = self.c.execute(
             select(
                 p.c.id.label("payment_id"), p.c.channel_id, p.c.channel_txn_id, p.c.amount_fen, p.c.account_no, p.c.state, p.c.hold_reason,
-                func.coalesce(p.c.paid_at, p.c.received_at).label("paid_at"),
+                func.coalesce(p.c.paid_at, p.c.received_at).label("paid_at"), p.c.received_at,
                 mc.c.id.label("command_id"), mc.c.route, mc.c.state.label("command_state"), mc.c.purchase_seq, mc.c.volume_litres, mc.c.cost_fen, mc.c.meter_serial,
                 first_at(CommandState.WRITTEN_TO_CARD.value).label("written_at"), first_at(CommandState.APPLIED.value).label("applied_at"),
             )

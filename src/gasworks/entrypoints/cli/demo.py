@@ -179,6 +179,13 @@ def show_time_without_gas(report: "Report") -> None:
     out.print(
         f"IoT with a button press, payment → gas: p95 {_span(goal.p95)} against the goal of {BUTTON_GOAL.seconds // 60} min: {verdict} ({goal.n:,} payments; {share / goal.n:.0%} had gas within {BUTTON_GOAL.seconds // 60} min of the press)"
     )
+    carrier = report.button_carrier
+    if carrier is not None and carrier.p95 is not None:
+        within = carrier.within_goal_of_press or 0
+        out.print(
+            f"  behind CTWing: p95 {_span(carrier.p95)} ({carrier.n:,} payments; {within / carrier.n:.0%} within {BUTTON_GOAL.seconds // 60} min of the press): "
+            "gasworks answers the module's report, and a module that sleeps at once (half the wakes, the stub's assumption) gets it at its next report"
+        )
 
 
 def show(report: "Report") -> None:
