@@ -19,7 +19,7 @@ from rich.console import Console
 
 from bench.table import BenchRow, print_table
 
-BENCHES = ("intake", "delivery", "reconcile", "city_day")
+BENCHES = ("intake", "delivery", "reconcile", "city_day", "province")
 SCALE_MAX = 10.0  # ten times the size is already hours; a bound, not a target
 
 
