@@ -273,7 +273,7 @@ def summarise(sim: Simulation, outcome: SimOutcome, *, hotline: str) -> Report:
         FaultLine(
             "wallet success before booking (request lost)",
             injected["wallet success before booking (request lost)"],
-            f"{outcome.booked_from_statements} booked from the channel's statement, fetched by the worker the next morning (the rest: listed as stuck until theirs is)",
+            f"booked from the channel's statement, fetched by the worker the next morning ({outcome.booked_from_statements} payments in all were, these and notifications later than that)",
         ),  # fmt: skip
         FaultLine("notification duplicated", injected["notification duplicated"], f"booked once each ({doubled} booked twice)"),
         FaultLine("notification delayed (reordered)", injected["notification delayed (reordered)"], "booked when they came, in any order"),
