@@ -10,7 +10,6 @@ meanwhile and with what status, and then proves acknowledged = booked and runs `
 
 import json
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -25,7 +24,7 @@ from gasworks.domain.accounts import MeterKind
 from gasworks.domain.channels import ChannelKind, KeyPurpose
 from gasworks.services import accounts, channels
 from gasworks.sim.chaos import Api
-from gasworks.sim.soak_rig import GasworksProcess, free_port, gasworks_env, new_run_directory
+from gasworks.sim.soak_rig import GASWORKS_COMMAND, GasworksProcess, count_booked, free_port, gasworks_env, new_run_directory
 
 DRILL_SECRET = "failover-drill-secret-0123456789abcdef"
 TOP_UP_FEN = 5_000
@@ -90,7 +89,7 @@ class FailoverDrill:
             self._load(Api(f"http://127.0.0.1:{port}"), accounts_)
             self._count(accounts_)
             self.report.gasworks_check_exit = subprocess.run(  # noqa: S603 - our own CLI
-                [*serve_command(), "check", "--database-url", self.options.database_url], env=gasworks_env(), capture_output=True, check=False
+                [*GASWORKS_COMMAND, "check", "--database-url", self.options.database_url], env=gasworks_env(), capture_output=True, check=False
             ).returncode
         finally:
             serve.stop()
@@ -177,20 +176,5 @@ class FailoverDrill:
             for _, status in after:
                 if status != 200:
                     r.refused_by_status["no answer" if status is None else str(status)] += 1
-        system = bootstrap(Settings(database_url=self.options.database_url))
-        by_txn: Counter[str] = Counter()
-        booked_ids: dict[str, str] = {}
-        with system.new_uow() as uow:
-            for account_no in account_nos:
-                for payment in uow.payments.list_for_account(account_no, 100_000):
-                    if payment.channel_id == self.channel_id:
-                        by_txn[payment.channel_txn_id] += 1
-                        booked_ids[payment.channel_txn_id] = payment.id
-        system.engine.dispose()
-        r.booked = sum(by_txn.values())
-        r.doubled = sorted(txn for txn, count in by_txn.items() if count > 1)
-        r.lost = sorted(txn for txn, payment_id in self.acked.items() if booked_ids.get(txn) != payment_id)
-
-
-def serve_command() -> list[str]:
-    return [sys.executable, "-c", "from gasworks.entrypoints.cli.main import app; app()"]
+        count = count_booked(self.options.database_url, self.channel_id)
+        r.booked, r.doubled, r.lost = count.booked, count.twice, count.lost(self.acked)

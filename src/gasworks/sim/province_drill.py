@@ -28,8 +28,7 @@ from gasworks.domain.channels import ChannelKind, KeyPurpose
 from gasworks.domain.province import nearest_rank
 from gasworks.services import accounts, channels
 from gasworks.sim.chaos import Api
-from gasworks.sim.failover_drill import serve_command
-from gasworks.sim.soak_rig import GasworksProcess, PrivatePostgres, free_port, gasworks_env, new_run_directory
+from gasworks.sim.soak_rig import GASWORKS_COMMAND, GasworksProcess, PrivatePostgres, count_booked, free_port, gasworks_env, new_run_directory
 
 DRILL_SECRET = "province-drill-secret-0123456789abcdef"
 CITY_NAMES = {"4101": "郑州", "4103": "洛阳", "4105": "安阳", "4107": "新乡", "4113": "南阳"}
@@ -126,7 +125,7 @@ class ProvinceDrill:
             self._load(Api(f"http://127.0.0.1:{port}"), households, servers[self.options.kill])
             self._count(households, servers)
             self.report.check_exit = subprocess.run(  # noqa: S603 - our own CLI
-                [*serve_command(), "province", "check", "--province", str(province_file)], env=gasworks_env(), capture_output=True, check=False
+                [*GASWORKS_COMMAND, "province", "check", "--province", str(province_file)], env=gasworks_env(), capture_output=True, check=False
             ).returncode
         finally:
             if serve is not None:
@@ -240,15 +239,5 @@ class ProvinceDrill:
             count = r.cities[code]
             acked = {txn: pid for (city, txn), pid in self.acked.items() if city == code}
             count.acknowledged = len(acked)
-            system = bootstrap(Settings(database_url=servers[code].url))
-            by_txn: Counter[str] = Counter()
-            booked_ids: dict[str, str] = {}
-            with system.new_uow() as uow:
-                for account_no in households[code]:
-                    for payment in uow.payments.list_for_account(account_no, 100_000):
-                        by_txn[payment.channel_txn_id] += 1
-                        booked_ids[payment.channel_txn_id] = payment.id
-            system.engine.dispose()
-            count.booked = sum(by_txn.values())
-            count.doubled = sum(1 for n in by_txn.values() if n > 1)
-            count.lost = sum(1 for txn, pid in acked.items() if booked_ids.get(txn) != pid)
+            booked = count_booked(servers[code].url, f"wallet-{code}")
+            count.booked, count.doubled, count.lost = booked.booked, len(booked.twice), len(booked.lost(acked))

@@ -16,7 +16,6 @@ import random
 import re
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -57,6 +56,8 @@ from gasworks.sim.chaos import (
 )
 from gasworks.sim.meter import SimulatedMeter
 from gasworks.sim.soak_rig import (
+    GASWORKS_COMMAND,
+    SNAPSHOT_ROWS_MAX,
     GasworksProcess,
     PrivateBroker,
     PrivatePostgres,
@@ -71,7 +72,6 @@ WORKERS = 2
 METER_REPORT_EVERY_S = 3.0
 FORGERY_RECORD_WAIT_S = 20.0
 DRAIN_WAIT_S = 30.0
-SNAPSHOT_ROWS_MAX = 1_000_000  # payments, credit orders or rejections one snapshot reads: far above a soak's
 TOP_UPS_FEN = (3_000, 5_000, 10_000, 20_000)
 HONEST_CHANNELS = ("wo-wallet", "wechat", "alipay", "kiosk")
 PREFIX = "soak/meters"
@@ -557,7 +557,7 @@ class Soak:
 
     def _gasworks_check(self) -> int:
         done = subprocess.run(
-            [sys.executable, "-c", "from gasworks.entrypoints.cli.main import app; app()", "check"],
+            [*GASWORKS_COMMAND, "check"],
             env=gasworks_env(database_url=self.postgres.url), capture_output=True, text=True, check=False,
         )  # fmt: skip
         (self.directory / "gasworks-check.log").write_text(done.stdout + done.stderr)

@@ -14,14 +14,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from gasworks.adapters.meters import broker
+from gasworks.bootstrap import bootstrap
+from gasworks.config import Settings
 from gasworks.domain.errors import GasworksError
 
+GASWORKS_COMMAND = (sys.executable, "-c", "from gasworks.entrypoints.cli.main import app; app()")  # `gasworks`, in this interpreter
+SNAPSHOT_ROWS_MAX = 1_000_000  # payments one count reads: far above a drill's or a soak's
 POSTGRES_BIN_DIRS = ("/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/14/bin")
 SERVICE_START_WAIT_S = 30.0
 PROCESS_STOP_WAIT_S = 10.0
@@ -187,7 +192,7 @@ class GasworksProcess:
     def start(self) -> None:
         handle = self.log.open("ab")
         self._logs.append(handle)
-        command = [sys.executable, "-c", "from gasworks.entrypoints.cli.main import app; app()", *self.args]
+        command = [*GASWORKS_COMMAND, *self.args]
         self.process = subprocess.Popen(command, env=self.env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
         self.starts += 1
 
@@ -239,3 +244,27 @@ def new_run_directory() -> Path:
     directory = Path(tempfile.mkdtemp(prefix="gasworks-soak-"))
     directory.chmod(0o755)  # the postgres OS user walks through it to its own directory
     return directory
+
+
+@dataclass(frozen=True)
+class BookedCount:
+    """A channel's payments as the database holds them, by the channel's transaction id."""
+
+    booked: int
+    twice: list[str]  # transaction ids booked more than once
+    payment_of: dict[str, str]  # transaction id → payment id
+
+    def lost(self, acknowledged: dict[str, str]) -> list[str]:
+        """Transaction ids acknowledged to the channel (→ payment id) that are not booked as that payment."""
+        return sorted(txn for txn, payment_id in acknowledged.items() if self.payment_of.get(txn) != payment_id)
+
+
+def count_booked(database_url: str, channel_id: str) -> BookedCount:
+    system = bootstrap(Settings(database_url=database_url))
+    try:
+        with system.new_uow() as uow:
+            claims = [(txn, payment_id) for channel, txn, _, _, payment_id in uow.payments.every_claim(SNAPSHOT_ROWS_MAX) if channel == channel_id]
+    finally:
+        system.engine.dispose()
+    times = Counter(txn for txn, _ in claims)
+    return BookedCount(len(claims), sorted(txn for txn, n in times.items() if n > 1), dict(claims))
