@@ -1227,8 +1227,8 @@ def _conforms(db: FakeDatabase) -> UnitOfWork:
 
 
 class FakeChannel:
-    """A payment channel in memory: the ChannelGateway port (services/channel_gateway.py) and the
-    OrderQuery recovery asks. A test says what happened at the channel (`collect`); gasworks asks."""
+    """A payment channel in memory: the ChannelGateway port (services/channel_gateway.py), which
+    order recovery asks. A test says what happened at the channel (`collect`); gasworks asks."""
 
     def __init__(self, channel_id: str, clock: Clock) -> None:
         self.channel_id = channel_id
@@ -1247,9 +1247,6 @@ class FakeChannel:
         self.queries += 1
         notice = self._collected.get(out_trade_no)
         return OrderAnswer(out_trade_no, OrderStatus.PAID if notice else OrderStatus.NOT_FOUND, notice)
-
-    def paid_notice(self, out_trade_no: str) -> PaymentNotice | None:
-        return self.query_order(out_trade_no).notice
 
     def refund(self, request: RefundRequest) -> RefundAnswer:
         """Idempotent by our refund number, as the channels are: asking twice refunds once."""

@@ -15,10 +15,11 @@ from gasworks.domain.clock import FixedClock
 from gasworks.domain.errors import Conflict, GasworksError, IntakeRefused, InvalidInput
 from gasworks.domain.ledger import SUSPENSE, TransactionKind
 from gasworks.domain.payments import HoldReason, IllegalTransition, PaymentState
-from gasworks.services import accounts, holds, orders, reconciliation, recovery
+from gasworks.services import accounts, holds, orders, reconciliation
 from gasworks.services.cards import CardRead, CardWrite, confirm_card_write, read_card
 from gasworks.services.checks import check_ledger
 from gasworks.services.intake import Refusal, accept_payment, record_refusal
+from gasworks.services.outbound import OutboundPolicy, configure_gateway, recover_orders
 from gasworks.services.timeline import payment_timeline
 from tests.conftest import START
 from tests.fakes import FakeChannel, FakeSystem, Tables
@@ -326,17 +327,25 @@ def test_check_names_the_payment_whose_state_differs_from_its_money(fake):
 
 
 def test_an_order_the_channel_never_notified_is_found_by_asking_and_booked_once(fake):
-    """Recovery asks the channel about open orders after ten minutes; a late notification books nothing more."""
+    """The worker's order recovery (services/outbound.recover_orders) asks the channel about open orders
+    after ten minutes; a late notification books nothing more. As test_channel_jobs' order recovery, without HTTP."""
     wechat = FakeChannel("wechat", fake.clock)
+    configure_gateway("wechat", "http://wechat.invalid", uow=fake.new_uow(), actor="test")
+    policy = OutboundPolicy()
+
+    def recover() -> int:
+        return recover_orders(fake.new_uow, lambda channel_id: wechat if channel_id == "wechat" else None, policy).booked
+
     order = orders.create_order(channel_id="wechat", account_no=ACCOUNT_NO, amount_fen=5_000, ceiling=fake.payment_ceiling, uow=fake.new_uow())
     unpaid = orders.create_order(channel_id="wechat", account_no=ACCOUNT_NO, amount_fen=7_000, ceiling=fake.payment_ceiling, uow=fake.new_uow())
     late = wechat.collect(order.out_trade_no, "4200000100", 5_000)
-    assert recovery.recover_unnotified_orders(fake.new_uow, "wechat", wechat, limit=10) == 0 and wechat.queries == 0, "the notification gets ten minutes first"
-    fake.clock.advance(recovery.QUERY_AFTER_S + 1)
-    assert recovery.recover_unnotified_orders(fake.new_uow, "wechat", wechat, limit=10) == 1 and wechat.queries == 2
+    assert recover() == 0 and wechat.queries == 0, "the notification gets ten minutes first"
+    fake.clock.advance(policy.query_after_s + 1)
+    assert recover() == 1 and wechat.queries == 2
     assert credited_fen(fake, ACCOUNT_NO) == 5_000
     assert accept_payment(late, fake.new_uow()).duplicate, "the notification arriving after all books nothing more"
-    assert recovery.recover_unnotified_orders(fake.new_uow, "wechat", wechat, limit=10) == 0 and wechat.queries == 3, "only the unpaid order is asked again"
+    fake.clock.advance(policy.order_backoff.first_s)  # the unpaid order's next try is due
+    assert recover() == 0 and wechat.queries == 3, "only the unpaid order is asked again"
     assert orders.get_order(unpaid.out_trade_no, fake.new_uow()).state.value == "open"
     with fake.new_uow() as uow:
         assert uow.audit.count_actions("payment.recovered") == 1
