@@ -1,6 +1,7 @@
 """Wires settings, engine, clock and units of work together for every entrypoint."""
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ from gasworks.domain.money import PaymentCeiling
 from gasworks.services.cut_retry import CutRetry
 from gasworks.services.delivery import policy_from
 from gasworks.services.timeline import resident_link_secret
+from gasworks.services.unit_of_work import UnitOfWork
 
 if TYPE_CHECKING:
     from gasworks.adapters.meters.carriers.routing import Transport
@@ -117,30 +119,35 @@ class System:
         return with_carriers(inner, s, self.new_uow)
 
     def channel_gateway(self, channel_id: str) -> "ChannelGateway | None":
-        """The channel's gateway (adapters/channels/gateways), or None (logged) when it has no base URL or lacks a key.
-        Built from the database each time: a key rollover or a new base URL needs no restart."""
-        from gasworks.adapters.channels.gateways import GatewayNotConfigured, gateway_for
-
-        with self.new_uow() as uow:
-            channel = uow.channels.get(channel_id)
-            base_url = uow.outbound.gateway_url(channel_id)
-        if channel is None or base_url is None:
-            return None
-        s = self.settings
-        notify_url = f"{s.public_base_url.rstrip('/')}/v1/channels/{channel_id}/notify" if s.public_base_url else None
-        try:
-            return gateway_for(
-                channel, base_url, now=self.clock.now, skew_s=s.notification_clock_skew_s, timeout_s=s.channel_call_timeout_s,
-                notify_url=notify_url, alipay_app_private_key_file=s.alipay_app_private_key_file,
-            )  # fmt: skip
-        except GatewayNotConfigured as missing:
-            log.warning("channel_gateway_not_configured", channel_id=channel_id, reason=str(missing))
-            return None
+        """The channel's gateway, built from the database each time (see `build_channel_gateway`)."""
+        return build_channel_gateway(channel_id, self.new_uow, self.settings, self.clock)
 
     @functools.cached_property
     def resident_link_secret(self) -> str:
         """Made once per installation and never changed, so read once per process."""
         return resident_link_secret(self.new_uow())
+
+
+def build_channel_gateway(channel_id: str, new_uow: Callable[[], UnitOfWork], settings: Settings, clock: Clock) -> "ChannelGateway | None":
+    """The channel's gateway (adapters/channels/gateways), or None (logged) when it has no base URL or lacks a key.
+    Built from the database each time: a key rollover or a new base URL needs no restart."""
+    from gasworks.adapters.channels.gateways import GatewayNotConfigured, gateway_for
+
+    with new_uow() as uow:
+        channel = uow.channels.get(channel_id)
+        base_url = uow.outbound.gateway_url(channel_id)
+    if channel is None or base_url is None:
+        return None
+    s = settings
+    notify_url = f"{s.public_base_url.rstrip('/')}/v1/channels/{channel_id}/notify" if s.public_base_url else None
+    try:
+        return gateway_for(
+            channel, base_url, now=clock.now, skew_s=s.notification_clock_skew_s, timeout_s=s.channel_call_timeout_s,
+            notify_url=notify_url, alipay_app_private_key_file=s.alipay_app_private_key_file,
+        )  # fmt: skip
+    except GatewayNotConfigured as missing:
+        log.warning("channel_gateway_not_configured", channel_id=channel_id, reason=str(missing))
+        return None
 
 
 def bootstrap(settings: Settings | None = None, *, clock: Clock | None = None, engine: Engine | None = None) -> System:
