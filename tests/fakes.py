@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from gasworks.adapters.channels.rsa import RsaKeyChecks
 from gasworks.adapters.meters.frame_security import FrameSecurityCodec
 from gasworks.adapters.statements.matcher import DuckDbStatementMatcher
+from gasworks.bootstrap import build_channel_gateway
 from gasworks.config import Settings
 from gasworks.domain.access import ApiKeyRecord
 from gasworks.domain.accounts import Customer, CustomerClass, MeterKind
@@ -1219,6 +1220,10 @@ class FakeSystem:
 
     def new_uow(self) -> FakeUnitOfWork:
         return FakeUnitOfWork(self.db, self.clock, delivery=self.delivery, payment_ceiling=self.payment_ceiling)
+
+    def channel_gateway(self, channel_id: str) -> ChannelGateway | None:
+        """The real gateway, as System builds it, from the channel and base URL in the fake store."""
+        return build_channel_gateway(channel_id, self.new_uow, self.settings, self.clock)
 
 
 def _conforms(db: FakeDatabase) -> UnitOfWork:

@@ -1,17 +1,26 @@
-"""The worker's calls to the channels, end to end: real PostgreSQL (and SQLite), the real API, and a
-local WeChat Pay stub over real HTTP that signs and verifies as WeChat Pay does."""
+"""The worker's calls to the channels against a local WeChat Pay stub over real HTTP that signs and
+verifies as WeChat Pay does (and an Alipay one).
+
+The jobs themselves (fixture `jobs`) run on the in-memory fakes (tests/fakes.py), SQLite and
+PostgreSQL: the same assertions, with orders and channel messages handed to the services the API
+calls. What a resident or a channel sees over HTTP, the CLI, and the running worker's own thread
+(fixture `env`) stay on the two databases.
+"""
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from gasworks.adapters.channels import NOTIFY_DECODERS
 from gasworks.adapters.meters.transport import LoopbackTransport
 from gasworks.config import Settings
-from gasworks.domain.channels import KeyPurpose
+from gasworks.domain.channels import InboundRequest, KeyPurpose
 from gasworks.domain.delivery import AlertKind
 from gasworks.domain.outbound import JobKind, JobState
 from gasworks.domain.payments import PaymentState
@@ -22,20 +31,24 @@ from gasworks.entrypoints.workers.channel_jobs import ChannelJobs
 from gasworks.entrypoints.workers.processes import child_environment
 from gasworks.entrypoints.workers.worker import Worker
 from gasworks.services import channels as channel_admin
+from gasworks.services import notifications, orders
 from gasworks.services.checks import check_ledger
 from gasworks.services.holds import HoldDecision, decide_hold
 from gasworks.services.outbound import configure_gateway, refund_number
 from gasworks.sim.statements import wechat_trade_bill
 from gasworks.sim.stubs.wechatpay import WechatPayStub
 from gasworks.sim.world import Collected
-from tests.support import ACCOUNT_NO, WECHAT_MCHID, public_key_pem, rsa_private_key, served_in_thread, set_up
+from tests.conftest import make_system, sqlite_copy
+from tests.fakes import FakeSystem
+from tests.support import ACCOUNT_NO, WECHAT_MCHID, Channels, public_key_pem, rsa_private_key, served_in_thread, set_up
 
 MERCHANT_SERIAL = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1"
 NOTIFY = "/v1/channels/wechat/notify"
 
 
-@pytest.fixture
-def env(system):
+@contextmanager
+def wechat_pay_at_its_stub(system) -> Iterator[tuple[Channels, WechatPayStub]]:
+    """set_up's channels and accounts, our merchant key, and WeChat Pay's API as a local stub the gateway calls."""
     notifiers = set_up(system)
     system.settings.statement_fetch_hour = system.settings.statement_late_hour = 23  # statement tests set their own hours
     channel_admin.add_key(channel_id="wechat", purpose=KeyPurpose.SIGNING_KEY, key_id=MERCHANT_SERIAL, material=rsa_private_key("merchant"), uow=system.new_uow(), actor="test")
@@ -46,13 +59,70 @@ def env(system):
     )  # fmt: skip
     with served_in_thread(stub.app()) as base_url:
         configure_gateway("wechat", base_url, uow=system.new_uow(), actor="test")
-        yield system, notifiers, stub, TestClient(create_app(system))
+        yield notifiers, stub
 
 
 def new_order(client, amount_fen=5000) -> str:
     response = client.post("/v1/orders", json={"channel_id": "wechat", "account_no": ACCOUNT_NO, "amount_fen": amount_fen, "holder_phone": "13812345678"})
     assert response.status_code == 201, response.text
     return response.json()["out_trade_no"]
+
+
+class Services:
+    """Orders and channel messages handed to the services the API calls: on any store."""
+
+    def __init__(self, system) -> None:
+        self.system = system
+
+    def order(self, amount_fen=5000) -> str:
+        resident = orders.ResidentProof(phone="13812345678")
+        return orders.create_order(channel_id="wechat", account_no=ACCOUNT_NO, amount_fen=amount_fen, ceiling=self.system.payment_ceiling, uow=self.system.new_uow(), resident=resident).out_trade_no
+
+    def notify(self, message: tuple[dict[str, str], bytes], channel_id="wechat") -> None:
+        """Verified by the channel's own codec and taken, as at /v1/channels/{id}/notify; a refusal raises."""
+        headers, body = message
+        request = InboundRequest("POST", f"/v1/channels/{channel_id}/notify", {k.lower(): v for k, v in headers.items()}, body)
+        channel = notifications.load_channel(channel_id, self.system.new_uow)
+        notifications.take_channel_payment(channel, request, NOTIFY_DECODERS, self.system.new_uow, skew_s=self.system.settings.notification_clock_skew_s, ceiling=self.system.payment_ceiling)
+
+
+class Http:
+    """The same through the API."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+
+    def order(self, amount_fen=5000) -> str:
+        return new_order(self.client, amount_fen)
+
+    def notify(self, message: tuple[dict[str, str], bytes], channel_id="wechat") -> None:
+        headers, body = message
+        assert self.client.post(f"/v1/channels/{channel_id}/notify", content=body, headers=headers).status_code == 200
+
+
+@pytest.fixture
+def env(system):
+    """Through the API, on SQLite and PostgreSQL."""
+    with wechat_pay_at_its_stub(system) as (notifiers, stub):
+        yield system, notifiers, stub, TestClient(create_app(system))
+
+
+@pytest.fixture(params=["fake", "sqlite", "postgres"])
+def any_system(request: pytest.FixtureRequest, tmp_path, clock):
+    """The in-memory fakes (tests/fakes.py) and both databases: the jobs' assertions run on each."""
+    if request.param == "fake":
+        yield FakeSystem(clock)
+        return
+    system = make_system(sqlite_copy(request, tmp_path) if request.param == "sqlite" else request.getfixturevalue("postgres_only_url"), clock)
+    yield system
+    system.engine.dispose()
+
+
+@pytest.fixture
+def jobs(any_system):
+    """The worker's jobs on any store; orders and notifications come in through the services."""
+    with wechat_pay_at_its_stub(any_system) as (notifiers, stub):
+        yield any_system, notifiers, stub, Services(any_system)
 
 
 def job(system, kind, subject):
@@ -112,9 +182,9 @@ def test_an_order_closed_at_the_channel_is_closed_and_says_so(env):
     assert payments_of_channel(system) == []
 
 
-def test_an_unpaid_order_is_asked_again_with_capped_backoff_remembered_across_restarts(env):
-    system, _, stub, client = env
-    trade = new_order(client)
+def test_an_unpaid_order_is_asked_again_with_capped_backoff_remembered_across_restarts(jobs):
+    system, _, stub, front = jobs
+    trade = front.order()
     stub.set_state(trade, "NOTPAY")
     system.clock.advance(601)
     ChannelJobs(system).run_once()
@@ -135,10 +205,10 @@ def test_an_unpaid_order_is_asked_again_with_capped_backoff_remembered_across_re
     assert ChannelJobs(system).run_once().booked == 1
 
 
-def test_a_channel_that_keeps_failing_raises_one_alert_and_is_still_retried(env):
-    system, _, stub, client = env
+def test_a_channel_that_keeps_failing_raises_one_alert_and_is_still_retried(jobs):
+    system, _, stub, front = jobs
     system.settings.channel_tries_before_alert = 3
-    trade = new_order(client)
+    trade = front.order()
     stub.fail_next = 1000
     system.clock.advance(601)
     for _ in range(5):
@@ -151,9 +221,9 @@ def test_a_channel_that_keeps_failing_raises_one_alert_and_is_still_retried(env)
     assert ChannelJobs(system).run_once().booked == 1
 
 
-def test_an_order_answer_that_does_not_verify_books_nothing(env):
-    system, _, stub, client = env
-    trade = new_order(client)
+def test_an_order_answer_that_does_not_verify_books_nothing(jobs):
+    system, _, stub, front = jobs
+    trade = front.order()
     stub.set_state(trade, "NOTPAY")
     stub.tamper = True  # NOTPAY turned into SUCCESS on the way
     system.clock.advance(601)
@@ -165,11 +235,10 @@ def test_an_order_answer_that_does_not_verify_books_nothing(env):
 # ---- refunds ------------------------------------------------------------------------------------
 
 
-def held_payment(system, n, stub, client) -> tuple[str, str]:
+def held_payment(system, n, stub, front) -> tuple[str, str]:
     """A WeChat payment for an order that does not exist here: held in suspense, then refunded by an operator."""
     txn = stub.pay("GWNOSUCHORDER0001", 5000)
-    headers, body = n.wechat.notification(out_trade_no="GWNOSUCHORDER0001", transaction_id=txn, amount_fen=5000, at=system.clock.now())
-    assert client.post(NOTIFY, content=body, headers=headers).status_code == 200
+    front.notify(n.wechat.notification(out_trade_no="GWNOSUCHORDER0001", transaction_id=txn, amount_fen=5000, at=system.clock.now()))
     with system.new_uow() as uow:
         [held] = uow.payments.list_in_state(PaymentState.HELD, 10)
     decide_hold(held.id, HoldDecision.REFUND, reason="no such order", uow=system.new_uow(), actor="operator")
@@ -181,9 +250,9 @@ def payment_state(system, payment_id) -> PaymentState:
         return uow.payments.get(payment_id).state
 
 
-def test_a_refund_is_called_retried_with_the_same_number_and_refunded_only_when_the_channel_confirms(env):
-    system, n, stub, client = env
-    payment_id, _ = held_payment(system, n, stub, client)
+def test_a_refund_is_called_retried_with_the_same_number_and_refunded_only_when_the_channel_confirms(jobs):
+    system, n, stub, front = jobs
+    payment_id, _ = held_payment(system, n, stub, front)
     assert refunds_in_flight_fen(system) == 5000
     stub.fail_next = 2  # the channel is down for the first two calls
     jobs = ChannelJobs(system)
@@ -208,12 +277,11 @@ def test_a_refund_is_called_retried_with_the_same_number_and_refunded_only_when_
     assert check_ledger(system.new_uow()).ok
 
 
-def test_a_refund_confirmed_by_notification_first_is_not_confirmed_twice(env):
-    system, n, stub, client = env
-    payment_id, txn = held_payment(system, n, stub, client)
+def test_a_refund_confirmed_by_notification_first_is_not_confirmed_twice(jobs):
+    system, n, stub, front = jobs
+    payment_id, txn = held_payment(system, n, stub, front)
     ChannelJobs(system).run_once()
-    headers, body = n.wechat.refund_notification(out_trade_no="GWNOSUCHORDER0001", transaction_id=txn, refund_fen=5000, total_fen=5000, at=system.clock.now())
-    assert client.post(NOTIFY, content=body, headers=headers).status_code == 200
+    front.notify(n.wechat.refund_notification(out_trade_no="GWNOSUCHORDER0001", transaction_id=txn, refund_fen=5000, total_fen=5000, at=system.clock.now()))
     assert payment_state(system, payment_id) == PaymentState.REFUNDED
     stub.settle_refund(next(iter(stub.refunds)), "SUCCESS")
     system.clock.advance(7200)
@@ -224,9 +292,9 @@ def test_a_refund_confirmed_by_notification_first_is_not_confirmed_twice(env):
 
 
 @pytest.mark.parametrize("status", ["CLOSED", "ABNORMAL"])
-def test_a_refund_the_channel_cannot_pay_is_an_alert_and_the_money_stays_in_flight(env, status):
-    system, n, stub, client = env
-    payment_id, _ = held_payment(system, n, stub, client)
+def test_a_refund_the_channel_cannot_pay_is_an_alert_and_the_money_stays_in_flight(jobs, status):
+    system, n, stub, front = jobs
+    payment_id, _ = held_payment(system, n, stub, front)
     stub.refund_status_on_create = status
     assert ChannelJobs(system).run_once().refunds_failed == 1
     [alert] = open_alerts(system, AlertKind.REFUND_NOT_PAID)
@@ -237,7 +305,7 @@ def test_a_refund_the_channel_cannot_pay_is_an_alert_and_the_money_stays_in_flig
 
 def test_a_refund_abnormal_notification_raises_the_alert_and_moves_no_money(env):
     system, n, stub, client = env
-    payment_id, txn = held_payment(system, n, stub, client)
+    payment_id, txn = held_payment(system, n, stub, Http(client))
     headers, body = n.wechat.refund_notification(out_trade_no="GWNOSUCHORDER0001", transaction_id=txn, refund_fen=5000, total_fen=5000, at=system.clock.now(), refund_status="ABNORMAL")
     assert client.post(NOTIFY, content=body, headers=headers).status_code == 200  # acknowledged: WeChat Pay stops
     [alert] = open_alerts(system, AlertKind.REFUND_NOT_PAID)
@@ -252,23 +320,22 @@ DAY = date(2026, 11, 23)
 
 
 @pytest.fixture
-def statements_env(env):
-    system = env[0]
+def statements_jobs(jobs):
+    system = jobs[0]
     system.settings.statement_fetch_hour, system.settings.statement_late_hour = 10, 12
-    return env
+    return jobs
 
 
-def paid_on_the_day(system, n, stub, client) -> Collected:
-    trade = new_order(client)
+def paid_on_the_day(system, n, stub, front) -> Collected:
+    trade = front.order()
     txn = stub.pay(trade, 5000)
-    headers, body = n.wechat.notification(out_trade_no=trade, transaction_id=txn, amount_fen=5000, at=system.clock.now())
-    assert client.post(NOTIFY, content=body, headers=headers).status_code == 200
+    front.notify(n.wechat.notification(out_trade_no=trade, transaction_id=txn, amount_fen=5000, at=system.clock.now()))
     return Collected("wechat", txn, ACCOUNT_NO, 5000, system.clock.now(), out_trade_no=trade, reached_gasworks=True)
 
 
-def test_the_worker_fetches_checks_imports_and_reconciles_yesterdays_statement_after_ten(statements_env):
-    system, n, stub, client = statements_env  # START is 17:00 Beijing on the 23rd
-    stub.bills[DAY.isoformat()] = wechat_trade_bill(DAY, [paid_on_the_day(system, n, stub, client)])
+def test_the_worker_fetches_checks_imports_and_reconciles_yesterdays_statement_after_ten(statements_jobs):
+    system, n, stub, front = statements_jobs  # START is 17:00 Beijing on the 23rd
+    stub.bills[DAY.isoformat()] = wechat_trade_bill(DAY, [paid_on_the_day(system, n, stub, front)])
     system.clock.move_to(datetime(2026, 11, 24, 1, 30, tzinfo=UTC))  # 09:30 Beijing: too early
     assert ChannelJobs(system).run_once().statements_imported == 0
     system.clock.move_to(datetime(2026, 11, 24, 2, 5, tzinfo=UTC))  # 10:05 Beijing
@@ -281,9 +348,9 @@ def test_the_worker_fetches_checks_imports_and_reconciles_yesterdays_statement_a
         assert uow.audit.count_actions("statement.fetched") == 1
 
 
-def test_a_worker_told_to_call_for_orders_only_leaves_the_statements_to_another(statements_env):
-    system, n, stub, client = statements_env
-    stub.bills[DAY.isoformat()] = wechat_trade_bill(DAY, [paid_on_the_day(system, n, stub, client)])
+def test_a_worker_told_to_call_for_orders_only_leaves_the_statements_to_another(statements_jobs):
+    system, n, stub, front = statements_jobs
+    stub.bills[DAY.isoformat()] = wechat_trade_bill(DAY, [paid_on_the_day(system, n, stub, front)])
     system.clock.move_to(datetime(2026, 11, 24, 2, 5, tzinfo=UTC))  # 10:05 Beijing: due
     system.settings.channel_jobs = "orders"
     assert ChannelJobs(system).run_once().statements_imported == 0 and not any("tradebill" in call for call in stub.calls)
@@ -298,9 +365,9 @@ def test_worker_processes_call_the_channels_from_the_first_only():
         Settings(channel_jobs="orders,payouts")
 
 
-def test_a_bill_whose_hash_does_not_match_is_not_imported_and_raises_an_alert(statements_env):
-    system, n, stub, client = statements_env
-    stub.bills[DAY.isoformat()] = wechat_trade_bill(DAY, [paid_on_the_day(system, n, stub, client)])
+def test_a_bill_whose_hash_does_not_match_is_not_imported_and_raises_an_alert(statements_jobs):
+    system, n, stub, front = statements_jobs
+    stub.bills[DAY.isoformat()] = wechat_trade_bill(DAY, [paid_on_the_day(system, n, stub, front)])
     stub.wrong_bill = True
     system.clock.move_to(datetime(2026, 11, 24, 2, 5, tzinfo=UTC))
     assert ChannelJobs(system).run_once().statements_imported == 0
@@ -313,9 +380,9 @@ def test_a_bill_whose_hash_does_not_match_is_not_imported_and_raises_an_alert(st
     assert ChannelJobs(system).run_once().statements_imported == 1
 
 
-def test_a_statement_not_available_by_the_late_hour_raises_an_alert_cleared_when_it_comes(statements_env):
-    system, n, stub, client = statements_env
-    collected = paid_on_the_day(system, n, stub, client)
+def test_a_statement_not_available_by_the_late_hour_raises_an_alert_cleared_when_it_comes(statements_jobs):
+    system, n, stub, front = statements_jobs
+    collected = paid_on_the_day(system, n, stub, front)
     system.clock.move_to(datetime(2026, 11, 24, 2, 5, tzinfo=UTC))  # 10:05: not there, not late yet
     ChannelJobs(system).run_once()
     assert open_alerts(system, AlertKind.STATEMENT_LATE) == []
@@ -332,7 +399,7 @@ def test_a_statement_not_available_by_the_late_hour_raises_an_alert_cleared_when
 
 def test_statements_fetch_from_the_command_line(env, database_url):
     system, n, stub, client = env
-    stub.bills[DAY.isoformat()] = wechat_trade_bill(DAY, [paid_on_the_day(system, n, stub, client)])
+    stub.bills[DAY.isoformat()] = wechat_trade_bill(DAY, [paid_on_the_day(system, n, stub, Http(client))])
     stub.now = lambda: datetime.now(UTC)  # the command runs on the real clock
     runner = CliRunner()
     result = runner.invoke(cli, ["statements", "fetch", "--channel", "wechat", "--date", DAY.isoformat(), "--database-url", database_url])
@@ -386,21 +453,20 @@ def test_gateway_configuration_from_the_command_line(env, database_url, tmp_path
 # ---- Alipay through the same jobs ---------------------------------------------------------------
 
 
-def test_an_alipay_refund_goes_through_the_worker_to_the_alipay_stub_and_is_refunded_once(system):
+def test_an_alipay_refund_goes_through_the_worker_to_the_alipay_stub_and_is_refunded_once(any_system):
     """Refunds end to end on Alipay: decided → the worker's refund call (signed RSA2, out_request_no =
     our refund number) → refunded once Alipay says the money went back (fund_change=Y), and asked
     for no more after that."""
     from gasworks.sim.stubs.alipay_gateway import AlipayGatewayStub
 
+    system = any_system
     n = set_up(system)
     channel_admin.add_key(channel_id="alipay", purpose=KeyPurpose.SIGNING_KEY, key_id="app-key-1", material=rsa_private_key("merchant"), uow=system.new_uow(), actor="test")
     with AlipayGatewayStub(app_id=n.alipay.app_id, app_public_key_pem=public_key_pem(rsa_private_key("merchant")), alipay_private_key_pem=rsa_private_key("alipay"), now=system.clock.now) as stub:
         configure_gateway("alipay", stub.gateway_url, uow=system.new_uow(), actor="test")
         stub.create_trade("GWNOSUCHORDER0002", 5000)
         trade_no = stub.pay("GWNOSUCHORDER0002", at=system.clock.now()).trade_no
-        client = TestClient(create_app(system))
-        headers, body = n.alipay.notification(out_trade_no="GWNOSUCHORDER0002", trade_no=trade_no, amount_fen=5000, at=system.clock.now())
-        assert client.post("/v1/channels/alipay/notify", content=body, headers=headers).text == "success"
+        Services(system).notify(n.alipay.notification(out_trade_no="GWNOSUCHORDER0002", trade_no=trade_no, amount_fen=5000, at=system.clock.now()), channel_id="alipay")
         with system.new_uow() as uow:
             [held] = uow.payments.list_in_state(PaymentState.HELD, 10)
         decide_hold(held.id, HoldDecision.REFUND, reason="no such order", uow=system.new_uow(), actor="operator")
