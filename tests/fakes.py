@@ -397,13 +397,6 @@ class FakeOrders(_Repository):
     def get(self, out_trade_no: str) -> PaymentOrder | None:
         return _copy(self._t.orders.get(out_trade_no))
 
-    def open_between(self, channel_id: str, created_after: datetime, created_before: datetime, limit: int) -> list[PaymentOrder]:
-        found = [
-            o for o in self._t.orders.values()
-            if o.channel_id == channel_id and o.state == OrderState.OPEN and created_after < o.created_at <= created_before
-        ]  # fmt: skip
-        return _copy(sorted(found, key=lambda o: o.created_at)[:limit])
-
     def count_created_since(self, account_no: str, since: datetime) -> int:
         return sum(1 for o in self._t.orders.values() if o.account_no == account_no and o.created_at > since)
 

@@ -278,9 +278,9 @@ def test_an_order_is_paid_once_and_open_ones_are_found_in_their_window(new_uow):
         paid = uow.orders.get("GW-2")
         assert paid.state == OrderState.PAID and paid.payment_id == "pay_a"
         assert uow.orders.get("GW-NONE") is None
-        window = uow.orders.open_between("wallet", START, START + timedelta(minutes=3), 10)
+        window = uow.outbound.open_orders_due("wallet", START, START + timedelta(minutes=3), START, 10)  # none asked yet: all due
         assert [o.out_trade_no for o in window] == ["GW-1", "GW-X", "GW-3"], "oldest first, paid ones left out"
-        assert [o.out_trade_no for o in uow.orders.open_between("wallet", START + timedelta(minutes=1), START + timedelta(minutes=9), 1)] == ["GW-X"]
+        assert [o.out_trade_no for o in uow.outbound.open_orders_due("wallet", START + timedelta(minutes=1), START + timedelta(minutes=9), START, 1)] == ["GW-X"]
         assert uow.orders.count_created_since(ACCOUNT, START + timedelta(minutes=1)) == 3
         with pytest.raises((DuplicateKey, IntegrityError)):
             uow.orders.add(order("GW-1", 5))

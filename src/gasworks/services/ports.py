@@ -110,10 +110,6 @@ class OrdersRepository(Protocol):
 
     def get(self, out_trade_no: str) -> PaymentOrder | None: ...
 
-    def open_between(self, channel_id: str, created_after: datetime, created_before: datetime, limit: int) -> list[PaymentOrder]:
-        """Orders of a channel still unpaid, created in the window: candidates for asking the channel."""
-        ...
-
     def count_created_since(self, account_no: str, since: datetime) -> int: ...
 
     def mark_paid(self, out_trade_no: str, payment_id: str) -> bool:

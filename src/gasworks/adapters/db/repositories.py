@@ -520,12 +520,6 @@ class Orders:
         row = self.c.execute(select(t.payment_orders).where(t.payment_orders.c.out_trade_no == out_trade_no)).first()
         return _order(row) if row else None
 
-    def open_between(self, channel_id: str, created_after: datetime, created_before: datetime, limit: int) -> list[PaymentOrder]:
-        """Orders of a channel still unpaid, created in the window: candidates for asking the channel."""
-        o = t.payment_orders
-        rows = self.c.execute(select(o).where(o.c.channel_id == channel_id, o.c.state == OrderState.OPEN.value, o.c.created_at > created_after, o.c.created_at <= created_before).order_by(o.c.created_at).limit(limit))
-        return [_order(r) for r in rows]
-
     def count_created_since(self, account_no: str, since: datetime) -> int:
         o = t.payment_orders
         return self.c.execute(select(func.count()).select_from(o).where(o.c.account_no == account_no, o.c.created_at > since)).scalar_one()
