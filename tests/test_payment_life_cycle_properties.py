@@ -1,6 +1,7 @@
 """Random sequences of bookings, holds, decisions, reversals, adjustments, refunds, purchases and
 applications: after every step `gasworks check` passes and money in = balances + suspense +
-delivery + revenue + refunds in flight, to the fen (hypothesis, stateful)."""
+delivery + revenue + refunds in flight, to the fen (hypothesis, stateful). On the in-memory fakes
+(tests/fakes.py) and on SQLite: the same machine."""
 
 import itertools
 import shutil
@@ -21,6 +22,7 @@ from gasworks.services.checks import check_ledger
 from gasworks.services.intake import accept_payment
 from gasworks.services.payment_life_cycle import require_payment, settle
 from tests.conftest import START, make_system
+from tests.fakes import FakeSystem
 from tests.support import ACCOUNT_NO, OTHER_ACCOUNT_NO, set_up
 from tests.test_payment_life_cycle import write_card_and_insert_it
 
@@ -30,13 +32,16 @@ STEPS = itertools.count(1)
 
 
 class PaymentBooks(RuleBasedStateMachine):
-    template: Path
+    template: Path | None  # a migrated SQLite file to copy, or None: the in-memory fakes
 
     def __init__(self) -> None:
         super().__init__()
         self.workdir = Path(tempfile.mkdtemp(prefix="gasworks-books-"))
-        shutil.copy(self.template, self.workdir / "gasworks.db")
-        self.system = make_system(f"sqlite:///{self.workdir / 'gasworks.db'}", FixedClock(START))
+        if self.template is None:
+            self.system = FakeSystem(FixedClock(START))
+        else:
+            shutil.copy(self.template, self.workdir / "gasworks.db")
+            self.system = make_system(f"sqlite:///{self.workdir / 'gasworks.db'}", FixedClock(START))
         self.payments: list[str] = []
         self.money_in_fen = 0  # what the channel collected and still owes us: payments less what went back
 
@@ -45,7 +50,9 @@ class PaymentBooks(RuleBasedStateMachine):
         set_up(self.system)
 
     def teardown(self) -> None:
-        self.system.engine.dispose()
+        engine = getattr(self.system, "engine", None)
+        if engine is not None:
+            engine.dispose()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _decide(self, index: int, target: PaymentState, act, only_from: set[PaymentState] | None = None) -> None:  # noqa: ANN001
@@ -125,8 +132,9 @@ class PaymentBooks(RuleBasedStateMachine):
         assert totals.get(LedgerAccountKind.CLEARING.value, 0) == self.money_in_fen == placed
 
 
-def test_any_sequence_of_money_decisions_keeps_the_books(sqlite_template: Path) -> None:
-    PaymentBooks.template = sqlite_template
+@pytest.mark.parametrize("store", ["fake", "sqlite"])
+def test_any_sequence_of_money_decisions_keeps_the_books(store: str, request: pytest.FixtureRequest) -> None:
+    PaymentBooks.template = None if store == "fake" else request.getfixturevalue("sqlite_template")
     first_step = next(STEPS)
     run_state_machine_as_test(
         PaymentBooks,
