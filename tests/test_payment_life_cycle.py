@@ -1,5 +1,8 @@
 """A payment owns its life cycle: every decision about its money is a legal transition, posted once,
-and `gasworks check` proves each payment's state against its money."""
+and `gasworks check` proves each payment's state against its money.
+
+The use cases run on the in-memory fakes (tests/fakes.py), SQLite and PostgreSQL (fixture
+`any_books`); what edits rows behind the repositories' back, or races threads, on the databases."""
 
 import sqlite3
 import threading
@@ -19,6 +22,8 @@ from gasworks.services.cards import CardRead, CardWrite, confirm_card_write, rea
 from gasworks.services.checks import check_ledger
 from gasworks.services.intake import accept_payment
 from gasworks.services.timeline import payment_timeline
+from tests.conftest import make_system, sqlite_copy
+from tests.fakes import FakeSystem
 from tests.support import ACCOUNT_NO, OTHER_ACCOUNT_NO, balance_fen, set_up
 
 CARD_NO = "C0000000000002"
@@ -31,12 +36,29 @@ def books(system):
     return system
 
 
+@pytest.fixture(params=["fake", "sqlite", "postgres"])
+def any_books(request: pytest.FixtureRequest, tmp_path, clock):
+    """set_up's channels and accounts on the fakes and on both databases: the same assertions on each."""
+    if request.param == "fake":
+        system = FakeSystem(clock)
+    else:
+        system = make_system(sqlite_copy(request, tmp_path) if request.param == "sqlite" else request.getfixturevalue("postgres_only_url"), clock)
+    set_up(system)
+    yield system
+    engine = getattr(system, "engine", None)
+    if engine is not None:
+        engine.dispose()
+
+
 def pay(system, txn: str, amount_fen: int, account_no: str = ACCOUNT_NO, channel: str = "wo-wallet"):
     notice = PaymentNotice(channel_id=channel, channel_txn_id=txn, amount_fen=amount_fen, paid_at=system.clock.now() - timedelta(minutes=5), account_no=account_no)
     return accept_payment(notice, system.new_uow())
 
 
 def ledger_kinds(system, payment_id: str) -> list[str]:
+    """The kinds of the ledger transactions naming the payment, read from the store (no port lists them)."""
+    if isinstance(system, FakeSystem):
+        return sorted(t.kind for t in system.db.tables.ledger_transactions.values() if t.payment_id == payment_id)
     with system.engine.connect() as c:
         return sorted(r.kind for r in c.execute(t.ledger_transactions.select().where(t.ledger_transactions.c.payment_id == payment_id)))
 
@@ -62,9 +84,9 @@ def plain_statement(lines: list[tuple[str, str, int]], day: date) -> bytes:
     return (body + f"# total,{len(lines)},{sum(fen for _, _, fen in lines)}\n").encode()
 
 
-def test_importing_a_day_twice_and_reversing_twice_moves_the_money_once(books):
+def test_importing_a_day_twice_and_reversing_twice_moves_the_money_once(any_books):
     """The reported hole: two statement files for one day, "reverse" decided on both: two reversals."""
-    system = books
+    system = any_books
     day = system.clock.now().date()
     lost = pay(system, "WO-NEVER-COLLECTED", 10_000)
     pay(system, "WO-REAL-1", 3_000)
@@ -89,8 +111,8 @@ def test_importing_a_day_twice_and_reversing_twice_moves_the_money_once(books):
     assert report.ok, report.findings
 
 
-def test_a_reversal_after_the_gas_was_bought_leaves_arrears_paid_first_by_the_next_payment(books):
-    system = books
+def test_a_reversal_after_the_gas_was_bought_leaves_arrears_paid_first_by_the_next_payment(any_books):
+    system = any_books
     first = pay(system, "WO-A-1", 10_000, account_no=OTHER_ACCOUNT_NO)
     with system.new_uow() as uow:
         (order,) = uow.meter_commands.for_payment(first.payment_id)
@@ -153,8 +175,6 @@ def test_check_finds_money_moved_for_no_payment(books):
 
 @pytest.mark.postgres
 def test_two_operators_refunding_one_hold_at_once_move_the_money_once(postgres_only_url, clock):
-    from tests.conftest import make_system
-
     system = make_system(postgres_only_url, clock)
     set_up(system)
     held = pay(system, "WO-H-1", 4_000, account_no="9999999999")
@@ -194,8 +214,8 @@ def write_card_and_insert_it(system) -> None:
     read_card(CardRead(CARD_NO, CARD_SERIAL, seq, seq), system.new_uow(), actor="kiosk")
 
 
-def test_a_requested_refund_is_confirmed_by_the_refund_line_in_the_channels_statement(books):
-    system = books
+def test_a_requested_refund_is_confirmed_by_the_refund_line_in_the_channels_statement(any_books):
+    system = any_books
     day = system.clock.now().date()
     held = pay(system, "WO-R-1", 4_000, account_no="9999999999")
     holds.decide_hold(held.payment_id, holds.HoldDecision.REFUND, reason="no such customer", uow=system.new_uow(), actor="op")
@@ -258,8 +278,8 @@ def test_a_statement_line_that_cannot_be_booked_leaves_the_day_unclean_and_the_r
     ("line", "reason"),
     [(",4301000001,100,", "transaction id"), ("WO-BIG,4301000001,18446744073709551616,", "beyond any real payment"), ("WO-BIG,4301000001,10000000001,", "beyond any real payment")],
 )
-def test_a_statement_line_without_a_transaction_or_with_impossible_money_refuses_the_file(books, line, reason):
-    system = books
+def test_a_statement_line_without_a_transaction_or_with_impossible_money_refuses_the_file(any_books, line, reason):
+    system = any_books
     day = system.clock.now().date()
     amount = int(line.split(",")[2])
     raw = f"txn_id,account_no,amount_fen,paid_at,status\n{line}{day}T10:00:00+08:00,SUCCESS\n# total,1,{amount}\n".encode()
@@ -270,8 +290,8 @@ def test_a_statement_line_without_a_transaction_or_with_impossible_money_refuses
         assert uow.statements.find("wo-wallet", day, __import__("hashlib").sha256(raw).hexdigest()) is None
 
 
-def test_a_refund_is_confirmed_only_when_one_was_requested_and_external_only_when_none_was(books):
-    system = books
+def test_a_refund_is_confirmed_only_when_one_was_requested_and_external_only_when_none_was(any_books):
+    system = any_books
     booked = pay(system, "WO-F-1", 2_000)
     with pytest.raises(IllegalTransition) as refused:
         holds.confirm_refund(booked.payment_id, evidence="x", uow=system.new_uow(), actor="op")
@@ -287,8 +307,6 @@ def test_a_refund_is_confirmed_only_when_one_was_requested_and_external_only_whe
 
 @pytest.mark.postgres
 def test_racing_decisions_on_one_payment_answer_409_never_500(postgres_only_url, clock):
-    from tests.conftest import make_system
-
     system = make_system(postgres_only_url, clock)
     set_up(system)
     booked = pay(system, "WO-RACE-1", 6_000)
@@ -313,8 +331,8 @@ def test_racing_decisions_on_one_payment_answer_409_never_500(postgres_only_url,
     system.engine.dispose()
 
 
-def test_a_hold_above_the_ceiling_is_not_credited_whole(books):
-    system = books
+def test_a_hold_above_the_ceiling_is_not_credited_whole(any_books):
+    system = any_books
     above = pay(system, "WO-CEIL-1", 5_000)  # below the ceiling: booked
     assert above.state == PaymentState.BOOKED
     notice = PaymentNotice(channel_id="wechat", channel_txn_id="4200777", amount_fen=system.payment_ceiling.fen_max + 1, paid_at=None, out_trade_no="GW-NONE")
