@@ -25,6 +25,7 @@ from gasworks.bootstrap import System, bootstrap
 from gasworks.config import Settings
 from gasworks.domain.clock import FixedClock
 from gasworks.domain.ledger import FIXED_ACCOUNTS
+from tests.fakes import FakeSystem
 
 POSTGRES_ADMIN_URL = os.environ.get("GASWORKS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MQTT_URL = os.environ.get("GASWORKS_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
@@ -138,5 +139,16 @@ def make_system(url: str, clock: FixedClock) -> System:
 @pytest.fixture
 def system(database_url: str, clock: FixedClock) -> Iterator[System]:
     sys_ = make_system(database_url, clock)
+    yield sys_
+    sys_.engine.dispose()
+
+
+@pytest.fixture(params=["fake", "sqlite", "postgres"])
+def any_system(request: pytest.FixtureRequest, tmp_path: Path, clock: FixedClock) -> Iterator["System | FakeSystem"]:
+    """The in-memory fakes (tests/fakes.py) and both databases, empty: a service test's assertions run on each."""
+    if request.param == "fake":
+        yield FakeSystem(clock)
+        return
+    sys_ = make_system(sqlite_copy(request, tmp_path) if request.param == "sqlite" else request.getfixturevalue("postgres_only_url"), clock)
     yield sys_
     sys_.engine.dispose()

@@ -38,8 +38,6 @@ from gasworks.services.outbound import configure_gateway, refund_number
 from gasworks.sim.statements import wechat_trade_bill
 from gasworks.sim.stubs.wechatpay import WechatPayStub
 from gasworks.sim.world import Collected
-from tests.conftest import make_system, sqlite_copy
-from tests.fakes import FakeSystem
 from tests.support import ACCOUNT_NO, WECHAT_MCHID, Channels, public_key_pem, rsa_private_key, served_in_thread, set_up
 
 MERCHANT_SERIAL = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1"
@@ -107,20 +105,10 @@ def env(system):
         yield system, notifiers, stub, TestClient(create_app(system))
 
 
-@pytest.fixture(params=["fake", "sqlite", "postgres"])
-def any_system(request: pytest.FixtureRequest, tmp_path, clock):
-    """The in-memory fakes (tests/fakes.py) and both databases: the jobs' assertions run on each."""
-    if request.param == "fake":
-        yield FakeSystem(clock)
-        return
-    system = make_system(sqlite_copy(request, tmp_path) if request.param == "sqlite" else request.getfixturevalue("postgres_only_url"), clock)
-    yield system
-    system.engine.dispose()
-
-
 @pytest.fixture
 def jobs(any_system):
-    """The worker's jobs on any store; orders and notifications come in through the services."""
+    """The worker's jobs on the fakes and both databases (conftest's any_system); orders and
+    notifications come in through the services."""
     with wechat_pay_at_its_stub(any_system) as (notifiers, stub):
         yield any_system, notifiers, stub, Services(any_system)
 

@@ -22,7 +22,7 @@ from gasworks.services.cards import CardRead, CardWrite, confirm_card_write, rea
 from gasworks.services.checks import check_ledger
 from gasworks.services.intake import accept_payment
 from gasworks.services.timeline import payment_timeline
-from tests.conftest import make_system, sqlite_copy
+from tests.conftest import make_system
 from tests.fakes import FakeSystem
 from tests.support import ACCOUNT_NO, OTHER_ACCOUNT_NO, balance_fen, set_up
 
@@ -36,18 +36,11 @@ def books(system):
     return system
 
 
-@pytest.fixture(params=["fake", "sqlite", "postgres"])
-def any_books(request: pytest.FixtureRequest, tmp_path, clock):
-    """set_up's channels and accounts on the fakes and on both databases: the same assertions on each."""
-    if request.param == "fake":
-        system = FakeSystem(clock)
-    else:
-        system = make_system(sqlite_copy(request, tmp_path) if request.param == "sqlite" else request.getfixturevalue("postgres_only_url"), clock)
-    set_up(system)
-    yield system
-    engine = getattr(system, "engine", None)
-    if engine is not None:
-        engine.dispose()
+@pytest.fixture
+def any_books(any_system):
+    """set_up's channels and accounts on the fakes and on both databases (conftest's any_system)."""
+    set_up(any_system)
+    return any_system
 
 
 def pay(system, txn: str, amount_fen: int, account_no: str = ACCOUNT_NO, channel: str = "wo-wallet"):
