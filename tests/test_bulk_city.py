@@ -12,15 +12,21 @@ from gasworks.adapters.meters.batch_frames import SealedFrames
 from gasworks.bootstrap import System
 from gasworks.domain.accounts import MeterKind
 from gasworks.domain.errors import Conflict
+from gasworks.domain.frames import UplinkFrame
 from gasworks.domain.meter_messages import Alarm
 from gasworks.entrypoints.cli.bulk_demo import bulk_outcome_holds, run_bulk_city
 from gasworks.services import accounts, bulk_accounts, meter_keys
 from gasworks.services.bulk_uplinks import handle_uplinks
-from gasworks.services.delivery import handle_uplink
 from gasworks.sim.bulk_city import BulkCity, BulkSimulation
 from gasworks.sim.meter import SimulatedMeter
+from tests.support import handle_frame
 
 FRAMES = SealedFrames()
+
+
+def read(items: list[tuple[str, bytes]]) -> list[tuple[str, UplinkFrame]]:
+    """Frames off the wire read as the batch worker's edge reads them, before `handle_uplinks`."""
+    return [(serial, cjt188.read_uplink(payload)) for serial, payload in items]
 
 
 def opening(i: int, kind: MeterKind = MeterKind.IOT) -> accounts.OpenAccount:
@@ -91,8 +97,8 @@ def test_a_batch_of_reports_leaves_each_meter_as_one_report_at_a_time_would(syst
     low.battery_mv = 3_300
     low.alarms = Alarm.LOW_BATTERY
     now = system.clock.now()
-    handle_uplink(one.serial, one.report(now), system.new_uow())
-    outcome = handle_uplinks([(batched.serial, batched.report(now)), (low.serial, low.report(now))], system.new_uow, FRAMES)
+    handle_frame(one.serial, one.report(now), system.new_uow())
+    outcome = handle_uplinks(read([(batched.serial, batched.report(now)), (low.serial, low.report(now))]), system.new_uow, FRAMES)
 
     assert outcome.in_batch == 2 and outcome.one_by_one == 0 and all(o.accepted for o in outcome.outcomes)
     assert meter_row(system, batched.serial) == meter_row(system, one.serial)
@@ -104,12 +110,12 @@ def test_a_replayed_a_forged_and_a_foreign_frame_in_a_batch_are_refused_and_reco
     honest, victim = keyed_meters(system, 2)
     now = system.clock.now()
     first = honest.report(now)
-    assert handle_uplinks([(honest.serial, first)], system.new_uow, FRAMES).in_batch == 1
+    assert handle_uplinks(read([(honest.serial, first)]), system.new_uow, FRAMES).in_batch == 1
     system.clock.move_to(now + timedelta(hours=1))
     forged = bytearray(victim.report(now))
     forged[-3] ^= 0x01  # the last MAC byte, the checksum made right again: only the MAC can tell
     forged[-2] = cjt188.checksum(bytes(forged[2:-2]))
-    outcome = handle_uplinks([(honest.serial, first), (victim.serial, bytes(forged)), (victim.serial, honest.report(now))], system.new_uow, FRAMES)
+    outcome = handle_uplinks(read([(honest.serial, first), (victim.serial, bytes(forged)), (victim.serial, honest.report(now))]), system.new_uow, FRAMES)
 
     assert [o.accepted for o in outcome.outcomes] == [False, False, False] and outcome.in_batch == 0
     with system.engine.connect() as c:
