@@ -9,12 +9,14 @@ from sqlalchemy import select
 from gasworks.adapters.db import tables as t
 from gasworks.adapters.meters import cjt188
 from gasworks.adapters.meters.batch_frames import SealedFrames
+from gasworks.adapters.meters.transport import LoopbackTransport
 from gasworks.bootstrap import System
 from gasworks.domain.accounts import MeterKind
 from gasworks.domain.errors import Conflict
 from gasworks.domain.frames import UplinkFrame
 from gasworks.domain.meter_messages import Alarm
 from gasworks.entrypoints.cli.bulk_demo import bulk_outcome_holds, run_bulk_city
+from gasworks.entrypoints.workers.batch_worker import BatchWorker
 from gasworks.services import accounts, bulk_accounts, meter_keys
 from gasworks.services.bulk_uplinks import handle_uplinks
 from gasworks.sim.bulk_city import BulkCity, BulkSimulation
@@ -121,6 +123,25 @@ def test_a_replayed_a_forged_and_a_foreign_frame_in_a_batch_are_refused_and_reco
     with system.engine.connect() as c:
         codes = sorted(c.execute(select(t.intake_rejections.c.code)).scalars())
     assert codes == ["FOREIGN_FRAME", "FRAME_MAC_INVALID", "FRAME_REPLAYED"]
+
+
+def test_the_batch_worker_refuses_and_records_a_frame_it_cannot_read_and_takes_the_rest_in_its_batch(system: System) -> None:
+    [meter] = keyed_meters(system, 1)
+    garbage = bytes.fromhex("fefe68300100000000000004840316")  # checksum wrong: read at the worker's edge, refused there
+    transport = LoopbackTransport()
+    transport.send_uplink(meter.serial, garbage)
+    transport.send_uplink(meter.serial, meter.report(system.clock.now()))
+    worker = BatchWorker(system, transport, concurrency=1)
+    try:
+        assert worker.drain_uplinks() == 2
+    finally:
+        worker.close()
+
+    assert (worker.taken_in_batches, worker.taken_one_by_one) == (1, 1)
+    with system.new_uow() as uow:
+        [rejection] = uow.rejections.list(limit=5, channel_id="meters")
+        assert uow.meters.get(meter.serial).last_report_at is not None
+    assert rejection["code"] == "MALFORMED_FRAME" and rejection["request_summary"] == {"topic_serial": meter.serial, "frame_hex": garbage.hex()}
 
 
 def test_a_small_city_kept_in_arrays_pays_reports_and_holds_its_money(system: System) -> None:
