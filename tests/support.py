@@ -7,11 +7,15 @@ from gasworks.adapters.channels.alipay import AlipayNotifier
 from gasworks.adapters.channels.rsa import new_private_key_pem, public_key_pem
 from gasworks.adapters.channels.wallet_hmac import WalletClient
 from gasworks.adapters.channels.wechatpay_v3 import WechatPayV3Notifier
+from gasworks.adapters.meters import cjt188
 from gasworks.bootstrap import System
 from gasworks.domain.accounts import MeterKind
 from gasworks.domain.channels import ChannelKind, KeyPurpose
+from gasworks.domain.errors import MalformedFrame
 from gasworks.services import access, accounts, channels
 from gasworks.services.access import Role
+from gasworks.services.delivery import UplinkOutcome, handle_uplink, refuse_unreadable_frame
+from gasworks.services.unit_of_work import UnitOfWork
 from gasworks.sim.stubs.serving import served_in_thread  # noqa: F401 - the tests' name for it
 
 WECHAT_MCHID = "1900000109"
@@ -88,3 +92,13 @@ def credited_fen(system: System, account_no: str) -> int:
     with system.new_uow() as uow:
         purchases = uow.ledger.purchases_fen(account_no)
     return balance_fen(system, account_no) + purchases
+
+
+def handle_frame(topic_serial: str, payload: bytes, uow: UnitOfWork, *, carrier_authenticated: bool = False) -> UplinkOutcome:
+    """`handle_uplink` for a frame as it comes off the wire: read first, as the worker's edge reads it
+    (entrypoints/workers/worker.py: take_uplink); one that cannot be read is refused and recorded."""
+    try:
+        frame = cjt188.read_uplink(payload)
+    except MalformedFrame as error:
+        return refuse_unreadable_frame(topic_serial, error.code, error.message, payload, uow)
+    return handle_uplink(topic_serial, frame, uow, carrier_authenticated=carrier_authenticated)

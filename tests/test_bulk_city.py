@@ -9,18 +9,26 @@ from sqlalchemy import select
 from gasworks.adapters.db import tables as t
 from gasworks.adapters.meters import cjt188
 from gasworks.adapters.meters.batch_frames import SealedFrames
+from gasworks.adapters.meters.transport import LoopbackTransport
 from gasworks.bootstrap import System
 from gasworks.domain.accounts import MeterKind
 from gasworks.domain.errors import Conflict
+from gasworks.domain.frames import UplinkFrame
 from gasworks.domain.meter_messages import Alarm
 from gasworks.entrypoints.cli.bulk_demo import bulk_outcome_holds, run_bulk_city
+from gasworks.entrypoints.workers.batch_worker import BatchWorker
 from gasworks.services import accounts, bulk_accounts, meter_keys
 from gasworks.services.bulk_uplinks import handle_uplinks
-from gasworks.services.delivery import handle_uplink
 from gasworks.sim.bulk_city import BulkCity, BulkSimulation
 from gasworks.sim.meter import SimulatedMeter
+from tests.support import handle_frame
 
 FRAMES = SealedFrames()
+
+
+def read(items: list[tuple[str, bytes]]) -> list[tuple[str, UplinkFrame]]:
+    """Frames off the wire read as the batch worker's edge reads them, before `handle_uplinks`."""
+    return [(serial, cjt188.read_uplink(payload)) for serial, payload in items]
 
 
 def opening(i: int, kind: MeterKind = MeterKind.IOT) -> accounts.OpenAccount:
@@ -91,8 +99,8 @@ def test_a_batch_of_reports_leaves_each_meter_as_one_report_at_a_time_would(syst
     low.battery_mv = 3_300
     low.alarms = Alarm.LOW_BATTERY
     now = system.clock.now()
-    handle_uplink(one.serial, one.report(now), system.new_uow())
-    outcome = handle_uplinks([(batched.serial, batched.report(now)), (low.serial, low.report(now))], system.new_uow, FRAMES)
+    handle_frame(one.serial, one.report(now), system.new_uow())
+    outcome = handle_uplinks(read([(batched.serial, batched.report(now)), (low.serial, low.report(now))]), system.new_uow, FRAMES)
 
     assert outcome.in_batch == 2 and outcome.one_by_one == 0 and all(o.accepted for o in outcome.outcomes)
     assert meter_row(system, batched.serial) == meter_row(system, one.serial)
@@ -104,17 +112,36 @@ def test_a_replayed_a_forged_and_a_foreign_frame_in_a_batch_are_refused_and_reco
     honest, victim = keyed_meters(system, 2)
     now = system.clock.now()
     first = honest.report(now)
-    assert handle_uplinks([(honest.serial, first)], system.new_uow, FRAMES).in_batch == 1
+    assert handle_uplinks(read([(honest.serial, first)]), system.new_uow, FRAMES).in_batch == 1
     system.clock.move_to(now + timedelta(hours=1))
     forged = bytearray(victim.report(now))
     forged[-3] ^= 0x01  # the last MAC byte, the checksum made right again: only the MAC can tell
     forged[-2] = cjt188.checksum(bytes(forged[2:-2]))
-    outcome = handle_uplinks([(honest.serial, first), (victim.serial, bytes(forged)), (victim.serial, honest.report(now))], system.new_uow, FRAMES)
+    outcome = handle_uplinks(read([(honest.serial, first), (victim.serial, bytes(forged)), (victim.serial, honest.report(now))]), system.new_uow, FRAMES)
 
     assert [o.accepted for o in outcome.outcomes] == [False, False, False] and outcome.in_batch == 0
     with system.engine.connect() as c:
         codes = sorted(c.execute(select(t.intake_rejections.c.code)).scalars())
     assert codes == ["FOREIGN_FRAME", "FRAME_MAC_INVALID", "FRAME_REPLAYED"]
+
+
+def test_the_batch_worker_refuses_and_records_a_frame_it_cannot_read_and_takes_the_rest_in_its_batch(system: System) -> None:
+    [meter] = keyed_meters(system, 1)
+    garbage = bytes.fromhex("fefe68300100000000000004840316")  # checksum wrong: read at the worker's edge, refused there
+    transport = LoopbackTransport()
+    transport.send_uplink(meter.serial, garbage)
+    transport.send_uplink(meter.serial, meter.report(system.clock.now()))
+    worker = BatchWorker(system, transport, concurrency=1)
+    try:
+        assert worker.drain_uplinks() == 2
+    finally:
+        worker.close()
+
+    assert (worker.taken_in_batches, worker.taken_one_by_one) == (1, 1)
+    with system.new_uow() as uow:
+        [rejection] = uow.rejections.list(limit=5, channel_id="meters")
+        assert uow.meters.get(meter.serial).last_report_at is not None
+    assert rejection["code"] == "MALFORMED_FRAME" and rejection["request_summary"] == {"topic_serial": meter.serial, "frame_hex": garbage.hex()}
 
 
 def test_a_small_city_kept_in_arrays_pays_reports_and_holds_its_money(system: System) -> None:

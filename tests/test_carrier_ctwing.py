@@ -31,14 +31,13 @@ from gasworks.entrypoints.api.carrier_routes import keep_secrets_out_of_access_l
 from gasworks.entrypoints.workers.worker import Worker
 from gasworks.services import accounts, carriers, meter_keys
 from gasworks.services.checks import check_ledger
-from gasworks.services.delivery import handle_uplink
 from gasworks.services.intake import accept_payment
 from gasworks.sim.city import build_city
 from gasworks.sim.meter import SimulatedMeter
 from gasworks.sim.outcome import summarise
 from gasworks.sim.stubs.ctwing import CtwingStub
 from gasworks.sim.world import FaultRates, Simulation, simulation_start
-from tests.support import ACCOUNT_NO, served_in_thread, set_up
+from tests.support import ACCOUNT_NO, handle_frame, served_in_thread, set_up
 from tests.test_simulation import assert_faults_caught_and_truth_kept
 
 SERIAL = "00000000000001"
@@ -295,7 +294,7 @@ def test_a_meter_model_without_mac_is_taken_only_through_its_own_registered_devi
     assert through_its_device.json()["taken"] is True  # the platform vouches for its device, the secret for the platform
     through_another = httpx.post(platform.push_url, content=report_push(plain.report(clock.now()), device_id=DEVICE_ID, timestamp_ms=1_795_000_000_001))
     assert through_another.json()["code"] == "CARRIER_SERIAL_MISMATCH"
-    over_the_broker = handle_uplink(plain_serial, plain.report(clock.now()), system.new_uow())  # no carrier: no MAC, no belief
+    over_the_broker = handle_frame(plain_serial, plain.report(clock.now()), system.new_uow())  # no carrier: no MAC, no belief
     assert not over_the_broker.accepted and over_the_broker.what.startswith("FRAME_MAC_REQUIRED")
 
 

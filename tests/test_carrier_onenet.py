@@ -63,3 +63,13 @@ def test_the_platforms_url_check_is_answered_only_under_our_token(onenet_api):
     assert good.status_code == 200 and good.text == "hello-onenet"
     bad = httpx.get(url, params={"msg": "hello-onenet", "nonce": "abcdefgh", "signature": onenet.signature("wrong-token-0000000", "abcdefgh", "hello-onenet")})
     assert bad.status_code == 403
+
+
+def test_an_unreadable_frame_in_a_good_push_is_refused_under_the_devices_meter_and_kept_as_received(onenet_api):
+    system, url, _ = onenet_api
+    garbage = bytes.fromhex("fefe68300100000000000004840316")  # checksum wrong: read where the push arrives, refused there
+    answer = httpx.post(url, content=signed({"type": 1, "dev_id": DEV_ID, "ds_id": "3200_0_5505", "at": 1_795_000_000_002, "value": garbage.hex()}))
+    assert answer.status_code == 200 and answer.json()["taken"] is False and answer.json()["code"] == "MALFORMED_FRAME"
+    with system.new_uow() as uow:
+        [rejection] = uow.rejections.list(limit=5, channel_id="meters")
+    assert rejection["code"] == "MALFORMED_FRAME" and rejection["request_summary"] == {"topic_serial": SERIAL, "frame_hex": garbage.hex()}

@@ -8,11 +8,11 @@ from gasworks.adapters.meters.transport import LoopbackTransport
 from gasworks.domain.delivery import CommandKind, CommandState, MeterModel
 from gasworks.domain.meter_messages import Alarm
 from gasworks.services.checks import check_ledger
-from gasworks.services.delivery import add_meter_model, handle_uplink, set_meter
+from gasworks.services.delivery import add_meter_model, set_meter
 from tests.conftest import make_system, sqlite_copy
 from tests.delivery_rig import IOT_SERIAL, Rig
 from tests.fakes import FakeSystem
-from tests.support import ACCOUNT_NO, balance_fen, set_up
+from tests.support import ACCOUNT_NO, balance_fen, handle_frame, set_up
 
 
 @pytest.fixture(params=["fake", "sqlite", "postgres"])
@@ -214,7 +214,7 @@ def test_a_refused_command_fails_with_an_alert(rig):
     ],
 )
 def test_a_malformed_frame_is_refused_and_recorded_and_the_worker_carries_on(rig, payload, code):
-    outcome = handle_uplink(IOT_SERIAL, payload, rig.system.new_uow())
+    outcome = handle_frame(IOT_SERIAL, payload, rig.system.new_uow())
     assert not outcome.accepted and outcome.what.startswith(code)
     with rig.system.new_uow() as uow:
         [rejection] = uow.rejections.list(limit=10, channel_id="meters")
@@ -224,7 +224,7 @@ def test_a_malformed_frame_is_refused_and_recorded_and_the_worker_carries_on(rig
 
 
 def test_a_frame_for_another_meter_on_this_meters_topic_is_refused(rig):
-    outcome = handle_uplink("00000000000009", rig.meter.report(rig.system.clock.now()), rig.system.new_uow())
+    outcome = handle_frame("00000000000009", rig.meter.report(rig.system.clock.now()), rig.system.new_uow())
     assert not outcome.accepted and outcome.what.startswith("FOREIGN_FRAME")
 
 

@@ -19,13 +19,13 @@ from gasworks.domain.meter_messages import WritePurchase
 from gasworks.entrypoints.cli.main import app
 from gasworks.services import accounts, meter_keys
 from gasworks.services.checks import check_ledger
-from gasworks.services.delivery import dispatch_due, dispatch_meter, handle_uplink
+from gasworks.services.delivery import dispatch_due, dispatch_meter
 from gasworks.services.intake import accept_payment
 from gasworks.sim.fleet import MqttFleet
 from gasworks.sim.meter import SimulatedMeter
 from tests.broker_rig import Client
 from tests.conftest import make_system
-from tests.support import set_up
+from tests.support import handle_frame, set_up
 
 METERS = 24
 WAIT_S = 20.0
@@ -59,7 +59,7 @@ def _pay_every_meter(system: System, round_: int) -> None:
 def _wake_all(system: System, meters: list[SimulatedMeter]) -> None:
     """Each meter reports (straight into the service, as a worker would hand it on): its window opens."""
     for meter in meters:
-        assert handle_uplink(meter.serial, meter.report(system.clock.now()), system.new_uow()).accepted
+        assert handle_frame(meter.serial, meter.report(system.clock.now()), system.new_uow()).accepted
 
 
 def _started(url: str, prefix: str) -> MqttTransport:
@@ -105,7 +105,7 @@ def _handle_uplinks(system: System, transports: list[MqttTransport], expected: i
         for transport in transports:
             while (item := transport.uplinks.get(0)) is not None:
                 if item[0]:
-                    handle_uplink(item[0], item[1], system.new_uow())
+                    handle_frame(item[0], item[1], system.new_uow())
                     handled += 1
         time.sleep(0.02)
     assert handled == expected, f"{handled} of {expected} acknowledgements came back"

@@ -30,9 +30,8 @@ from gasworks.domain.meter_messages import Alarm, PurchaseAck
 from gasworks.entrypoints.api.app import create_app
 from gasworks.services.access import Role
 from gasworks.services.checks import check_ledger
-from gasworks.services.delivery import handle_uplink
 from tests.delivery_rig import IOT_SERIAL, Rig
-from tests.support import api_key, set_up
+from tests.support import api_key, handle_frame, set_up
 
 
 @pytest.fixture
@@ -110,10 +109,10 @@ def test_a_forged_acknowledgement_settles_nothing_and_one_matching_no_command_is
     # Sealed with the meter's own key: a lying firmware, or a key that leaked. The MAC passes; the
     # serial check is what stops it.
     forged = rig.meter._encode(PurchaseAck(IOT_SERIAL, order.frame_seq, 6, 999_999))
-    outcome = handle_uplink(IOT_SERIAL, forged, rig.system.new_uow())
+    outcome = handle_frame(IOT_SERIAL, forged, rig.system.new_uow())
     assert not outcome.accepted and outcome.what.startswith("SERIAL_NOT_ISSUED")
     unmatched = rig.meter._encode(PurchaseAck(IOT_SERIAL, (order.frame_seq + 1) % 256, 1, 999_999))
-    outcome = handle_uplink(IOT_SERIAL, unmatched, rig.system.new_uow())
+    outcome = handle_frame(IOT_SERIAL, unmatched, rig.system.new_uow())
     assert not outcome.accepted and outcome.what.startswith("UNMATCHED_REPLY")
     assert rig.orders(paid.payment_id)[0].state == CommandState.SENT
     assert revenue_fen(rig) == 0 and link(rig).credit_litres == 0
@@ -228,7 +227,7 @@ def test_a_stale_report_after_a_newer_one_is_ignored_and_raises_no_reset_alert(r
     assert rig.orders(paid.payment_id)[0].state == CommandState.APPLIED
     newest = link(rig)
     rig.advance(minutes=1)
-    outcome = handle_uplink(IOT_SERIAL, old_frame, rig.system.new_uow())
+    outcome = handle_frame(IOT_SERIAL, old_frame, rig.system.new_uow())
     assert not outcome.accepted and outcome.what.startswith("FRAME_REPLAYED")
     after = link(rig)
     assert (after.applied_seq, after.credit_litres, after.valve_open, after.awake_until, after.last_report_at) == (
@@ -465,7 +464,7 @@ def test_a_report_with_its_clock_in_the_future_does_not_make_later_reports_stale
     purchase sent, alarms never cleared). Sealed frames are ordered by their counter."""
     rig.meter.sleep()
     future = rig.meter.report(datetime(2030, 1, 1, tzinfo=UTC))
-    assert handle_uplink(IOT_SERIAL, future, rig.system.new_uow()).accepted
+    assert handle_frame(IOT_SERIAL, future, rig.system.new_uow()).accepted
     rig.meter.sleep()
     paid = rig.pay(10_000)
     rig.advance(minutes=5)
@@ -479,7 +478,7 @@ def test_a_report_claiming_an_unissued_serial_still_raises_its_leak(rig):
     """Found from outside: such a report was dropped whole, its leak alarm with it."""
     rig.meter.applied_seq = 7  # the firmware lies about its serial, and reports a leak
     rig.meter.alarms = Alarm.LEAK
-    outcome = handle_uplink(IOT_SERIAL, rig.meter.report(rig.system.clock.now()), rig.system.new_uow())
+    outcome = handle_frame(IOT_SERIAL, rig.meter.report(rig.system.clock.now()), rig.system.new_uow())
     assert not outcome.accepted and outcome.what.startswith("SERIAL_NOT_ISSUED")
     assert open_alerts(rig, AlertKind.METER_CLAIMS_UNISSUED)
     assert open_alerts(rig, AlertKind.for_alarm("LEAK"))

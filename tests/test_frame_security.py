@@ -32,10 +32,9 @@ from gasworks.entrypoints.workers.worker import Worker
 from gasworks.services import accounts, meter_keys
 from gasworks.services.access import Role
 from gasworks.services.checks import check_ledger
-from gasworks.services.delivery import handle_uplink
 from gasworks.sim.meter import SimulatedMeter
 from tests.delivery_rig import IOT_SERIAL, Rig
-from tests.support import api_key, set_up
+from tests.support import api_key, handle_frame, set_up
 
 SITE_KEY = "11" * 32
 
@@ -137,9 +136,9 @@ def test_a_forged_acknowledgement_is_refused_recorded_and_applies_nothing(rig):
     rig.settle()
     ack = PurchaseAck(IOT_SERIAL, rig.orders(paid.payment_id)[0].frame_seq, applied_seq=1, credit_litres=50_000)
     outcomes = [
-        handle_uplink(IOT_SERIAL, forged(ack), rig.system.new_uow()),
-        handle_uplink(IOT_SERIAL, forged(ack, key_version=9), rig.system.new_uow()),
-        handle_uplink(IOT_SERIAL, cjt188.encode(ack), rig.system.new_uow()),
+        handle_frame(IOT_SERIAL, forged(ack), rig.system.new_uow()),
+        handle_frame(IOT_SERIAL, forged(ack, key_version=9), rig.system.new_uow()),
+        handle_frame(IOT_SERIAL, cjt188.encode(ack), rig.system.new_uow()),
     ]
     assert [o.accepted for o in outcomes] == [False, False, False]
     assert refusals(rig) == ["FRAME_MAC_INVALID", "FRAME_KEY_VERSION_UNKNOWN", "MALFORMED_FRAME"]
@@ -156,17 +155,17 @@ def test_a_forged_acknowledgement_is_refused_recorded_and_applies_nothing(rig):
 
 def test_a_replayed_report_is_refused_and_never_overwrites_newer_state_even_after_a_restart(rig, database_url, clock):
     first = report(rig.meter, rig)
-    assert handle_uplink(IOT_SERIAL, first, rig.system.new_uow()).accepted
+    assert handle_frame(IOT_SERIAL, first, rig.system.new_uow()).accepted
     rig.meter.use(5_000)
     rig.meter.alarms = Alarm.LEAK
     second = report(rig.meter, rig)
-    assert handle_uplink(IOT_SERIAL, second, rig.system.new_uow()).accepted
-    replay = handle_uplink(IOT_SERIAL, first, rig.system.new_uow())
+    assert handle_frame(IOT_SERIAL, second, rig.system.new_uow()).accepted
+    replay = handle_frame(IOT_SERIAL, first, rig.system.new_uow())
     assert not replay.accepted and replay.what.startswith("FRAME_REPLAYED")
     restarted = bootstrap(Settings(database_url=database_url), clock=clock)  # a new process on the same database
     try:
         Worker(restarted, LoopbackTransport())
-        again = handle_uplink(IOT_SERIAL, second, restarted.new_uow())
+        again = handle_frame(IOT_SERIAL, second, restarted.new_uow())
         assert not again.accepted and again.what.startswith("FRAME_REPLAYED")
         with restarted.new_uow() as uow:
             link = uow.meters.get(IOT_SERIAL)
@@ -184,9 +183,9 @@ def test_a_frame_for_a_meter_without_mac_is_taken_only_through_an_authenticated_
         system.new_uow(), actor="test",
     )  # fmt: skip
     plain = SimulatedMeter("00000000000009")  # no key: a model without MAC
-    over_mqtt = handle_uplink("00000000000009", plain.report(system.clock.now()), system.new_uow())
+    over_mqtt = handle_frame("00000000000009", plain.report(system.clock.now()), system.new_uow())
     assert not over_mqtt.accepted and over_mqtt.what.startswith("FRAME_MAC_REQUIRED")
-    via_carrier = handle_uplink("00000000000009", plain.report(system.clock.now()), system.new_uow(), carrier_authenticated=True)
+    via_carrier = handle_frame("00000000000009", plain.report(system.clock.now()), system.new_uow(), carrier_authenticated=True)
     assert via_carrier.accepted
 
 
@@ -214,7 +213,7 @@ def test_a_rotated_key_overlaps_until_the_meter_uses_it_then_the_old_one_is_refu
     assert rig.orders(second.payment_id)[0].state == CommandState.APPLIED  # downlinks now sealed under version 2
     # Version 1 is refused from now on, whoever holds it.
     stale = MeterKeyring(old.scheme, old.key, MeterFrameCounters(key_version=1, uplink_counter_sent=10_000))
-    refused = handle_uplink(IOT_SERIAL, stale.seal(CurrentData(IOT_SERIAL, 1, 0, 99_999, 0, True, 3_600, Alarm(0), rig.system.clock.now().replace(tzinfo=None, microsecond=0))), rig.system.new_uow())
+    refused = handle_frame(IOT_SERIAL, stale.seal(CurrentData(IOT_SERIAL, 1, 0, 99_999, 0, True, 3_600, Alarm(0), rig.system.clock.now().replace(tzinfo=None, microsecond=0))), rig.system.new_uow())
     assert not refused.accepted and refused.what.startswith("FRAME_KEY_VERSION_UNKNOWN")
     with rig.system.new_uow() as uow:
         assert uow.audit.count_actions("meter.key.rotated") == 1
@@ -227,10 +226,10 @@ def test_an_operator_finishes_a_rotation_and_the_old_version_is_refused_at_once(
     with pytest.raises(Exception, match="already rotating"):
         meter_keys.rotate_key(IOT_SERIAL, rig.system.new_uow(), actor="test")
     assert meter_keys.finish_rotation(IOT_SERIAL, rig.system.new_uow(), actor="test") == 2
-    refused = handle_uplink(IOT_SERIAL, report(rig.meter, rig), rig.system.new_uow())  # the meter still holds version 1
+    refused = handle_frame(IOT_SERIAL, report(rig.meter, rig), rig.system.new_uow())  # the meter still holds version 1
     assert not refused.accepted and refused.what.startswith("FRAME_KEY_VERSION_UNKNOWN")
     rig.meter.install_key(new)
-    assert handle_uplink(IOT_SERIAL, report(rig.meter, rig), rig.system.new_uow()).accepted
+    assert handle_frame(IOT_SERIAL, report(rig.meter, rig), rig.system.new_uow()).accepted
 
 
 # ---- keys at rest -------------------------------------------------------------------------------------
@@ -307,7 +306,7 @@ def test_a_frame_reflected_back_to_its_sender_is_refused_and_blocks_nothing(rig)
     first = rig.pay(5_000)
     rig.settle()
     downlink = rig.meter.frames_seen[-1]  # gasworks' sealed write purchase, replayed on the meter's up topic
-    reflected_up = handle_uplink(IOT_SERIAL, downlink, rig.system.new_uow())
+    reflected_up = handle_frame(IOT_SERIAL, downlink, rig.system.new_uow())
     assert not reflected_up.accepted and reflected_up.what.startswith("NOT_AN_UPLINK")
     rig.meter.keyring.counters.uplink_counter_sent += 100  # a meter report with a counter above every downlink's
     report_frame = report(rig.meter, rig)

@@ -1,5 +1,6 @@
 """The meter wire format: what is encoded decodes to the same message; garbage is refused, never crashes."""
 
+import re
 from datetime import datetime
 
 import pytest
@@ -217,3 +218,31 @@ def test_a_frame_sealed_under_another_key_or_version_or_replayed_is_refused_with
     ]  # fmt: skip
     with pytest.raises(MalformedFrame):
         keyring.open(cjt188.encode(message))  # a plain frame has no trailer: never taken by a meter with a key
+
+
+@given(messages, st.booleans())
+def test_an_uplink_read_at_the_edge_holds_what_the_frame_and_its_trailer_say(message, sealed):
+    raw = _sealed(message, counter=9) if sealed else cjt188.encode(message)
+    read = cjt188.read_uplink(raw)
+    frame = cjt188.decode_frame(raw)
+    assert (read.serial, read.control, read.data, read.raw) == (frame.serial, frame.control, frame.data, raw)
+    assert read.is_reply == bool(frame.control & cjt188.REPLY)
+    if read.sealed is None:  # too short for a trailer: exactly when the sealed decoder refuses it
+        with pytest.raises(MalformedFrame, match="security trailer"):
+            cjt188.decode_sealed(raw)
+    else:
+        split = cjt188.decode_sealed(raw)
+        assert (read.sealed.key_version, read.sealed.counter, read.sealed.signed, read.sealed.mac, read.sealed.body) == (split.key_version, split.counter, split.signed, split.mac, split.frame.data)
+    if sealed:
+        assert read.sealed is not None and read.sealed.counter == 9
+
+
+@given(st.binary(max_size=120))
+def test_random_bytes_read_at_the_edge_are_refused_as_the_decoder_refuses_them(raw):
+    try:
+        cjt188.decode_frame(raw)
+    except MalformedFrame as error:
+        with pytest.raises(MalformedFrame, match=re.escape(error.message)):
+            cjt188.read_uplink(raw)
+    else:
+        assert cjt188.read_uplink(raw).serial == cjt188.decode_frame(raw).serial

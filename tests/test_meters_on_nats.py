@@ -20,13 +20,13 @@ from gasworks.domain.accounts import MeterKind
 from gasworks.domain.channels import PaymentNotice
 from gasworks.services import accounts, meter_keys
 from gasworks.services.checks import check_ledger
-from gasworks.services.delivery import dispatch_due, handle_uplink
+from gasworks.services.delivery import dispatch_due
 from gasworks.services.intake import accept_payment
 from gasworks.sim.fleet import MqttFleet
 from gasworks.sim.meter import SimulatedMeter
 from gasworks.sim.soak_rig import free_port
 from tests.conftest import make_system, reachable, service_missing
-from tests.support import set_up
+from tests.support import handle_frame, set_up
 
 METERS = 12
 WAIT_S = 20.0
@@ -148,7 +148,7 @@ def test_purchases_go_down_over_nats_and_are_applied_once_with_two_workers(nats_
         while not stop.is_set():
             item = transport.uplinks.get(0.1)
             if item is not None and item[0]:
-                handle_uplink(item[0], item[1], system.new_uow())
+                handle_frame(item[0], item[1], system.new_uow())
             dispatch_due(system.new_uow(), transport, batch_max=50)
 
     threads = [threading.Thread(target=work, args=(w,), daemon=True) for w in workers]

@@ -19,6 +19,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from gasworks.domain.errors import InvalidInput
+from gasworks.domain.frames import UplinkFrame
 
 CTWING_TTL_S_MAX = 864_000  # CTWing accepts 0 to 864,000 s; 0 means "do not cache"
 CTWING_TTL_S_DEFAULT = 7_200  # what CTWing uses when a command names no TTL: never relied on
@@ -121,12 +122,18 @@ class CarrierPush:
     product_id: str
     timestamp_ms: int
     dedup_key: str
-    frame: bytes | None = None  # dataReport: the meter's frame (payload.APPdata, base64-decoded)
-    frame_serial: str | None = None  # the meter address the frame claims (None: not a readable frame)
+    frame: bytes | None = None  # dataReport: the meter's frame as received (payload.APPdata, base64-decoded)
+    uplink: UplinkFrame | None = None  # dataReport: that frame read where the push arrived (None: it could not be read)
+    frame_unreadable: tuple[str, str] | None = None  # (code, reason) when it could not be read: refused as such, under the device's meter
     task_id: str | None = None  # commandResponse: which command
     status: PlatformCommandStatus | None = None  # commandResponse: its state
     status_text: str = ""  # commandResponse: the platform's words, kept even when not a known state
     online: bool | None = None  # deviceOnlineOfflineReport: eventType 1 online, 0 offline
+
+    @property
+    def frame_serial(self) -> str | None:
+        """The meter address the frame claims (None: not a readable frame)."""
+        return self.uplink.serial if self.uplink is not None else None
 
 
 @dataclass(frozen=True)

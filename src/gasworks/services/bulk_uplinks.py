@@ -1,7 +1,8 @@
 """Many meter reports in one unit of work: a city's daily reports at the rate they arrive.
 
 `handle_uplink` takes one frame per transaction: right for acknowledgements and for anything
-unusual, too slow for a million daily reports. Here a batch of frames is split, the meters, their
+unusual, too slow for a million daily reports. Here a batch of frames (read at the worker's edge:
+an UplinkFrame each, never bytes; one that cannot be read never gets here) is sorted, the meters, their
 frame security and their keys are read and locked once for the batch, and every frame that is a
 plain daily report (sealed under the active key, MAC valid, counter above the last one, a meter with
 no command open or stopped) is taken by the very same rules (`delivery.apply_message`), the changed
@@ -18,6 +19,7 @@ from typing import Protocol
 
 from gasworks.domain.accounts import MeterKind
 from gasworks.domain.delivery import OPEN_STATES, STOPPED_STATES, CommandState, MeterCommand, MeterLink
+from gasworks.domain.frames import SealedEnvelope, UplinkFrame
 from gasworks.domain.meter_messages import CurrentData, MeterMessage
 from gasworks.domain.meter_security import MacScheme, MeterFrameSecurity
 from gasworks.services.delivery import UplinkOutcome, apply_message, count_frame_refusal, handle_uplink, record_frame_refusal
@@ -26,16 +28,11 @@ from gasworks.services.unit_of_work import UnitOfWork
 UPLINKS_PER_TRANSACTION_MAX = 2_000  # one transaction's lock set and statement size; a bound, not a target
 
 
-class SealedFrame(Protocol):
-    frame: object
-    key_version: int
-    counter: int
-
-
 class FrameOpener(Protocol):
-    def split(self, payload: bytes) -> SealedFrame | None: ...
-    def mac_is_valid(self, sealed: SealedFrame, *, scheme: MacScheme, key: bytes) -> bool: ...
-    def message(self, sealed: SealedFrame) -> MeterMessage | None: ...
+    """What the batch needs of the codec, for a sealed reply read at the edge (`frame.sealed` is set)."""
+
+    def mac_is_valid(self, frame: UplinkFrame, *, scheme: MacScheme, key: bytes) -> bool: ...
+    def message(self, frame: UplinkFrame) -> MeterMessage | None: ...
 
 
 class MeterReportStore(Protocol):
@@ -57,17 +54,17 @@ class BatchOutcome:
 
 
 def handle_uplinks(
-    items: Sequence[tuple[str, bytes]], new_uow: Callable[[], BulkUplinksUnitOfWork], opener: FrameOpener, *, pool: Executor | None = None,
+    items: Sequence[tuple[str, UplinkFrame]], new_uow: Callable[[], BulkUplinksUnitOfWork], opener: FrameOpener, *, pool: Executor | None = None,
 ) -> BatchOutcome:  # fmt: skip
-    """(topic serial, payload) frames in arrival order; one outcome per frame, in the same order.
+    """(topic serial, frame read at the edge) in arrival order; one outcome per frame, in the same order.
     With `pool`, the frames left for the one-by-one path are taken concurrently, one meter's in order."""
     if len(items) > UPLINKS_PER_TRANSACTION_MAX:
         raise ValueError(f"at most {UPLINKS_PER_TRANSACTION_MAX} uplinks per batch, got {len(items)}")
-    split: dict[int, tuple[SealedFrame, MeterMessage]] = {}
+    split: dict[int, tuple[SealedEnvelope, MeterMessage]] = {}
     seen: set[str] = set()
-    for i, (topic_serial, payload) in enumerate(items):
-        sealed = opener.split(payload)
-        message = opener.message(sealed) if sealed is not None else None
+    for i, (topic_serial, frame) in enumerate(items):
+        sealed = frame.sealed if frame.is_reply else None  # a sealed frame from a meter; anything else goes the one-by-one way
+        message = opener.message(frame) if sealed is not None else None
         if sealed is None or not isinstance(message, CurrentData) or message.serial != topic_serial or topic_serial in seen:
             continue
         seen.add(topic_serial)
@@ -85,13 +82,13 @@ def handle_uplinks(
             changed_links: list[MeterLink] = []
             changed_securities: list[MeterFrameSecurity] = []
             for i, (sealed, message) in split.items():
-                serial, payload = items[i]
+                serial, frame = items[i]
                 link, security, key = links.get(serial), securities.get(serial), keys.get((serial, sealed.key_version))
                 if (
                     link is None or link.kind != MeterKind.IOT or security is None or serial in busy or key is None
                     or not security.profile.seals_frames or security.pending_key_version is not None
                     or sealed.key_version != security.active_key_version or sealed.counter <= security.uplink_counter_seen
-                    or not opener.mac_is_valid(sealed, scheme=security.profile.mac_scheme, key=key)
+                    or not opener.mac_is_valid(frame, scheme=security.profile.mac_scheme, key=key)
                 ):  # fmt: skip
                     continue  # not a plain report: the one-by-one path decides, and records any refusal
                 security.take_uplink(key_version=sealed.key_version, counter=sealed.counter, at=now)
@@ -99,7 +96,7 @@ def handle_uplinks(
                 commands: list[MeterCommand] = []
                 taken = apply_message(message, link, commands, uow, uow.delivery, now, counter=sealed.counter)
                 if taken.refusal is not None:
-                    record_frame_refusal(uow, serial, *taken.refusal, payload)
+                    record_frame_refusal(uow, serial, *taken.refusal, frame.raw)
                     refusals.append((serial, *taken.refusal))
                 for command in commands:  # a valve command the report called for
                     if command.events:

@@ -3,7 +3,8 @@
 A push has already passed the platform's own check at the entrypoint (CTWing: the secret in the
 URL). What it says is then believed only as far as the device it came from: the device must be
 registered, on the product it was registered with, and the frame inside must be addressed to the
-meter that device is bound to. The frame is then opened like any other uplink (its MAC, key
+meter that device is bound to. The frame, read where the push arrived (the platform's push parser
+in adapters/meters/carriers: `cjt188.read_uplink`), is then opened like any other uplink (its MAC, key
 version and counter, when the meter's model seals frames; `carrier_authenticated=True` lets a
 model without MAC through only here). A command's platform status moves a sent command to
 "delivered" (its module has it) and never further: only the meter's own frame applies a purchase.
@@ -25,8 +26,8 @@ from gasworks.domain.carriers import (
     check_registration,
 )
 from gasworks.domain.delivery import CommandState
-from gasworks.domain.errors import Conflict, GasworksError, NotFound
-from gasworks.services.delivery import handle_uplink
+from gasworks.domain.errors import Conflict, GasworksError, InvariantViolated, NotFound
+from gasworks.services.delivery import handle_uplink, refuse_unreadable_frame
 from gasworks.services.unit_of_work import UnitOfWork
 
 log = structlog.get_logger(__name__)
@@ -120,8 +121,13 @@ def _take_frame(push: CarrierPush, device: CarrierDevice, new_uow: Callable[[], 
             new_uow, push, "CARRIER_SERIAL_MISMATCH",
             f"{push.platform} device {push.device_id} is meter {device.serial}; its frame claims meter {push.frame_serial}",
         )  # fmt: skip
-    # A frame the codec cannot read is refused and recorded by handle_uplink itself, under the device's meter.
-    outcome = handle_uplink(device.serial, push.frame, new_uow(), carrier_authenticated=True)
+    if push.uplink is None:  # read where the push arrived and found unreadable: refused and recorded under the device's meter
+        if push.frame_unreadable is None:
+            raise InvariantViolated(f"{push.platform} push {push.dedup_key}: its frame was neither read nor refused where it arrived")
+        code, reason = push.frame_unreadable
+        outcome = refuse_unreadable_frame(device.serial, code, reason, push.frame, new_uow())
+    else:
+        outcome = handle_uplink(device.serial, push.uplink, new_uow(), carrier_authenticated=True)
     if not outcome.accepted:
         return PushOutcome(False, outcome.what.split(":", 1)[0][:40], outcome.what)
     if outcome.commands_waiting:  # the meter is listening now: a worker sends at once (NOTIFY on PostgreSQL)

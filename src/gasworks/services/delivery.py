@@ -54,6 +54,7 @@ from gasworks.domain.delivery import (
     valve_reason_names,
 )
 from gasworks.domain.errors import Conflict, InvalidInput, MalformedFrame, NotFound
+from gasworks.domain.frames import UplinkFrame
 from gasworks.domain.ledger import DELIVERY, REVENUE, LedgerTransaction, TransactionKind, prepaid_account, presented_balance_fen, transfer
 from gasworks.domain.meter_messages import (
     DI_VALVE,
@@ -211,12 +212,18 @@ class UplinkOutcome:
     commands_waiting: bool = False  # the meter has something to be sent while it listens
 
 
-def handle_uplink(topic_serial: str, payload: bytes, uow: UnitOfWork, *, carrier_authenticated: bool = False) -> UplinkOutcome:
-    """One frame from a meter: a report, an acknowledgement or a refusal. Bad frames are refused and
-    kept; so are stale reports, replies matching nothing sent, and claims beyond what was issued.
+def handle_uplink(topic_serial: str, frame: UplinkFrame, uow: UnitOfWork, *, carrier_authenticated: bool = False) -> UplinkOutcome:
+    """One frame from a meter, read at the edge: a report, an acknowledgement or a refusal. Bad frames
+    are refused and kept; so are stale reports, replies matching nothing sent, and claims beyond what
+    was issued. (A frame that cannot be read at all never gets here: `refuse_unreadable_frame`.)
     `carrier_authenticated`: it came through an authenticated carrier platform (the only way for models without MAC)."""
+    payload = frame.raw  # kept as received in any refusal record
+    if frame.serial != topic_serial:
+        return _refuse(uow, topic_serial, "FOREIGN_FRAME", f"frame addressed to meter {frame.serial} arrived on meter {topic_serial}'s topic", payload)
+    if not frame.is_reply:  # a downlink reflected back: its MAC is good, its counter is the other direction's
+        return _refuse(uow, topic_serial, "NOT_AN_UPLINK", f"control {frame.control:#04x} is something gasworks sends, not a meter", payload)
     try:  # MAC, key version and counter checked first (uow.frames: adapters/meters/frame_security.py)
-        opened = uow.frames.open_uplink(payload, topic_serial, uow, carrier_authenticated=carrier_authenticated)
+        opened = uow.frames.open_uplink(frame, uow, carrier_authenticated=carrier_authenticated)
         message, counter = opened.message, opened.counter
     except (MalformedFrame, FrameRefused) as error:
         return _refuse(uow, topic_serial, error.code, error.message, payload)
@@ -477,6 +484,12 @@ def record_frame_refusal(uow: UnitOfWork, serial: str, code: str, reason: str, p
 def count_frame_refusal(serial: str, code: str, reason: str) -> None:
     meter_frames_refused.labels(code=code).inc()
     log.warning("meter_frame_refused", topic_serial=serial, code=code, reason=reason)
+
+
+def refuse_unreadable_frame(topic_serial: str, code: str, reason: str, raw: bytes, uow: UnitOfWork) -> UplinkOutcome:
+    """A frame the edge could not read (MalformedFrame: structure or checksum): refused and recorded
+    as every refused frame is, the frame kept as received."""
+    return _refuse(uow, topic_serial, code, reason, raw)
 
 
 def _refuse(uow: UnitOfWork, serial: str, code: str, reason: str, payload: bytes) -> UplinkOutcome:

@@ -7,6 +7,7 @@ from typing import Protocol
 from gasworks.domain.channels import Channel
 from gasworks.domain.clock import Clock
 from gasworks.domain.delivery import DeliveryPolicy
+from gasworks.domain.frames import UplinkFrame
 from gasworks.domain.meter_messages import MeterMessage
 from gasworks.domain.meter_security import MeterFrameSecurity, OpenedUplink
 from gasworks.domain.money import PaymentCeiling
@@ -25,11 +26,12 @@ class KeyMaterialChecks(Protocol):
 
 
 class MeterFrames(Protocol):
-    """The meters' wire: open an uplink (structure, MAC, key version, counter, taken in a transaction
-    of its own; raises MalformedFrame or FrameRefused) and seal a downlink in the caller's open unit
-    of work (raises FrameNotSealed). The CJ/T 188 codec in adapters/meters is the one gasworks runs."""
+    """The meters' wire: open an uplink already read at the edge (MAC, key version, counter, and its
+    message read by the meter model's profile, taken in a transaction of its own; raises
+    MalformedFrame or FrameRefused) and seal a downlink in the caller's open unit of work (raises
+    FrameNotSealed). The CJ/T 188 codec in adapters/meters is the one gasworks runs."""
 
-    def open_uplink(self, payload: bytes, topic_serial: str, uow: "UnitOfWork", *, carrier_authenticated: bool = False) -> OpenedUplink: ...
+    def open_uplink(self, frame: UplinkFrame, uow: "UnitOfWork", *, carrier_authenticated: bool = False) -> OpenedUplink: ...
 
     def seal_downlink(self, message: MeterMessage, uow: "UnitOfWork", *, reserved: MeterFrameSecurity | None = None) -> bytes: ...
 

@@ -59,6 +59,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from gasworks.domain.errors import MalformedFrame
+from gasworks.domain.frames import SealedEnvelope, UplinkFrame
 from gasworks.domain.meter_messages import (
     DI_VALVE,
     DI_WRITE_PURCHASE,
@@ -420,8 +421,21 @@ def encode_sealed(message: MeterMessage, *, key_version: int, counter: int, mac:
 def decode_sealed(raw: bytes) -> SealedFrame:
     """Split a sealed frame (structure and checksum checked); the caller verifies key, MAC and counter."""
     frame = decode_frame(raw)
+    sealed = _split_sealed(frame)
+    if sealed is None:
+        raise not_sealed(frame.data)
+    return sealed
+
+
+def not_sealed(data: bytes) -> MalformedFrame:
+    """Why a data field of this length cannot be a sealed frame's."""
+    return MalformedFrame(f"data field of {len(data)} bytes has no DI, SER and security trailer ({TRAILER_BYTES} bytes)")
+
+
+def _split_sealed(frame: Frame) -> SealedFrame | None:
+    """The frame split as a sealed one, or None if its data field is too short for a security trailer."""
     if len(frame.data) < 3 + TRAILER_BYTES:
-        raise MalformedFrame(f"data field of {len(frame.data)} bytes has no DI, SER and security trailer ({TRAILER_BYTES} bytes)")
+        return None
     inner, trailer = frame.data[:-TRAILER_BYTES], frame.data[-TRAILER_BYTES:]
     signed = _header(frame.serial, frame.control, len(frame.data)) + frame.data[:-MAC_BYTES]
     return SealedFrame(
@@ -431,3 +445,19 @@ def decode_sealed(raw: bytes) -> SealedFrame:
         mac=trailer[1 + COUNTER_BYTES :],
         signed=signed,
     )
+
+
+# ---- frames from meters, read at the edge ------------------------------------------------------
+
+
+def read_uplink(raw: bytes) -> UplinkFrame:
+    """A frame off the wire read for its structure only (MalformedFrame: structure or checksum).
+
+    No key is used and nothing is verified: the meter it names, its direction and, when it is long
+    enough to carry one, its security trailer split off. Whether the meter's model seals frames,
+    and so whether the trailer is one, is known only from the meter's security row (the unit of
+    work's `frames` port)."""
+    frame = decode_frame(raw)
+    sealed = _split_sealed(frame)
+    envelope = None if sealed is None else SealedEnvelope(sealed.key_version, sealed.counter, sealed.signed, sealed.mac, sealed.frame.data)
+    return UplinkFrame(serial=frame.serial, control=frame.control, is_reply=bool(frame.control & REPLY), data=frame.data, sealed=envelope, raw=bytes(raw))

@@ -25,6 +25,7 @@ from gasworks.adapters.meters.transport import TransportError
 from gasworks.domain import meter_security
 from gasworks.domain.accounts import MeterKind
 from gasworks.domain.errors import GasworksError
+from gasworks.domain.frames import UplinkFrame
 from gasworks.domain.meter_messages import MeterMessage
 from gasworks.domain.meter_security import (
     KEY_BYTES,
@@ -147,20 +148,16 @@ def require_schemes_in_use(uow: "UnitOfWork", *, also_models: Iterable[str] = ()
 # ---- gasworks' side ---------------------------------------------------------------------------------
 
 
-def open_uplink(payload: bytes, topic_serial: str, uow: "UnitOfWork", *, carrier_authenticated: bool = False) -> OpenedUplink:
+def open_uplink(frame: UplinkFrame, uow: "UnitOfWork", *, carrier_authenticated: bool = False) -> OpenedUplink:
     """Verify one uplink and take its counter, in a transaction of its own; raise MalformedFrame or FrameRefused.
 
-    Checked in this order: structure and checksum, address = topic, direction (a reply, never a
-    command reflected back), the meter is known and keyed,
-    key version accepted, MAC, content, counter above the last one taken. Only a frame passing all
-    of them moves the counter. (If the process dies after this commit and before the message is
-    applied, that one frame is lost, never applied twice: meters report again and acknowledge again.)
+    The frame was read at the worker's edge (`cjt188.read_uplink`: structure and checksum) and its
+    address and direction checked by `services/delivery.py: handle_uplink`. Checked here, in this
+    order: the meter is known and keyed, key version accepted, MAC, content, counter above the last
+    one taken. Only a frame passing all of them moves the counter. (If the process dies after this
+    commit and before the message is applied, that one frame is lost, never applied twice: meters
+    report again and acknowledge again.)
     """
-    frame = cjt188.decode_frame(payload)
-    if frame.serial != topic_serial:
-        raise FrameRefused(f"frame addressed to meter {frame.serial} arrived on meter {topic_serial}'s topic", code="FOREIGN_FRAME")
-    if not frame.control & cjt188.REPLY:  # a downlink reflected back: its MAC is good, its counter is the other direction's
-        raise FrameRefused(f"control {frame.control:#04x} is something gasworks sends, not a meter", code="NOT_AN_UPLINK")
     with uow:
         security = uow.meter_keys.get_security(frame.serial, lock=True)
         if security is None:
@@ -175,8 +172,10 @@ def open_uplink(payload: bytes, topic_serial: str, uow: "UnitOfWork", *, carrier
                     f"meter {frame.serial} is a {profile.name} (no MAC): its frames are taken only through an authenticated carrier platform",
                     code="FRAME_MAC_REQUIRED",
                 )
-            return OpenedUplink(cjt188.message_of(frame, profile), None, None)
-        sealed = cjt188.decode_sealed(payload)
+            return OpenedUplink(cjt188.message_of(cjt188.Frame(frame.serial, frame.control, frame.data), profile), None, None)
+        sealed = frame.sealed
+        if sealed is None:
+            raise cjt188.not_sealed(frame.data)
         key = uow.meter_keys.key(frame.serial, sealed.key_version) if sealed.key_version in security.usable_versions() else None
         if key is None:
             raise FrameRefused(
@@ -185,7 +184,7 @@ def open_uplink(payload: bytes, topic_serial: str, uow: "UnitOfWork", *, carrier
             )
         if not mac_is_valid(profile.mac_scheme, key, sealed.signed, sealed.mac):
             raise FrameRefused(f"meter {frame.serial} frame MAC does not verify under key version {sealed.key_version}", code="FRAME_MAC_INVALID")
-        message = cjt188.message_of(sealed.frame, profile)
+        message = cjt188.message_of(cjt188.Frame(frame.serial, frame.control, sealed.body), profile)
         now = uow.clock.now()
         security.take_uplink(key_version=sealed.key_version, counter=sealed.counter, at=now)
         uow.meter_keys.save_security(security)
@@ -199,8 +198,8 @@ def open_uplink(payload: bytes, topic_serial: str, uow: "UnitOfWork", *, carrier
 class FrameSecurityCodec:
     """services.unit_of_work.MeterFrames over CJ/T 188 frames with the meter's MAC scheme."""
 
-    def open_uplink(self, payload: bytes, topic_serial: str, uow: "UnitOfWork", *, carrier_authenticated: bool = False) -> OpenedUplink:
-        return open_uplink(payload, topic_serial, uow, carrier_authenticated=carrier_authenticated)
+    def open_uplink(self, frame: UplinkFrame, uow: "UnitOfWork", *, carrier_authenticated: bool = False) -> OpenedUplink:
+        return open_uplink(frame, uow, carrier_authenticated=carrier_authenticated)
 
     def seal_downlink(self, message: MeterMessage, uow: "UnitOfWork", *, reserved: MeterFrameSecurity | None = None) -> bytes:
         return seal_downlink(message, uow, reserved=reserved)

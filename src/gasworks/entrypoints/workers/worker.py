@@ -2,8 +2,9 @@
 
 Safe to run several at once on PostgreSQL (each meter is locked with FOR UPDATE SKIP LOCKED while a
 worker deals with it; `gasworks worker --processes N` starts N); on SQLite run one. Work it does:
-1. every uplink waiting in the transport's queue (up to `worker_batch_max` a pass): handle it, then
-   send that meter its next command while it listens;
+1. every uplink waiting in the transport's queue (up to `worker_batch_max` a pass): read its frame
+   here (`take_uplink`: services take an UplinkFrame, never bytes), handle it, then send that
+   meter its next command while it listens;
 2. meters still awake with a command due (a new purchase, or a resend after the ack wait), claimed
    in batches of up to `worker_dispatch_batch_max` (FOR UPDATE SKIP LOCKED: workers take disjoint batches);
    on PostgreSQL a booking's NOTIFY wakes a dispatcher thread for this at once, so a payment's
@@ -22,17 +23,30 @@ import psycopg
 import structlog
 
 from gasworks.adapters.db.delivery import METER_WORK_CHANNEL
+from gasworks.adapters.meters import cjt188
 from gasworks.adapters.meters.frame_security import require_schemes_in_use
 from gasworks.adapters.meters.transport import TransportError, Uplinks
 from gasworks.bootstrap import System
+from gasworks.domain.errors import MalformedFrame
 from gasworks.domain.meter_security import DEFAULT_METER_MODEL
 from gasworks.entrypoints.workers.channel_jobs import ChannelJobs
 from gasworks.observability import uplinks_waiting, watchdog_last_run, watchdog_runs
 from gasworks.services.carriers import forget_old_pushes
-from gasworks.services.delivery import dispatch_due, dispatch_meter, handle_uplink, watch_deliveries
+from gasworks.services.delivery import UplinkOutcome, dispatch_due, dispatch_meter, handle_uplink, refuse_unreadable_frame, watch_deliveries
 from gasworks.services.intake import forget_old_nonces
+from gasworks.services.unit_of_work import UnitOfWork
 
 log = structlog.get_logger(__name__)
+
+
+def take_uplink(topic_serial: str, payload: bytes, uow: UnitOfWork) -> UplinkOutcome:
+    """One frame off a meter's topic, read here at the edge (`cjt188.read_uplink`: structure and
+    checksum) and handed on as an UplinkFrame; one that cannot be read is refused and recorded."""
+    try:
+        frame = cjt188.read_uplink(payload)
+    except MalformedFrame as error:
+        return refuse_unreadable_frame(topic_serial, error.code, error.message, payload, uow)
+    return handle_uplink(topic_serial, frame, uow)
 
 
 class Transport(Protocol):
@@ -73,7 +87,7 @@ class Worker:
             if not serial:  # a nudge: new work somewhere, looked for below
                 item = self.transport.uplinks.get(0)
                 continue
-            outcome = handle_uplink(serial, payload, self.system.new_uow())
+            outcome = take_uplink(serial, payload, self.system.new_uow())
             done += 1
             if outcome.commands_waiting:
                 done += self._dispatch(serial)

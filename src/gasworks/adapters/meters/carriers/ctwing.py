@@ -218,6 +218,16 @@ def _text(value: object, name: str, chars_max: int) -> str:
     return text
 
 
+def read_pushed_frame(frame: bytes) -> dict:
+    """A pushed meter frame read where the push arrives (`cjt188.read_uplink`), as the push's fields.
+    One that cannot be read keeps why: it is refused under the device's meter once the device is
+    known (services/carriers.py), as any unreadable frame is."""
+    try:
+        return {"uplink": cjt188.read_uplink(frame)}
+    except MalformedFrame as error:
+        return {"frame_unreadable": (error.code, error.message)}
+
+
 def parse_push(body: bytes) -> CarrierPush:
     """One CTWing push, parsed and bounded; MalformedPush when it is not the platform's shape."""
     try:
@@ -247,11 +257,7 @@ def parse_push(body: bytes) -> CarrierPush:
             frame = base64.b64decode(appdata, validate=True)
         except (binascii.Error, ValueError):
             raise MalformedPush("payload.APPdata is not base64") from None
-        try:
-            frame_serial: str | None = cjt188.decode_frame(frame).serial
-        except MalformedFrame:
-            frame_serial = None  # refused by the frame's own checks, and recorded there
-        fields = {"frame": frame, "frame_serial": frame_serial}
+        fields = {"frame": frame, **read_pushed_frame(frame)}
         said = appdata
     elif kind == PushKind.COMMAND_RESPONSE:
         task_id = _text(doc.get("taskId"), "taskId", TASK_ID_CHARS_MAX)

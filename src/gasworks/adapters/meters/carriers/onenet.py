@@ -24,9 +24,9 @@ import hmac
 import json
 
 from gasworks.adapters.meters import cjt188
-from gasworks.adapters.meters.carriers.ctwing import MalformedPush
+from gasworks.adapters.meters.carriers.ctwing import MalformedPush, read_pushed_frame
 from gasworks.domain.carriers import DEVICE_ID_CHARS_MAX, CarrierPlatform, CarrierPush, PushKind
-from gasworks.domain.errors import GasworksError, MalformedFrame
+from gasworks.domain.errors import GasworksError
 
 NONCE_CHARS = 8
 TOKEN_CHARS_MIN = 16
@@ -92,11 +92,7 @@ def parse_push(body: bytes, token: str) -> CarrierPush:
             frame = bytes.fromhex(value)
         except ValueError:
             raise MalformedPush("a data point's value is the meter frame in hex") from None
-        try:
-            frame_serial: str | None = cjt188.decode_frame(frame).serial
-        except MalformedFrame:
-            frame_serial = None
-        kind, fields = PushKind.DATA_REPORT, {"frame": frame, "frame_serial": frame_serial}
+        kind, fields = PushKind.DATA_REPORT, {"frame": frame, **read_pushed_frame(frame)}
     elif kind_no == 2 and msg.get("status") in (0, 1):
         kind, fields = PushKind.ONLINE_OFFLINE, {"online": msg["status"] == 1}
     else:
