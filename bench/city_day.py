@@ -94,7 +94,8 @@ def measure(scale: float = 1.0) -> list[BenchRow]:
         frame = sim.meters[next(iter(sim.meters))].report(datetime.now(UTC)) if sim.meters else b"\x68" * 60
         raw_accounts_s, raw_reports_s = raw_copy(url, households, o.reports_sent, frame)
     rss = peak_rss_mib()
-    note = (f"{households:,} households; register {o.open_s:.0f} s, day {o.run_s:.0f} s; {o.reports_sent:,} reports "
+    note = (f"{households:,} households; register {o.open_s:.0f} s, day {o.run_s:.0f} s (payments {o.paying_s:.0f} s, reports and sends "
+            f"{o.reporting_s:.0f} s, watchdog {o.watching_s:.0f} s); {o.reports_sent:,} reports "
             f"({o.reports_in_batches:,} batched), {o.payments_made:,} payments; check holds; peak RSS {rss:,} MiB")  # fmt: skip
     raw_s = raw_accounts_s + raw_reports_s
     return [

@@ -13,7 +13,9 @@ with `check_ledger` passing and exactly one booked payment per notification.
     uv run python -m bench.intake                    # the issue's size
 """
 
+import cProfile
 import os
+import pstats
 import random
 import re
 import socket
@@ -172,6 +174,37 @@ def statements_per_notification(system: System) -> StatementCount:
     return count
 
 
+PROFILED = 1_000
+
+
+def print_profile(system: System) -> None:
+    """One client, so nothing waits on anything but the database: wall time and this process's CPU a
+    notification without the profiler, then cProfile's own time of each function summed by library."""
+    take = take_as_the_api_does(system)
+    warm, measured, profiled = signed_requests("warm", 50), signed_requests("measured", PROFILED), signed_requests("profiled", PROFILED)
+    for item in warm:
+        take(item)
+    cpu_started, started = time.process_time(), time.perf_counter()
+    for item in measured:
+        take(item)
+    wall_ms, cpu_ms = ((time.perf_counter() - started) * 1000 / PROFILED, (time.process_time() - cpu_started) * 1000 / PROFILED)
+    print(f"one client, {PROFILED:,} notifications: {1000 / wall_ms:,.0f}/s; {wall_ms:.2f} ms a notification, {cpu_ms:.2f} ms of it CPU in this process")
+    profiler = cProfile.Profile(time.process_time)  # CPU only: waiting on the database is not counted
+    profiler.enable()
+    for item in profiled:
+        take(item)
+    profiler.disable()
+    by_library: dict[str, float] = {}
+    for (filename, _, _), (_, _, own_s, _, _) in pstats.Stats(profiler).stats.items():  # type: ignore[attr-defined]
+        library = next((name for name in ("sqlalchemy", "psycopg", "gasworks", "cryptography", "pydantic") if f"/{name}/" in filename), "built-ins and the rest")
+        by_library[library] = by_library.get(library, 0.0) + own_s
+    total = sum(by_library.values())
+    print("CPU under cProfile (which slows Python calls, so read the shares), own time by library:")
+    for library, own_s in sorted(by_library.items(), key=lambda kv: -kv[1]):
+        print(f"  {library:24} {own_s / total:5.0%}")
+    system.engine.dispose()
+
+
 # ---- the HTTP boundary --------------------------------------------------------------------------
 
 
@@ -276,7 +309,13 @@ def main(
     api_processes: int = typer.Option(2, help="uvicorn processes for the HTTP rows (gasworks serve --workers)."),
     group_commit_ms: list[float] = typer.Option([0.0], help="Measure with each group-commit window (0: off); repeat the option."),
     statements: bool = typer.Option(False, help="Only print the SQL one notification sends."),
+    profile: bool = typer.Option(False, help="Only profile one client: time and CPU a notification, and where the CPU goes."),
 ) -> None:
+    if profile:
+        configure_logging(level=40)
+        with fresh_database() as url:
+            print_profile(prepared_system(url))
+        return
     if statements:
         configure_logging(level=40)
         with fresh_database() as url:

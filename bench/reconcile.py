@@ -136,15 +136,18 @@ def _ours(url: str, statement: str) -> dict:
     t0 = time.perf_counter()
     imported = reconciliation.import_statement(channel_id="wallet", statement_date=DAY, filename=Path(statement).name, raw=raw, uow=system.new_uow(), actor="bench")
     t_import = time.perf_counter() - t0
+    steps: list[tuple[str, float]] = []
     t0 = time.perf_counter()
-    report = reconciliation.reconcile(file_id=imported.file_id, uow_factory=system.new_uow, actor="bench")
+    report = reconciliation.reconcile(file_id=imported.file_id, uow_factory=system.new_uow, actor="bench", progress=lambda step: steps.append((step, time.perf_counter())))
     t_reconcile = time.perf_counter() - t0
+    marks = [*steps, ("", t0 + t_reconcile)]
+    step_s = {name: round(marks[k + 1][1] - at, 2) for k, (name, at) in enumerate(marks[:-1])}  # exporting, matching, repairing (and writing the run)
     again = reconciliation.reconcile(file_id=imported.file_id, uow_factory=system.new_uow, actor="bench")
     found: dict[str, list[str]] = {}
     for d in report.discrepancies:
         found.setdefault(d.klass.value, []).append(d.channel_txn_id or "")
     return {
-        "import_s": t_import, "reconcile_s": t_reconcile, "lines": imported.lines, "found": found, "verdict": report.verdict,
+        "import_s": t_import, "reconcile_s": t_reconcile, "step_s": step_s, "lines": imported.lines, "found": found, "verdict": report.verdict,
         "rerun_same": again.run_id == report.run_id and not again.new, "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
     }  # fmt: skip
 
@@ -209,7 +212,7 @@ def measure(scale: float = 1.0) -> list[BenchRow]:
     size = f"{ours['lines']:,} lines vs {rows:,} payments"
     return [
         BenchRow(f"reconcile: import {size} (DuckDB read + COPY)", ours["import_s"], t_raw, "s", False, "—", True, "raw = the whole bare join + write"),
-        BenchRow("reconcile: match (COPY out, one DuckDB query, repairs)", ours["reconcile_s"], t_raw, "s", False, "—", True, ""),
+        BenchRow("reconcile: match (COPY out, one DuckDB query, repairs)", ours["reconcile_s"], t_raw, "s", False, "—", True, ", ".join(f"{name} {s:.2f} s" for name, s in ours["step_s"].items())),  # fmt: skip
         BenchRow(
             "reconcile: import + match, total",
             t_ours,

@@ -131,6 +131,9 @@ class BulkOutcome:
     payments_booked: int = 0  # the channel got a 'booked' answer (exactly once: never a duplicate here)
     open_s: float = 0.0
     run_s: float = 0.0
+    paying_s: float = 0.0  # of run_s: the residents' payments through the intake
+    reporting_s: float = 0.0  # of run_s: reports sealed, taken by the worker, and the credits sent back
+    watching_s: float = 0.0  # of run_s: the worker's watchdog passes
     purchases_applied_at_meters: int = 0
     litres_applied_at_meters: int = 0
     purchases_proven_applied: int = 0
@@ -200,15 +203,21 @@ class BulkSimulation:
                 due = 0
                 while due < len(pays) and pays[due][0] < slot_start + slot_s:
                     due += 1
+                paying = time.perf_counter()
                 self._pay([i for _, i in pays[:due]])
                 done += due
                 del pays[:due]
                 lo, hi = np.searchsorted(wake_s, [slot_start, slot_start + slot_s])
+                reporting = time.perf_counter()
                 self._wake(iot[lo:hi], now)
                 done += int(hi - lo)
+                watching = time.perf_counter()
                 if now >= next_watch:
                     self.worker.watch()
                     next_watch += WATCH_EVERY
+                self.outcome.paying_s += reporting - paying
+                self.outcome.reporting_s += watching - reporting
+                self.outcome.watching_s += time.perf_counter() - watching
                 if progress:
                     progress(done)
             self.clock.move_to(max(midnight + timedelta(days=1), self.clock.now()))
