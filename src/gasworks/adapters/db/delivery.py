@@ -1,8 +1,7 @@
-"""Repositories for meter delivery: meters' delivery side, tariffs, meter commands, kiosks, alerts."""
+"""Repositories for meter delivery: meters' delivery side, their models, and meter commands."""
 
-import secrets
 from collections.abc import Mapping
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
@@ -12,8 +11,6 @@ from gasworks.adapters.db.repositories import insert_unless_taken
 from gasworks.domain.accounts import CustomerClass, MeterKind
 from gasworks.domain.delivery import (
     OPEN_STATES,
-    Alert,
-    AlertKind,
     CommandEvent,
     CommandKind,
     CommandState,
@@ -23,10 +20,8 @@ from gasworks.domain.delivery import (
     MeterModel,
     PurchaseSite,
 )
-from gasworks.domain.kiosks import Kiosk
 from gasworks.domain.ledger import prepaid_account
 from gasworks.domain.meter_models import CreditUnit, DiByteOrder, MacScheme
-from gasworks.domain.tariffs import Tariff, Tier
 
 METER_WORK_CHANNEL = "gasworks_meter_work"  # PostgreSQL LISTEN/NOTIFY channel: "a meter has a new command"
 
@@ -197,46 +192,6 @@ class MeterModels:
     def count_meters(self) -> dict[str, int]:
         rows = self.c.execute(select(t.meters.c.model, func.count()).where(t.meters.c.model.is_not(None)).group_by(t.meters.c.model))
         return {model: int(n) for model, n in rows}
-
-
-class Tariffs:
-    def __init__(self, c: Connection) -> None:
-        self.c = c
-
-    def add(self, tariff: Tariff, *, at: datetime, actor: str) -> int | None:
-        """None if a version for this class and day exists already: versions are never edited."""
-        return self.c.execute(
-            insert_unless_taken(self.c, t.tariffs)
-            .values(
-                customer_class=tariff.customer_class.value,
-                effective_from=tariff.effective_from,
-                tiers=[[tier.upto_litres, tier.price_milli_fen_per_m3] for tier in tariff.tiers],
-                year_start_month=tariff.year_start_month,
-                year_start_day=tariff.year_start_day,
-                created_at=at,
-                created_by=actor,
-            )
-            .returning(t.tariffs.c.id)
-        ).scalar_one_or_none()
-
-    def in_force(self, customer_class: CustomerClass, day: date) -> Tariff | None:
-        row = self.c.execute(select(t.tariffs).where(t.tariffs.c.customer_class == customer_class.value, t.tariffs.c.effective_from <= day).order_by(t.tariffs.c.effective_from.desc()).limit(1)).first()
-        return _tariff(row) if row else None
-
-    def list(self) -> list[Tariff]:
-        rows = self.c.execute(select(t.tariffs).order_by(t.tariffs.c.customer_class, t.tariffs.c.effective_from))
-        return [_tariff(r) for r in rows]
-
-
-def _tariff(row: Any) -> Tariff:
-    return Tariff(
-        customer_class=CustomerClass(row.customer_class),
-        effective_from=row.effective_from,
-        tiers=tuple(Tier(upto, price) for upto, price in row.tiers),
-        year_start_month=row.year_start_month,
-        year_start_day=row.year_start_day,
-        id=row.id,
-    )
 
 
 class MeterCommands:
@@ -457,69 +412,3 @@ def _command(row: Any) -> MeterCommand:
         events=[],
         events_saved=row.events_count,
     )
-
-
-class Kiosks:
-    def __init__(self, c: Connection) -> None:
-        self.c = c
-
-    def add(self, kiosk: Kiosk, at: datetime) -> bool:
-        inserted = self.c.execute(insert_unless_taken(self.c, t.kiosks).values(**kiosk.__dict__, created_at=at).returning(t.kiosks.c.id)).first()
-        return inserted is not None
-
-    def set_status(self, kiosk_id: str, status: str) -> int:
-        return self.c.execute(update(t.kiosks).where(t.kiosks.c.id == kiosk_id).values(status=status)).rowcount
-
-    def list(self, *, status: str | None = None) -> list[Kiosk]:
-        query = select(t.kiosks).order_by(t.kiosks.c.id)
-        if status:
-            query = query.where(t.kiosks.c.status == status)
-        return [Kiosk(**{k: v for k, v in r._mapping.items() if k != "created_at"}) for r in self.c.execute(query)]
-
-
-class Alerts:
-    def __init__(self, c: Connection) -> None:
-        self.c = c
-
-    def raise_once(self, *, kind: AlertKind | str, subject: str, reason: str, at: datetime) -> bool:
-        """Open an alert unless one is open for the same kind and subject; True if it is new."""
-        kind = str(kind)
-        inserted = self.c.execute(insert_unless_taken(self.c, t.alerts).values(kind=kind, subject=subject, reason=reason[:500], raised_at=at, open_key=f"{kind}:{subject}").returning(t.alerts.c.id)).first()
-        return inserted is not None
-
-    def clear(self, *, kind: AlertKind | str, subject: str, at: datetime, resolved_by: str | None = None, resolution: str | None = None) -> int:
-        return self.c.execute(update(t.alerts).where(t.alerts.c.open_key == f"{kind}:{subject}").values(cleared_at=at, open_key=None, resolved_by=resolved_by, resolution=resolution[:300] if resolution else None)).rowcount
-
-    def get(self, alert_id: int) -> Alert | None:
-        row = self.c.execute(select(t.alerts).where(t.alerts.c.id == alert_id)).first()
-        return _alert(row) if row else None
-
-    def open_of_kind(self, kind: AlertKind | str, limit: int) -> list[Alert]:
-        rows = self.c.execute(select(t.alerts).where(t.alerts.c.kind == str(kind), t.alerts.c.cleared_at.is_(None)).order_by(t.alerts.c.id).limit(limit))
-        return [_alert(r) for r in rows]
-
-    def list(self, *, limit: int, open_only: bool = True, subject: str | None = None) -> list[Alert]:
-        query = select(t.alerts).order_by(t.alerts.c.id.desc()).limit(limit)
-        if open_only:
-            query = query.where(t.alerts.c.cleared_at.is_(None))
-        if subject:
-            query = query.where(t.alerts.c.subject == subject)
-        return [_alert(r) for r in self.c.execute(query)]
-
-    def count_open_by_kind(self) -> dict[str, int]:
-        rows = self.c.execute(select(t.alerts.c.kind, func.count()).where(t.alerts.c.cleared_at.is_(None)).group_by(t.alerts.c.kind))
-        return {kind: int(n) for kind, n in rows}
-
-
-def _alert(r: Any) -> Alert:
-    return Alert(r.id, r.kind, r.subject, r.reason, r.raised_at, r.cleared_at, r.resolved_by, r.resolution)
-
-
-class SiteSecrets:
-    def __init__(self, c: Connection) -> None:
-        self.c = c
-
-    def get_or_create(self, name: str, at: datetime) -> str:
-        """A random secret made once per installation (the first caller's wins, also under a race)."""
-        self.c.execute(insert_unless_taken(self.c, t.site_secrets).values(name=name, value=secrets.token_urlsafe(32), created_at=at))
-        return self.c.execute(select(t.site_secrets.c.value).where(t.site_secrets.c.name == name)).scalar_one()

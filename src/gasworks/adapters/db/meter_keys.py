@@ -23,8 +23,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection, func, insert, select, update
 
 from gasworks.adapters.db import tables as t
-from gasworks.adapters.db.delivery import SiteSecrets, model_of
+from gasworks.adapters.db.delivery import model_of
 from gasworks.adapters.db.repositories import SEALED_TEXT_PREFIX
+from gasworks.adapters.db.site_secrets import SiteSecrets
 from gasworks.domain.errors import InvalidInput
 from gasworks.domain.meter_models import MeterModel
 from gasworks.domain.meter_security import COUNTER_MAX, MeterFrameSecurity, SiteKeyMismatch

@@ -6,13 +6,17 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Connection, Engine
 
 from gasworks.adapters.channels.rsa import RsaKeyChecks
+from gasworks.adapters.db import alerts as alert_repos
 from gasworks.adapters.db import bulk as bulk_repos
 from gasworks.adapters.db import carriers as carrier_repos
 from gasworks.adapters.db import delivery as delivery_repos
+from gasworks.adapters.db import kiosks as kiosk_repos
 from gasworks.adapters.db import meter_keys as meter_key_repos
 from gasworks.adapters.db import outbound as outbound_repos
 from gasworks.adapters.db import reconciliation as reconciliation_repos
 from gasworks.adapters.db import repositories as repos
+from gasworks.adapters.db import site_secrets as secret_repos
+from gasworks.adapters.db import tariffs as tariff_repos
 from gasworks.adapters.db.group_commit import CommitGroup, GroupCommit, GroupCommitFailed
 from gasworks.adapters.meters.frame_security import FrameSecurityCodec
 from gasworks.domain.channels import Channel
@@ -77,11 +81,11 @@ class SqlUnitOfWork:
         self.audit = repos.AuditLog(c)
         self.meters = delivery_repos.Meters(c)
         self.meter_models = delivery_repos.MeterModels(c)
-        self.tariffs = delivery_repos.Tariffs(c)
+        self.tariffs = tariff_repos.Tariffs(c)
         self.meter_commands = delivery_repos.MeterCommands(c)
-        self.kiosks = delivery_repos.Kiosks(c)
-        self.alerts = delivery_repos.Alerts(c)
-        self.site_secrets = delivery_repos.SiteSecrets(c)
+        self.kiosks = kiosk_repos.Kiosks(c)
+        self.alerts = alert_repos.Alerts(c)
+        self.site_secrets = secret_repos.SiteSecrets(c)
         self.meter_keys = meter_key_repos.MeterKeys(c, site_key=self.site_key, now=self.clock.now, cache=self.key_cache)
         self.channels = repos.Channels(c, self.channel_cache, sealer=self.meter_keys)  # channels' secrets sealed under the same site key
         self.statements = reconciliation_repos.Statements(c)
