@@ -1,10 +1,11 @@
 """Repositories for meter delivery: meters' delivery side, their models, and meter commands."""
 
+import functools
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, String, and_, bindparam, func, insert, or_, select, update
 
 from gasworks.adapters.db import tables as t
 from gasworks.adapters.db.repositories import insert_unless_taken
@@ -54,18 +55,7 @@ class Meters:
     def get_for_purchase(self, account_no: str) -> PurchaseSite | None:
         """The account's meter, locked (the meter first, then the balance, everywhere), with its
         customer's class, cached balance and waiting commands in the same round trip."""
-        mc, la = t.meter_commands, t.ledger_accounts
-        waiting = select(func.count()).where(mc.c.meter_serial == t.meters.c.serial, mc.c.state.in_([s.value for s in OPEN_STATES])).scalar_subquery()
-        query = (
-            self._select(lock=False)
-            .add_columns(t.customers.c.customer_class, la.c.entries_sum_fen, waiting.label("open_commands"))
-            .join(t.customers, t.customers.c.account_no == t.meters.c.account_no)
-            .join(la, la.c.code == prepaid_account(account_no))
-            .where(t.meters.c.account_no == account_no)
-        )
-        if self.c.dialect.name == "postgresql":
-            query = query.with_for_update(of=t.meters)
-        row = self.c.execute(query).first()
+        row = self.c.execute(_for_purchase_query(self.c.dialect.name), {"account_no": account_no, "prepaid_code": prepaid_account(account_no)}).first()
         if row is None:
             return None
         return PurchaseSite(_link(row), CustomerClass(row.customer_class), int(row.entries_sum_fen), int(row.open_commands))
@@ -89,7 +79,7 @@ class Meters:
     def save(self, link: MeterLink) -> None:
         values = {name: getattr(link, name) for name in _LINK_COLUMNS}
         values["link_state"] = link.link_state.value
-        self.c.execute(update(t.meters).where(t.meters.c.serial == link.serial).values(**values))
+        self.c.execute(_SAVE_METER, values | {"meter_serial": link.serial})
 
     def silent_since(self, cutoff: datetime, limit: int, *, cutoff_by_model: Mapping[str, datetime] | None = None) -> list[str]:
         m, by_model = t.meters, dict(cutoff_by_model or {})
@@ -119,6 +109,28 @@ class Meters:
     def count_by_link_state(self) -> dict[str, int]:
         rows = self.c.execute(select(t.meters.c.link_state, func.count()).where(t.meters.c.kind == MeterKind.IOT.value).group_by(t.meters.c.link_state))
         return {state: int(n) for state, n in rows}
+
+
+@functools.cache
+def _for_purchase_query(dialect: str) -> Any:
+    """Meters.get_for_purchase's query, built once per dialect (its values bound at execution)."""
+    mc, la = t.meter_commands, t.ledger_accounts
+    bytes_ = select(t.meter_models.c.purchase_seq_bytes).where(t.meter_models.c.name == t.meters.c.model).scalar_subquery()
+    waiting = select(func.count()).where(mc.c.meter_serial == t.meters.c.serial, mc.c.state.in_([s.value for s in OPEN_STATES])).scalar_subquery()
+    query = (
+        select(t.meters, bytes_.label("purchase_seq_bytes"), t.customers.c.customer_class, la.c.entries_sum_fen, waiting.label("open_commands"))
+        .join(t.customers, t.customers.c.account_no == t.meters.c.account_no)
+        .join(la, la.c.code == bindparam("prepaid_code"))
+        .where(t.meters.c.account_no == bindparam("account_no"))
+    )
+    return query.with_for_update(of=t.meters) if dialect == "postgresql" else query
+
+
+# The booking path's other statements here, built once (each execution binds its values).
+_SAVE_METER = update(t.meters).where(t.meters.c.serial == bindparam("meter_serial"))
+_INSERT_COMMAND = insert(t.meter_commands).returning(t.meter_commands.c.id)
+_INSERT_COMMAND_EVENTS = insert(t.meter_command_events)
+_ANNOUNCE_WORK = select(func.pg_notify(METER_WORK_CHANNEL, bindparam("meter_serial", type_=String)))
 
 
 def _has_work_due(now: datetime):  # noqa: ANN202 - a SQL condition on the meters row
@@ -199,7 +211,7 @@ class MeterCommands:
         self.c = c
 
     def add(self, command: MeterCommand) -> int:
-        command.id = self.c.execute(insert(t.meter_commands).values(**self._values(command) | {"created_at": command.created_at}).returning(t.meter_commands.c.id)).scalar_one()
+        command.id = self.c.execute(_INSERT_COMMAND, self._values(command) | {"created_at": command.created_at}).scalar_one()
         self._save_events(command)
         return command.id
 
@@ -248,7 +260,7 @@ class MeterCommands:
     def _save_events(self, command: MeterCommand) -> None:
         if command.events:
             self.c.execute(
-                insert(t.meter_command_events),
+                _INSERT_COMMAND_EVENTS,
                 [{"command_id": command.id, "seq": command.events_saved + i, "state": e.state.value, "at": e.at, "note": e.note[:300]} for i, e in enumerate(command.events, start=1)],
             )
             command.events_saved += len(command.events)
@@ -365,7 +377,7 @@ class MeterCommands:
     def announce(self, serial: str) -> None:
         """Tell listening workers, at commit, that this meter has work (PostgreSQL NOTIFY; they poll on SQLite)."""
         if self.c.dialect.name == "postgresql":
-            self.c.execute(select(func.pg_notify(METER_WORK_CHANNEL, serial)))
+            self.c.execute(_ANNOUNCE_WORK, {"meter_serial": serial})
 
     def count_open(self, serial: str) -> int:
         mc = t.meter_commands

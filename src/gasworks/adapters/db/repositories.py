@@ -1,5 +1,6 @@
 """Repositories: the only code that speaks SQL. They map rows to domain objects and back."""
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -11,6 +12,7 @@ from sqlalchemy import (
     Insert,
     Table,
     and_,
+    bindparam,
     case,
     func,
     insert,
@@ -289,6 +291,13 @@ def _key_aad(channel_id: str, key_id: str, purpose: KeyPurpose) -> str:
     return f"gasworks channel key {channel_id} {key_id} {purpose.value}"
 
 
+# The booking path's statements, built once (each execution binds its values).
+_INSERT_LEDGER_TRANSACTIONS = insert(t.ledger_transactions).returning(t.ledger_transactions.c.id, sort_by_parameter_order=True)
+_INSERT_LEDGER_ENTRIES = insert(t.ledger_entries)
+_ADD_TO_CACHED_BALANCE = update(t.ledger_accounts).where(t.ledger_accounts.c.code == bindparam("account_code")).values(entries_sum_fen=t.ledger_accounts.c.entries_sum_fen + bindparam("net_fen"))
+_INSERT_PAYMENT_EVENTS = insert(t.payment_events)
+
+
 class Ledger:
     def __init__(self, c: Connection) -> None:
         self.c = c
@@ -304,14 +313,9 @@ class Ledger:
         entries, one UPDATE per cached balance they touch (by the net of their entries)."""
         if not txns:
             return []
-        ids = list(
-            self.c.execute(
-                insert(t.ledger_transactions).returning(t.ledger_transactions.c.id, sort_by_parameter_order=True),
-                [{"kind": txn.kind.value, "payment_id": txn.payment_id, "at": txn.at, "memo": txn.memo} for txn in txns],
-            ).scalars()
-        )
+        ids = list(self.c.execute(_INSERT_LEDGER_TRANSACTIONS, [{"kind": txn.kind.value, "payment_id": txn.payment_id, "at": txn.at, "memo": txn.memo} for txn in txns]).scalars())
         self.c.execute(
-            insert(t.ledger_entries),
+            _INSERT_LEDGER_ENTRIES,
             [{"transaction_id": txn_id, "account_code": e.account_code, "amount_fen": e.amount_fen} for txn_id, txn in zip(ids, txns, strict=True) for e in txn.entries],
         )
         # Only per-customer balances are cached: a channel's clearing account or suspense is touched
@@ -323,7 +327,7 @@ class Ledger:
                     net_fen[entry.account_code] = net_fen.get(entry.account_code, 0) + entry.amount_fen
         # Sorted, so concurrent postings lock cached balances in one order and cannot deadlock.
         for code in sorted(net_fen):
-            updated = self.c.execute(update(t.ledger_accounts).where(t.ledger_accounts.c.code == code).values(entries_sum_fen=t.ledger_accounts.c.entries_sum_fen + net_fen[code])).rowcount
+            updated = self.c.execute(_ADD_TO_CACHED_BALANCE, {"account_code": code, "net_fen": net_fen[code]}).rowcount
             if updated != 1:
                 raise LookupError(f"ledger account {code!r} is not open")
         return ids
@@ -560,6 +564,19 @@ def insert_unless_taken(c: Connection, table: Table) -> Insert:
     return dialect_insert(table).on_conflict_do_nothing()
 
 
+@functools.cache
+def _claim_statement(dialect: str, table: Table, key: str) -> Insert:
+    """`insert_unless_taken(...).returning(key)` built once per dialect and table, its values bound at
+    execution: on the booking path, building a statement costs more CPU than sending it."""
+    dialect_insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    return dialect_insert(table).on_conflict_do_nothing().returning(table.c[key])
+
+
+def claim_row(c: Connection, table: Table, key: str, values: dict[str, Any]) -> bool:
+    """Insert the row unless its unique key is taken (see insert_unless_taken); True if it was inserted."""
+    return c.execute(_claim_statement(c.dialect.name, table, key), values).first() is not None
+
+
 class Payments:
     def __init__(self, c: Connection) -> None:
         self.c = c
@@ -570,24 +587,25 @@ class Payments:
         Raises DuplicateKey, with the transaction still usable, when the key is taken, also by a
         concurrent transaction that commits while we wait on the unique index.
         """
-        inserted = self.c.execute(
-            insert_unless_taken(self.c, t.payments)
-            .returning(t.payments.c.id)
-            .values(
-                id=payment.id,
-                channel_id=payment.channel_id,
-                channel_txn_id=payment.channel_txn_id,
-                amount_fen=payment.amount_fen,
-                account_no=payment.account_no,
-                out_trade_no=payment.out_trade_no,
-                method=payment.method,
-                paid_at=payment.paid_at,
-                state=payment.state.value,
-                hold_reason=payment.hold_reason.value if payment.hold_reason else None,
-                received_at=payment.events[0].at,
-            )
-        ).first()
-        if inserted is None:
+        inserted = claim_row(
+            self.c,
+            t.payments,
+            "id",
+            {
+                "id": payment.id,
+                "channel_id": payment.channel_id,
+                "channel_txn_id": payment.channel_txn_id,
+                "amount_fen": payment.amount_fen,
+                "account_no": payment.account_no,
+                "out_trade_no": payment.out_trade_no,
+                "method": payment.method,
+                "paid_at": payment.paid_at,
+                "state": payment.state.value,
+                "hold_reason": payment.hold_reason.value if payment.hold_reason else None,
+                "received_at": payment.events[0].at,
+            },
+        )
+        if not inserted:
             raise DuplicateKey(f"payment {payment.channel_id}/{payment.channel_txn_id} already taken")
 
     def save_progress(self, payment: Payment, events_already_saved: int) -> None:
@@ -606,7 +624,7 @@ class Payments:
         new_events = payment.events[events_already_saved:]
         if new_events:
             self.c.execute(
-                insert(t.payment_events),
+                _INSERT_PAYMENT_EVENTS,
                 [{"payment_id": payment.id, "seq": events_already_saved + i, "state": e.state.value, "at": e.at, "note": e.note} for i, e in enumerate(new_events, start=1)],
             )
 
@@ -666,8 +684,7 @@ class Nonces:
         self.c = c
 
     def claim(self, channel_id: str, nonce: str, at: datetime) -> None:
-        inserted = self.c.execute(insert_unless_taken(self.c, t.used_nonces).returning(t.used_nonces.c.nonce).values(channel_id=channel_id, nonce=nonce, seen_at=at)).first()
-        if inserted is None:
+        if not claim_row(self.c, t.used_nonces, "nonce", {"channel_id": channel_id, "nonce": nonce, "seen_at": at}):
             raise DuplicateKey(f"nonce {nonce!r} already used on channel {channel_id}")
 
     def forget_older_than(self, cutoff: datetime) -> int:

@@ -3,12 +3,14 @@
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 
 from gasworks.adapters.db import tables as t
 from gasworks.adapters.db.repositories import insert_unless_taken
 from gasworks.domain.accounts import CustomerClass
 from gasworks.domain.tariffs import Tariff, Tier
+
+_IN_FORCE = select(t.tariffs).where(t.tariffs.c.customer_class == bindparam("customer_class"), t.tariffs.c.effective_from <= bindparam("day")).order_by(t.tariffs.c.effective_from.desc()).limit(1)  # built once: it is read on every booking
 
 
 class Tariffs:
@@ -32,7 +34,7 @@ class Tariffs:
         ).scalar_one_or_none()
 
     def in_force(self, customer_class: CustomerClass, day: date) -> Tariff | None:
-        row = self.c.execute(select(t.tariffs).where(t.tariffs.c.customer_class == customer_class.value, t.tariffs.c.effective_from <= day).order_by(t.tariffs.c.effective_from.desc()).limit(1)).first()
+        row = self.c.execute(_IN_FORCE, {"customer_class": customer_class.value, "day": day}).first()
         return _tariff(row) if row else None
 
     def list(self) -> list[Tariff]:
