@@ -109,8 +109,7 @@ def alerts(
     """Open alerts: late or stuck purchases, offline meters, alarms, claims beyond what was issued."""
     if ctx.invoked_subcommand is not None:
         return
-    with system(database_url).new_uow() as uow:
-        found = uow.alerts.list(limit=limit, open_only=not all_)
+    found = delivery.list_alerts(system(database_url).new_uow(), limit=limit, open_only=not all_)
     table = Table("id", "raised (UTC)", "kind", "subject", "reason", "cleared by", "cleared")
     for a in found:
         cleared = f"{a.cleared_at.isoformat(timespec='seconds')}{f' by {a.resolved_by}: {a.resolution}' if a.resolved_by else ''}" if a.cleared_at else ""
@@ -344,9 +343,7 @@ def models_set(
 @cli_errors
 def models_list(database_url: DatabaseUrl = None) -> None:
     """Every meter model profile, with how many meters use it."""
-    with system(database_url).new_uow() as uow:
-        found = uow.meter_models.list()
-        meters = uow.meter_models.count_meters()
+    found, meters = delivery.meter_models_in_use(system(database_url).new_uow())
     table = Table("MAC", "DI order", "unit", "serial bytes", "reports every", "reopen needs button", "meters", "description")
     # The name is what an operator types next: never cut, however narrow the terminal.
     table.columns.insert(0, Column("model", no_wrap=True, min_width=max((len(m.name) for m in found), default=5)))
@@ -373,8 +370,7 @@ def commands_list(
     limit: int = 100,
     database_url: DatabaseUrl = None,
 ) -> None:
-    with system(database_url).new_uow() as uow:
-        _commands_table(uow.meter_commands.recent(limit=limit, states=state or None, serial=meter))
+    _commands_table(delivery.list_commands(system(database_url).new_uow(), limit=limit, states=state or None, serial=meter))
 
 
 @commands_app.command("reissue")
