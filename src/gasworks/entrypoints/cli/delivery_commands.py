@@ -12,7 +12,7 @@ from rich.table import Column, Table
 
 from gasworks.domain.accounts import CustomerClass
 from gasworks.domain.delivery import CommandState, MeterModel, valve_reason_names
-from gasworks.domain.errors import InvalidInput, NotFound
+from gasworks.domain.errors import InvalidInput
 from gasworks.domain.kiosks import Kiosk, KioskStatus
 from gasworks.domain.meter_models import CreditUnit, DiByteOrder, MacScheme, parse_profile_value
 from gasworks.domain.meter_security import DEFAULT_METER_MODEL
@@ -197,11 +197,8 @@ def kiosks_list(database_url: DatabaseUrl = None) -> None:
 @cli_errors
 def meters_show(serial: str, database_url: DatabaseUrl = None) -> None:
     """A meter's link, serials and open commands."""
-    with system(database_url).new_uow() as uow:
-        link = uow.meters.get(serial)
-        if link is None:
-            raise NotFound(f"no meter {serial}", code="METER_NOT_FOUND")
-        commands = uow.meter_commands.for_meter(serial)
+    meter = delivery.get_meter(serial, system(database_url).new_uow())
+    link, commands = meter.link, meter.commands
     out.print(f"meter {link.serial} ({link.kind.value}) account {link.account_no}: {link.link_state.value}, last report {link.last_report_at or 'never'}")
     out.print(f"purchases issued #{link.purchase_seq_issued}, applied #{link.applied_seq}; credit {link.credit_litres} L; valve {'open' if link.valve_open else 'closed' if link.valve_open is False else '?'}")
     reasons = ", ".join(valve_reason_names(link.valve_reasons)) or "none"
