@@ -154,8 +154,7 @@ def delivery_routes(system: System, caller: Callable[..., Callable[..., ApiKeyRe
     @router.get("/v1/kiosks", tags=["kiosks"], response_model=list[d.KioskOut])
     def list_kiosks(status: str | None = None) -> list[d.KioskOut]:
         """Public: where residents can write their cards."""
-        with new_uow() as uow:
-            return [d.KioskOut.of(k) for k in uow.kiosks.list(status=status)]
+        return [d.KioskOut.of(k) for k in kiosks.list_kiosks(new_uow(), status=status)]
 
     @router.post("/v1/kiosks", tags=["kiosks"], response_model=d.KioskOut, status_code=201)
     def add_kiosk(body: d.KioskIn, who: ApiKeyRecord = Depends(caller(Role.OPERATOR))) -> d.KioskOut:

@@ -185,8 +185,7 @@ def kiosks_status(kiosk_id: str, status: KioskStatus, database_url: DatabaseUrl 
 @kiosks_app.command("list")
 @cli_errors
 def kiosks_list(database_url: DatabaseUrl = None) -> None:
-    with system(database_url).new_uow() as uow:
-        found = uow.kiosks.list()
+    found = kiosks.list_kiosks(system(database_url).new_uow())
     table = Table("id", "name", "community", "lat, lon", "status", "hours")
     for k in found:
         table.add_row(k.id, k.name, k.community, f"{k.latitude:.5f}, {k.longitude:.5f}", k.status, k.opening_hours or "-")
