@@ -99,9 +99,7 @@ def account_routes(system: System, caller: Callers, errors: Errors) -> APIRouter
 
     @router.get("/v1/accounts/{account_no}/payments", tags=["payments"], response_model=list[s.PaymentOut])
     def account_payments(account_no: str, limit: int = Query(50, ge=1, le=settings.page_size_max), who: ApiKeyRecord = Depends(caller(*READERS))) -> list[s.PaymentOut]:
-        accounts.get_account(account_no, new_uow())
-        with new_uow() as uow:
-            return [s.PaymentOut.of(p) for p in uow.payments.list_for_account(account_no, limit)]
+        return [s.PaymentOut.of(p) for p in accounts.account_payments(account_no, limit, new_uow())]
 
     @router.get("/v1/holds", tags=["payments"], response_model=list[s.PaymentOut])
     def held_payments(limit: int = Query(100, ge=1, le=settings.page_size_max), who: ApiKeyRecord = Depends(caller(*READERS))) -> list[s.PaymentOut]:
