@@ -138,8 +138,7 @@ def discrepancies_list(
     limit: int = 100,
     database_url: DatabaseUrl = None,
 ) -> None:
-    with system(database_url).new_uow() as uow:
-        found = uow.reconciliations.discrepancies(state=state, klass=klass, channel_id=channel, limit=limit)
+    found = reconciliation.list_discrepancies(system(database_url).new_uow(), state=state, klass=klass, channel_id=channel, limit=limit)
     table = Table("id", "run", "class", "state", "channel", "txn", "payment", "detail", "proposed")
     for d in found:
         table.add_row(str(d.id), str(d.run_id), d.klass.value, d.state.value, d.channel_id, d.channel_txn_id or "", d.payment_id or "", d.detail, d.proposed_action)
