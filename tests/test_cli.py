@@ -64,6 +64,7 @@ def test_delivery_commands_refuse_bad_input_with_exit_2(tmp_path):
         (("tariffs", "add", "residential", "--effective-from", "2027-01-01", "--tier", "400:3", "--tier", "300:3", "--tier", "-:3"), "INVALID_TARIFF"),
         (("tariffs", "add", "residential", "--effective-from", "2027-01-01", "--tier", "-:2.9999999"), "INVALID_TARIFF"),
         (("meters", "show", "00000000000009"), "METER_NOT_FOUND"),
+        (("carriers", "show", "00000000000009"), "NOT_ON_A_PLATFORM"),
         (("commands", "reissue", "42", "--reason", "x"), "COMMAND_NOT_FOUND"),
         (("kiosks", "add", "k-2", "--name", "x", "--channel", "nope", "--latitude", "1", "--longitude", "1"), "CHANNEL_NOT_FOUND"),
         (("worker",), "NO_BROKER"),

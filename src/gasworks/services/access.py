@@ -40,6 +40,11 @@ def revoke_api_key(key_id: str, uow: UnitOfWork, *, actor: str) -> None:
         uow.commit()
 
 
+def list_api_keys(uow: UnitOfWork) -> list[ApiKeyRecord]:
+    with uow:
+        return uow.api_keys.list()
+
+
 def authenticate(secret: str | None, allowed: set[Role], uow: UnitOfWork) -> ApiKeyRecord:
     return authorize(identify(secret, uow), allowed)
 

@@ -13,6 +13,7 @@ from gasworks.domain.accounts import (
 from gasworks.domain.errors import Conflict, InvalidInput, NotFound
 from gasworks.domain.ledger import LedgerAccountKind, prepaid_account
 from gasworks.domain.meter_security import DEFAULT_METER_MODEL
+from gasworks.domain.payments import Payment
 from gasworks.services import meter_keys
 from gasworks.services.unit_of_work import UnitOfWork
 
@@ -81,7 +82,19 @@ class AccountView:
 
 def get_account(account_no: str, uow: UnitOfWork) -> AccountView:
     with uow:
-        customer = uow.customers.get(account_no)
-        if customer is None:
-            raise NotFound(f"no account {account_no!r}", code="ACCOUNT_NOT_FOUND")
+        customer = _require_customer(uow, account_no)
         return AccountView(customer, uow.ledger.balance_fen(account_no))
+
+
+def account_payments(account_no: str, limit: int, uow: UnitOfWork) -> list[Payment]:
+    """An account's payments, at most `limit` of them; none for no such account (ACCOUNT_NOT_FOUND)."""
+    with uow:
+        _require_customer(uow, account_no)
+        return uow.payments.list_for_account(account_no, limit)
+
+
+def _require_customer(uow: UnitOfWork, account_no: str) -> Customer:
+    customer = uow.customers.get(account_no)
+    if customer is None:
+        raise NotFound(f"no account {account_no!r}", code="ACCOUNT_NOT_FOUND")
+    return customer

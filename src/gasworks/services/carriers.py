@@ -184,3 +184,12 @@ def forget_old_pushes(uow: UnitOfWork) -> int:
         forgotten = uow.carriers.forget_pushes_before(uow.clock.now() - timedelta(seconds=PUSH_KEYS_KEPT_S))
         uow.commit()
         return forgotten
+
+
+def get_device(serial: str, uow: UnitOfWork) -> CarrierDevice:
+    """The meter's platform registration and its module's last known state."""
+    with uow:
+        device = uow.carriers.device_of(serial)
+    if device is None:
+        raise NotFound(f"meter {serial[:20]!r} is on no carrier platform", code="NOT_ON_A_PLATFORM")
+    return device

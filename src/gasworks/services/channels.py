@@ -134,6 +134,11 @@ def get_channel(channel_id: str, uow: UnitOfWork) -> Channel:
         return require_channel(uow, channel_id)
 
 
+def list_channels(uow: UnitOfWork) -> list[Channel]:
+    with uow:
+        return uow.channels.list()
+
+
 def require_channel(uow: UnitOfWork, channel_id: str) -> Channel:
     channel = uow.channels.get(channel_id)
     if channel is None:

@@ -82,3 +82,10 @@ def _meters_believed_no_further_than_issued(uow: UnitOfWork) -> list[LedgerCheck
         for alert in uow.alerts.open_of_kind(AlertKind.METER_CLAIMS_UNISSUED, FINDINGS_MAX)
     ]
     return findings
+
+
+def database_answers(uow: UnitOfWork) -> None:
+    """The health probes' question: the database opens a transaction and answers a read of the books
+    (raises whatever the database raised if it does not)."""
+    with uow:
+        uow.ledger.entries_sum_fen("suspense")

@@ -872,3 +872,60 @@ def resolve_alert(alert_id: int, uow: UnitOfWork, *, actor: str, note: str) -> A
         assert resolved is not None, "read back in the transaction that cleared it"
         uow.commit()
         return resolved
+
+
+# ---- read-only views for the API and CLI: one unit of work each, nothing committed -------------
+
+
+@dataclass(frozen=True)
+class MeterView:
+    """A meter's link and its open commands, read in one transaction."""
+
+    link: MeterLink
+    commands: list[MeterCommand]
+
+
+def get_meter(serial: str, uow: UnitOfWork) -> MeterView:
+    with uow:
+        link = uow.meters.get(serial)
+        if link is None:
+            raise NotFound(f"no meter {serial[:20]!r}", code="METER_NOT_FOUND")
+        return MeterView(link, uow.meter_commands.for_meter(serial))
+
+
+def list_commands(uow: UnitOfWork, *, limit: int, states: list[CommandState] | None = None, serial: str | None = None) -> list[MeterCommand]:
+    """Meter commands, newest first."""
+    with uow:
+        return uow.meter_commands.recent(limit=limit, states=states, serial=serial)
+
+
+def get_command(command_id: int, uow: UnitOfWork) -> MeterCommand:
+    with uow:
+        command = uow.meter_commands.get(command_id)
+    if command is None:
+        raise NotFound(f"no meter command {command_id}", code="COMMAND_NOT_FOUND")
+    return command
+
+
+def list_alerts(uow: UnitOfWork, *, limit: int, open_only: bool = True, subject: str | None = None) -> list[Alert]:
+    with uow:
+        return uow.alerts.list(limit=limit, open_only=open_only, subject=subject)
+
+
+def list_meter_models(uow: UnitOfWork) -> list[MeterModel]:
+    with uow:
+        return uow.meter_models.list()
+
+
+def meter_models_in_use(uow: UnitOfWork) -> tuple[list[MeterModel], dict[str, int]]:
+    """Every meter model profile, and how many meters use each (by model name)."""
+    with uow:
+        return uow.meter_models.list(), uow.meter_models.count_meters()
+
+
+def get_meter_model(name: str, uow: UnitOfWork) -> MeterModel:
+    with uow:
+        model = uow.meter_models.get(name)
+    if model is None:
+        raise NotFound(f"no meter model {name[:40]!r}", code="METER_MODEL_NOT_FOUND")
+    return model

@@ -139,3 +139,15 @@ def take_channel_refund(notice: RefundNotice, uow: UnitOfWork) -> Payment:
         )  # fmt: skip
         uow.commit()
         return payment
+
+
+def held_payments(limit: int, uow: UnitOfWork) -> list[Payment]:
+    """Money in suspense: every payment held, with its reason, oldest first."""
+    with uow:
+        return uow.payments.list_in_state(PaymentState.HELD, limit)
+
+
+def refunds_requested(limit: int, uow: UnitOfWork) -> list[Payment]:
+    """Refunds requested and not yet confirmed by the channel: their money is in refunds in flight."""
+    with uow:
+        return uow.payments.list_in_state(PaymentState.REFUND_REQUESTED, limit)

@@ -43,6 +43,11 @@ def set_kiosk_status(kiosk_id: str, status: KioskStatus, uow: UnitOfWork, *, act
         uow.commit()
 
 
+def list_kiosks(uow: UnitOfWork, *, status: str | None = None) -> list[Kiosk]:
+    with uow:
+        return uow.kiosks.list(status=status)
+
+
 def distance_m(a: tuple[float, float], b: tuple[float, float]) -> int:
     """Great-circle distance (haversine), whole metres."""
     lat1, lon1, lat2, lon2 = map(math.radians, (*a, *b))

@@ -335,3 +335,9 @@ def configure_gateway(channel_id: str, base_url: str, *, uow: UnitOfWork, actor:
         uow.outbound.set_gateway_url(channel_id, base_url, now)
         uow.audit.append(at=now, actor=actor, action="channel.gateway", subject=f"channel:{channel_id}", detail={"base_url": base_url})
         uow.commit()
+
+
+def list_jobs(kind: JobKind, uow: UnitOfWork, *, channel_id: str | None = None, limit: int = 100) -> list[OutboundJob]:
+    """What the worker last did when calling the channels: tries, next try, the channel's last answer."""
+    with uow:
+        return uow.outbound.jobs(kind, channel_id=channel_id, limit=limit)

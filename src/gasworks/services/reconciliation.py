@@ -311,3 +311,11 @@ def get_report(run_id: int, uow: UnitOfWork) -> RunReport:
         if run is None:
             raise NotFound(f"no reconciliation run {run_id}", code="RUN_NOT_FOUND")
         return _report(uow, run, new=False)
+
+
+def list_discrepancies(
+    uow: UnitOfWork, *, state: DiscrepancyState | None, klass: DiscrepancyClass | None = None, channel_id: str | None = None, limit: int,
+) -> list[Discrepancy]:  # fmt: skip
+    """Discrepancies of every run, filtered, oldest first."""
+    with uow:
+        return uow.reconciliations.discrepancies(state=state, klass=klass, channel_id=channel_id, limit=limit)

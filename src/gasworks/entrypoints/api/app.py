@@ -24,7 +24,7 @@ from gasworks.entrypoints.api.order_page import order_page_routes
 from gasworks.entrypoints.api.payment_routes import account_routes, device_routes, order_routes
 from gasworks.entrypoints.api.reconciliation_routes import reconciliation_routes
 from gasworks.entrypoints.api.resident_page import resident_routes
-from gasworks.services import intake
+from gasworks.services import checks, intake
 
 log = structlog.get_logger(__name__)
 
@@ -48,8 +48,7 @@ def create_app(system: System) -> FastAPI:
 
     @app.get("/healthz", tags=["system"])
     def healthz() -> dict[str, str]:
-        with system.new_uow() as uow:
-            uow.ledger.entries_sum_fen("suspense")
+        checks.database_answers(system.new_uow())
         return {"status": "ok"}
 
     @app.get("/metrics", tags=["system"], include_in_schema=False)

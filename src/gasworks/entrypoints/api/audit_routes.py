@@ -8,7 +8,7 @@ from gasworks.bootstrap import System
 from gasworks.domain.access import ApiKeyRecord
 from gasworks.entrypoints.api import schemas as s
 from gasworks.entrypoints.api.common import READERS, Callers
-from gasworks.services import checks
+from gasworks.services import checks, views
 
 
 def audit_routes(system: System, caller: Callers, errors: dict[int | str, dict[str, Any]]) -> APIRouter:
@@ -24,13 +24,11 @@ def audit_routes(system: System, caller: Callers, errors: dict[int | str, dict[s
         """Every refused request, newest first: when, which channel (or device's channel, or endpoint:
         devices, cards, orders, statements, meters …), the caller's key, the code and the reason, the
         body's size (`body_bytes`) and SHA-256 (`body_sha256`, none when refused unread)."""
-        with new_uow() as uow:
-            return uow.rejections.list(limit=limit, channel_id=channel_id, code=code)
+        return views.rejections(new_uow(), limit=limit, channel_id=channel_id, code=code)
 
     @router.get("/v1/audit")
     def audit_log(subject: str | None = None, limit: int = Query(100, ge=1, le=settings.page_size_max), who: ApiKeyRecord = Depends(caller(*READERS))) -> list[dict[str, Any]]:
-        with new_uow() as uow:
-            return uow.audit.list(limit=limit, subject=subject)
+        return views.audit_log(new_uow(), limit=limit, subject=subject)
 
     @router.get("/v1/checks/ledger", response_model=s.LedgerCheckOut)
     def ledger_check(who: ApiKeyRecord = Depends(caller(*READERS))) -> s.LedgerCheckOut:

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from gasworks.bootstrap import System
 from gasworks.domain.access import ApiKeyRecord
 from gasworks.domain.delivery import CommandState, MeterModel
-from gasworks.domain.errors import InvalidInput, NotFound
+from gasworks.domain.errors import InvalidInput
 from gasworks.domain.kiosks import Kiosk
 from gasworks.entrypoints.api import delivery_schemas as d
 from gasworks.entrypoints.api import schemas as s
@@ -62,11 +62,8 @@ def delivery_routes(system: System, caller: Callable[..., Callable[..., ApiKeyRe
 
     @router.get("/v1/meters/{serial}", tags=["meters"], response_model=d.MeterOut)
     def get_meter(serial: str, who: ApiKeyRecord = Depends(caller(*READERS))) -> d.MeterOut:
-        with new_uow() as uow:
-            link = uow.meters.get(serial)
-            if link is None:
-                raise NotFound(f"no meter {serial[:20]!r}", code="METER_NOT_FOUND")
-            return d.MeterOut.of(link, uow.meter_commands.for_meter(serial))
+        meter = delivery.get_meter(serial, new_uow())
+        return d.MeterOut.of(meter.link, meter.commands)
 
     @router.patch("/v1/meters/{serial}", tags=["meters"], response_model=d.MeterOut)
     def set_meter(serial: str, body: d.MeterSettingsIn, who: ApiKeyRecord = Depends(caller(Role.OPERATOR))) -> d.MeterOut:
@@ -88,8 +85,7 @@ def delivery_routes(system: System, caller: Callable[..., Callable[..., ApiKeyRe
 
     @router.get("/v1/meter-models", tags=["meters"], response_model=list[d.MeterModelOut])
     def list_meter_models(who: ApiKeyRecord = Depends(caller(*READERS))) -> list[d.MeterModelOut]:
-        with new_uow() as uow:
-            return [d.MeterModelOut.of(m) for m in uow.meter_models.list()]
+        return [d.MeterModelOut.of(m) for m in delivery.list_meter_models(new_uow())]
 
     @router.post("/v1/meter-models", tags=["meters"], response_model=d.MeterModelOut, status_code=201)
     def add_meter_model(body: d.MeterModelIn, who: ApiKeyRecord = Depends(caller(Role.OPERATOR))) -> d.MeterModelOut:
@@ -99,10 +95,7 @@ def delivery_routes(system: System, caller: Callable[..., Callable[..., ApiKeyRe
     def set_meter_model(name: str, body: d.MeterModelSettingsIn, who: ApiKeyRecord = Depends(caller(Role.OPERATOR))) -> d.MeterModelOut:
         """Every meter of the model follows (a single meter can be set otherwise afterwards)."""
         changed = delivery.set_model_reopen_needs_button(name, body.reopen_needs_button, new_uow(), actor=actor_of(who))
-        with new_uow() as uow:
-            model = uow.meter_models.get(name)
-        assert model is not None
-        return d.MeterModelOut.of(model, changed)
+        return d.MeterModelOut.of(delivery.get_meter_model(name, new_uow()), changed)
 
     @router.get("/v1/commands", tags=["meters"], response_model=list[d.CommandOut])
     def list_commands(
@@ -114,16 +107,11 @@ def delivery_routes(system: System, caller: Callable[..., Callable[..., ApiKeyRe
             states = [CommandState(x) for x in state]
         except ValueError:
             raise InvalidInput(f"state must be among {', '.join(CommandState)}", code="INVALID_STATE") from None
-        with new_uow() as uow:
-            return [d.CommandOut.of(c) for c in uow.meter_commands.recent(limit=limit, states=states, serial=meter_serial)]
+        return [d.CommandOut.of(c) for c in delivery.list_commands(new_uow(), limit=limit, states=states, serial=meter_serial)]
 
     @router.get("/v1/commands/{command_id}", tags=["meters"], response_model=d.CommandOut)
     def get_command(command_id: RowId, who: ApiKeyRecord = Depends(caller(*READERS))) -> d.CommandOut:
-        with new_uow() as uow:
-            command = uow.meter_commands.get(command_id)
-        if command is None:
-            raise NotFound(f"no meter command {command_id}", code="COMMAND_NOT_FOUND")
-        return d.CommandOut.of(command)
+        return d.CommandOut.of(delivery.get_command(command_id, new_uow()))
 
     @router.post("/v1/commands/{command_id}/reissue", tags=["meters"], response_model=d.CommandOut)
     def reissue(command_id: RowId, body: d.OperatorActionIn, who: ApiKeyRecord = Depends(caller(Role.OPERATOR))) -> d.CommandOut:
@@ -141,8 +129,7 @@ def delivery_routes(system: System, caller: Callable[..., Callable[..., ApiKeyRe
         limit: int = Query(100, ge=1, le=settings.page_size_max), who: ApiKeyRecord = Depends(caller(*READERS)),
     ) -> list[d.AlertOut]:  # fmt: skip
         """Deliveries and meters that need a person: expired or refused commands, late purchases, offline meters, alarms."""
-        with new_uow() as uow:
-            return [d.AlertOut.of(a) for a in uow.alerts.list(limit=limit, open_only=open_only, subject=subject)]
+        return [d.AlertOut.of(a) for a in delivery.list_alerts(new_uow(), limit=limit, open_only=open_only, subject=subject)]
 
     @router.post("/v1/alerts/{alert_id}/resolution", tags=["meters"], response_model=d.AlertOut)
     def resolve_alert(alert_id: RowId, body: d.AlertResolutionIn, who: ApiKeyRecord = Depends(caller(Role.OPERATOR))) -> d.AlertOut:
@@ -167,8 +154,7 @@ def delivery_routes(system: System, caller: Callable[..., Callable[..., ApiKeyRe
     @router.get("/v1/kiosks", tags=["kiosks"], response_model=list[d.KioskOut])
     def list_kiosks(status: str | None = None) -> list[d.KioskOut]:
         """Public: where residents can write their cards."""
-        with new_uow() as uow:
-            return [d.KioskOut.of(k) for k in uow.kiosks.list(status=status)]
+        return [d.KioskOut.of(k) for k in kiosks.list_kiosks(new_uow(), status=status)]
 
     @router.post("/v1/kiosks", tags=["kiosks"], response_model=d.KioskOut, status_code=201)
     def add_kiosk(body: d.KioskIn, who: ApiKeyRecord = Depends(caller(Role.OPERATOR))) -> d.KioskOut:

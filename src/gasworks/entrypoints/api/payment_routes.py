@@ -9,7 +9,6 @@ from gasworks.bootstrap import System
 from gasworks.domain.access import ApiKeyRecord
 from gasworks.domain.channels import PaymentNotice
 from gasworks.domain.errors import Unauthorized
-from gasworks.domain.payments import PaymentState
 from gasworks.entrypoints.api import schemas as s
 from gasworks.entrypoints.api.common import READERS, Callers, bearer, check_device_time
 from gasworks.entrypoints.api.delivery_routes import resident_url
@@ -100,15 +99,12 @@ def account_routes(system: System, caller: Callers, errors: Errors) -> APIRouter
 
     @router.get("/v1/accounts/{account_no}/payments", tags=["payments"], response_model=list[s.PaymentOut])
     def account_payments(account_no: str, limit: int = Query(50, ge=1, le=settings.page_size_max), who: ApiKeyRecord = Depends(caller(*READERS))) -> list[s.PaymentOut]:
-        accounts.get_account(account_no, new_uow())
-        with new_uow() as uow:
-            return [s.PaymentOut.of(p) for p in uow.payments.list_for_account(account_no, limit)]
+        return [s.PaymentOut.of(p) for p in accounts.account_payments(account_no, limit, new_uow())]
 
     @router.get("/v1/holds", tags=["payments"], response_model=list[s.PaymentOut])
     def held_payments(limit: int = Query(100, ge=1, le=settings.page_size_max), who: ApiKeyRecord = Depends(caller(*READERS))) -> list[s.PaymentOut]:
         """Money in suspense: every payment held, with its reason, oldest first."""
-        with new_uow() as uow:
-            return [s.PaymentOut.of(p) for p in uow.payments.list_in_state(PaymentState.HELD, limit)]
+        return [s.PaymentOut.of(p) for p in holds.held_payments(limit, new_uow())]
 
     @router.post("/v1/holds/{payment_id}/decisions", tags=["payments"], response_model=s.PaymentOut)
     def decide_hold(payment_id: str, body: s.HoldDecisionIn, who: ApiKeyRecord = Depends(caller(Role.OPERATOR))) -> s.PaymentOut:

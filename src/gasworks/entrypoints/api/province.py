@@ -37,6 +37,7 @@ from gasworks.domain.accounts import check_account_no
 from gasworks.domain.errors import GasworksError, InvalidInput, NotFound, PayloadTooLarge
 from gasworks.domain.province import Province
 from gasworks.entrypoints.api.app import create_app
+from gasworks.services import checks
 
 log = structlog.get_logger(__name__)
 
@@ -172,8 +173,7 @@ class ProvinceRouter:
 
 
 def _database_answers(system: System) -> None:
-    with system.new_uow() as uow:
-        uow.ledger.entries_sum_fen("suspense")
+    checks.database_answers(system.new_uow())
 
 
 def _account_in(body: bytes) -> str:

@@ -94,8 +94,7 @@ def reconciliation_routes(system: System, caller: Callable[..., Callable[..., Ap
             klass_ = DiscrepancyClass(klass) if klass else None
         except ValueError:
             raise InvalidInput(f"state among {', '.join(DiscrepancyState)}; class among {', '.join(DiscrepancyClass)}", code="INVALID_FILTER") from None
-        with new_uow() as uow:
-            return [DiscrepancyOut.of(d) for d in uow.reconciliations.discrepancies(state=state_, klass=klass_, channel_id=channel_id, limit=limit)]
+        return [DiscrepancyOut.of(d) for d in reconciliation.list_discrepancies(new_uow(), state=state_, klass=klass_, channel_id=channel_id, limit=limit)]
 
     @router.post("/v1/discrepancies/{discrepancy_id}/decisions", response_model=DiscrepancyOut, response_model_by_alias=True)
     def decide(discrepancy_id: RowId, body: DecisionIn, who: ApiKeyRecord = Depends(caller(Role.OPERATOR))) -> DiscrepancyOut:

@@ -6,7 +6,7 @@ import typer
 from rich.table import Table
 
 from gasworks.domain.carriers import CarrierDevice, CarrierPlatform, command_ttl_s
-from gasworks.domain.errors import InvalidInput, NotFound
+from gasworks.domain.errors import InvalidInput
 from gasworks.entrypoints.cli.common import DatabaseUrl, cli_actor, cli_errors, lazy_module, out, system
 
 carriers_app = typer.Typer(help="Meters behind NB-IoT carrier platforms (CTWing).", no_args_is_help=True)
@@ -46,10 +46,7 @@ def register_device(
 def show(serial: Annotated[str, typer.Argument(help="The meter's serial.")], database_url: DatabaseUrl = None) -> None:
     """The meter's platform registration and its module's last known state."""
     sys_ = system(database_url)
-    with sys_.new_uow() as uow:
-        device = uow.carriers.device_of(serial)
-    if device is None:
-        raise NotFound(f"meter {serial[:20]!r} is on no carrier platform", code="NOT_ON_A_PLATFORM")
+    device = carriers.get_device(serial, sys_.new_uow())
     table = Table(title=f"meter {serial}", title_justify="left")
     table.add_column("")
     table.add_column("")

@@ -46,8 +46,7 @@ def channels_jobs(
     database_url: DatabaseUrl = None,
 ) -> None:
     """What the worker last did when calling the channels: tries, next try, the channel's last answer."""
-    with system(database_url).new_uow() as uow:
-        jobs = uow.outbound.jobs(kind, channel_id=channel, limit=min(limit, 500))
+    jobs = outbound.list_jobs(kind, system(database_url).new_uow(), channel_id=channel, limit=min(limit, 500))
     table = Table("subject", "channel", "state", "tries", "next try", "step", "last")
     for j in jobs:
         table.add_row(j.subject, j.channel_id, j.state.value, str(j.tries), j.next_try_at.isoformat(timespec="seconds"), j.step, j.last_outcome)

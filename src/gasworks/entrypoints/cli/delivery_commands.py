@@ -12,7 +12,7 @@ from rich.table import Column, Table
 
 from gasworks.domain.accounts import CustomerClass
 from gasworks.domain.delivery import CommandState, MeterModel, valve_reason_names
-from gasworks.domain.errors import InvalidInput, NotFound
+from gasworks.domain.errors import InvalidInput
 from gasworks.domain.kiosks import Kiosk, KioskStatus
 from gasworks.domain.meter_models import CreditUnit, DiByteOrder, MacScheme, parse_profile_value
 from gasworks.domain.meter_security import DEFAULT_METER_MODEL
@@ -109,8 +109,7 @@ def alerts(
     """Open alerts: late or stuck purchases, offline meters, alarms, claims beyond what was issued."""
     if ctx.invoked_subcommand is not None:
         return
-    with system(database_url).new_uow() as uow:
-        found = uow.alerts.list(limit=limit, open_only=not all_)
+    found = delivery.list_alerts(system(database_url).new_uow(), limit=limit, open_only=not all_)
     table = Table("id", "raised (UTC)", "kind", "subject", "reason", "cleared by", "cleared")
     for a in found:
         cleared = f"{a.cleared_at.isoformat(timespec='seconds')}{f' by {a.resolved_by}: {a.resolution}' if a.resolved_by else ''}" if a.cleared_at else ""
@@ -186,8 +185,7 @@ def kiosks_status(kiosk_id: str, status: KioskStatus, database_url: DatabaseUrl 
 @kiosks_app.command("list")
 @cli_errors
 def kiosks_list(database_url: DatabaseUrl = None) -> None:
-    with system(database_url).new_uow() as uow:
-        found = uow.kiosks.list()
+    found = kiosks.list_kiosks(system(database_url).new_uow())
     table = Table("id", "name", "community", "lat, lon", "status", "hours")
     for k in found:
         table.add_row(k.id, k.name, k.community, f"{k.latitude:.5f}, {k.longitude:.5f}", k.status, k.opening_hours or "-")
@@ -198,11 +196,8 @@ def kiosks_list(database_url: DatabaseUrl = None) -> None:
 @cli_errors
 def meters_show(serial: str, database_url: DatabaseUrl = None) -> None:
     """A meter's link, serials and open commands."""
-    with system(database_url).new_uow() as uow:
-        link = uow.meters.get(serial)
-        if link is None:
-            raise NotFound(f"no meter {serial}", code="METER_NOT_FOUND")
-        commands = uow.meter_commands.for_meter(serial)
+    meter = delivery.get_meter(serial, system(database_url).new_uow())
+    link, commands = meter.link, meter.commands
     out.print(f"meter {link.serial} ({link.kind.value}) account {link.account_no}: {link.link_state.value}, last report {link.last_report_at or 'never'}")
     out.print(f"purchases issued #{link.purchase_seq_issued}, applied #{link.applied_seq}; credit {link.credit_litres} L; valve {'open' if link.valve_open else 'closed' if link.valve_open is False else '?'}")
     reasons = ", ".join(valve_reason_names(link.valve_reasons)) or "none"
@@ -344,9 +339,7 @@ def models_set(
 @cli_errors
 def models_list(database_url: DatabaseUrl = None) -> None:
     """Every meter model profile, with how many meters use it."""
-    with system(database_url).new_uow() as uow:
-        found = uow.meter_models.list()
-        meters = uow.meter_models.count_meters()
+    found, meters = delivery.meter_models_in_use(system(database_url).new_uow())
     table = Table("MAC", "DI order", "unit", "serial bytes", "reports every", "reopen needs button", "meters", "description")
     # The name is what an operator types next: never cut, however narrow the terminal.
     table.columns.insert(0, Column("model", no_wrap=True, min_width=max((len(m.name) for m in found), default=5)))
@@ -373,8 +366,7 @@ def commands_list(
     limit: int = 100,
     database_url: DatabaseUrl = None,
 ) -> None:
-    with system(database_url).new_uow() as uow:
-        _commands_table(uow.meter_commands.recent(limit=limit, states=state or None, serial=meter))
+    _commands_table(delivery.list_commands(system(database_url).new_uow(), limit=limit, states=state or None, serial=meter))
 
 
 @commands_app.command("reissue")

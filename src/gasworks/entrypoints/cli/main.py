@@ -155,8 +155,7 @@ def channels_seal_keys(database_url: DatabaseUrl = None) -> None:
 @channels_app.command("list")
 @cli_errors
 def channels_list(database_url: DatabaseUrl = None) -> None:
-    with system(database_url).new_uow() as uow:
-        found = uow.channels.list()
+    found = channels.list_channels(system(database_url).new_uow())
     table = Table("id", "kind", "name", "merchant", "keys (id:purpose:status)")
     for c in found:
         table.add_row(c.id, c.kind.value, c.name, c.merchant_id, ", ".join(f"{k.key_id}:{k.purpose.value}:{k.status.value}" for k in c.keys))
@@ -180,8 +179,7 @@ def keys_add(
 @keys_app.command("list")
 @cli_errors
 def keys_list(database_url: DatabaseUrl = None) -> None:
-    with system(database_url).new_uow() as uow:
-        found = uow.api_keys.list()
+    found = access.list_api_keys(system(database_url).new_uow())
     table = Table("id", "name", "role", "channel", "created", "revoked")
     for k in found:
         table.add_row(k.id, k.name, k.role, k.channel_id or "", k.created_at.isoformat(timespec="seconds"), k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "")

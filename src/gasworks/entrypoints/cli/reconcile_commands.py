@@ -11,7 +11,6 @@ from rich.table import Table
 from gasworks.domain.errors import InvalidInput
 from gasworks.domain.holds import HoldDecision
 from gasworks.domain.money import fen_to_yuan_text
-from gasworks.domain.payments import PaymentState
 from gasworks.domain.statements import DiscrepancyClass, DiscrepancyState
 from gasworks.entrypoints.cli.common import DatabaseUrl, cli_actor, cli_errors, lazy_module, out, system
 
@@ -36,8 +35,7 @@ def register(app: typer.Typer) -> None:
 @cli_errors
 def refunds_list(limit: int = 100, database_url: DatabaseUrl = None) -> None:
     """Refunds requested and not yet confirmed by the channel: their money is in refunds in flight."""
-    with system(database_url).new_uow() as uow:
-        waiting = uow.payments.list_in_state(PaymentState.REFUND_REQUESTED, limit)
+    waiting = holds.refunds_requested(limit, system(database_url).new_uow())
     table = Table("payment", "channel", "txn", "amount", "requested")
     for p in waiting:
         table.add_row(p.id, p.channel_id, p.channel_txn_id, f"¥{fen_to_yuan_text(p.amount_fen)}", p.events[-1].note)
@@ -63,8 +61,7 @@ def refunds_external(payment_id: str, evidence: Annotated[str, typer.Option(help
 @holds_app.command("list")
 @cli_errors
 def holds_list(limit: int = 100, database_url: DatabaseUrl = None) -> None:
-    with system(database_url).new_uow() as uow:
-        held = uow.payments.list_in_state(PaymentState.HELD, limit)
+    held = holds.held_payments(limit, system(database_url).new_uow())
     table = Table("payment", "channel", "txn", "amount", "account", "reason")
     for p in held:
         table.add_row(p.id, p.channel_id, p.channel_txn_id, f"¥{fen_to_yuan_text(p.amount_fen)}", p.account_no or "", p.events[-1].note)
@@ -141,8 +138,7 @@ def discrepancies_list(
     limit: int = 100,
     database_url: DatabaseUrl = None,
 ) -> None:
-    with system(database_url).new_uow() as uow:
-        found = uow.reconciliations.discrepancies(state=state, klass=klass, channel_id=channel, limit=limit)
+    found = reconciliation.list_discrepancies(system(database_url).new_uow(), state=state, klass=klass, channel_id=channel, limit=limit)
     table = Table("id", "run", "class", "state", "channel", "txn", "payment", "detail", "proposed")
     for d in found:
         table.add_row(str(d.id), str(d.run_id), d.klass.value, d.state.value, d.channel_id, d.channel_txn_id or "", d.payment_id or "", d.detail, d.proposed_action)
