@@ -3,11 +3,13 @@
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 
 from gasworks.adapters.db import tables as t
-from gasworks.adapters.db.repositories import insert_unless_taken
+from gasworks.adapters.db.repositories import claim_row
 from gasworks.domain.delivery import Alert, AlertKind
+
+_CLEAR = update(t.alerts).where(t.alerts.c.open_key == bindparam("key"))  # built once: every report may clear one
 
 
 class Alerts:
@@ -17,11 +19,10 @@ class Alerts:
     def raise_once(self, *, kind: AlertKind | str, subject: str, reason: str, at: datetime) -> bool:
         """Open an alert unless one is open for the same kind and subject; True if it is new."""
         kind = str(kind)
-        inserted = self.c.execute(insert_unless_taken(self.c, t.alerts).values(kind=kind, subject=subject, reason=reason[:500], raised_at=at, open_key=f"{kind}:{subject}").returning(t.alerts.c.id)).first()
-        return inserted is not None
+        return claim_row(self.c, t.alerts, "id", {"kind": kind, "subject": subject, "reason": reason[:500], "raised_at": at, "open_key": f"{kind}:{subject}"})
 
     def clear(self, *, kind: AlertKind | str, subject: str, at: datetime, resolved_by: str | None = None, resolution: str | None = None) -> int:
-        return self.c.execute(update(t.alerts).where(t.alerts.c.open_key == f"{kind}:{subject}").values(cleared_at=at, open_key=None, resolved_by=resolved_by, resolution=resolution[:300] if resolution else None)).rowcount
+        return self.c.execute(_CLEAR, {"key": f"{kind}:{subject}", "cleared_at": at, "open_key": None, "resolved_by": resolved_by, "resolution": resolution[:300] if resolution else None}).rowcount
 
     def get(self, alert_id: int) -> Alert | None:
         row = self.c.execute(select(t.alerts).where(t.alerts.c.id == alert_id)).first()

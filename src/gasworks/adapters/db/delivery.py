@@ -38,14 +38,10 @@ class Meters:
         self.c = c
 
     def _select(self, *, lock: bool, skip_locked: bool = False):  # noqa: ANN202
-        bytes_ = select(t.meter_models.c.purchase_seq_bytes).where(t.meter_models.c.name == t.meters.c.model).scalar_subquery()
-        query = select(t.meters, bytes_.label("purchase_seq_bytes"))
-        if lock and self.c.dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=skip_locked, of=t.meters)
-        return query
+        return _meter_select(lock and self.c.dialect.name == "postgresql", skip_locked)
 
     def get(self, serial: str, *, lock: bool = False) -> MeterLink | None:
-        row = self.c.execute(self._select(lock=lock).where(t.meters.c.serial == serial)).first()
+        row = self.c.execute(_meter_by_serial(lock and self.c.dialect.name == "postgresql"), {"meter_serial": serial}).first()
         return _link(row) if row else None
 
     def get_for_account(self, account_no: str, *, lock: bool = False) -> MeterLink | None:
@@ -112,6 +108,19 @@ class Meters:
 
 
 @functools.cache
+def _meter_select(lock: bool, skip_locked: bool) -> Any:
+    """A meter with its model's serial width; built once per way of locking (callers add their WHERE)."""
+    bytes_ = select(t.meter_models.c.purchase_seq_bytes).where(t.meter_models.c.name == t.meters.c.model).scalar_subquery()
+    query = select(t.meters, bytes_.label("purchase_seq_bytes"))
+    return query.with_for_update(skip_locked=skip_locked, of=t.meters) if lock else query
+
+
+@functools.cache
+def _meter_by_serial(lock: bool) -> Any:
+    return _meter_select(lock, False).where(t.meters.c.serial == bindparam("meter_serial"))
+
+
+@functools.cache
 def _for_purchase_query(dialect: str) -> Any:
     """Meters.get_for_purchase's query, built once per dialect (its values bound at execution)."""
     mc, la = t.meter_commands, t.ledger_accounts
@@ -126,7 +135,15 @@ def _for_purchase_query(dialect: str) -> Any:
     return query.with_for_update(of=t.meters) if dialect == "postgresql" else query
 
 
-# The booking path's other statements here, built once (each execution binds its values).
+@functools.cache
+def _commands_of_meter(by_route: bool) -> Any:
+    mc = t.meter_commands
+    query = select(mc).where(mc.c.meter_serial == bindparam("meter_serial"), mc.c.state.in_(bindparam("states", expanding=True))).order_by(mc.c.id)
+    return query.where(mc.c.route == bindparam("route")) if by_route else query
+
+
+# The booking and delivery paths' other statements here, built once (each execution binds its values).
+_SAVE_COMMAND = update(t.meter_commands).where(t.meter_commands.c.id == bindparam("command_id"))
 _SAVE_METER = update(t.meters).where(t.meters.c.serial == bindparam("meter_serial"))
 _INSERT_COMMAND = insert(t.meter_commands).returning(t.meter_commands.c.id)
 _INSERT_COMMAND_EVENTS = insert(t.meter_command_events)
@@ -216,18 +233,14 @@ class MeterCommands:
         return command.id
 
     def save(self, command: MeterCommand, at: datetime) -> None:
-        self.c.execute(update(t.meter_commands).where(t.meter_commands.c.id == command.id).values(**self._values(command) | {"updated_at": at}))
+        self.c.execute(_SAVE_COMMAND, self._values(command) | {"updated_at": at, "command_id": command.id})
         self._save_events(command)
 
     def save_many(self, commands: list[MeterCommand], at: datetime) -> None:
         """`save` for a batch, in two statements (one UPDATE and one INSERT of events, each executed many)."""
         if not commands:
             return
-        mc = t.meter_commands
-        self.c.execute(
-            update(mc).where(mc.c.id == bindparam("command_id")),
-            [self._values(command) | {"updated_at": at, "command_id": command.id} for command in commands],
-        )
+        self.c.execute(_SAVE_COMMAND, [self._values(command) | {"updated_at": at, "command_id": command.id} for command in commands])
         events = []
         for command in commands:
             events += [{"command_id": command.id, "seq": command.events_saved + i, "state": e.state.value, "at": e.at, "note": e.note[:300]} for i, e in enumerate(command.events, start=1)]
@@ -268,11 +281,9 @@ class MeterCommands:
 
     def for_meter(self, serial: str, *, states: frozenset[CommandState] = OPEN_STATES, route: MeterKind | None = None) -> list[MeterCommand]:
         """Commands to change, in the order they must reach the meter: purchases by serial, then the rest."""
-        mc = t.meter_commands
-        query = select(mc).where(mc.c.meter_serial == serial, mc.c.state.in_([s.value for s in states])).order_by(mc.c.id)
-        if route is not None:
-            query = query.where(mc.c.route == route.value)
-        return [_command(r) for r in self.c.execute(query)]
+        params = {"meter_serial": serial, "states": sorted(s.value for s in states)}
+        query = _commands_of_meter(route is not None)
+        return [_command(r) for r in self.c.execute(query, params | ({"route": route.value} if route is not None else {}))]
 
     def for_meters(self, serials: list[str], *, route: MeterKind) -> dict[str, list[MeterCommand]]:
         """`for_meter` (open states) for many meters in one query: serial -> its commands in order."""
