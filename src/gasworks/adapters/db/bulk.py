@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import ARRAY, Connection, any_, insert, select, update
 from sqlalchemy.sql import bindparam
 
 from gasworks.adapters.db import tables as t
@@ -26,6 +26,14 @@ from gasworks.domain.ledger import LedgerAccountKind
 from gasworks.domain.meter_security import MeterFrameSecurity
 
 IN_LIST_MAX = 10_000  # serials per IN (...) / ANY(...) lookup; callers batch below this
+
+
+def _one_of(c: Connection, column: Any, values: Sequence[Any]) -> Any:
+    """`column IN (values)`; on PostgreSQL `column = ANY(array)`, one parameter however many values, so
+    neither side parses and plans a statement with thousands of placeholders every batch."""
+    if c.dialect.name == "postgresql":
+        return column == any_(bindparam(f"{column.name}_values", list(values), type_=ARRAY(column.type)))
+    return column.in_(list(values))
 
 
 def _copy_rows(c: Connection, table: str, columns: Sequence[str], rows: Iterable[tuple]) -> None:
@@ -50,10 +58,10 @@ class BulkAccounts:
         meters: list[str] = []
         for i in range(0, len(account_nos), IN_LIST_MAX):
             chunk = account_nos[i : i + IN_LIST_MAX]
-            accounts += [r[0] for r in self.c.execute(select(t.customers.c.account_no).where(t.customers.c.account_no.in_(chunk)))]
+            accounts += [r[0] for r in self.c.execute(select(t.customers.c.account_no).where(_one_of(self.c, t.customers.c.account_no, chunk)))]
         for i in range(0, len(serials), IN_LIST_MAX):
             chunk = serials[i : i + IN_LIST_MAX]
-            meters += [r[0] for r in self.c.execute(select(t.meters.c.serial).where(t.meters.c.serial.in_(chunk)))]
+            meters += [r[0] for r in self.c.execute(select(t.meters.c.serial).where(_one_of(self.c, t.meters.c.serial, chunk)))]
         return accounts, meters
 
     def add(
@@ -106,8 +114,8 @@ class BulkMeterReports:
         if len(serials) > IN_LIST_MAX:
             raise ValueError(f"at most {IN_LIST_MAX} meters per batch, got {len(serials)}")
         ordered = sorted(set(serials))
-        links = {r.serial: _link(r) for r in self.c.execute(Meters(self.c)._select(lock=True).where(t.meters.c.serial.in_(ordered)).order_by(t.meters.c.serial))}
-        query = select(t.meter_frame_security).where(t.meter_frame_security.c.serial.in_(ordered)).order_by(t.meter_frame_security.c.serial)
+        links = {r.serial: _link(r) for r in self.c.execute(Meters(self.c)._select(lock=True).where(_one_of(self.c, t.meters.c.serial, ordered)).order_by(t.meters.c.serial))}
+        query = select(t.meter_frame_security).where(_one_of(self.c, t.meter_frame_security.c.serial, ordered)).order_by(t.meter_frame_security.c.serial)
         if self.c.dialect.name == "postgresql":
             query = query.with_for_update()
         rows = list(self.c.execute(query))
@@ -128,7 +136,7 @@ class BulkMeterReports:
             return {}
         mk = t.meter_keys
         serials = sorted({s for s, _ in wanted})
-        rows = self.c.execute(select(mk).where(mk.c.serial.in_(serials), mk.c.retired_at.is_(None)))
+        rows = self.c.execute(select(mk).where(_one_of(self.c, mk.c.serial, serials), mk.c.retired_at.is_(None)))
         site_key = self.meter_keys.site_key()
         opener, key_id = AESGCM(site_key), site_key_id(site_key)
         wanted_set = set(wanted)
@@ -145,7 +153,7 @@ class BulkMeterReports:
     def with_commands(self, serials: Sequence[str], states: frozenset[CommandState], route: str) -> set[str]:
         """Those of these meters with a command in one of `states` on `route`."""
         mc = t.meter_commands
-        query = select(mc.c.meter_serial).where(mc.c.meter_serial.in_(sorted(set(serials))), mc.c.state.in_([s.value for s in states]), mc.c.route == route).distinct()
+        query = select(mc.c.meter_serial).where(_one_of(self.c, mc.c.meter_serial, sorted(set(serials))), mc.c.state.in_([s.value for s in states]), mc.c.route == route).distinct()
         return {r[0] for r in self.c.execute(query)}
 
     def save(self, links: Sequence[MeterLink], securities: Sequence[MeterFrameSecurity]) -> None:
