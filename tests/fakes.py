@@ -566,6 +566,9 @@ class FakeMeters(_Repository):
     def get_by_card(self, card_no: str, *, lock: bool = False) -> MeterLink | None:
         return self._out(next((m for m in self._t.meters.values() if m.card_no == card_no), None))
 
+    def last_reports(self, serials: list[str]) -> dict[str, datetime | None]:
+        return {s: self._t.meters[s].last_report_at for s in serials if s in self._t.meters}
+
     def lock_if_free(self, serial: str) -> MeterLink | None:
         return self.get(serial)  # one process, one unit of work at a time: always free
 

@@ -369,6 +369,7 @@ def test_a_meter_is_read_as_saved_and_found_when_awake_with_work(new_uow):
         uow.meter_commands.save(sent, START)
         assert awake_with_work(uow, START) == [SERIAL], "in flight with no wait set: due at once"
         assert uow.meters.silent_since(START + timedelta(seconds=1), 10) == [SERIAL]
+        assert uow.meters.last_reports([SERIAL, "00000000009999"]) == {SERIAL: link.last_report_at}, "an unknown serial is left out"
         assert uow.meters.count_by_link_state() == {"online": 1}
         assert uow.meters.claimed_beyond_issued(10) == []
 

@@ -642,12 +642,13 @@ def watch_deliveries(uow_factory: Callable[[], UnitOfWork], *, batch_max: int) -
     with uow_factory() as uow:
         now = uow.clock.now()
         late = uow.meter_commands.open_iot_credits_older_than(now - timedelta(seconds=policy.iot_applied_within_s), batch_max)
+        last_reports = uow.meters.last_reports([order.meter_serial for order in late])
         for order in late:
-            link = uow.meters.get(order.meter_serial)
+            last_report_at = last_reports.get(order.meter_serial)
             # The service level runs from the meter's first report after the purchase.
-            if link is None or link.last_report_at is None or link.last_report_at < order.created_at:
+            if last_report_at is None or last_report_at < order.created_at:
                 continue
-            if now - link.last_report_at < timedelta(seconds=policy.iot_applied_within_s):
+            if now - last_report_at < timedelta(seconds=policy.iot_applied_within_s):
                 continue
             if uow.alerts.raise_once(
                 kind=AlertKind.PURCHASE_NOT_APPLIED, subject=f"command:{order.id}",

@@ -195,6 +195,10 @@ class MetersRepository(Protocol):
 
     def get_by_card(self, card_no: str, *, lock: bool = False) -> MeterLink | None: ...
 
+    def last_reports(self, serials: list[str]) -> dict[str, datetime | None]:
+        """When each of these meters last reported (None: never), in one read; unknown serials are left out."""
+        ...
+
     def lock_if_free(self, serial: str) -> MeterLink | None:
         """The meter, locked for this transaction; None if another worker holds it (PostgreSQL)."""
         ...

@@ -60,6 +60,10 @@ class Meters:
         row = self.c.execute(self._select(lock=lock).where(t.meters.c.card_no == card_no)).first()
         return _link(row) if row else None
 
+    def last_reports(self, serials: list[str]) -> dict[str, datetime | None]:
+        rows = self.c.execute(select(t.meters.c.serial, t.meters.c.last_report_at).where(t.meters.c.serial.in_(sorted(set(serials)))))
+        return {serial: at for serial, at in rows}
+
     def lock_if_free(self, serial: str) -> MeterLink | None:
         """The meter, locked for this transaction; None if another worker holds it (PostgreSQL)."""
         row = self.c.execute(self._select(lock=True, skip_locked=True).where(t.meters.c.serial == serial)).first()
