@@ -20,7 +20,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 
 from gasworks.adapters.db import tables as t
 from gasworks.adapters.db.delivery import model_of
@@ -150,13 +150,10 @@ class MeterKeys:
 
     def get_security(self, serial: str, *, lock: bool = False) -> MeterFrameSecurity | None:
         """The meter's security record with its model's profile (meters.model -> meter_models)."""
-        query = select(t.meter_frame_security).where(t.meter_frame_security.c.serial == serial)
-        if lock and self.c.dialect.name == "postgresql":
-            query = query.with_for_update()
-        row = self.c.execute(query).first()
+        row = self.c.execute(_SECURITY_LOCKED if lock and self.c.dialect.name == "postgresql" else _SECURITY, {"meter_serial": serial}).first()
         if row is None:
             return None
-        model = self.c.execute(select(t.meter_models).join(t.meters, t.meters.c.model == t.meter_models.c.name).where(t.meters.c.serial == serial)).first()
+        model = self.c.execute(_MODEL_OF_METER, {"meter_serial": serial}).first()
         if model is None:
             raise InvalidInput(f"meter {serial} has frame security but no known model: set one with `gasworks meters set {serial} --model`", code="METER_MODEL_MISSING")
         return _security(row, model_of(model))
@@ -165,7 +162,7 @@ class MeterKeys:
         self.c.execute(insert(t.meter_frame_security).values(serial=security.serial, **_security_values(security)))
 
     def save_security(self, security: MeterFrameSecurity) -> None:
-        self.c.execute(update(t.meter_frame_security).where(t.meter_frame_security.c.serial == security.serial).values(**_security_values(security)))
+        self.c.execute(_SAVE_SECURITY, _security_values(security) | {"meter_serial": security.serial})
 
     def models_in_use(self) -> set[str]:
         keyed = select(t.meters.c.model).join(t.meter_frame_security, t.meter_frame_security.c.serial == t.meters.c.serial).distinct()
@@ -220,13 +217,11 @@ class MeterKeys:
         wanted = sorted(set(serials))
         if not wanted:
             return {}
-        fs = t.meter_frame_security
-        statement = update(fs).where(fs.c.serial.in_(wanted), fs.c.active_key_version.is_not(None), fs.c.downlink_counter_sent < COUNTER_MAX).values(downlink_counter_sent=fs.c.downlink_counter_sent + 1).returning(*fs.c)
         if self.c.dialect.name == "postgresql":
             with self.c.engine.connect() as own:
-                rows = own.execution_options(isolation_level="AUTOCOMMIT").execute(statement).all()
+                rows = own.execution_options(isolation_level="AUTOCOMMIT").execute(_RESERVE_DOWNLINK_COUNTERS, {"serials": wanted}).all()
         else:
-            rows = self.c.execute(statement).all()
+            rows = self.c.execute(_RESERVE_DOWNLINK_COUNTERS, {"serials": wanted}).all()
         profiles = self._profiles([row.serial for row in rows])
         missing = [row.serial for row in rows if row.serial not in profiles]
         if missing:
@@ -237,13 +232,23 @@ class MeterKeys:
         """Each meter's model profile (meters.model -> meter_models), as get_security reads it for one."""
         if not serials:
             return {}
-        query = select(t.meters.c.serial, t.meter_models).join(t.meter_models, t.meters.c.model == t.meter_models.c.name).where(t.meters.c.serial.in_(serials))
-        return {row.serial: model_of(row) for row in self.c.execute(query)}
+        return {row.serial: model_of(row) for row in self.c.execute(_MODELS_OF_METERS, {"serials": serials})}
 
     def retire_other_keys(self, serial: str, keep_version: int, at: datetime) -> int:
         self._cache.forget_meter(serial)
         return self.c.execute(update(t.meter_keys).where(t.meter_keys.c.serial == serial, t.meter_keys.c.key_version != keep_version, t.meter_keys.c.retired_at.is_(None)).values(retired_at=at)).rowcount
 
+
+# The delivery path's statements, built once (each execution binds its values).
+_fs = t.meter_frame_security
+_SECURITY = select(_fs).where(_fs.c.serial == bindparam("meter_serial"))
+_SECURITY_LOCKED = _SECURITY.with_for_update()
+_MODEL_OF_METER = select(t.meter_models).join(t.meters, t.meters.c.model == t.meter_models.c.name).where(t.meters.c.serial == bindparam("meter_serial"))
+_MODELS_OF_METERS = select(t.meters.c.serial, t.meter_models).join(t.meter_models, t.meters.c.model == t.meter_models.c.name).where(t.meters.c.serial.in_(bindparam("serials", expanding=True)))
+_SAVE_SECURITY = update(_fs).where(_fs.c.serial == bindparam("meter_serial"))
+_RESERVE_DOWNLINK_COUNTERS = (
+    update(_fs).where(_fs.c.serial.in_(bindparam("serials", expanding=True)), _fs.c.active_key_version.is_not(None), _fs.c.downlink_counter_sent < COUNTER_MAX).values(downlink_counter_sent=_fs.c.downlink_counter_sent + 1).returning(*_fs.c)
+)
 
 _SECURITY_COLUMNS = ("active_key_version", "pending_key_version", "uplink_counter_seen", "downlink_counter_sent", "rotated_at")
 
