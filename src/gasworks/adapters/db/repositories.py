@@ -560,16 +560,20 @@ def insert_unless_taken(c: Connection, table: Table) -> Insert:
     """INSERT ... ON CONFLICT DO NOTHING: no row returned means the key was taken, also by a concurrent
     transaction that committed while this one waited on the unique index. The transaction stays
     usable, so the caller can read the first answer in it."""
-    dialect_insert = postgresql_insert if c.dialect.name == "postgresql" else sqlite_insert
-    return dialect_insert(table).on_conflict_do_nothing()
+    return _unless_taken(c.dialect.name, table)
+
+
+@functools.cache
+def _unless_taken(dialect: str, table: Table) -> Insert:
+    dialect_insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    return dialect_insert(table).on_conflict_do_nothing()  # generative: callers' .values() make copies
 
 
 @functools.cache
 def _claim_statement(dialect: str, table: Table, key: str) -> Insert:
     """`insert_unless_taken(...).returning(key)` built once per dialect and table, its values bound at
     execution: on the booking path, building a statement costs more CPU than sending it."""
-    dialect_insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    return dialect_insert(table).on_conflict_do_nothing().returning(table.c[key])
+    return _unless_taken(dialect, table).returning(table.c[key])
 
 
 def claim_row(c: Connection, table: Table, key: str, values: dict[str, Any]) -> bool:
