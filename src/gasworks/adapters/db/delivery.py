@@ -128,10 +128,10 @@ def _meter_by_serial(lock: bool) -> Any:
 def _for_purchase_query(dialect: str) -> Any:
     """Meters.get_for_purchase's query, built once per dialect (its values bound at execution)."""
     mc, la = t.meter_commands, t.ledger_accounts
-    bytes_ = select(t.meter_models.c.purchase_seq_bytes).where(t.meter_models.c.name == t.meters.c.model).scalar_subquery()
     waiting = select(func.count()).where(mc.c.meter_serial == t.meters.c.serial, mc.c.state.in_([s.value for s in OPEN_STATES])).scalar_subquery()
     query = (
-        select(t.meters, bytes_.label("purchase_seq_bytes"), t.customers.c.customer_class, la.c.entries_sum_fen, waiting.label("open_commands"))
+        _meter_select(False, False)
+        .add_columns(t.customers.c.customer_class, la.c.entries_sum_fen, waiting.label("open_commands"))
         .join(t.customers, t.customers.c.account_no == t.meters.c.account_no)
         .join(la, la.c.code == bindparam("prepaid_code"))
         .where(t.meters.c.account_no == bindparam("account_no"))
